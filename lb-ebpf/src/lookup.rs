@@ -1,0 +1,81 @@
+//! VIP lookup, flow table and Maglev ring: which backend gets this flow.
+
+use lb_common::{
+    flow_hash, Backend, ConnEntry, Counter, FlowKey, VipKey, VipMeta, ALL_PORTS, BACKEND_UNUSED,
+    NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
+};
+
+use crate::{
+    maps::{BACKENDS, CONNS, RINGS, VIPS},
+    stats::count,
+};
+
+/// The VIP this flow is addressed to: exact (address, port, protocol) first, then the
+/// all-ports entry of the address.
+#[inline(always)]
+pub fn vip(flow: &FlowKey) -> Option<VipMeta> {
+    let mut key = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+    if let Some(meta) = VIPS.get_ptr(&key) {
+        return Some(unsafe { *meta });
+    }
+    key.port = ALL_PORTS;
+    VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
+}
+
+/// A backend chosen for a flow.
+pub struct Choice {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// True when the ring decided (flow-table miss): counts as a new flow.
+    pub new_flow: bool,
+}
+
+#[inline(always)]
+fn backend(id: u32) -> Option<Backend> {
+    // verifier: BACKENDS is an array map; the kernel bounds-checks `id` and returns None past
+    // MAX_BACKENDS, so a stale or corrupt id cannot reach outside the map.
+    let b = unsafe { *BACKENDS.get_ptr(id)? };
+    if b.state == BACKEND_UNUSED {
+        return None;
+    }
+    Some(b)
+}
+
+/// The flow's backend: the remembered one if it still exists (draining included), else the
+/// Maglev ring's choice, which is then remembered.
+#[inline(always)]
+pub fn choose(flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Counter> {
+    let stateful = vip.flags & VIP_STATELESS == 0;
+    let mut resteer = false;
+    if stateful {
+        if let Some(entry) = CONNS.get_ptr(flow) {
+            let id = unsafe { (*entry).backend_id };
+            if let Some(b) = backend(id) {
+                count(Counter::ConnHit);
+                return Ok(Choice { backend_id: id, backend: b, new_flow: false });
+            }
+            // The backend it was pinned to is gone: its connection is dead anyway, so steer
+            // the packet where a new connection would go instead of black-holing it.
+            resteer = true;
+        }
+        count(if resteer { Counter::ConnResteer } else { Counter::ConnMiss });
+    }
+    if vip.ring_size == 0 {
+        return Err(Counter::DropNoBackend);
+    }
+    let slot = flow_hash(flow, vip.flags & VIP_HASH_SOURCE_IP != 0) % vip.ring_size;
+    // verifier: RINGS' inner arrays are bounds-checked by the kernel; a slot past a ring's
+    // size returns None.
+    let id = *RINGS.get_value(vip.vip_id, &slot).ok_or(Counter::DropNoBackend)?;
+    if id == NO_BACKEND {
+        return Err(Counter::DropNoBackend);
+    }
+    let b = backend(id).ok_or(Counter::DropNoBackend)?;
+    if stateful {
+        let entry = ConnEntry { backend_id: id, vip_id: vip.vip_id };
+        if CONNS.insert(flow, &entry, 0).is_err() {
+            count(Counter::ConnInsertFailed);
+        }
+    }
+    Ok(Choice { backend_id: id, backend: b, new_flow: true })
+}

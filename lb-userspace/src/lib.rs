@@ -1,0 +1,8 @@
+//! xdplb's userspace as a library: the `xdplb` binary is a thin CLI over these modules, and the tests drive them directly.
+pub mod agent;
+pub mod config;
+pub mod loader;
+pub mod maglev;
+pub mod maps;
+pub mod neigh;
+pub mod stats;
