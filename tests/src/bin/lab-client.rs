@@ -1,0 +1,504 @@
+//! Lab traffic generator: short TCP bursts, long-held TCP connections and UDP exchanges against `lab-server`s, reported as one JSON line.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{timeout, Instant};
+
+use xdplb_tests::reports::{note_error, BurstReport, HoldReport};
+use xdplb_tests::sys;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
+const UDP_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the last round, how long connections get to finish an exchange in flight.
+const DRAIN_TIMEOUT: Duration = READ_TIMEOUT.saturating_add(Duration::from_secs(2));
+
+#[derive(Parser, Debug)]
+#[command(about = "Lab traffic generator; prints one JSON object (the last line of stdout)")]
+struct Cli {
+    /// Pretty-print the result instead of one JSON line.
+    #[arg(long, global = true)]
+    human: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// N short TCP connections: send `hello`, read the backend's name, close.
+    Burst {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        /// Connections in flight at once.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+        /// Source addresses, used round-robin (comma-separated, or the flag repeated).
+        #[arg(long, value_delimiter = ',')]
+        bind: Vec<IpAddr>,
+    },
+    /// N persistent TCP connections pinged every interval; reports any that break or move.
+    Hold {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10)]
+        connections: usize,
+        #[arg(long, value_delimiter = ',')]
+        bind: Vec<IpAddr>,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// Stop after this long (SIGINT/SIGTERM stop earlier).
+        #[arg(long, default_value_t = 60)]
+        duration_s: u64,
+        /// Connection attempts in flight at once while opening.
+        #[arg(long, default_value_t = 64)]
+        parallel: usize,
+    },
+    /// N UDP exchanges, each from a fresh socket (so a fresh source port).
+    Udp {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+        #[arg(long, value_delimiter = ',')]
+        bind: Vec<IpAddr>,
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
+    },
+}
+
+/// Bind addresses must match the target's family: a mismatch would fail every connection with
+/// an unhelpful EINVAL/EAFNOSUPPORT.
+fn check_binds(target: SocketAddr, binds: &[IpAddr]) -> Result<()> {
+    for b in binds {
+        if b.is_ipv4() != target.is_ipv4() {
+            bail!("--bind {b} is not of the same address family as --target {target}");
+        }
+    }
+    Ok(())
+}
+
+/// The source address for the `j`th exchange: round-robin over `binds`, none if empty.
+fn pick_bind(binds: &[IpAddr], j: usize) -> Option<IpAddr> {
+    (!binds.is_empty()).then(|| binds[j % binds.len()])
+}
+
+fn unspecified(target: SocketAddr) -> IpAddr {
+    if target.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    sys::raise_nofile_limit();
+    match cli.cmd {
+        Cmd::Burst {
+            target,
+            connections,
+            parallel,
+            bind,
+        } => {
+            check_binds(target, &bind)?;
+            let r = burst(target, connections, parallel, bind, Proto::Tcp).await;
+            print(&r, cli.human)
+        }
+        Cmd::Udp {
+            target,
+            count,
+            bind,
+            parallel,
+        } => {
+            check_binds(target, &bind)?;
+            let r = burst(target, count, parallel, bind, Proto::Udp).await;
+            print(&r, cli.human)
+        }
+        Cmd::Hold {
+            target,
+            connections,
+            bind,
+            interval_ms,
+            duration_s,
+            parallel,
+        } => {
+            check_binds(target, &bind)?;
+            let r = hold(
+                target,
+                connections,
+                parallel,
+                bind,
+                Duration::from_millis(interval_ms.max(1)),
+                Duration::from_secs(duration_s),
+            )
+            .await?;
+            print(&r, cli.human)
+        }
+    }
+}
+
+fn print<T: Serialize>(r: &T, human: bool) -> Result<()> {
+    let text = if human {
+        serde_json::to_string_pretty(r)?
+    } else {
+        serde_json::to_string(r)?
+    };
+    println!("{text}");
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// `n` independent exchanges, `parallel` at a time.
+async fn burst(
+    target: SocketAddr,
+    n: usize,
+    parallel: usize,
+    binds: Vec<IpAddr>,
+    proto: Proto,
+) -> BurstReport {
+    let next = Arc::new(AtomicUsize::new(0));
+    let report = Arc::new(Mutex::new(BurstReport::default()));
+    let binds = Arc::new(binds);
+    let mut workers = JoinSet::new();
+    for _ in 0..parallel.clamp(1, n.max(1)) {
+        let (next, report, binds) = (next.clone(), report.clone(), binds.clone());
+        workers.spawn(async move {
+            loop {
+                let j = next.fetch_add(1, Ordering::Relaxed);
+                if j >= n {
+                    break;
+                }
+                let bind = pick_bind(&binds, j);
+                let result = match proto {
+                    Proto::Tcp => tcp_once(target, bind).await,
+                    Proto::Udp => udp_once(target, bind).await,
+                };
+                report.lock().unwrap().record(result);
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let r = report.lock().unwrap().clone();
+    r
+}
+
+async fn tcp_connect(target: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, String> {
+    let sock = if target.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    if let Some(ip) = bind {
+        let _ = sys::set_bind_address_no_port(sock.as_raw_fd());
+        sock.bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("bind {ip}: {e}"))?;
+    }
+    let stream = timeout(CONNECT_TIMEOUT, sock.connect(target))
+        .await
+        .map_err(|_| "connect: timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Sends `msg` and reads one line: the name of the backend that answered.
+async fn exchange(stream: &mut BufReader<TcpStream>, msg: &[u8]) -> Result<String, String> {
+    stream
+        .get_mut()
+        .write_all(msg)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = String::new();
+    let n = timeout(READ_TIMEOUT, stream.read_line(&mut line))
+        .await
+        .map_err(|_| "read: timed out".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    if n == 0 {
+        return Err("read: connection closed".into());
+    }
+    let name = line.trim();
+    if name.is_empty() {
+        return Err("read: empty reply".into());
+    }
+    Ok(name.to_string())
+}
+
+async fn tcp_once(target: SocketAddr, bind: Option<IpAddr>) -> Result<String, String> {
+    let stream = tcp_connect(target, bind).await?;
+    exchange(&mut BufReader::new(stream), b"hello\n").await
+}
+
+async fn udp_once(target: SocketAddr, bind: Option<IpAddr>) -> Result<String, String> {
+    let local = SocketAddr::new(bind.unwrap_or_else(|| unspecified(target)), 0);
+    let sock = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("bind {local}: {e}"))?;
+    sock.send_to(b"hello\n", target)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 512];
+    // Unconnected on purpose: a reply from the wrong source (a backend answering from its own
+    // address instead of the VIP) is reported as such rather than silently filtered.
+    let (n, from) = timeout(UDP_TIMEOUT, sock.recv_from(&mut buf))
+        .await
+        .map_err(|_| "recv: timed out".to_string())?
+        .map_err(|e| format!("recv: {e}"))?;
+    if from != target {
+        return Err(format!("reply from {from}, not {target}"));
+    }
+    let name = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    if name.is_empty() {
+        return Err("recv: empty reply".into());
+    }
+    Ok(name)
+}
+
+/// What a held connection's task reports when it ends.
+#[derive(Default)]
+struct HeldOutcome {
+    broken: bool,
+    changed: bool,
+    error: Option<String>,
+}
+
+async fn hold(
+    target: SocketAddr,
+    n: usize,
+    parallel: usize,
+    binds: Vec<IpAddr>,
+    interval: Duration,
+    duration: Duration,
+) -> Result<HoldReport> {
+    let deadline = Instant::now() + duration;
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+
+    let mut report = HoldReport::default();
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut opening = JoinSet::new();
+    for j in 0..n {
+        let sem = sem.clone();
+        let bind = pick_bind(&binds, j);
+        opening.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore not closed");
+            let mut stream = BufReader::new(tcp_connect(target, bind).await?);
+            let name = exchange(&mut stream, b"hello\n").await?;
+            Ok::<_, String>((stream, name))
+        });
+    }
+    let mut held = Vec::new();
+    while let Some(res) = opening.join_next().await {
+        match res.expect("open task panicked") {
+            Ok((stream, name)) => {
+                report.opened += 1;
+                *report.per_backend.entry(name.clone()).or_default() += 1;
+                held.push((stream, name));
+            }
+            Err(e) => {
+                report.open_failed += 1;
+                note_error(&mut report.errors, format!("open: {e}"));
+            }
+        }
+    }
+    eprintln!("READY");
+    if held.is_empty() {
+        return Ok(report);
+    }
+
+    // Each tick bumps the round; every connection pings once per round it sees (a slow one
+    // skips rounds rather than queueing them). Dropping the sender ends the connections.
+    let (round_tx, round_rx) = watch::channel(0u64);
+    let mut conns = JoinSet::new();
+    for (mut stream, name) in held {
+        let mut rounds = round_rx.clone();
+        conns.spawn(async move {
+            let mut out = HeldOutcome::default();
+            while rounds.changed().await.is_ok() {
+                match exchange(&mut stream, b"ping\n").await {
+                    Ok(now) if now == name => {}
+                    Ok(now) => {
+                        if !out.changed {
+                            out.changed = true;
+                            out.error = Some(format!("backend changed: {name} -> {now}"));
+                        }
+                    }
+                    Err(e) => {
+                        out.broken = true;
+                        out.error = Some(e);
+                        break;
+                    }
+                }
+            }
+            out
+        });
+    }
+    drop(round_rx);
+
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    while !*stop_rx.borrow() && Instant::now() < deadline {
+        tokio::select! {
+            _ = ticks.tick() => {
+                report.rounds += 1;
+                let _ = round_tx.send(report.rounds);
+            }
+            _ = stop_rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    drop(round_tx);
+
+    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(drain_deadline, conns.join_next()).await {
+            Ok(Some(res)) => {
+                let out = res.expect("connection task panicked");
+                report.broken += out.broken as u64;
+                report.backend_changed += out.changed as u64;
+                if let Some(e) = out.error {
+                    note_error(&mut report.errors, e);
+                }
+            }
+            Ok(None) => break,
+            // Cannot happen with the per-read timeouts, but the run time stays bounded anyway.
+            Err(_) => {
+                report.broken += conns.len() as u64;
+                note_error(&mut report.errors, "stuck at shutdown".into());
+                conns.abort_all();
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("lab-client").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn bind_list_splits_on_commas_and_repeats() {
+        let cli = parse(&[
+            "burst",
+            "--target",
+            "10.201.0.10:8080",
+            "--bind",
+            "10.200.0.150,10.200.0.151",
+            "--bind",
+            "10.200.0.152",
+        ]);
+        let Cmd::Burst { bind, target, .. } = cli.cmd else {
+            panic!("not burst")
+        };
+        assert_eq!(target, "10.201.0.10:8080".parse().unwrap());
+        assert_eq!(
+            bind,
+            ["10.200.0.150", "10.200.0.151", "10.200.0.152"].map(|a| a.parse::<IpAddr>().unwrap())
+        );
+    }
+
+    #[test]
+    fn ipv6_target_and_binds() {
+        let cli = parse(&[
+            "udp",
+            "--target",
+            "[fd00:201::10]:8080",
+            "--bind",
+            "fd00:200::150,fd00:200::151",
+            "--count",
+            "5",
+            "--human",
+        ]);
+        assert!(cli.human);
+        let Cmd::Udp {
+            target,
+            bind,
+            count,
+            ..
+        } = cli.cmd
+        else {
+            panic!("not udp")
+        };
+        assert_eq!(count, 5);
+        assert!(check_binds(target, &bind).is_ok());
+        let v4: IpAddr = "10.200.0.150".parse().unwrap();
+        assert!(check_binds(target, &[v4]).is_err());
+    }
+
+    #[test]
+    fn bad_bind_is_rejected() {
+        assert!(Cli::try_parse_from([
+            "lab-client",
+            "burst",
+            "--target",
+            "10.201.0.10:8080",
+            "--bind",
+            "10.200.0.300"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn hold_defaults() {
+        let Cmd::Hold {
+            interval_ms,
+            duration_s,
+            bind,
+            ..
+        } = parse(&["hold", "--target", "10.201.0.10:8080"]).cmd
+        else {
+            panic!("not hold")
+        };
+        assert_eq!((interval_ms, duration_s), (200, 60));
+        assert!(bind.is_empty());
+    }
+
+    #[test]
+    fn round_robin_binds() {
+        let binds: Vec<IpAddr> = ["10.0.0.1", "10.0.0.2"].map(|a| a.parse().unwrap()).into();
+        let picked: Vec<_> = (0..4).map(|j| pick_bind(&binds, j)).collect();
+        assert_eq!(
+            picked,
+            vec![
+                Some(binds[0]),
+                Some(binds[1]),
+                Some(binds[0]),
+                Some(binds[1])
+            ]
+        );
+        assert_eq!(pick_bind(&[], 3), None);
+    }
+}

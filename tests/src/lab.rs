@@ -1,0 +1,838 @@
+//! The lab topology: one bridged L2 segment joining a gateway (where the balancer runs), clients and DSR backends, each in its own network namespace, all torn down on drop.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::netns::{self, NetNs};
+use crate::sys::signal;
+
+/// The IPv4 VIP. It is deliberately not on the segment: clients reach it through the gateway.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
+/// The IPv6 VIP, likewise off the segment.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x201, 0, 0, 0, 0, 0, 0x10);
+/// Extra source addresses per client (for `lab-client --bind`).
+pub const CLIENT_EXTRA_ADDRS: usize = 8;
+// Host numbers on the /24: clients .11+i, backends .101+i, client extras .150+8i+k. These caps
+// keep the ranges from overlapping and below .255.
+const MAX_CLIENTS: usize = 13;
+const MAX_BACKENDS: usize = 49;
+
+const BRIDGE: &str = "br0";
+const GATEWAY_IF: &str = "gw0";
+const GATEWAY_PORT: &str = "s-gw";
+/// nftables table (bridge family) in the switch namespace holding the DSR counters.
+const COUNT_TABLE: &str = "xldsr";
+const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where [`Lab::pin_dir`] mounts its bpffs, inside the lab directory.
+const PIN_SUBDIR: &str = "bpffs";
+
+fn seg4(host: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        10,
+        200,
+        0,
+        u8::try_from(host).expect("host number fits the /24"),
+    )
+}
+
+fn seg6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, host)
+}
+
+/// Finds a binary built by this package (`lab-server`, `lab-client`) or the workspace
+/// (`xdplb`): `$XDPLB_BIN_DIR/<name>` if that variable is set, else next to the current
+/// executable or one directory up (integration tests run from `target/<profile>/deps/`,
+/// binaries sit in `target/<profile>/`). When nothing exists it returns the first guess, so
+/// the eventual error names a plausible path.
+pub fn tool_path(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDPLB_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return PathBuf::from(name);
+    };
+    let Some(dir) = exe.parent() else {
+        return PathBuf::from(name);
+    };
+    let found = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| dir.join(name))
+}
+
+/// The lab's shape.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    pub clients: usize,
+    pub backends: usize,
+    /// Port the backends' `lab-server`s listen on (TCP and UDP).
+    pub port: u16,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            clients: 2,
+            backends: 3,
+            port: 8080,
+        }
+    }
+}
+
+/// Packet counts at the gateway's bridge port (see [`Lab::start_counting_dsr`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DsrCounts {
+    /// Frames the bridge delivered to the gateway with IP destination = a VIP (client requests).
+    pub to_vip_via_gateway: u64,
+    /// Frames the gateway sent into the bridge with IP destination = a VIP: the balancer's
+    /// rewritten (XDP_TX'd) requests on their way to a backend.
+    pub from_gateway_to_vip: u64,
+    /// Frames to or from the gateway with IP source = a VIP: replies that did not go directly
+    /// from backend to client. Zero in a working DSR setup.
+    pub replies_via_gateway: u64,
+}
+
+/// A temp directory removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running lab. Dropping it kills every process it spawned, deletes its namespaces (and with
+/// them every interface, address, route and nftables rule it made) and removes its directory.
+pub struct Lab {
+    prefix: String,
+    spec: LabSpec,
+    server: PathBuf,
+    procs: HashMap<u32, Child>,
+    logs: HashMap<u32, PathBuf>,
+    spawned: usize,
+    // Fields drop in declaration order, after `Drop::drop` has stopped the processes: the
+    // namespaces go next, the directory holding the logs last.
+    switch: NetNs,
+    gateway: NetNs,
+    clients: Vec<NetNs>,
+    backends: Vec<NetNs>,
+    dir: TempDir,
+}
+
+impl Lab {
+    pub fn new(spec: LabSpec) -> Result<Lab> {
+        if spec.clients > MAX_CLIENTS {
+            bail!("at most {MAX_CLIENTS} clients");
+        }
+        if spec.backends > MAX_BACKENDS {
+            bail!("at most {MAX_BACKENDS} backends");
+        }
+        let server = tool_path("lab-server");
+        if !server.is_file() {
+            bail!(
+                "{} not found (build it with `cargo build -p xdplb-tests --bins`, or set XDPLB_BIN_DIR)",
+                server.display()
+            );
+        }
+        netns::cleanup_stale();
+        let prefix = netns::unique_prefix();
+        let dir = TempDir(std::env::temp_dir().join(format!("xdplb-{prefix}")));
+        std::fs::create_dir_all(&dir.0).with_context(|| format!("create {}", dir.0.display()))?;
+
+        let switch = NetNs::new(&format!("{prefix}-sw"))?;
+        // Bridge ports carry no addresses; without IPv6 on them the segment sees no stray
+        // router solicitations or MLD reports from the switch itself.
+        switch.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        switch.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        switch.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        // No STP and no forward delay: ports forward as soon as they are up. Without multicast
+        // snooping, neighbour solicitations are simply flooded.
+        switch.ip(&[
+            "link",
+            "set",
+            BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        switch.ip(&["link", "set", BRIDGE, "up"])?;
+
+        let gateway = new_host_ns(&format!("{prefix}-gw"))?;
+        let mut lab = Lab {
+            prefix,
+            spec: spec.clone(),
+            server,
+            procs: HashMap::new(),
+            logs: HashMap::new(),
+            spawned: 0,
+            switch,
+            gateway,
+            clients: Vec::new(),
+            backends: Vec::new(),
+            dir,
+        };
+
+        lab.attach(lab.gateway.name().to_string(), GATEWAY_IF, GATEWAY_PORT)?;
+        lab.add_addrs(
+            &lab.gateway,
+            GATEWAY_IF,
+            &[IpAddr::V4(lab.gateway_addr4())],
+            &[IpAddr::V6(lab.gateway_addr6())],
+        )?;
+        for i in 0..spec.clients {
+            lab.add_client(i)?;
+        }
+        for _ in 0..spec.backends {
+            lab.add_backend()?;
+        }
+        Ok(lab)
+    }
+
+    /// Connects `ns` to the bridge with a veth named `inner` inside it and `port` on the switch.
+    /// Both ends are created in their namespaces directly, so nothing ever appears in ours.
+    fn attach(&self, ns: String, inner: &str, port: &str) -> Result<()> {
+        self.switch.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", inner, "netns", &ns,
+        ])?;
+        self.switch
+            .ip(&["link", "set", port, "master", BRIDGE, "up"])?;
+        netns::run_root(&["ip", "-n", &ns, "link", "set", inner, "up"])?;
+        Ok(())
+    }
+
+    fn add_addrs(&self, ns: &NetNs, dev: &str, v4: &[IpAddr], v6: &[IpAddr]) -> Result<()> {
+        for a in v4 {
+            ns.ip(&["addr", "add", &format!("{a}/24"), "dev", dev])?;
+        }
+        for a in v6 {
+            ns.ip(&["addr", "add", &format!("{a}/64"), "dev", dev, "nodad"])?;
+        }
+        Ok(())
+    }
+
+    fn add_client(&mut self, i: usize) -> Result<()> {
+        let ns = new_host_ns(&format!("{}-c{i}", self.prefix))?;
+        let dev = format!("c{i}");
+        self.attach(ns.name().to_string(), &dev, &format!("s-c{i}"))?;
+        let v4: Vec<IpAddr> = std::iter::once(self.client_addr4(i))
+            .chain(self.client_extra_addrs4(i))
+            .map(IpAddr::V4)
+            .collect();
+        let v6: Vec<IpAddr> = std::iter::once(self.client_addr6(i))
+            .chain(self.client_extra_addrs6(i))
+            .map(IpAddr::V6)
+            .collect();
+        self.add_addrs(&ns, &dev, &v4, &v6)?;
+        // An explicit source keeps unbound connections on the client's main address; with
+        // several addresses in the /64 IPv6 source selection would otherwise pick any of them.
+        ns.ip(&[
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &self.gateway_addr4().to_string(),
+            "src",
+            &self.client_addr4(i).to_string(),
+        ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            &self.gateway_addr6().to_string(),
+            "src",
+            &self.client_addr6(i).to_string(),
+        ])?;
+        // veth leaves checksums partial (CHECKSUM_PARTIAL, never computed on the wire); the
+        // balancer forwards frames as they are, so backends would get bad checksums.
+        ns.run(&["ethtool", "-K", &dev, "tx", "off"])?;
+        self.clients.push(ns);
+        Ok(())
+    }
+
+    /// Adds one more backend (namespace, addresses, VIP on `lo`, running `lab-server` named
+    /// `b<index>`) and returns its index.
+    pub fn add_backend(&mut self) -> Result<usize> {
+        let i = self.backends.len();
+        if i >= MAX_BACKENDS {
+            bail!("at most {MAX_BACKENDS} backends");
+        }
+        let ns = new_host_ns(&format!("{}-b{i}", self.prefix))?;
+        // The VIP sits on every backend's `lo`; these keep backends from answering ARP for it
+        // (arp_ignore) and from using it as the source of their own ARP requests
+        // (arp_announce), so on the segment only the gateway owns the path to the VIP.
+        ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        let dev = format!("b{i}");
+        self.attach(ns.name().to_string(), &dev, &format!("s-b{i}"))?;
+        self.add_addrs(
+            &ns,
+            &dev,
+            &[IpAddr::V4(self.backend_addr4(i))],
+            &[IpAddr::V6(self.backend_addr6(i))],
+        )?;
+        ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
+        ns.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
+        let name = ns.name().to_string();
+        self.backends.push(ns);
+        let server = self.server.clone();
+        let port = self.spec.port.to_string();
+        let pid = self.spawn(&name, &server, &["--name", &dev, "--port", &port])?;
+        self.wait_for_log(pid, "READY", SERVER_READY_TIMEOUT)
+            .with_context(|| format!("lab-server {dev} did not start"))?;
+        Ok(i)
+    }
+
+    /// The name prefix shared by all this lab's namespaces (`xl<pid>n<k>`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn backends(&self) -> usize {
+        self.backends.len()
+    }
+
+    /// Every namespace the lab owns (switch, gateway, clients, backends).
+    pub fn namespaces(&self) -> Vec<&str> {
+        [&self.switch, &self.gateway]
+            .into_iter()
+            .chain(&self.clients)
+            .chain(&self.backends)
+            .map(NetNs::name)
+            .collect()
+    }
+
+    pub fn switch_ns(&self) -> &str {
+        self.switch.name()
+    }
+
+    pub fn gateway_ns(&self) -> &str {
+        self.gateway.name()
+    }
+
+    pub fn gateway_if(&self) -> &str {
+        GATEWAY_IF
+    }
+
+    /// (switch namespace, the gateway's port on the bridge): where frames the balancer XDP_TXes
+    /// come out. For native-mode XDP_TX on `gw0` this port needs an XDP program of its own (an
+    /// `XDP_PASS` will do): the veth queues the frames for its peer but only kicks the peer's
+    /// NAPI when the peer has a program; enabling GRO there is not enough (tried on 6.18: the
+    /// frames sit in the queue).
+    pub fn gateway_peer(&self) -> (&str, &str) {
+        (self.switch.name(), GATEWAY_PORT)
+    }
+
+    pub fn client_ns(&self, i: usize) -> &str {
+        self.clients[i].name()
+    }
+
+    /// The client's interface inside its namespace (`c<i>`).
+    pub fn client_if(&self, i: usize) -> String {
+        format!("c{i}")
+    }
+
+    pub fn backend_ns(&self, i: usize) -> &str {
+        self.backends[i].name()
+    }
+
+    /// The backend's interface inside its namespace (`b<i>`); also its server's name.
+    pub fn backend_if(&self, i: usize) -> String {
+        format!("b{i}")
+    }
+
+    pub fn gateway_addr4(&self) -> Ipv4Addr {
+        seg4(1)
+    }
+
+    pub fn gateway_addr6(&self) -> Ipv6Addr {
+        seg6(1)
+    }
+
+    pub fn client_addr4(&self, i: usize) -> Ipv4Addr {
+        seg4(11 + i)
+    }
+
+    pub fn client_addr6(&self, i: usize) -> Ipv6Addr {
+        seg6(0x11 + i as u16)
+    }
+
+    /// The client's extra IPv4 source addresses, 10.200.0.(150+8i+k).
+    pub fn client_extra_addrs4(&self, i: usize) -> Vec<Ipv4Addr> {
+        (0..CLIENT_EXTRA_ADDRS)
+            .map(|k| seg4(150 + CLIENT_EXTRA_ADDRS * i + k))
+            .collect()
+    }
+
+    /// The client's extra IPv6 source addresses, fd00:200::(0x150+8i+k).
+    pub fn client_extra_addrs6(&self, i: usize) -> Vec<Ipv6Addr> {
+        (0..CLIENT_EXTRA_ADDRS)
+            .map(|k| seg6((0x150 + CLIENT_EXTRA_ADDRS * i + k) as u16))
+            .collect()
+    }
+
+    /// The client's extra IPv4 addresses as a `lab-client --bind` value.
+    pub fn client_bind4(&self, i: usize) -> String {
+        join(&self.client_extra_addrs4(i))
+    }
+
+    /// The client's extra IPv6 addresses as a `lab-client --bind` value.
+    pub fn client_bind6(&self, i: usize) -> String {
+        join(&self.client_extra_addrs6(i))
+    }
+
+    pub fn backend_addr4(&self, i: usize) -> Ipv4Addr {
+        seg4(101 + i)
+    }
+
+    pub fn backend_addr6(&self, i: usize) -> Ipv6Addr {
+        seg6(0x101 + i as u16)
+    }
+
+    pub fn vip4(&self) -> Ipv4Addr {
+        VIP4
+    }
+
+    pub fn vip6(&self) -> Ipv6Addr {
+        VIP6
+    }
+
+    /// MAC address of the gateway's `gw0`.
+    pub fn gateway_mac(&self) -> Result<String> {
+        link_mac(self.gateway.name(), GATEWAY_IF)
+    }
+
+    /// MAC address of backend `i`'s `b<i>`.
+    pub fn backend_mac(&self, i: usize) -> Result<String> {
+        link_mac(self.backend_ns(i), &self.backend_if(i))
+    }
+
+    /// A bpffs private to this lab (mounted on first call at `<dir>/bpffs`, unmounted on drop,
+    /// which releases whatever is pinned there): a pin path for the agent that cannot collide
+    /// with another lab's or the host's, and works where nothing is mounted at /sys/fs/bpf.
+    pub fn pin_dir(&self) -> Result<PathBuf> {
+        let path = self.dir().join(PIN_SUBDIR);
+        if !self.pin_dir_mounted() {
+            std::fs::create_dir_all(&path)?;
+            let p = path.to_str().context("lab dir is not UTF-8")?;
+            netns::run_root(&["mount", "-t", "bpf", "bpf", p])?;
+        }
+        Ok(path)
+    }
+
+    fn pin_dir_mounted(&self) -> bool {
+        let path = self.dir().join(PIN_SUBDIR);
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|m| Path::new(m) == path)
+    }
+
+    /// The lab's own directory (logs, rule files); removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir.0
+    }
+
+    fn owns(&self, ns: &str) -> bool {
+        self.namespaces().contains(&ns)
+    }
+
+    /// Starts `program args...` in the lab namespace `ns`, stdout and stderr appended to a log
+    /// file in [`Lab::dir`]; returns its pid. It is SIGTERMed (then SIGKILLed) on drop.
+    ///
+    /// It runs under `nsenter --net` rather than `ip netns exec`, so it shares our mounts: the
+    /// agent's bpffs pins (see [`Lab::pin_dir`]) stay visible to everyone. See
+    /// [`netns::run_shared_mounts`].
+    pub fn spawn(&mut self, ns: &str, program: &Path, args: &[&str]) -> Result<u32> {
+        if !self.owns(ns) {
+            bail!("{ns} is not a namespace of this lab");
+        }
+        self.spawned += 1;
+        let stem = program
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let short_ns = ns.rsplit('-').next().unwrap_or(ns);
+        let log = self
+            .dir()
+            .join(format!("{:03}-{short_ns}-{stem}.log", self.spawned));
+        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let err = out.try_clone()?;
+        // nsenter execs the program in place (it forks only to enter a pid namespace), so the
+        // child's pid is the program's and signals reach it directly.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("--")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("spawn {} in {ns}", program.display()))?;
+        let pid = child.id();
+        self.procs.insert(pid, child);
+        self.logs.insert(pid, log);
+        Ok(pid)
+    }
+
+    /// Asks process `pid` to finish (SIGINT), waits up to 10 s, then SIGKILLs it.
+    pub fn stop(&mut self, pid: u32) -> Result<()> {
+        let mut child = self
+            .procs
+            .remove(&pid)
+            .with_context(|| format!("no running process {pid} in this lab"))?;
+        signal(pid, libc::SIGINT);
+        if wait_child(&mut child, Duration::from_secs(10))?.is_none() {
+            let _ = child.kill();
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for process `pid` to exit by itself and returns its status; on
+    /// timeout it keeps running and this is an error.
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Result<ExitStatus> {
+        let child = self
+            .procs
+            .get_mut(&pid)
+            .with_context(|| format!("no running process {pid} in this lab"))?;
+        match wait_child(child, timeout)? {
+            Some(status) => {
+                self.procs.remove(&pid);
+                Ok(status)
+            }
+            None => bail!(
+                "process {pid} still running after {timeout:?}; log:\n{}",
+                self.log_of(pid)
+            ),
+        }
+    }
+
+    /// Whether process `pid` (spawned by this lab) is still running.
+    pub fn is_running(&mut self, pid: u32) -> bool {
+        match self.procs.get_mut(&pid) {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Everything process `pid` has written so far ("" for an unknown pid).
+    pub fn log_of(&self, pid: u32) -> String {
+        self.logs
+            .get(&pid)
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the log of `pid` contains `needle`. Fails early if the process exits first.
+    pub fn wait_for_log(&mut self, pid: u32, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_of(pid).contains(needle) {
+                return Ok(());
+            }
+            let exited = match self.procs.get_mut(&pid) {
+                Some(child) => child.try_wait()?,
+                None => bail!("no running process {pid} in this lab"),
+            };
+            if let Some(status) = exited {
+                // It may have written the needle just before exiting.
+                if self.log_of(pid).contains(needle) {
+                    return Ok(());
+                }
+                bail!(
+                    "process {pid} exited ({status}) before printing {needle:?}; log:\n{}",
+                    self.log_of(pid)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "no {needle:?} from process {pid} within {timeout:?}; log:\n{}",
+                    self.log_of(pid)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `lab-client args...` in client `i`'s namespace to completion and returns its JSON
+    /// result (the last JSON line it printed).
+    pub fn run_client<T: serde::de::DeserializeOwned>(&self, i: usize, args: &[&str]) -> Result<T> {
+        let client = tool_path("lab-client");
+        let client = client.to_str().context("lab-client path is not UTF-8")?;
+        let mut cmd = vec![client];
+        cmd.extend_from_slice(args);
+        let out = netns::run(self.client_ns(i), &cmd)?;
+        crate::reports::parse_last_json(&out)
+    }
+
+    /// Like [`Lab::run_client`], untyped.
+    pub fn run_client_json(&self, i: usize, args: &[&str]) -> Result<Value> {
+        self.run_client(i, args)
+    }
+
+    /// Installs nftables counters (bridge family, switch namespace) on the gateway's bridge
+    /// port; see [`DsrCounts`]. Counting happens in the bridge's prerouting hook (frames from
+    /// the gateway, once each) and postrouting hook (frames to the gateway, once each), so
+    /// flooded frames are not counted once per port. Calling it again resets the counts.
+    pub fn start_counting_dsr(&self) -> Result<()> {
+        let p = GATEWAY_PORT;
+        let mut rules = String::new();
+        // Declaring then deleting makes the file work whether or not the table exists.
+        writeln!(rules, "table bridge {COUNT_TABLE} {{}}")?;
+        writeln!(rules, "delete table bridge {COUNT_TABLE}")?;
+        writeln!(rules, "table bridge {COUNT_TABLE} {{")?;
+        for c in [
+            "to_vip_via_gateway",
+            "from_gateway_to_vip",
+            "replies_via_gateway",
+        ] {
+            writeln!(rules, "  counter {c} {{}}")?;
+        }
+        writeln!(
+            rules,
+            "  chain from_gateway {{ type filter hook prerouting priority 0; policy accept;"
+        )?;
+        writeln!(
+            rules,
+            "    iifname \"{p}\" ip daddr {VIP4} counter name \"from_gateway_to_vip\""
+        )?;
+        writeln!(
+            rules,
+            "    iifname \"{p}\" ip6 daddr {VIP6} counter name \"from_gateway_to_vip\""
+        )?;
+        writeln!(
+            rules,
+            "    iifname \"{p}\" ip saddr {VIP4} counter name \"replies_via_gateway\""
+        )?;
+        writeln!(
+            rules,
+            "    iifname \"{p}\" ip6 saddr {VIP6} counter name \"replies_via_gateway\""
+        )?;
+        writeln!(rules, "  }}")?;
+        writeln!(
+            rules,
+            "  chain to_gateway {{ type filter hook postrouting priority 0; policy accept;"
+        )?;
+        writeln!(
+            rules,
+            "    oifname \"{p}\" ip daddr {VIP4} counter name \"to_vip_via_gateway\""
+        )?;
+        writeln!(
+            rules,
+            "    oifname \"{p}\" ip6 daddr {VIP6} counter name \"to_vip_via_gateway\""
+        )?;
+        writeln!(
+            rules,
+            "    oifname \"{p}\" ip saddr {VIP4} counter name \"replies_via_gateway\""
+        )?;
+        writeln!(
+            rules,
+            "    oifname \"{p}\" ip6 saddr {VIP6} counter name \"replies_via_gateway\""
+        )?;
+        writeln!(rules, "  }}")?;
+        writeln!(rules, "}}")?;
+        let file = self.dir().join("dsr-count.nft");
+        std::fs::write(&file, rules)?;
+        let file = file.to_str().context("lab dir is not UTF-8")?;
+        self.switch.run(&["nft", "-f", file])?;
+        Ok(())
+    }
+
+    /// Current DSR counts (packets) since [`Lab::start_counting_dsr`].
+    pub fn dsr_counts(&self) -> Result<DsrCounts> {
+        let out = self
+            .switch
+            .run(&[
+                "nft",
+                "-j",
+                "list",
+                "counters",
+                "table",
+                "bridge",
+                COUNT_TABLE,
+            ])
+            .context("reading DSR counters (was start_counting_dsr called?)")?;
+        parse_counters(&out)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs();
+        }
+        for &pid in self.procs.keys() {
+            signal(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for (_, mut child) in self.procs.drain() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !matches!(wait_child(&mut child, left), Ok(Some(_))) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if self.pin_dir_mounted() {
+            let path = self.dir().join(PIN_SUBDIR);
+            // Before the directory goes: removing it recursively would otherwise descend into
+            // the mount.
+            if let Err(e) = netns::run_root(&["umount", "-l", &path.to_string_lossy()]) {
+                eprintln!("warning: {e:#}");
+            }
+        }
+        // The namespaces (each killing anything left inside before deletion) and the directory
+        // go with the fields.
+    }
+}
+
+impl Lab {
+    /// Prints the tail of every log, so a failing test shows what its processes said.
+    fn dump_logs(&self) {
+        let mut logs: Vec<_> = self.logs.iter().collect();
+        logs.sort_by_key(|(_, path)| path.to_path_buf());
+        for (pid, path) in logs {
+            let text = self.log_of(*pid);
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!("--- {} (pid {pid}) ---", path.display());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// A namespace for a host on the segment: addresses are added with `nodad`, and DAD is off for
+/// link-local ones too so nothing sits tentative while tests start.
+fn new_host_ns(name: &str) -> Result<NetNs> {
+    let ns = NetNs::new(name)?;
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
+    Ok(ns)
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn link_mac(ns: &str, dev: &str) -> Result<String> {
+    let out = netns::run_root(&["ip", "-n", ns, "-j", "link", "show", "dev", dev])?;
+    let v: Value = serde_json::from_str(&out).context("parse `ip -j link`")?;
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("no MAC in {out}"))
+}
+
+/// Polls `child` for up to `timeout`.
+fn wait_child(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads the named counters out of `nft -j list counters` output.
+fn parse_counters(json: &str) -> Result<DsrCounts> {
+    let v: Value = serde_json::from_str(json).context("parse `nft -j` output")?;
+    let items = v["nftables"]
+        .as_array()
+        .context("no `nftables` array in nft output")?;
+    let mut found = HashMap::new();
+    for item in items {
+        let c = &item["counter"];
+        if let (Some(name), Some(packets)) = (c["name"].as_str(), c["packets"].as_u64()) {
+            found.insert(name.to_string(), packets);
+        }
+    }
+    let get = |name: &str| {
+        found
+            .get(name)
+            .copied()
+            .with_context(|| format!("counter {name} missing from nft output: {json}"))
+    };
+    Ok(DsrCounts {
+        to_vip_via_gateway: get("to_vip_via_gateway")?,
+        from_gateway_to_vip: get("from_gateway_to_vip")?,
+        replies_via_gateway: get("replies_via_gateway")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
+            {"counter": {"family": "bridge", "name": "to_vip_via_gateway", "table": "xldsr", "handle": 1, "packets": 7, "bytes": 700}},
+            {"counter": {"family": "bridge", "name": "from_gateway_to_vip", "table": "xldsr", "handle": 2, "packets": 5, "bytes": 500}},
+            {"counter": {"family": "bridge", "name": "replies_via_gateway", "table": "xldsr", "handle": 3, "packets": 0, "bytes": 0}}]}"#;
+        assert_eq!(
+            parse_counters(json).unwrap(),
+            DsrCounts {
+                to_vip_via_gateway: 7,
+                from_gateway_to_vip: 5,
+                replies_via_gateway: 0
+            }
+        );
+        assert!(parse_counters(r#"{"nftables": []}"#).is_err());
+    }
+
+    #[test]
+    fn addressing_plan() {
+        assert_eq!(seg4(101 + MAX_BACKENDS - 1), Ipv4Addr::new(10, 200, 0, 149));
+        assert_eq!(
+            seg4(150 + CLIENT_EXTRA_ADDRS * MAX_CLIENTS - 1),
+            Ipv4Addr::new(10, 200, 0, 253)
+        );
+        assert_eq!(seg6(0x101).to_string(), "fd00:200::101");
+        assert_eq!(VIP6.to_string(), "fd00:201::10");
+    }
+
+    #[test]
+    fn default_spec() {
+        let s = LabSpec::default();
+        assert_eq!((s.clients, s.backends, s.port), (2, 3, 8080));
+    }
+}

@@ -1,0 +1,10 @@
+//! xdplb's namespace lab: builds a throw-away L2 segment of network namespaces (clients, a gateway for the balancer, DSR backends) for the demo and the end-to-end tests.
+
+pub mod lab;
+pub mod netns;
+pub mod reports;
+pub mod scenario;
+pub mod sys;
+
+pub use lab::{tool_path, DsrCounts, Lab, LabSpec};
+pub use reports::{BurstReport, HoldReport};

@@ -1,0 +1,191 @@
+//! `cargo xtask setup|demo|test`: installs what a fresh machine lacks (idempotently), runs the namespace demo, runs every test.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xdplb orchestration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain and lab tools if missing (Debian packages, bpf-linker, rustup link).
+    Setup,
+    /// Build a namespace lab, balance real TCP connections across backends, show DSR, clean up.
+    Demo {
+        /// XDP mode of the balancer in the lab.
+        #[arg(long, default_value = "native")]
+        mode: String,
+        /// Short connections per client.
+        #[arg(long, default_value_t = 400)]
+        connections: u32,
+        /// Persistent connections held open during the demo.
+        #[arg(long, default_value_t = 120)]
+        persistent: u32,
+    },
+    /// Run formatting and lint checks and the whole test suite (unit, fixtures, end-to-end).
+    Test {
+        /// Skip `cargo fmt --check` and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        rest: Vec<String>,
+    },
+}
+
+/// rustup toolchain name for Debian's rustc-web; lb-userspace/build.rs uses the same name.
+const BPF_TOOLCHAIN: &str = "xdplb-bpf";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Run-time tools: labs (iproute2, ethtool, nftables), debugging (bpftool, tcpdump).
+const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "bpftool", "tcpdump", "procps"];
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup(),
+        Cmd::Demo { mode, connections, persistent } => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "lb-userspace", "-p", "xdplb-tests", "--bins"])?;
+            let bin = workspace().join("target/release/xdplb-demo");
+            run(Command::new(bin).args([
+                "--mode",
+                &mode,
+                "--connections",
+                &connections.to_string(),
+                "--persistent",
+                &persistent.to_string(),
+            ]))
+        }
+        Cmd::Test { no_lint, rest } => {
+            setup()?;
+            if !no_lint {
+                cargo(&["fmt", "--all", "--", "--check"])
+                    .context("formatting differs: run `cargo fmt --all`")?;
+                cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            }
+            // The end-to-end tests start the real binaries (xdplb, lab-server, lab-client).
+            cargo(&["build", "--bins"])?;
+            let mut args = vec!["test".to_owned(), "--no-fail-fast".to_owned()];
+            if !rest.is_empty() {
+                args.push("--".to_owned());
+                args.extend(rest);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            cargo(&args)
+        }
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(args).current_dir(workspace()))
+}
+
+fn installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .is_some_and(|s| s.contains("install ok installed"))
+}
+
+fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs.iter().map(String::as_str).filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("setup: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// LLVM major version of Debian's rustc-web: bpf-linker must read that compiler's bitcode.
+fn rustc_llvm_major() -> anyhow::Result<String> {
+    let v = output(Command::new("/usr/bin/rustc").arg("-vV")).context("running /usr/bin/rustc -vV")?;
+    let line = v
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("/usr/bin/rustc -vV prints no LLVM version")?;
+    Ok(line.split('.').next().unwrap_or_default().to_owned())
+}
+
+fn setup() -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("xdplb's setup, demo and tests need root (XDP, network namespaces, bpffs)");
+    }
+    let mut pkgs: Vec<String> = ["rustc-web", "rust-web-src"].iter().map(|s| s.to_string()).collect();
+    pkgs.extend(TOOL_PACKAGES.iter().map(|s| s.to_string()));
+    apt_install(&pkgs)?;
+    let llvm = rustc_llvm_major()?;
+    apt_install(&[format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")])?;
+
+    let have_linker = output(Command::new("bpf-linker").arg("--version"))
+        .or_else(|| output(Command::new(home_cargo_bin("bpf-linker")).arg("--version")))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if !have_linker {
+        println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {llvm}");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm}")])
+            .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))?;
+    }
+
+    let linked = output(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|l| l.lines().any(|t| t.split_whitespace().next() == Some(BPF_TOOLCHAIN)));
+    if !linked {
+        println!("setup: linking Debian's rustc as rustup toolchain {BPF_TOOLCHAIN}");
+        run(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
+    }
+
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
+        println!("setup: mounting bpffs at /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+fn home_cargo_bin(name: &str) -> PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    home.join("bin").join(name)
+}
+
+fn nix_is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|u| u.trim() == "0")
+}
