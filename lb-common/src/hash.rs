@@ -82,7 +82,10 @@ mod tests {
 
     #[test]
     fn source_only_ignores_ports_and_destination() {
-        let mut a = FlowKey { src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], ..Default::default() };
+        let mut a = FlowKey {
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..Default::default()
+        };
         a.sport = [1, 2];
         let mut b = a;
         b.sport = [3, 4];

@@ -14,7 +14,12 @@ use crate::{
 /// all-ports entry of the address.
 #[inline(always)]
 pub fn vip(flow: &FlowKey) -> Option<VipMeta> {
-    let mut key = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+    let mut key = VipKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
     if let Some(meta) = VIPS.get_ptr(&key) {
         return Some(unsafe { *meta });
     }
@@ -52,13 +57,21 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Counter> {
             let id = unsafe { (*entry).backend_id };
             if let Some(b) = backend(id) {
                 count(Counter::ConnHit);
-                return Ok(Choice { backend_id: id, backend: b, new_flow: false });
+                return Ok(Choice {
+                    backend_id: id,
+                    backend: b,
+                    new_flow: false,
+                });
             }
             // The backend it was pinned to is gone: its connection is dead anyway, so steer
             // the packet where a new connection would go instead of black-holing it.
             resteer = true;
         }
-        count(if resteer { Counter::ConnResteer } else { Counter::ConnMiss });
+        count(if resteer {
+            Counter::ConnResteer
+        } else {
+            Counter::ConnMiss
+        });
     }
     if vip.ring_size == 0 {
         return Err(Counter::DropNoBackend);
@@ -66,16 +79,25 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Counter> {
     let slot = flow_hash(flow, vip.flags & VIP_HASH_SOURCE_IP != 0) % vip.ring_size;
     // verifier: RINGS' inner arrays are bounds-checked by the kernel; a slot past a ring's
     // size returns None.
-    let id = *RINGS.get_value(vip.vip_id, &slot).ok_or(Counter::DropNoBackend)?;
+    let id = *RINGS
+        .get_value(vip.vip_id, &slot)
+        .ok_or(Counter::DropNoBackend)?;
     if id == NO_BACKEND {
         return Err(Counter::DropNoBackend);
     }
     let b = backend(id).ok_or(Counter::DropNoBackend)?;
     if stateful {
-        let entry = ConnEntry { backend_id: id, vip_id: vip.vip_id };
+        let entry = ConnEntry {
+            backend_id: id,
+            vip_id: vip.vip_id,
+        };
         if CONNS.insert(flow, &entry, 0).is_err() {
             count(Counter::ConnInsertFailed);
         }
     }
-    Ok(Choice { backend_id: id, backend: b, new_flow: true })
+    Ok(Choice {
+        backend_id: id,
+        backend: b,
+        new_flow: true,
+    })
 }

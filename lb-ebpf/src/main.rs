@@ -49,7 +49,12 @@ fn balance(ctx: &XdpContext) -> Result<u32, Counter> {
         _ => return Err(Counter::DropNoBackend),
     };
     stats::traffic(&maps::VIP_STATS, vip.vip_id, bytes, choice.new_flow);
-    stats::traffic(&maps::BACKEND_STATS, choice.backend_id, bytes, choice.new_flow);
+    stats::traffic(
+        &maps::BACKEND_STATS,
+        choice.backend_id,
+        bytes,
+        choice.new_flow,
+    );
     Ok(action)
 }
 

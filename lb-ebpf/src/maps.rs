@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, ConnEntry, FlowKey, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP,
-    COUNTER_COUNT, DEFAULT_CONNS, MAX_BACKENDS, MAX_VIPS, RING_TEMPLATE_SIZE,
+    Backend, ConnEntry, FlowKey, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
+    DEFAULT_CONNS, MAX_BACKENDS, MAX_VIPS, RING_TEMPLATE_SIZE,
 };
 
 /// One Maglev table: slot → backend id. Created with `BPF_F_INNER_MAP` so each VIP's ring can

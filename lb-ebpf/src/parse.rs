@@ -108,7 +108,11 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
         }
         _ => return Err(Counter::PassNotIp),
     }
-    let l4_min = if key.proto == IPPROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+    let l4_min = if key.proto == IPPROTO_TCP {
+        TCP_MIN_HLEN
+    } else {
+        UDP_HLEN
+    };
     if l4 + l4_min > l3_end {
         return Err(Counter::DropMalformed);
     }

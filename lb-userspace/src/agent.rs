@@ -45,7 +45,12 @@ pub fn addr_from_bytes(bytes: [u8; 16], family: u8) -> IpAddr {
 
 pub fn vip_key(vip: &Vip) -> VipKey {
     let (addr, family) = addr_bytes(vip.address);
-    VipKey { addr, port: vip.port.to_be_bytes(), proto: vip.protocol.number(), family }
+    VipKey {
+        addr,
+        port: vip.port.to_be_bytes(),
+        proto: vip.protocol.number(),
+        family,
+    }
 }
 
 /// Identity of a VIP across reloads.
@@ -92,8 +97,14 @@ impl Applied {
             let vip_id = match self.vip_ids.get(&identity) {
                 Some(id) => *id,
                 None => {
-                    let id = first_free(self.vip_ids.values().copied().chain(keep_vips.values().copied()), MAX_VIPS)
-                        .context("no free VIP slot")?;
+                    let id = first_free(
+                        self.vip_ids
+                            .values()
+                            .copied()
+                            .chain(keep_vips.values().copied()),
+                        MAX_VIPS,
+                    )
+                    .context("no free VIP slot")?;
                     maps.reset_vip_counters(id)?;
                     id
                 }
@@ -108,7 +119,9 @@ impl Applied {
                         Ok(mac) => mac,
                         Err(e) => {
                             log::error!("VIP {}: backend {} left out: {e:#}", vip.name, b.address);
-                            report.unresolved.push((vip.name.clone(), b.address, format!("{e:#}")));
+                            report
+                                .unresolved
+                                .push((vip.name.clone(), b.address, format!("{e:#}")));
                             continue;
                         }
                     },
@@ -119,7 +132,10 @@ impl Applied {
                     Some(id) => *id,
                     None => {
                         let id = first_free(
-                            self.backend_ids.values().copied().chain(keep_backends.values().copied()),
+                            self.backend_ids
+                                .values()
+                                .copied()
+                                .chain(keep_backends.values().copied()),
                             MAX_BACKENDS,
                         )
                         .context("no free backend slot")?;
@@ -133,10 +149,24 @@ impl Applied {
                     BackendState::Active => BACKEND_ACTIVE,
                     BackendState::Draining => BACKEND_DRAINING,
                 };
-                maps.set_backend(id, &MapBackend { addr, mac: mac.0, family, state, vip_id, _pad: 0 })?;
+                maps.set_backend(
+                    id,
+                    &MapBackend {
+                        addr,
+                        mac: mac.0,
+                        family,
+                        state,
+                        vip_id,
+                        _pad: 0,
+                    },
+                )?;
                 if b.state == BackendState::Active {
                     active += 1;
-                    ring_members.push(maglev::Entry { id, identity: addr, weight: b.weight.0 });
+                    ring_members.push(maglev::Entry {
+                        id,
+                        identity: addr,
+                        weight: b.weight.0,
+                    });
                 } else {
                     draining += 1;
                 }
@@ -153,8 +183,20 @@ impl Applied {
             let forwarding = match vip.forwarding {
                 Forwarding::L2 => FORWARD_L2,
             };
-            maps.set_vip(&vip_key(vip), &VipMeta { vip_id, ring_size: vip.ring_size.0, flags, forwarding })?;
-            let empty = if table.iter().all(|s| *s == NO_BACKEND) { " — NO ACTIVE BACKEND, its packets are dropped" } else { "" };
+            maps.set_vip(
+                &vip_key(vip),
+                &VipMeta {
+                    vip_id,
+                    ring_size: vip.ring_size.0,
+                    flags,
+                    forwarding,
+                },
+            )?;
+            let empty = if table.iter().all(|s| *s == NO_BACKEND) {
+                " — NO ACTIVE BACKEND, its packets are dropped"
+            } else {
+                ""
+            };
             report.lines.push(format!(
                 "VIP {} {}:{}/{}: {active} active, {draining} draining backend(s), ring {}{empty}",
                 vip.name,
@@ -165,15 +207,38 @@ impl Applied {
             ));
         }
         // VIPs that left the config: unreachable first, then their backends are freed below.
-        for (identity, _) in self.vip_ids.iter().filter(|(k, _)| !keep_vips.contains_key(k)) {
+        for (identity, _) in self
+            .vip_ids
+            .iter()
+            .filter(|(k, _)| !keep_vips.contains_key(k))
+        {
             let (addr, family) = addr_bytes(identity.0);
-            let key = VipKey { addr, port: identity.1.to_be_bytes(), proto: identity.2, family };
+            let key = VipKey {
+                addr,
+                port: identity.1.to_be_bytes(),
+                proto: identity.2,
+                family,
+            };
             maps.remove_vip(&key)?;
-            report.lines.push(format!("VIP {}:{} removed", fmt_addr(identity.0), identity.1));
+            report.lines.push(format!(
+                "VIP {}:{} removed",
+                fmt_addr(identity.0),
+                identity.1
+            ));
         }
-        for (key, id) in self.backend_ids.iter().filter(|(k, _)| !keep_backends.contains_key(k)) {
+        for (key, id) in self
+            .backend_ids
+            .iter()
+            .filter(|(k, _)| !keep_backends.contains_key(k))
+        {
             // Flow-table entries still naming this id are re-steered by the datapath.
-            maps.set_backend(*id, &MapBackend { state: BACKEND_UNUSED, ..Default::default() })?;
+            maps.set_backend(
+                *id,
+                &MapBackend {
+                    state: BACKEND_UNUSED,
+                    ..Default::default()
+                },
+            )?;
             report.lines.push(format!("backend {} removed", key.1));
         }
         self.vip_ids = keep_vips;
@@ -191,16 +256,25 @@ pub fn fmt_addr(a: IpAddr) -> String {
 
 /// Settings that are fixed while the agent runs (a reload may not change them).
 fn fixed_part(cfg: &Config) -> (String, crate::config::XdpMode, PathBuf, u32) {
-    (cfg.interface.as_str().to_owned(), cfg.xdp_mode, cfg.pin_path.clone(), cfg.flow_table_size.0)
+    (
+        cfg.interface.as_str().to_owned(),
+        cfg.xdp_mode,
+        cfg.pin_path.clone(),
+        cfg.flow_table_size.0,
+    )
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(config_path)?;
     let interface = cfg.interface.as_str().to_owned();
-    let ifindex = unsafe { libc::if_nametoindex(std::ffi::CString::new(interface.clone())?.as_ptr()) };
+    let ifindex =
+        unsafe { libc::if_nametoindex(std::ffi::CString::new(interface.clone())?.as_ptr()) };
     if ifindex == 0 {
-        bail!("interface {interface} does not exist (config {})", config_path.display());
+        bail!(
+            "interface {interface} does not exist (config {})",
+            config_path.display()
+        );
     }
     let mut ebpf = loader::load_balancer(cfg.flow_table_size.0)?;
     // Logs only exist in debug builds of the object; keep the logger alive with the program.
@@ -209,7 +283,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let pin_path = cfg.pin_path.clone();
     let result = serve(&mut ebpf, cfg, config_path).await;
     maps::unpin_all(&pin_path);
-    log::info!("detached from {interface}; pins under {} removed", pin_path.display());
+    log::info!(
+        "detached from {interface}; pins under {} removed",
+        pin_path.display()
+    );
     result
 }
 
@@ -220,7 +297,12 @@ async fn serve(ebpf: &mut aya::Ebpf, cfg: Config, config_path: &Path) -> anyhow:
     for line in &report.lines {
         log::info!("{line}");
     }
-    let mode = loader::attach(ebpf, lb_common::programs::BALANCER, cfg.interface.as_str(), cfg.xdp_mode)?;
+    let mode = loader::attach(
+        ebpf,
+        lb_common::programs::BALANCER,
+        cfg.interface.as_str(),
+        cfg.xdp_mode,
+    )?;
     log::info!(
         "balancing on {} ({mode} XDP), {} VIP(s), flow table {} entries; maps pinned under {}",
         cfg.interface.as_str(),
@@ -269,12 +351,23 @@ fn reload(
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     println!("{}: valid", path.display());
-    println!("  interface {} ({:?} XDP), flow table {} entries, pins under {}",
-        cfg.interface.as_str(), cfg.xdp_mode, cfg.flow_table_size.0, cfg.pin_path.display());
+    println!(
+        "  interface {} ({:?} XDP), flow table {} entries, pins under {}",
+        cfg.interface.as_str(),
+        cfg.xdp_mode,
+        cfg.flow_table_size.0,
+        cfg.pin_path.display()
+    );
     for vip in cfg.vips.iter() {
         let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
         for b in vip.backends.iter() {
-            *by_state.entry(if b.state == BackendState::Active { "active" } else { "draining" }).or_default() += 1;
+            *by_state
+                .entry(if b.state == BackendState::Active {
+                    "active"
+                } else {
+                    "draining"
+                })
+                .or_default() += 1;
         }
         println!(
             "  VIP {} {}:{}/{} {:?} hash={:?}{} ring {}: {:?}",

@@ -137,7 +137,10 @@ impl TryFrom<Vec<Vip>> for Vips {
     type Error = String;
     fn try_from(vips: Vec<Vip>) -> Result<Self, String> {
         if vips.len() > MAX_VIPS as usize {
-            return Err(format!("{} VIPs, at most {MAX_VIPS} are supported", vips.len()));
+            return Err(format!(
+                "{} VIPs, at most {MAX_VIPS} are supported",
+                vips.len()
+            ));
         }
         let mut names = HashSet::new();
         let mut keys = HashSet::new();
@@ -209,7 +212,9 @@ impl TryFrom<VipFields> for Vip {
     fn try_from(f: VipFields) -> Result<Self, String> {
         let name_ok = !f.name.is_empty()
             && f.name.len() <= 64
-            && f.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            && f.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !name_ok {
             return Err(format!(
                 "invalid VIP name {:?}: 1 to 64 of A-Z a-z 0-9 - _ .",
@@ -217,7 +222,10 @@ impl TryFrom<VipFields> for Vip {
             ));
         }
         if f.address.is_unspecified() || f.address.is_multicast() {
-            return Err(format!("VIP {:?}: address {} cannot be a VIP", f.name, f.address));
+            return Err(format!(
+                "VIP {:?}: address {} cannot be a VIP",
+                f.name, f.address
+            ));
         }
         // Maglev spreads well only when the table is much larger than the backend count.
         let min_ring = f.backends.len() as u64 * 100;
@@ -324,7 +332,7 @@ fn is_prime(n: u32) -> bool {
     }
     let mut d = 2u32;
     while d.saturating_mul(d) <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;
@@ -427,7 +435,8 @@ pub struct MacAddr(pub [u8; 6]);
 impl FromStr for MacAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid MAC address {s:?}: expected six hex pairs like 02:00:00:00:00:11");
+        let bad =
+            || format!("invalid MAC address {s:?}: expected six hex pairs like 02:00:00:00:00:11");
         let mut mac = [0u8; 6];
         let mut parts = s.split([':', '-']);
         for byte in &mut mac {
@@ -441,7 +450,9 @@ impl FromStr for MacAddr {
             return Err(bad());
         }
         if mac == [0; 6] || mac[0] & 1 == 1 {
-            return Err(format!("MAC address {s:?} is zero or multicast; a backend needs its unicast MAC"));
+            return Err(format!(
+                "MAC address {s:?} is zero or multicast; a backend needs its unicast MAC"
+            ));
         }
         Ok(MacAddr(mac))
     }
@@ -463,7 +474,11 @@ impl From<MacAddr> for String {
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -498,11 +513,13 @@ macro_rules! checked_scalar {
                         f.write_str("a non-negative integer")
                     }
                     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
-                        let v = u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
+                        let v =
+                            u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
                         $ty::try_from(v).map_err(E::custom)
                     }
                     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
-                        let v = u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
+                        let v =
+                            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
                         self.visit_u64(v)
                     }
                 }
@@ -568,30 +585,84 @@ vips:
 
     /// Replaces `from` (which must occur once) in the good config and returns the error text.
     fn error_of(from: &str, to: &str) -> String {
-        assert_eq!(GOOD.matches(from).count(), 1, "fixture {from:?} must be unique");
+        assert_eq!(
+            GOOD.matches(from).count(),
+            1,
+            "fixture {from:?} must be unique"
+        );
         let text = GOOD.replacen(from, to, 1);
-        format!("{:#}", Config::from_yaml(&text, "bad.yaml").expect_err("must be rejected"))
+        format!(
+            "{:#}",
+            Config::from_yaml(&text, "bad.yaml").expect_err("must be rejected")
+        )
     }
 
     #[test]
     fn bad_configs_name_the_field_and_line() {
         let cases: &[(&str, &str, &[&str])] = &[
-            ("xdp_mode: native", "xdp_mode: turbo", &["xdp_mode", "unknown variant `turbo`", "line 2"]),
-            ("address: 10.0.0.12,", "address: 10.0.0.300,", &["vips[0].backends[1].address", "invalid IP address", "line 12"]),
-            ("mac: 02:00:00:00:00:11", "mac: 02:00:00:00:11", &["vips[0].backends[0].mac", "invalid MAC", "line 10"]),
-            ("weight: 100", "weight: 0", &["vips[0].backends[0].weight", "out of range", "line 11"]),
-            ("ring_size: 131071", "ring_size: 131072", &["vips[1].ring_size", "131072 is not prime", "line 19"]),
-            ("protocol: udp", "protocol: icmp", &["vips[1].protocol", "unknown variant `icmp`", "line 16"]),
-            ("    hash: source-ip", "    hash: source-ip\n    colour: blue", &["vips[1]", "unknown field `colour`", "line 18"]),
-            ("port: 443", "port: 70000", &["vips[0].port", "expected u16", "line 6"]),
-            ("address: 10.0.0.12,", "address: 10.0.0.11,", &["vips[0]", "backend 10.0.0.11 is listed twice", "line 4"]),
+            (
+                "xdp_mode: native",
+                "xdp_mode: turbo",
+                &["xdp_mode", "unknown variant `turbo`", "line 2"],
+            ),
+            (
+                "address: 10.0.0.12,",
+                "address: 10.0.0.300,",
+                &[
+                    "vips[0].backends[1].address",
+                    "invalid IP address",
+                    "line 12",
+                ],
+            ),
+            (
+                "mac: 02:00:00:00:00:11",
+                "mac: 02:00:00:00:11",
+                &["vips[0].backends[0].mac", "invalid MAC", "line 10"],
+            ),
+            (
+                "weight: 100",
+                "weight: 0",
+                &["vips[0].backends[0].weight", "out of range", "line 11"],
+            ),
+            (
+                "ring_size: 131071",
+                "ring_size: 131072",
+                &["vips[1].ring_size", "131072 is not prime", "line 19"],
+            ),
+            (
+                "protocol: udp",
+                "protocol: icmp",
+                &["vips[1].protocol", "unknown variant `icmp`", "line 16"],
+            ),
+            (
+                "    hash: source-ip",
+                "    hash: source-ip\n    colour: blue",
+                &["vips[1]", "unknown field `colour`", "line 18"],
+            ),
+            (
+                "port: 443",
+                "port: 70000",
+                &["vips[0].port", "expected u16", "line 6"],
+            ),
+            (
+                "address: 10.0.0.12,",
+                "address: 10.0.0.11,",
+                &["vips[0]", "backend 10.0.0.11 is listed twice", "line 4"],
+            ),
             ("name: dns6", "name: web", &["duplicate VIP name \"web\""]),
-            ("interface: eth0", "interface: a-very-long-interface-name", &["interface", "invalid interface name", "line 1"]),
+            (
+                "interface: eth0",
+                "interface: a-very-long-interface-name",
+                &["interface", "invalid interface name", "line 1"],
+            ),
         ];
         for (from, to, needles) in cases {
             let err = error_of(from, to);
             for n in *needles {
-                assert!(err.contains(n), "error for {to:?} should mention {n:?}, got: {err}");
+                assert!(
+                    err.contains(n),
+                    "error for {to:?} should mention {n:?}, got: {err}"
+                );
             }
         }
     }

@@ -55,9 +55,8 @@ pub fn attach(
             Ok(m) => Ok(m),
             Err(native) => {
                 log::warn!("{native:#}; falling back to generic XDP (slower; try a driver with native XDP support)");
-                try_mode(prog, XdpMode::Skb, "generic").map_err(|generic| {
-                    anyhow!("{generic:#} (native failed first: {native:#})")
-                })
+                try_mode(prog, XdpMode::Skb, "generic")
+                    .map_err(|generic| anyhow!("{generic:#} (native failed first: {native:#})"))
             }
         },
     }
@@ -71,8 +70,15 @@ pub fn attach_pass(interface: &str) -> anyhow::Result<Ebpf> {
         .map_max_entries(maps::CONNS, 1024)
         .load(EBPF_OBJECT)
         .context("loading the xdplb eBPF object")?;
-    program(&mut ebpf, programs::PASS)?.load().context("loading xdplb_pass")?;
-    let mode = attach(&mut ebpf, programs::PASS, interface, config::XdpMode::Native)?;
+    program(&mut ebpf, programs::PASS)?
+        .load()
+        .context("loading xdplb_pass")?;
+    let mode = attach(
+        &mut ebpf,
+        programs::PASS,
+        interface,
+        config::XdpMode::Native,
+    )?;
     if mode != "native" {
         bail!("xdplb_pass attached in {mode} mode");
     }

@@ -81,7 +81,11 @@ mod tests {
     fn backend(i: u32, weight: u32) -> Entry {
         let mut identity = [0u8; 16];
         identity[..4].copy_from_slice(&[10, 0, (i >> 8) as u8, i as u8]);
-        Entry { id: i, identity, weight }
+        Entry {
+            id: i,
+            identity,
+            weight,
+        }
     }
 
     fn shares(table: &[u32]) -> HashMap<u32, f64> {
@@ -95,15 +99,28 @@ mod tests {
 
     #[test]
     fn each_share_is_within_one_percent_of_its_weight_share() {
-        for weights in [vec![100; 3], vec![100, 50, 25, 200], vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10], vec![100; 64]] {
-            let list: Vec<_> = weights.iter().enumerate().map(|(i, w)| backend(i as u32, *w)).collect();
+        for weights in [
+            vec![100; 3],
+            vec![100, 50, 25, 200],
+            vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+            vec![100; 64],
+        ] {
+            let list: Vec<_> = weights
+                .iter()
+                .enumerate()
+                .map(|(i, w)| backend(i as u32, *w))
+                .collect();
             let table = build(&list, 65537);
             let total: u32 = weights.iter().sum();
             let got = shares(&table);
             for b in &list {
                 let want = f64::from(b.weight) / f64::from(total);
                 let have = got.get(&b.id).copied().unwrap_or(0.0);
-                assert!((have - want).abs() <= 0.01, "weights {weights:?}: backend {} has {have:.4}, wants {want:.4}", b.id);
+                assert!(
+                    (have - want).abs() <= 0.01,
+                    "weights {weights:?}: backend {} has {have:.4}, wants {want:.4}",
+                    b.id
+                );
             }
         }
     }
@@ -116,9 +133,13 @@ mod tests {
             for removed in [0, n / 2, n - 1] {
                 let rest: Vec<_> = list.iter().copied().filter(|b| b.id != removed).collect();
                 let after = build(&rest, 65537);
-                let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / 65537.0;
+                let moved =
+                    before.iter().zip(&after).filter(|(a, b)| a != b).count() as f64 / 65537.0;
                 let bound = 1.0 / f64::from(n) + 0.01;
-                assert!(moved <= bound, "n={n} removed={removed}: moved {moved:.4} > {bound:.4}");
+                assert!(
+                    moved <= bound,
+                    "n={n} removed={removed}: moved {moved:.4} > {bound:.4}"
+                );
             }
         }
     }

@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use lb_userspace::{agent, config::Config, stats};
 
 #[derive(Parser)]
-#[command(name = "xdplb", version, about = "Direct-server-return load balancer on XDP")]
+#[command(
+    name = "xdplb",
+    version,
+    about = "Direct-server-return load balancer on XDP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,7 +62,11 @@ fn real_main() -> anyhow::Result<()> {
             .build()?
             .block_on(agent::run(&config)),
         Command::Check { config } => agent::check(&config),
-        Command::Stats { config, pin_path, json } => match pin_path {
+        Command::Stats {
+            config,
+            pin_path,
+            json,
+        } => match pin_path {
             Some(dir) => stats::print(&dir, None, json),
             None => {
                 let cfg = Config::load(&config)?;

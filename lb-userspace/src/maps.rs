@@ -27,7 +27,8 @@ fn typed<T>(name: &str, map: Map) -> anyhow::Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    T::try_from(map).with_context(|| format!("map {name} does not have the layout lb-common defines"))
+    T::try_from(map)
+        .with_context(|| format!("map {name} does not have the layout lb-common defines"))
 }
 
 impl BalancerMaps {
@@ -45,9 +46,13 @@ impl BalancerMaps {
         let mut open = |name: &str| -> anyhow::Result<Map> {
             let path = dir.join(name);
             let data = MapData::from_pin(&path).with_context(|| {
-                format!("cannot open pinned map {} (is `xdplb run` running with this pin_path?)", path.display())
+                format!(
+                    "cannot open pinned map {} (is `xdplb run` running with this pin_path?)",
+                    path.display()
+                )
             })?;
-            Map::from_map_data(data).with_context(|| format!("pinned map {} has an unknown type", path.display()))
+            Map::from_map_data(data)
+                .with_context(|| format!("pinned map {} has an unknown type", path.display()))
         };
         Self::from_source(&mut open)
     }
@@ -73,15 +78,22 @@ impl BalancerMaps {
     }
 
     pub fn vips(&self) -> anyhow::Result<Vec<(VipKey, VipMeta)>> {
-        self.vips.iter().collect::<Result<_, _>>().context("reading map VIPS")
+        self.vips
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading map VIPS")
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
-        self.backends.set(id, backend, 0).with_context(|| format!("writing BACKENDS[{id}]"))
+        self.backends
+            .set(id, backend, 0)
+            .with_context(|| format!("writing BACKENDS[{id}]"))
     }
 
     pub fn backend(&self, id: u32) -> anyhow::Result<Backend> {
-        self.backends.get(&id, 0).with_context(|| format!("reading BACKENDS[{id}]"))
+        self.backends
+            .get(&id, 0)
+            .with_context(|| format!("reading BACKENDS[{id}]"))
     }
 
     /// Every used backend slot, with its id.
@@ -113,9 +125,13 @@ impl BalancerMaps {
 
     /// Reads back the ring of `vip_id` (tests, `check`).
     pub fn ring(&self, vip_id: u32) -> anyhow::Result<Vec<u32>> {
-        let ring: Array<MapData, u32> =
-            self.rings.get(&vip_id, 0).with_context(|| format!("reading RINGS[{vip_id}]"))?;
-        ring.iter().collect::<Result<_, _>>().context("reading a ring")
+        let ring: Array<MapData, u32> = self
+            .rings
+            .get(&vip_id, 0)
+            .with_context(|| format!("reading RINGS[{vip_id}]"))?;
+        ring.iter()
+            .collect::<Result<_, _>>()
+            .context("reading a ring")
     }
 
     pub fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
@@ -164,7 +180,10 @@ impl BalancerMaps {
 
 fn zeroes() -> anyhow::Result<PerCpuValues<TrafficCounters>> {
     let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-    Ok(PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])?)
+    Ok(PerCpuValues::try_from(vec![
+        TrafficCounters::default();
+        cpus
+    ])?)
 }
 
 fn sum_traffic(
@@ -172,7 +191,9 @@ fn sum_traffic(
     index: u32,
     name: &str,
 ) -> anyhow::Result<TrafficCounters> {
-    let per_cpu = map.get(&index, 0).with_context(|| format!("reading {name}[{index}]"))?;
+    let per_cpu = map
+        .get(&index, 0)
+        .with_context(|| format!("reading {name}[{index}]"))?;
     Ok(per_cpu.iter().fold(TrafficCounters::default(), |mut t, c| {
         t.packets += c.packets;
         t.bytes += c.bytes;
@@ -184,8 +205,12 @@ fn sum_traffic(
 /// Pins every balancer map of a loaded object under `dir` (created if missing). Pins left by
 /// an earlier run are replaced: this agent's maps are the live ones.
 pub fn pin_all(ebpf: &Ebpf, dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating pin directory {} (is bpffs mounted at /sys/fs/bpf?)", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "creating pin directory {} (is bpffs mounted at /sys/fs/bpf?)",
+            dir.display()
+        )
+    })?;
     for name in names::ALL {
         let path = dir.join(name);
         if path.exists() {

@@ -22,11 +22,22 @@ struct NeighEntry {
 /// a hard dependency of every XDP host anyway; its JSON is a stable interface).
 fn lookup(interface: &str, addr: IpAddr) -> anyhow::Result<Option<MacAddr>> {
     let out = Command::new("ip")
-        .args(["-j", "neigh", "show", "to", &addr.to_string(), "dev", interface])
+        .args([
+            "-j",
+            "neigh",
+            "show",
+            "to",
+            &addr.to_string(),
+            "dev",
+            interface,
+        ])
         .output()
         .context("running `ip neigh` (is iproute2 installed?)")?;
     if !out.status.success() {
-        bail!("`ip neigh show dev {interface}` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`ip neigh show dev {interface}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let entries: Vec<NeighEntry> = serde_json::from_slice(&out.stdout).unwrap_or_default();
     for e in entries {
@@ -47,7 +58,12 @@ pub fn resolve(interface: &str, addr: IpAddr, wait: Duration) -> anyhow::Result<
     if let Some(mac) = lookup(interface, addr)? {
         return Ok(mac);
     }
-    let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
     let deadline = Instant::now() + wait;
     let mut last_probe = None::<Instant>;
     while Instant::now() < deadline {

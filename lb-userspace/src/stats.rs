@@ -45,7 +45,12 @@ pub struct BackendStats {
 pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsReport> {
     let maps = BalancerMaps::from_pins(pin_path)?;
     let names: std::collections::HashMap<_, _> = cfg
-        .map(|c| c.vips.iter().map(|v| (vip_key(v), v.name.clone())).collect())
+        .map(|c| {
+            c.vips
+                .iter()
+                .map(|v| (vip_key(v), v.name.clone()))
+                .collect()
+        })
         .unwrap_or_default();
     let backends = maps.backends()?;
     let mut vips = Vec::new();
@@ -54,7 +59,11 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
     for (key, meta) in entries {
         let address = addr_from_bytes(key.addr, key.family);
         let port = u16::from_be_bytes(key.port);
-        let protocol = if key.proto == lb_common::IPPROTO_TCP { "tcp" } else { "udp" };
+        let protocol = if key.proto == lb_common::IPPROTO_TCP {
+            "tcp"
+        } else {
+            "udp"
+        };
         let t = maps.vip_counters(meta.vip_id)?;
         let mut list = Vec::new();
         for (id, b) in backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
@@ -87,7 +96,10 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
         });
     }
     let counters = maps.global_counters()?;
-    let global = Counter::ALL.iter().map(|c| (c.name(), counters[*c as usize])).collect();
+    let global = Counter::ALL
+        .iter()
+        .map(|c| (c.name(), counters[*c as usize]))
+        .collect();
     Ok(StatsReport { vips, global })
 }
 
@@ -99,7 +111,11 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// The table `xdplb stats` prints.
@@ -108,14 +124,32 @@ pub fn render_table(r: &StatsReport) -> String {
     for v in &r.vips {
         out += &format!(
             "VIP {} ({}:{}/{})  packets {}  bytes {}  new flows {}\n",
-            v.name, fmt_addr(v.address), v.port, v.protocol, v.packets, human_bytes(v.bytes), v.new_flows
+            v.name,
+            fmt_addr(v.address),
+            v.port,
+            v.protocol,
+            v.packets,
+            human_bytes(v.bytes),
+            v.new_flows
         );
-        out += &format!("  {:<28} {:<9} {:>12} {:>12} {:>10} {:>7}\n", "backend", "state", "packets", "bytes", "new flows", "share");
+        out += &format!(
+            "  {:<28} {:<9} {:>12} {:>12} {:>10} {:>7}\n",
+            "backend", "state", "packets", "bytes", "new flows", "share"
+        );
         for b in &v.backends {
-            let share = if v.new_flows > 0 { 100.0 * b.new_flows as f64 / v.new_flows as f64 } else { 0.0 };
+            let share = if v.new_flows > 0 {
+                100.0 * b.new_flows as f64 / v.new_flows as f64
+            } else {
+                0.0
+            };
             out += &format!(
                 "  {:<28} {:<9} {:>12} {:>12} {:>10} {:>6.1}%\n",
-                b.address.to_string(), b.state, b.packets, human_bytes(b.bytes), b.new_flows, share
+                b.address.to_string(),
+                b.state,
+                b.packets,
+                human_bytes(b.bytes),
+                b.new_flows,
+                share
             );
         }
     }
@@ -131,7 +165,10 @@ pub fn render_table(r: &StatsReport) -> String {
 pub fn print(pin_path: &Path, cfg: Option<&Config>, json: bool) -> anyhow::Result<()> {
     let report = collect(pin_path, cfg)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("encoding JSON")?
+        );
     } else {
         print!("{}", render_table(&report));
     }

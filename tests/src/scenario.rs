@@ -26,13 +26,19 @@ pub fn lab_config(lab: &mut Lab, mode: &str, members: &[(usize, Member)]) -> Res
         lab.gateway_if(),
         pin.display()
     );
-    let families: [(&str, String, bool); 2] =
-        [("web", lab.vip4().to_string(), true), ("web6", lab.vip6().to_string(), false)];
+    let families: [(&str, String, bool); 2] = [
+        ("web", lab.vip4().to_string(), true),
+        ("web6", lab.vip6().to_string(), false),
+    ];
     for (name, vip, v4) in families {
         for proto in ["tcp", "udp"] {
             y += &format!("  - name: {name}-{proto}\n    address: '{vip}'\n    port: {port}\n    protocol: {proto}\n    backends:\n");
             for (i, m) in members {
-                let addr = if v4 { lab.backend_addr4(*i).to_string() } else { lab.backend_addr6(*i).to_string() };
+                let addr = if v4 {
+                    lab.backend_addr4(*i).to_string()
+                } else {
+                    lab.backend_addr6(*i).to_string()
+                };
                 let state = match m {
                     Member::Active => "active",
                     Member::Draining => "draining",
@@ -64,21 +70,33 @@ impl Balancer {
         let peer_pass = if mode == "native" {
             let (ns, port) = lab.gateway_peer();
             let port = port.to_owned();
-            Some(netns::in_netns(ns, move || lb_userspace::loader::attach_pass(&port))?)
+            Some(netns::in_netns(ns, move || {
+                lb_userspace::loader::attach_pass(&port)
+            })?)
         } else {
             None
         };
         let xdplb = tool_path("xdplb");
-        let cfg = config.to_str().context("config path is not UTF-8")?.to_owned();
+        let cfg = config
+            .to_str()
+            .context("config path is not UTF-8")?
+            .to_owned();
         let gw = lab.gateway_ns().to_owned();
         let pid = lab.spawn(&gw, &xdplb, &["run", "--config", &cfg])?;
         lab.wait_for_log(pid, "balancing on", Duration::from_secs(30))
             .context("xdplb did not start balancing")?;
-        Ok(Balancer { pid, config, mode: mode.to_owned(), reloads: 0, _peer_pass: peer_pass })
+        Ok(Balancer {
+            pid,
+            config,
+            mode: mode.to_owned(),
+            reloads: 0,
+            _peer_pass: peer_pass,
+        })
     }
 
     /// Replaces the config file and sends SIGHUP; waits for the agent to log the reload.
     pub fn reload(&mut self, lab: &mut Lab, yaml: &str) -> Result<()> {
+        let rejected_before = lab.log_of(self.pid).matches("reload rejected").count();
         std::fs::write(&self.config, yaml)?;
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.pid as i32, libc::SIGHUP) };
@@ -89,11 +107,35 @@ impl Balancer {
             if log.matches("reloaded ").count() >= self.reloads {
                 return Ok(());
             }
-            if log.matches("reload rejected").count() > 0 {
+            if log.matches("reload rejected").count() > rejected_before {
                 bail!("reload rejected:\n{log}");
             }
             if std::time::Instant::now() > deadline {
                 bail!("agent did not log reload #{}:\n{log}", self.reloads);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Writes a config the agent must refuse, sends SIGHUP, and returns the rejection line.
+    pub fn reload_rejected(&mut self, lab: &mut Lab, yaml: &str) -> Result<String> {
+        let before = lab.log_of(self.pid).matches("reload rejected").count();
+        std::fs::write(&self.config, yaml)?;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid as i32, libc::SIGHUP) };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = lab.log_of(self.pid);
+            if log.matches("reload rejected").count() > before {
+                let line = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("reload rejected"))
+                    .unwrap_or_default();
+                return Ok(line.to_owned());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("agent did not reject the config:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(50));
         }

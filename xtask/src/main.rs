@@ -46,7 +46,9 @@ enum Cmd {
 const BPF_TOOLCHAIN: &str = "xdplb-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Run-time tools: labs (iproute2, ethtool, nftables), debugging (bpftool, tcpdump).
-const TOOL_PACKAGES: &[&str] = &["iproute2", "ethtool", "nftables", "bpftool", "tcpdump", "procps"];
+const TOOL_PACKAGES: &[&str] = &[
+    "iproute2", "ethtool", "nftables", "bpftool", "tcpdump", "procps",
+];
 
 fn main() {
     if let Err(e) = real_main() {
@@ -58,9 +60,21 @@ fn main() {
 fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup(),
-        Cmd::Demo { mode, connections, persistent } => {
+        Cmd::Demo {
+            mode,
+            connections,
+            persistent,
+        } => {
             setup()?;
-            cargo(&["build", "--release", "-p", "lb-userspace", "-p", "xdplb-tests", "--bins"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xdplb-tests",
+                "--bins",
+            ])?;
             let bin = workspace().join("target/release/xdplb-demo");
             run(Command::new(bin).args([
                 "--mode",
@@ -92,7 +106,10 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
@@ -106,7 +123,9 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
@@ -120,7 +139,11 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = pkgs.iter().map(String::as_str).filter(|p| !installed(p)).collect();
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -134,7 +157,8 @@ fn apt_install(pkgs: &[String]) -> anyhow::Result<()> {
 
 /// LLVM major version of Debian's rustc-web: bpf-linker must read that compiler's bitcode.
 fn rustc_llvm_major() -> anyhow::Result<String> {
-    let v = output(Command::new("/usr/bin/rustc").arg("-vV")).context("running /usr/bin/rustc -vV")?;
+    let v =
+        output(Command::new("/usr/bin/rustc").arg("-vV")).context("running /usr/bin/rustc -vV")?;
     let line = v
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -146,7 +170,10 @@ fn setup() -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("xdplb's setup, demo and tests need root (XDP, network namespaces, bpffs)");
     }
-    let mut pkgs: Vec<String> = ["rustc-web", "rust-web-src"].iter().map(|s| s.to_string()).collect();
+    let mut pkgs: Vec<String> = ["rustc-web", "rust-web-src"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     pkgs.extend(TOOL_PACKAGES.iter().map(|s| s.to_string()));
     apt_install(&pkgs)?;
     let llvm = rustc_llvm_major()?;
@@ -160,19 +187,28 @@ fn setup() -> anyhow::Result<()> {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         run(Command::new(cargo)
             .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm}")])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm}"),
+            ])
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))?;
     }
 
-    let linked = output(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|l| l.lines().any(|t| t.split_whitespace().next() == Some(BPF_TOOLCHAIN)));
+    let linked = output(Command::new("rustup").args(["toolchain", "list"])).is_some_and(|l| {
+        l.lines()
+            .any(|t| t.split_whitespace().next() == Some(BPF_TOOLCHAIN))
+    });
     if !linked {
         println!("setup: linking Debian's rustc as rustup toolchain {BPF_TOOLCHAIN}");
         run(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
     }
 
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if !mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")) {
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    {
         println!("setup: mounting bpffs at /sys/fs/bpf");
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
@@ -182,7 +218,9 @@ fn setup() -> anyhow::Result<()> {
 fn home_cargo_bin(name: &str) -> PathBuf {
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
     home.join("bin").join(name)
 }
 

@@ -178,6 +178,34 @@ fn demo(args: &Args) -> Result<()> {
         total += r6.ok;
     }
     println!("      {total} short connections completed through the balancer.");
+    for c in 0..2 {
+        let bind = lab.client_bind4(c);
+        let u: BurstReport = lab.run_client(
+            c,
+            &[
+                "udp",
+                "--target",
+                &format!("{}:{port}", lab.vip4()),
+                "--count",
+                "200",
+                "--bind",
+                &bind,
+            ],
+        )?;
+        println!(
+            "      client {c} UDP : {} answered, {} unanswered, by backend {:?}",
+            u.ok, u.failed, u.per_backend
+        );
+        if u.failed > 0 {
+            bail!(
+                "client {c}: {} UDP datagrams unanswered: {:?}",
+                u.failed,
+                u.errors
+            );
+        }
+    }
+    // Let the persistent connections ping through the balancer for a while before checking them.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(held_since.elapsed()));
 
     step(
         5,
