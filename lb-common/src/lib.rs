@@ -175,10 +175,11 @@ const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 pub enum Counter {
     /// Not IPv4/IPv6 (ARP, LLDP, ...), or a frame too short for Ethernet: handed to the stack.
     PassNotIp = 0,
-    /// IP, but no VIP matches: the gateway's own traffic.
+    /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own traffic.
     PassNotVip = 1,
-    /// IP to a possible VIP that this version cannot steer (IPv4 fragments, IPv6 extension
-    /// headers, protocols other than TCP/UDP): handed to the stack, never guessed.
+    /// IP whose ports this version cannot read: IPv4 fragments and IPv6 packets with extension
+    /// headers, whatever their destination (MLD reports land here). Handed to the stack, never
+    /// guessed.
     PassUnsupported = 2,
     /// Broken IP/TCP/UDP header (bad version/IHL/length, truncated L4): dropped, as the kernel would.
     DropMalformed = 3,

@@ -257,6 +257,26 @@ fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
 }
 
 #[test]
+fn object_has_every_map_and_program_lb_common_names() {
+    let ebpf = aya::Ebpf::load(loader::EBPF_OBJECT).expect("object loads");
+    let maps: std::collections::BTreeSet<&str> = ebpf.maps().map(|(n, _)| n).collect();
+    for name in lb_common::maps::ALL {
+        assert!(
+            maps.contains(name),
+            "map {name} missing from the object: {maps:?}"
+        );
+    }
+    assert_eq!(
+        maps.len(),
+        lb_common::maps::ALL.len(),
+        "the object has maps lb-common does not name: {maps:?}"
+    );
+    for name in [lb_common::programs::BALANCER, lb_common::programs::PASS] {
+        assert!(ebpf.program(name).is_some(), "program {name} missing");
+    }
+}
+
+#[test]
 fn ipv6_udp_to_vip_is_forwarded() {
     let mut h = Harness::new(CONFIG);
     let src: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();

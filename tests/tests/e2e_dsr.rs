@@ -133,8 +133,16 @@ fn generic_mode_balances_real_connections_and_replies_bypass_it() {
 }
 
 #[test]
-fn persistent_connections_stay_put_while_backends_are_added_and_drained() {
-    let mode = "native";
+fn native_persistent_connections_stay_put_while_backends_are_added_and_drained() {
+    persistent_connections_stay_put("native");
+}
+
+#[test]
+fn generic_persistent_connections_stay_put_while_backends_are_added_and_drained() {
+    persistent_connections_stay_put("generic");
+}
+
+fn persistent_connections_stay_put(mode: &str) {
     let mut lab = Lab::new(LabSpec {
         clients: 1,
         backends: 3,

@@ -36,6 +36,18 @@ fn main() {
     }
 }
 
+/// Prints one traffic result and fails the demo if anything went unanswered.
+fn report(what: &str, r: &BurstReport) -> Result<()> {
+    println!(
+        "      {what}: {} ok, {} failed, by backend {:?}",
+        r.ok, r.failed, r.per_backend
+    );
+    if r.failed > 0 {
+        bail!("{what}: {} failed: {:?}", r.failed, r.errors);
+    }
+    Ok(())
+}
+
 fn step(n: u32, text: &str) {
     println!("\n[{n}/6] {text}");
 }
@@ -140,17 +152,7 @@ fn demo(args: &Args) -> Result<()> {
                 &bind,
             ],
         )?;
-        println!(
-            "      client {c} IPv4: {} ok, {} failed, by backend {:?}",
-            r.ok, r.failed, r.per_backend
-        );
-        if r.failed > 0 {
-            bail!(
-                "client {c}: {} connections failed: {:?}",
-                r.failed,
-                r.errors
-            );
-        }
+        report(&format!("client {c} IPv4"), &r)?;
         total += r.ok;
         let r6: BurstReport = lab.run_client(
             c,
@@ -164,17 +166,7 @@ fn demo(args: &Args) -> Result<()> {
                 "25",
             ],
         )?;
-        println!(
-            "      client {c} IPv6: {} ok, {} failed, by backend {:?}",
-            r6.ok, r6.failed, r6.per_backend
-        );
-        if r6.failed > 0 {
-            bail!(
-                "client {c} IPv6: {} connections failed: {:?}",
-                r6.failed,
-                r6.errors
-            );
-        }
+        report(&format!("client {c} IPv6"), &r6)?;
         total += r6.ok;
     }
     println!("      {total} short connections completed through the balancer.");
@@ -192,17 +184,7 @@ fn demo(args: &Args) -> Result<()> {
                 &bind,
             ],
         )?;
-        println!(
-            "      client {c} UDP : {} answered, {} unanswered, by backend {:?}",
-            u.ok, u.failed, u.per_backend
-        );
-        if u.failed > 0 {
-            bail!(
-                "client {c}: {} UDP datagrams unanswered: {:?}",
-                u.failed,
-                u.errors
-            );
-        }
+        report(&format!("client {c} UDP"), &u)?;
     }
     // Let the persistent connections ping through the balancer for a while before checking them.
     std::thread::sleep(Duration::from_secs(5).saturating_sub(held_since.elapsed()));
