@@ -3,9 +3,10 @@
 use std::{
     collections::HashSet,
     fmt,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -30,11 +31,30 @@ pub struct Config {
     /// Flow-table capacity (LRU); fixed while the agent runs.
     #[serde(default)]
     pub flow_table_size: FlowTableSize,
+    /// Unix socket of the agent's local API (root-only); the CLI talks to it.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Prometheus metrics listener; `null` turns it off. Loopback by default: metrics name
+    /// every backend.
+    #[serde(default = "default_metrics")]
+    pub metrics: Option<SocketAddr>,
+    /// Leave the XDP program attached (and its state pinned) when the agent exits, so a restart
+    /// or upgrade does not interrupt forwarding. `xdplb detach` removes it.
+    #[serde(default)]
+    pub keep_attached_on_exit: bool,
     pub vips: Vips,
 }
 
 fn default_pin_path() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/xdplb")
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/xdplb/xdplb.sock")
+}
+
+fn default_metrics() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9842)))
 }
 
 impl Config {
@@ -185,6 +205,9 @@ pub struct Vip {
     /// Skip the flow table: every packet goes where the ring says (backend changes move flows).
     pub stateless: bool,
     pub ring_size: RingSize,
+    /// Probes that take a backend out of the ring while it fails them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
     pub backends: Backends,
 }
 
@@ -204,6 +227,8 @@ struct VipFields {
     stateless: bool,
     #[serde(default)]
     ring_size: RingSize,
+    #[serde(default)]
+    health_check: Option<HealthCheck>,
     backends: Backends,
 }
 
@@ -246,9 +271,124 @@ impl TryFrom<VipFields> for Vip {
             hash: f.hash,
             stateless: f.stateless,
             ring_size: f.ring_size,
+            health_check: f.health_check,
             backends: f.backends,
         })
     }
+}
+
+/// A backend health probe, run from the balancer host against each backend's own address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "HealthCheckFields")]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Port probed on the backend's address (often the VIP's port).
+    pub port: u16,
+    /// `http` only: the path requested with GET.
+    pub path: String,
+    /// `http` only: the status that counts as healthy.
+    pub expect_status: u16,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down backend back.
+    pub rise: u32,
+    /// Consecutive failures that take an up backend out.
+    pub fall: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckFields {
+    kind: HealthCheckKind,
+    port: u16,
+    #[serde(default = "default_hc_path")]
+    path: String,
+    #[serde(default = "default_hc_status")]
+    expect_status: u16,
+    #[serde(default = "default_hc_interval", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default = "default_hc_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "default_hc_rise")]
+    rise: u32,
+    #[serde(default = "default_hc_fall")]
+    fall: u32,
+}
+
+fn default_hc_path() -> String {
+    "/".into()
+}
+fn default_hc_status() -> u16 {
+    200
+}
+fn default_hc_interval() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_hc_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_hc_rise() -> u32 {
+    2
+}
+fn default_hc_fall() -> u32 {
+    3
+}
+
+impl TryFrom<HealthCheckFields> for HealthCheck {
+    type Error = String;
+    fn try_from(f: HealthCheckFields) -> Result<Self, String> {
+        if f.port == 0 {
+            return Err("health_check.port must be 1..=65535".into());
+        }
+        if f.interval < Duration::from_millis(100) || f.interval > Duration::from_secs(3600) {
+            return Err(format!(
+                "health_check.interval {:?} out of range 100ms..=1h",
+                f.interval
+            ));
+        }
+        if f.timeout.is_zero() || f.timeout > f.interval {
+            return Err(format!(
+                "health_check.timeout {:?} must be above zero and at most the interval {:?}",
+                f.timeout, f.interval
+            ));
+        }
+        if !(1..=100).contains(&f.rise) || !(1..=100).contains(&f.fall) {
+            return Err("health_check.rise and fall must be 1..=100".into());
+        }
+        if !f.path.starts_with('/') || f.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "health_check.path {:?} must start with '/' and have no spaces",
+                f.path
+            ));
+        }
+        if !(100..=599).contains(&f.expect_status) {
+            return Err(format!(
+                "health_check.expect_status {} is not an HTTP status",
+                f.expect_status
+            ));
+        }
+        Ok(HealthCheck {
+            kind: f.kind,
+            port: f.port,
+            path: f.path,
+            expect_status: f.expect_status,
+            interval: f.interval,
+            timeout: f.timeout,
+            rise: f.rise,
+            fall: f.fall,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    /// A TCP connect that completes within the timeout.
+    Tcp,
+    /// `GET path` over HTTP/1.1 answering `expect_status` within the timeout.
+    Http,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -547,6 +687,7 @@ vips:
     address: 203.0.113.10
     port: 443
     protocol: tcp
+    health_check: { kind: http, port: 8443, path: /healthz, interval: 500ms, timeout: 200ms, fall: 2 }
     backends:
       - address: 10.0.0.11
         mac: 02:00:00:00:00:11
@@ -572,6 +713,22 @@ vips:
         assert_eq!(c.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
         let web = c.vips.iter().next().unwrap();
         assert_eq!(web.ring_size.0, 65537);
+        let hc = web.health_check.as_ref().expect("health check");
+        assert_eq!(
+            (hc.kind, hc.port, hc.path.as_str()),
+            (HealthCheckKind::Http, 8443, "/healthz")
+        );
+        assert_eq!(
+            (hc.interval, hc.timeout, hc.rise, hc.fall),
+            (Duration::from_millis(500), Duration::from_millis(200), 2, 2)
+        );
+        assert_eq!(hc.expect_status, 200);
+        assert_eq!(c.metrics, Some("127.0.0.1:9842".parse().unwrap()));
+        assert_eq!(c.api_socket, PathBuf::from("/run/xdplb/xdplb.sock"));
+        assert!(!c.keep_attached_on_exit);
+        // What the agent writes back parses to the same config.
+        let again = Config::from_yaml(&serde_yaml::to_string(&c).unwrap(), "round trip").unwrap();
+        assert_eq!(again, c);
         assert_eq!(web.hash, HashMode::FiveTuple);
         let b: Vec<_> = web.backends.iter().collect();
         assert_eq!(b[0].mac, Some(MacAddr([2, 0, 0, 0, 0, 0x11])));
@@ -611,33 +768,33 @@ vips:
                 &[
                     "vips[0].backends[1].address",
                     "invalid IP address",
-                    "line 12",
+                    "line 13",
                 ],
             ),
             (
                 "mac: 02:00:00:00:00:11",
                 "mac: 02:00:00:00:11",
-                &["vips[0].backends[0].mac", "invalid MAC", "line 10"],
+                &["vips[0].backends[0].mac", "invalid MAC", "line 11"],
             ),
             (
                 "weight: 100",
                 "weight: 0",
-                &["vips[0].backends[0].weight", "out of range", "line 11"],
+                &["vips[0].backends[0].weight", "out of range", "line 12"],
             ),
             (
                 "ring_size: 131071",
                 "ring_size: 131072",
-                &["vips[1].ring_size", "131072 is not prime", "line 19"],
+                &["vips[1].ring_size", "131072 is not prime", "line 20"],
             ),
             (
                 "protocol: udp",
                 "protocol: icmp",
-                &["vips[1].protocol", "unknown variant `icmp`", "line 16"],
+                &["vips[1].protocol", "unknown variant `icmp`", "line 17"],
             ),
             (
                 "    hash: source-ip",
                 "    hash: source-ip\n    colour: blue",
-                &["vips[1]", "unknown field `colour`", "line 18"],
+                &["vips[1]", "unknown field `colour`", "line 19"],
             ),
             (
                 "port: 443",
