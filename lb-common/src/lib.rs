@@ -43,6 +43,12 @@ pub mod programs {
     pub const PASS: &str = "xdplb_pass";
 }
 
+/// Version of the pinned-state layout (map set, key/value layouts and their meaning). A
+/// running datapath pinned under another version is refused, not reused: bump this whenever
+/// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
+/// the fingerprint below is updated too, as a reminder.
+pub const LAYOUT_VERSION: u32 = 1;
+
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
 /// How many backends in all (a backend of two VIPs counts twice). `BACKENDS` is 32 B each: 512 KiB;
@@ -116,6 +122,15 @@ pub const BACKEND_UNUSED: u8 = 0;
 pub const BACKEND_ACTIVE: u8 = 1;
 /// `Backend::state`: out of the ring, keeps the flows it already has.
 pub const BACKEND_DRAINING: u8 = 2;
+/// `Backend::state`: failed its health check: out of the ring, and flows pinned to it are
+/// re-steered (its connections are gone; sending their packets there would black-hole them).
+pub const BACKEND_DOWN: u8 = 3;
+
+/// Whether flows may (still) be sent to a backend in `state`.
+#[inline(always)]
+pub const fn backend_serves(state: u8) -> bool {
+    state == BACKEND_ACTIVE || state == BACKEND_DRAINING
+}
 
 /// Value of `BACKENDS`.
 #[repr(C)]
@@ -253,6 +268,27 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{} out of order", c.name());
         }
+    }
+
+    /// Sizes of every map key/value and the counter count: if this changes, bump
+    /// `LAYOUT_VERSION` and update the expected value.
+    #[test]
+    fn layout_fingerprint() {
+        use core::mem::size_of;
+        let fingerprint = [
+            size_of::<VipKey>(),
+            size_of::<VipMeta>(),
+            size_of::<Backend>(),
+            size_of::<FlowKey>(),
+            size_of::<ConnEntry>(),
+            size_of::<TrafficCounters>(),
+            COUNTER_COUNT as usize,
+            maps::ALL.len(),
+        ];
+        assert_eq!(
+            (LAYOUT_VERSION, fingerprint),
+            (1, [20, 16, 32, 40, 8, 24, 10, 7])
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! VIP lookup, flow table and Maglev ring: which backend gets this flow.
 
 use lb_common::{
-    flow_hash, Backend, ConnEntry, Counter, FlowKey, VipKey, VipMeta, ALL_PORTS, BACKEND_UNUSED,
+    backend_serves, flow_hash, Backend, ConnEntry, Counter, FlowKey, VipKey, VipMeta, ALL_PORTS,
     NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 
@@ -40,7 +40,8 @@ fn backend(id: u32) -> Option<Backend> {
     // verifier: BACKENDS is an array map; the kernel bounds-checks `id` and returns None past
     // MAX_BACKENDS, so a stale or corrupt id cannot reach outside the map.
     let b = unsafe { *BACKENDS.get_ptr(id)? };
-    if b.state == BACKEND_UNUSED {
+    // Removed (unused) and health-check-failed backends take no packets at all.
+    if !backend_serves(b.state) {
         return None;
     }
     Some(b)
@@ -63,7 +64,7 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Counter> {
                     new_flow: false,
                 });
             }
-            // The backend it was pinned to is gone: its connection is dead anyway, so steer
+            // The backend it was pinned to is gone or down: its connection is dead anyway, so steer
             // the packet where a new connection would go instead of black-holing it.
             resteer = true;
         }

@@ -145,6 +145,9 @@ impl Vips {
     pub fn iter(&self) -> std::slice::Iter<'_, Vip> {
         self.0.iter()
     }
+    pub fn to_vec(&self) -> Vec<Vip> {
+        self.0.clone()
+    }
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -488,6 +491,9 @@ pub struct Backends(Vec<BackendConfig>);
 impl Backends {
     pub fn iter(&self) -> std::slice::Iter<'_, BackendConfig> {
         self.0.iter()
+    }
+    pub fn to_vec(&self) -> Vec<BackendConfig> {
+        self.0.clone()
     }
     pub fn len(&self) -> usize {
         self.0.len()

@@ -1,11 +1,17 @@
-//! Loading the embedded eBPF object and attaching its XDP programs to an interface.
+//! Loading the embedded eBPF object, attaching its XDP programs, and the pinned state (maps and link) that lets a new agent take over a running datapath without dropping a packet.
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    programs::{Xdp, XdpMode},
+    maps::{MapInfo, MapType},
+    programs::{
+        links::{FdLink, PinnedLink},
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
-use lb_common::{maps, programs};
+use lb_common::{maps, programs, LAYOUT_VERSION};
 
 use crate::config;
 
@@ -33,6 +39,188 @@ pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp
         .with_context(|| format!("program {name} is not an XDP program"))
 }
 
+/// Where the state of layout `LAYOUT_VERSION` is pinned under the configured `pin_path`.
+/// Versioned so that an agent never reuses maps whose layout it does not know.
+pub fn state_dir(pin_path: &Path) -> PathBuf {
+    pin_path.join(format!("v{LAYOUT_VERSION}"))
+}
+
+/// The map type and key/value sizes lb-common defines for each map.
+fn expected_layout(name: &str) -> (MapType, usize, usize) {
+    use core::mem::size_of;
+    use lb_common::*;
+    match name {
+        maps::VIPS => (MapType::Hash, size_of::<VipKey>(), size_of::<VipMeta>()),
+        maps::RINGS => (MapType::ArrayOfMaps, 4, 4),
+        maps::BACKENDS => (MapType::Array, 4, size_of::<Backend>()),
+        maps::CONNS => (
+            MapType::LruHash,
+            size_of::<FlowKey>(),
+            size_of::<ConnEntry>(),
+        ),
+        maps::VIP_STATS | maps::BACKEND_STATS => {
+            (MapType::PerCpuArray, 4, size_of::<TrafficCounters>())
+        }
+        _ => (MapType::PerCpuArray, 4, 8),
+    }
+}
+
+/// What [`load_pinned`] found.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// True when the maps of a previous agent were reused (its flows, counters and rings).
+    pub adopted: bool,
+}
+
+/// Loads the balancer with its maps pinned under [`state_dir`]. Maps already pinned there by a
+/// previous agent (still forwarding, or killed) are checked against lb-common's layouts and
+/// reused, so flow table and counters carry over; a layout mismatch or state of another layout
+/// version is refused with the way out named.
+pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Loaded> {
+    let dir = state_dir(pin_path);
+    if let Ok(entries) = std::fs::read_dir(pin_path) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('v') && e.path() != dir {
+                bail!(
+                    "{} holds datapath state of layout {name}, this xdplb uses v{LAYOUT_VERSION}; \
+                     run the matching xdplb, or `xdplb detach --pin-path {}` (stops forwarding until the new agent attaches)",
+                    pin_path.display(),
+                    pin_path.display()
+                );
+            }
+        }
+    }
+    let adopted = dir.join(maps::VIPS).exists();
+    let mut conns = flow_table_size;
+    if adopted {
+        for name in maps::ALL {
+            let path = dir.join(name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapInfo::from_pin(&path)
+                .with_context(|| format!("opening pinned map {}", path.display()))?;
+            let (kind, key, value) = expected_layout(name);
+            let found = (
+                info.map_type().ok(),
+                info.key_size() as usize,
+                info.value_size() as usize,
+            );
+            if found != (Some(kind), key, value) {
+                bail!(
+                    "pinned map {} has layout {found:?}, expected {:?}: refusing to reuse it; `xdplb detach --pin-path {}` removes the old state",
+                    path.display(),
+                    (kind, key, value),
+                    pin_path.display()
+                );
+            }
+            if name == maps::CONNS && info.max_entries() != flow_table_size {
+                log::warn!(
+                    "the running flow table has {} entries, the config asks for {flow_table_size}; keeping {} (the change takes effect after `xdplb detach`)",
+                    info.max_entries(),
+                    info.max_entries()
+                );
+                conns = info.max_entries();
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir).with_context(|| {
+        format!(
+            "creating pin directory {} (is bpffs mounted there?)",
+            dir.display()
+        )
+    })?;
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(maps::CONNS, conns);
+    for name in maps::ALL {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
+        format!(
+            "loading the xdplb eBPF object with maps pinned under {}",
+            dir.display()
+        )
+    })?;
+    program(&mut ebpf, programs::BALANCER)?
+        .load()
+        .context("the kernel verifier rejected the xdplb program")?;
+    Ok(Loaded { ebpf, adopted })
+}
+
+fn link_pin(dir: &Path, interface: &str) -> PathBuf {
+    dir.join(format!("link-{interface}"))
+}
+
+/// Attaches the balancer to `interface` through a pinned link. If a previous agent left a link
+/// pinned there, the new program replaces the old one in that link atomically
+/// (`bpf_link_update`): no packet sees the NIC without a program. Returns what happened.
+pub fn attach_pinned(
+    ebpf: &mut Ebpf,
+    pin_path: &Path,
+    interface: &str,
+    mode: config::XdpMode,
+) -> anyhow::Result<String> {
+    let dir = state_dir(pin_path);
+    let path = link_pin(&dir, interface);
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(other) = name.strip_prefix("link-") {
+                if other != interface {
+                    bail!(
+                        "the datapath pinned under {} is attached to {other}, the config names {interface}; \
+                         `xdplb detach --pin-path {}` first",
+                        dir.display(),
+                        pin_path.display()
+                    );
+                }
+            }
+        }
+    }
+    let prog = program(ebpf, programs::BALANCER)?;
+    if path.exists() {
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening pinned link {}", path.display()))?;
+        let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not an XDP link", path.display()))?;
+        prog.attach_to_link(link)
+            .with_context(|| format!("replacing the program in the pinned link on {interface}"))?;
+        return Ok(format!(
+            "took over the running datapath on {interface} (program replaced atomically)"
+        ));
+    }
+    let (id, label) = attach_with_id(prog, programs::BALANCER, interface, mode)?;
+    let link = prog.take_link(id).context("taking the new XDP link")?;
+    let fd = FdLink::try_from(link)
+        .context("the kernel gave no bpf_link for XDP (kernel older than 5.9?)")?;
+    fd.pin(&path)
+        .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+    Ok(format!("attached to {interface} ({label} XDP)"))
+}
+
+/// Removes the pinned state under `pin_path`: the link (which detaches the program once no
+/// agent holds it) and the maps. Returns what was removed.
+pub fn detach(pin_path: &Path) -> anyhow::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    let Ok(versions) = std::fs::read_dir(pin_path) else {
+        return Ok(removed);
+    };
+    for v in versions.flatten() {
+        let vdir = v.path();
+        if let Ok(entries) = std::fs::read_dir(&vdir) {
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path())
+                    .with_context(|| format!("removing {}", e.path().display()))?;
+                removed.push(e.path().display().to_string());
+            }
+        }
+        let _ = std::fs::remove_dir(&vdir);
+    }
+    let _ = std::fs::remove_dir(pin_path);
+    Ok(removed)
+}
+
 /// Attaches the (loaded) program `name` to `interface`; returns the mode that took.
 /// `auto` tries native first: generic XDP works everywhere but runs after the kernel has
 /// allocated an skb, which costs most of XDP's advantage.
@@ -43,9 +231,18 @@ pub fn attach(
     mode: config::XdpMode,
 ) -> anyhow::Result<&'static str> {
     let prog = program(ebpf, name)?;
+    attach_with_id(prog, name, interface, mode).map(|(_, label)| label)
+}
+
+fn attach_with_id(
+    prog: &mut Xdp,
+    name: &str,
+    interface: &str,
+    mode: config::XdpMode,
+) -> anyhow::Result<(aya::programs::xdp::XdpLinkId, &'static str)> {
     let try_mode = |prog: &mut Xdp, m: XdpMode, label: &'static str| {
         prog.attach(interface, m)
-            .map(|_| label)
+            .map(|id| (id, label))
             .with_context(|| format!("attaching {name} to {interface} in {label} mode"))
     };
     match mode {

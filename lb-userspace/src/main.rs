@@ -1,9 +1,15 @@
-//! The `xdplb` command: agent (`run`), config check, and counters (`stats`).
+//! The `xdplb` command: the agent (`run`), its control CLI (through the agent's Unix-socket API), config checks and counters.
 
-use std::path::PathBuf;
+use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand};
-use lb_userspace::{agent, config::Config, stats};
+use anyhow::{anyhow, Context as _};
+use clap::{Args, Parser, Subcommand};
+use lb_userspace::{
+    agent,
+    api::{self, Request},
+    config::{BackendConfig, Config, Vip},
+    loader, stats,
+};
 
 #[derive(Parser)]
 #[command(
@@ -18,30 +24,147 @@ struct Cli {
 
 const DEFAULT_CONFIG: &str = "/etc/xdplb/lb.yaml";
 
+/// How CLI commands find the running agent.
+#[derive(Args, Clone)]
+struct Target {
+    /// Config of the running agent (for its api_socket).
+    #[arg(long, short, default_value = DEFAULT_CONFIG, global = true)]
+    config: PathBuf,
+    /// The agent's API socket (overrides the config's api_socket).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+}
+
+impl Target {
+    fn call(&self, req: &Request) -> anyhow::Result<serde_json::Value> {
+        api::call(&api::socket_for(self.socket.clone(), &self.config), req)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the balancer onto the config's interface and keep its maps in line with the config
-    /// (SIGHUP re-reads it; SIGINT/SIGTERM detach).
+    /// Load the balancer onto the config's interface (or take over a running one) and keep its
+    /// maps in line with the config. SIGHUP, `xdplb reload` or editing the file re-applies it.
     Run {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Validate a config file and print what it describes.
+    /// Validate a config file; with a running agent, show what applying it would change.
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Print per-VIP and per-backend counters of a running agent.
+    /// Per-VIP and per-backend counters of a running datapath.
     Stats {
         /// Config of the running agent (for its pin path and VIP names).
         #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "pin_path")]
         config: PathBuf,
-        /// Read the maps pinned here instead of the config's `pin_path`.
+        /// Read the state pinned under this pin_path instead of the config's.
         #[arg(long)]
         pin_path: Option<PathBuf>,
         /// One JSON object, for scripts.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh like `top`, with rates, health and idle time (Ctrl-C ends).
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
+    /// Agent status: datapath, reloads, every backend's state, health and idle time.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask the agent to re-read its config file.
+    Reload {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// VIPs of the running agent.
+    Vip {
+        #[command(subcommand)]
+        command: VipCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Backends of the running agent's VIPs.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCommand,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove the pinned datapath left by an agent with keep_attached_on_exit (stops forwarding).
+    Detach {
+        #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "pin_path")]
+        config: PathBuf,
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VipCommand {
+    List,
+    /// Add a VIP (without backends; add them with `xdplb backend add`).
+    Add {
+        name: String,
+        address: IpAddr,
+        /// 0 = every port.
+        port: u16,
+        /// tcp or udp.
+        protocol: String,
+        /// 5-tuple or source-ip.
+        #[arg(long, default_value = "5-tuple")]
+        hash: String,
+        #[arg(long)]
+        stateless: bool,
+        #[arg(long, default_value_t = lb_common::DEFAULT_RING_SIZE)]
+        ring_size: u32,
+    },
+    Remove {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// List backends (of one VIP, or all) with state, health and idle time.
+    List {
+        vip: Option<String>,
+    },
+    Add {
+        vip: String,
+        address: IpAddr,
+        /// Backend MAC (default: from the neighbour table).
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        weight: u32,
+        /// Add it draining (no new flows).
+        #[arg(long)]
+        draining: bool,
+    },
+    Remove {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Keep the backend's flows, give it no new ones.
+    Drain {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Undo a drain.
+    Activate {
+        vip: String,
+        address: IpAddr,
+    },
+    Weight {
+        vip: String,
+        address: IpAddr,
+        weight: u32,
     },
 }
 
@@ -52,6 +175,28 @@ fn main() {
     if let Err(e) = real_main() {
         eprintln!("xdplb: error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// Builds a value of a validated config type from YAML, so CLI input gets the same checks
+/// (and messages) as the config file.
+fn from_yaml<T: serde::de::DeserializeOwned>(
+    what: &str,
+    yaml: serde_yaml::Value,
+) -> anyhow::Result<T> {
+    serde_yaml::from_value(yaml).map_err(|e| anyhow!("invalid {what}: {e}"))
+}
+
+fn print_result(v: &serde_json::Value) {
+    if let Some(lines) = v["applied"].as_array() {
+        for l in lines {
+            println!("{}", l.as_str().unwrap_or_default());
+        }
+        if let Some(path) = v["written_to"].as_str() {
+            println!("(saved to {path})");
+        }
+    } else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
 }
 
@@ -66,12 +211,122 @@ fn real_main() -> anyhow::Result<()> {
             config,
             pin_path,
             json,
-        } => match pin_path {
-            Some(dir) => stats::print(&dir, None, json),
-            None => {
-                let cfg = Config::load(&config)?;
-                stats::print(&cfg.pin_path, Some(&cfg), json)
+            watch,
+            interval,
+        } => {
+            let (pin, cfg) = match pin_path {
+                Some(dir) => (dir, None),
+                None => {
+                    let cfg = Config::load(&config)?;
+                    (cfg.pin_path.clone(), Some(cfg))
+                }
+            };
+            if watch {
+                let socket = cfg.as_ref().map(|c| c.api_socket.clone());
+                stats::watch(
+                    &pin,
+                    cfg.as_ref(),
+                    socket.as_deref(),
+                    Duration::from_secs_f64(interval.max(0.2)),
+                )
+            } else {
+                stats::print(&pin, cfg.as_ref(), json)
             }
-        },
+        }
+        Command::Status { target } => {
+            print_result(&target.call(&Request::Status)?);
+            Ok(())
+        }
+        Command::Reload { target } => {
+            print_result(&target.call(&Request::Reload)?);
+            Ok(())
+        }
+        Command::Detach { config, pin_path } => {
+            let pin = match pin_path {
+                Some(p) => p,
+                None => Config::load(&config)?.pin_path,
+            };
+            let removed = loader::detach(&pin)?;
+            if removed.is_empty() {
+                println!("nothing pinned under {}", pin.display());
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            Ok(())
+        }
+        Command::Vip { command, target } => {
+            let req = match command {
+                VipCommand::List => Request::VipList,
+                VipCommand::Remove { name } => Request::VipRemove { name },
+                VipCommand::Add {
+                    name,
+                    address,
+                    port,
+                    protocol,
+                    hash,
+                    stateless,
+                    ring_size,
+                } => {
+                    let mut m = serde_yaml::Mapping::new();
+                    m.insert("name".into(), name.into());
+                    m.insert("address".into(), address.to_string().into());
+                    m.insert("port".into(), port.into());
+                    m.insert("protocol".into(), protocol.into());
+                    m.insert("hash".into(), hash.into());
+                    m.insert("stateless".into(), stateless.into());
+                    m.insert("ring_size".into(), ring_size.into());
+                    m.insert("backends".into(), serde_yaml::Value::Sequence(vec![]));
+                    Request::VipAdd {
+                        vip: from_yaml::<Vip>("VIP", m.into())?,
+                    }
+                }
+            };
+            print_result(&target.call(&req)?);
+            Ok(())
+        }
+        Command::Backend { command, target } => {
+            let req = match command {
+                BackendCommand::List { vip } => Request::BackendList { vip },
+                BackendCommand::Add {
+                    vip,
+                    address,
+                    mac,
+                    weight,
+                    draining,
+                } => {
+                    let mut m = serde_yaml::Mapping::new();
+                    m.insert("address".into(), address.to_string().into());
+                    if let Some(mac) = mac {
+                        m.insert("mac".into(), mac.into());
+                    }
+                    m.insert("weight".into(), weight.into());
+                    m.insert(
+                        "state".into(),
+                        if draining { "draining" } else { "active" }.into(),
+                    );
+                    Request::BackendAdd {
+                        vip,
+                        backend: from_yaml::<BackendConfig>("backend", m.into())?,
+                    }
+                }
+                BackendCommand::Remove { vip, address } => Request::BackendRemove { vip, address },
+                BackendCommand::Drain { vip, address } => Request::BackendDrain { vip, address },
+                BackendCommand::Activate { vip, address } => {
+                    Request::BackendActivate { vip, address }
+                }
+                BackendCommand::Weight {
+                    vip,
+                    address,
+                    weight,
+                } => Request::BackendWeight {
+                    vip,
+                    address,
+                    weight,
+                },
+            };
+            print_result(&target.call(&req).context("the agent refused")?);
+            Ok(())
+        }
     }
 }

@@ -21,6 +21,7 @@ pub struct BalancerMaps {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     global_stats: PerCpuArray<MapData, u64>,
+    conns_capacity: u32,
 }
 
 fn typed<T>(name: &str, map: Map) -> anyhow::Result<T>
@@ -58,11 +59,17 @@ impl BalancerMaps {
     }
 
     fn from_source(get: &mut dyn FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        let conns = get(names::CONNS)?;
+        let conns_capacity = match &conns {
+            Map::LruHashMap(data) => data.info().map(|i| i.max_entries()).unwrap_or(0),
+            _ => 0,
+        };
         Ok(Self {
+            conns_capacity,
             vips: typed(names::VIPS, get(names::VIPS)?)?,
             rings: typed(names::RINGS, get(names::RINGS)?)?,
             backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
-            conns: typed(names::CONNS, get(names::CONNS)?)?,
+            conns: typed(names::CONNS, conns)?,
             vip_stats: typed(names::VIP_STATS, get(names::VIP_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             global_stats: typed(names::GLOBAL_STATS, get(names::GLOBAL_STATS)?)?,
@@ -136,6 +143,11 @@ impl BalancerMaps {
 
     pub fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
         self.conns.get(key, 0).ok()
+    }
+
+    /// Capacity of the flow table.
+    pub fn conn_capacity(&self) -> u32 {
+        self.conns_capacity
     }
 
     /// Number of flows in the flow table (walks it: O(entries)).

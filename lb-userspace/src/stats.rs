@@ -41,9 +41,10 @@ pub struct BackendStats {
     pub new_flows: u64,
 }
 
-/// Collects the report from the maps pinned under `pin_path`; `cfg` only supplies names.
+/// Collects the report from the maps pinned under `pin_path` (the config's `pin_path`); `cfg`
+/// only supplies names.
 pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsReport> {
-    let maps = BalancerMaps::from_pins(pin_path)?;
+    let maps = BalancerMaps::from_pins(&crate::loader::state_dir(pin_path))?;
     let names: std::collections::HashMap<_, _> = cfg
         .map(|c| {
             c.vips
@@ -173,4 +174,122 @@ pub fn print(pin_path: &Path, cfg: Option<&Config>, json: bool) -> anyhow::Resul
         print!("{}", render_table(&report));
     }
     Ok(())
+}
+
+/// `xdplb stats --watch`: redraws a table of rates (packets/s, bits/s, new flows/s) and totals
+/// every `interval`, with each backend's health and idle time from the agent when it answers.
+pub fn watch(
+    pin_path: &Path,
+    cfg: Option<&Config>,
+    socket: Option<&Path>,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut prev = collect(pin_path, cfg)?;
+    let mut prev_at = std::time::Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let cur = collect(pin_path, cfg)?;
+        let dt = prev_at.elapsed().as_secs_f64().max(1e-3);
+        prev_at = std::time::Instant::now();
+        let status = socket.and_then(|s| crate::api::call(s, &crate::api::Request::Status).ok());
+        print!(
+            "\x1b[2J\x1b[H{}",
+            render_watch(&prev, &cur, dt, status.as_ref())
+        );
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        prev = cur;
+    }
+}
+
+fn rate(now: u64, before: u64, dt: f64) -> f64 {
+    now.saturating_sub(before) as f64 / dt
+}
+
+/// One `--watch` frame: rates between two reports `dt` seconds apart.
+pub fn render_watch(
+    prev: &StatsReport,
+    cur: &StatsReport,
+    dt: f64,
+    status: Option<&serde_json::Value>,
+) -> String {
+    let mut out = format!("xdplb stats — refreshed every {dt:.1} s (Ctrl-C ends)\n\n");
+    let backend_status = |vip: &str, addr: IpAddr| -> (String, String) {
+        let Some(s) = status else {
+            return ("?".into(), "?".into());
+        };
+        let b = s["vips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["name"] == vip)
+            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
+            .find(|b| b["address"].as_str() == Some(&addr.to_string()));
+        match b {
+            None => ("-".into(), "-".into()),
+            Some(b) => (
+                b["health"].as_str().unwrap_or("-").to_owned(),
+                b["idle_seconds"]
+                    .as_u64()
+                    .map_or("-".into(), |s| format!("{s}s")),
+            ),
+        }
+    };
+    for v in &cur.vips {
+        let p = prev
+            .vips
+            .iter()
+            .find(|x| x.address == v.address && x.port == v.port && x.protocol == v.protocol);
+        let (pp, pb, pn) = p.map_or((0, 0, 0), |p| (p.packets, p.bytes, p.new_flows));
+        out += &format!(
+            "VIP {} ({}:{}/{})  {:.0} pkt/s  {}  {:.0} new/s   total {} pkts, {} new flows\n",
+            v.name,
+            fmt_addr(v.address),
+            v.port,
+            v.protocol,
+            rate(v.packets, pp, dt),
+            human_bits(rate(v.bytes, pb, dt) * 8.0),
+            rate(v.new_flows, pn, dt),
+            v.packets,
+            v.new_flows
+        );
+        out += &format!(
+            "  {:<28} {:<9} {:<9} {:>10} {:>12} {:>8} {:>12} {:>8}\n",
+            "backend", "state", "health", "pkt/s", "bit/s", "new/s", "packets", "idle"
+        );
+        for b in &v.backends {
+            let pb = p.and_then(|p| p.backends.iter().find(|x| x.address == b.address));
+            let (bp, bb, bn) = pb.map_or((0, 0, 0), |x| (x.packets, x.bytes, x.new_flows));
+            let (health, idle) = backend_status(&v.name, b.address);
+            out += &format!(
+                "  {:<28} {:<9} {:<9} {:>10.0} {:>12} {:>8.0} {:>12} {:>8}\n",
+                b.address.to_string(),
+                b.state,
+                health,
+                rate(b.packets, bp, dt),
+                human_bits(rate(b.bytes, bb, dt) * 8.0),
+                rate(b.new_flows, bn, dt),
+                b.packets,
+                idle
+            );
+        }
+        out.push('\n');
+    }
+    out += "datapath:";
+    for (name, n) in &cur.global {
+        out += &format!(" {name}={n}");
+    }
+    out.push('\n');
+    out
+}
+
+fn human_bits(bps: f64) -> String {
+    const UNITS: [&str; 5] = ["bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"];
+    let mut v = bps;
+    let mut u = 0;
+    while v >= 1000.0 && u < UNITS.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }

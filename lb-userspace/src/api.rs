@@ -1,0 +1,191 @@
+//! The agent's local control API: JSON lines over a root-only Unix socket. Each request is one line, each answer one line. The CLI's `vip`, `backend`, `reload`, `status` and `check` commands go through it.
+
+use std::{
+    net::IpAddr,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+use crate::config::{BackendConfig, Vip};
+
+/// What a client can ask. Mutations are validated as a whole new config, applied as one
+/// generation, and written back to the config file atomically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Agent, datapath and per-backend health/idle state.
+    Status,
+    VipList,
+    VipAdd {
+        vip: Vip,
+    },
+    VipRemove {
+        name: String,
+    },
+    BackendList {
+        vip: Option<String>,
+    },
+    BackendAdd {
+        vip: String,
+        backend: BackendConfig,
+    },
+    BackendRemove {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Keep the backend's flows, send it no new ones.
+    BackendDrain {
+        vip: String,
+        address: IpAddr,
+    },
+    /// Undo a drain.
+    BackendActivate {
+        vip: String,
+        address: IpAddr,
+    },
+    BackendWeight {
+        vip: String,
+        address: IpAddr,
+        weight: u32,
+    },
+    /// Re-read the config file.
+    Reload,
+    /// What applying this config text would change, without applying it.
+    Plan {
+        config: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+impl Response {
+    pub fn from_result(r: anyhow::Result<serde_json::Value>) -> Response {
+        match r {
+            Ok(result) => Response {
+                ok: true,
+                error: None,
+                result,
+            },
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("{e:#}")),
+                result: serde_json::Value::Null,
+            },
+        }
+    }
+}
+
+/// A request with the channel its answer goes back on.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Binds the API socket: the directory is created root-only (0700), a stale socket from a
+/// dead agent is replaced, the socket itself is 0600.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another xdplb agent answers on {}; stop it or give this one another api_socket",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", path.display()))?;
+    Ok(listener)
+}
+
+/// Accepts clients forever, handing every request to the agent's loop through `calls`.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let response = match serde_json::from_str::<Request>(&line) {
+                    Err(e) => Response::from_result(Err(anyhow!("bad request: {e}"))),
+                    Ok(req) => {
+                        let (tx, rx) = oneshot::channel();
+                        if calls.send((req, tx)).await.is_err() {
+                            break;
+                        }
+                        rx.await.unwrap_or_else(|_| {
+                            Response::from_result(Err(anyhow!("the agent is shutting down")))
+                        })
+                    }
+                };
+                let mut out = serde_json::to_string(&response).unwrap_or_default();
+                out.push('\n');
+                if write.write_all(out.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Sends one request to the agent at `socket` and returns its result, or its error as an error.
+pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let stream = UnixStream::connect(socket).await.map_err(|e| {
+            anyhow!(
+                "cannot reach the xdplb agent at {}: {e} (is `xdplb run` running? does --config/--socket name its api_socket?)",
+                socket.display()
+            )
+        })?;
+        let (read, mut write) = stream.into_split();
+        let mut line = serde_json::to_string(request)?;
+        line.push('\n');
+        write.write_all(line.as_bytes()).await?;
+        let mut lines = BufReader::new(read).lines();
+        // Applying a change can wait on neighbour resolution (seconds per unresolved backend).
+        let answer = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .map_err(|_| anyhow!("the agent at {} did not answer within 120 s", socket.display()))??
+            .ok_or_else(|| anyhow!("the agent at {} closed the connection without answering", socket.display()))?;
+        let response: Response = serde_json::from_str(&answer).context("the agent's answer is not valid JSON")?;
+        if response.ok {
+            Ok(response.result)
+        } else {
+            Err(anyhow!("{}", response.error.unwrap_or_else(|| "the agent refused without a reason".into())))
+        }
+    })
+}
+
+/// The socket a CLI command talks to: `--socket`, else the config's `api_socket`, else the default.
+pub fn socket_for(socket: Option<PathBuf>, config: &Path) -> PathBuf {
+    socket.unwrap_or_else(|| {
+        crate::config::Config::load(config)
+            .map(|c| c.api_socket)
+            .unwrap_or_else(|_| PathBuf::from("/run/xdplb/xdplb.sock"))
+    })
+}
