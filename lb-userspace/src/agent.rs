@@ -646,36 +646,66 @@ impl Agent {
 
     /// Re-reads the config file; a bad file is refused and the running config stays live.
     fn reload(&mut self, why: &str) -> anyhow::Result<Vec<String>> {
-        let result = std::fs::read_to_string(&self.config_path)
-            .with_context(|| format!("cannot read config {}", self.config_path.display()))
-            .and_then(|text| {
-                let new = Config::from_yaml(&text, &self.config_path.display().to_string())?;
-                let lines = self.apply_config(new, false)?;
-                self.file_text = text;
-                Ok(lines)
-            });
+        match std::fs::read_to_string(&self.config_path) {
+            Ok(text) => self.reload_text(text, why),
+            Err(e) => {
+                self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                let e = anyhow!(e)
+                    .context(format!("cannot read config {}", self.config_path.display()));
+                log::error!("reload rejected, the running config stays live: {e:#}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies `text` (the config file's content) as the new config, or refuses it.
+    fn reload_text(&mut self, text: String, why: &str) -> anyhow::Result<Vec<String>> {
+        let result = Config::from_yaml(&text, &self.config_path.display().to_string())
+            .and_then(|new| self.apply_config(new, false));
         match &result {
             Ok(_) => {
+                self.file_text = text;
                 self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 log::info!("reloaded {} ({why})", self.config_path.display());
             }
             Err(e) => {
                 self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                log::error!("reload rejected, the running config stays live: {e:#}");
+                log::error!("reload rejected ({why}), the running config stays live: {e:#}");
             }
         }
         result
     }
 
-    /// Reloads when someone edited the config file (our own writes are recognised).
+    /// Reloads when someone edited the config file (our own writes are recognised). A file
+    /// modified in the last 300 ms is left for the next tick: editors and `echo >` truncate
+    /// before they write, and a half-written file must not count as a bad config.
     fn watch_file(&mut self) {
+        let settled = |path: &Path| {
+            std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .ok()
+                .filter(|t| {
+                    t.elapsed()
+                        .is_ok_and(|age| age >= Duration::from_millis(300))
+                })
+        };
+        let Some(before) = settled(&self.config_path) else {
+            return;
+        };
         let Ok(text) = std::fs::read_to_string(&self.config_path) else {
             return;
         };
+        // Written to while we read it: take it on a later tick.
+        if settled(&self.config_path) != Some(before) {
+            return;
+        }
         if text == self.file_text || self.rejected_text.as_deref() == Some(text.as_str()) {
             return;
         }
-        if self.reload("config file changed").is_err() {
+        if self
+            .reload_text(text.clone(), "config file changed")
+            .is_err()
+        {
             self.rejected_text = Some(text);
         } else {
             self.rejected_text = None;

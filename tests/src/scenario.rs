@@ -96,9 +96,18 @@ impl Balancer {
         })
     }
 
-    /// Replaces the config file and sends SIGHUP; waits for the agent to log the reload.
+    /// Replaces the config file and sends SIGHUP; waits for the agent to log the outcome of
+    /// that SIGHUP (reloads triggered by its file watcher are told apart by their reason).
     pub fn reload(&mut self, lab: &mut Lab, yaml: &str) -> Result<()> {
-        let rejected_before = lab.log_of(self.pid).matches("reload rejected").count();
+        let outcomes = |log: &str| {
+            log.lines()
+                .filter(|l| {
+                    l.contains("(SIGHUP)")
+                        && (l.contains("reloaded ") || l.contains("reload rejected"))
+                })
+                .count()
+        };
+        let before = outcomes(&lab.log_of(self.pid));
         std::fs::write(&self.config, yaml)?;
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.pid as i32, libc::SIGHUP) };
@@ -106,11 +115,16 @@ impl Balancer {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let log = lab.log_of(self.pid);
-            if log.matches("reloaded ").count() >= self.reloads {
+            if outcomes(&log) > before {
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("(SIGHUP)"))
+                    .unwrap_or_default();
+                if last.contains("reload rejected") {
+                    bail!("reload rejected:\n{log}");
+                }
                 return Ok(());
-            }
-            if log.matches("reload rejected").count() > rejected_before {
-                bail!("reload rejected:\n{log}");
             }
             if std::time::Instant::now() > deadline {
                 bail!("agent did not log reload #{}:\n{log}", self.reloads);
@@ -169,6 +183,54 @@ impl Balancer {
             .filter(|b| b["address"] == addr)
             .map(|b| b["packets"].as_u64().unwrap_or(0))
             .sum()
+    }
+
+    /// The agent's API socket (set by [`lab_config`]).
+    pub fn socket(lab: &Lab) -> PathBuf {
+        lab.dir().join("xdplb.sock")
+    }
+
+    /// Runs `xdplb ARGS --socket <lab socket>` as an operator would; returns (success, output).
+    pub fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
+        let socket = Self::socket(lab);
+        let out = std::process::Command::new(tool_path("xdplb"))
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output();
+        match out {
+            Ok(o) => (
+                o.status.success(),
+                String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr),
+            ),
+            Err(e) => (false, e.to_string()),
+        }
+    }
+
+    /// `xdplb status` through the API, as JSON.
+    pub fn status(lab: &Lab) -> Result<Value> {
+        let (ok, out) = Self::cli(lab, &["status"]);
+        if !ok {
+            bail!("xdplb status failed: {out}");
+        }
+        serde_json::from_str(&out).with_context(|| format!("xdplb status printed:\n{out}"))
+    }
+
+    /// Starts a new agent process on the same config (after the previous one was killed or
+    /// stopped with keep_attached_on_exit) and waits until it balances.
+    pub fn respawn(&mut self, lab: &mut Lab) -> Result<()> {
+        let xdplb = tool_path("xdplb");
+        let cfg = self
+            .config
+            .to_str()
+            .context("config path is not UTF-8")?
+            .to_owned();
+        let gw = lab.gateway_ns().to_owned();
+        self.pid = lab.spawn(&gw, &xdplb, &["run", "--config", &cfg])?;
+        self.reloads = 0;
+        lab.wait_for_log(self.pid, "balancing on", Duration::from_secs(30))
+            .context("the restarted xdplb did not start balancing")
     }
 
     /// Stops the agent with SIGINT (clean detach) and returns its log.
