@@ -227,7 +227,7 @@ fn fifty_reloads_in_a_row_under_traffic() {
     let b2 = lab.backend_addr4(2);
     let variant = |i: usize| {
         // Alternate the weight of the third backend: every reload builds and swaps new rings.
-        let w = if i % 2 == 0 { 50 } else { 100 };
+        let w = if i.is_multiple_of(2) { 50 } else { 100 };
         base.replace(
             &format!("{{ address: '{b2}', state: active }}"),
             &format!("{{ address: '{b2}', state: active, weight: {w} }}"),
