@@ -150,6 +150,16 @@ impl BalancerMaps {
         self.conns_capacity
     }
 
+    /// Flow-table entries per backend id: flows alive or idle but not yet evicted. Walks the
+    /// table (one syscall per entry: about a second per million).
+    pub fn flows_by_backend(&self) -> std::collections::HashMap<u32, u64> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, entry) in self.conns.iter().flatten() {
+            *counts.entry(entry.backend_id).or_default() += 1;
+        }
+        counts
+    }
+
     /// Number of flows in the flow table (walks it: O(entries)).
     pub fn conn_count(&self) -> usize {
         self.conns.keys().filter(Result::is_ok).count()

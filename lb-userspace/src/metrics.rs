@@ -151,6 +151,11 @@ fn families(s: &Snapshot) -> Vec<Family> {
         Counter,
         "New flows of this VIP the Maglev ring gave to this backend",
     );
+    let mut be_flows = Family::new(
+        "xdplb_backend_flows",
+        Gauge,
+        "Flow-table entries pointing at this backend: live flows plus idle ones not yet evicted",
+    );
     for v in &s.stats.vips {
         let address = v.address.to_string();
         let port = v.port.to_string();
@@ -173,6 +178,7 @@ fn families(s: &Snapshot) -> Vec<Family> {
             be_packets.push(&labels, b.packets);
             be_bytes.push(&labels, b.bytes);
             be_new_flows.push(&labels, b.new_flows);
+            be_flows.push(&labels[..2], b.flows);
         }
     }
 
@@ -234,6 +240,7 @@ fn families(s: &Snapshot) -> Vec<Family> {
         be_packets,
         be_bytes,
         be_new_flows,
+        be_flows,
         up,
         transitions,
         datapath,
@@ -439,6 +446,7 @@ mod tests {
             packets,
             bytes: packets * 100,
             new_flows: packets / 10,
+            flows: packets / 20,
         }
     }
 
@@ -452,6 +460,7 @@ mod tests {
                 packets: 300,
                 bytes: 30_000,
                 new_flows: 30,
+                flows: 15,
                 backends: vec![
                     backend("10.0.1.1", "active", 200),
                     backend("10.0.1.2", "draining", 100),
@@ -465,6 +474,7 @@ mod tests {
                 packets: 70,
                 bytes: 7_000,
                 new_flows: 7,
+                flows: 3,
                 backends: vec![
                     backend("2001:db8::1:1", "active", 40),
                     backend("2001:db8::1:2", "active", 30),

@@ -29,6 +29,8 @@ pub struct VipStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Flow-table entries of this VIP (a live-flow estimate: idle flows stay until evicted).
+    pub flows: u64,
     pub backends: Vec<BackendStats>,
 }
 
@@ -39,6 +41,8 @@ pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Flow-table entries pointing at this backend (live-flow estimate).
+    pub flows: u64,
 }
 
 /// Collects the report from the maps pinned under `pin_path` (the config's `pin_path`); `cfg`
@@ -54,6 +58,7 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
         })
         .unwrap_or_default();
     let backends = maps.backends()?;
+    let flows = maps.flows_by_backend();
     let mut vips = Vec::new();
     let mut entries = maps.vips()?;
     entries.sort_by_key(|(_, m)| m.vip_id);
@@ -74,11 +79,13 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
                 state: match b.state {
                     BACKEND_ACTIVE => "active",
                     BACKEND_DRAINING => "draining",
+                    lb_common::BACKEND_DOWN => "down",
                     _ => "unused",
                 },
                 packets: c.packets,
                 bytes: c.bytes,
                 new_flows: c.new_flows,
+                flows: flows.get(id).copied().unwrap_or(0),
             });
         }
         list.sort_by_key(|b| b.address);
@@ -93,6 +100,7 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
             packets: t.packets,
             bytes: t.bytes,
             new_flows: t.new_flows,
+            flows: list.iter().map(|b| b.flows).sum(),
             backends: list,
         });
     }
@@ -134,8 +142,8 @@ pub fn render_table(r: &StatsReport) -> String {
             v.new_flows
         );
         out += &format!(
-            "  {:<28} {:<9} {:>12} {:>12} {:>10} {:>7}\n",
-            "backend", "state", "packets", "bytes", "new flows", "share"
+            "  {:<28} {:<9} {:>12} {:>12} {:>10} {:>7} {:>9}\n",
+            "backend", "state", "packets", "bytes", "new flows", "share", "flows"
         );
         for b in &v.backends {
             let share = if v.new_flows > 0 {
@@ -144,13 +152,14 @@ pub fn render_table(r: &StatsReport) -> String {
                 0.0
             };
             out += &format!(
-                "  {:<28} {:<9} {:>12} {:>12} {:>10} {:>6.1}%\n",
+                "  {:<28} {:<9} {:>12} {:>12} {:>10} {:>6.1}% {:>9}\n",
                 b.address.to_string(),
                 b.state,
                 b.packets,
                 human_bytes(b.bytes),
                 b.new_flows,
-                share
+                share,
+                b.flows
             );
         }
     }
@@ -242,7 +251,7 @@ pub fn render_watch(
             .find(|x| x.address == v.address && x.port == v.port && x.protocol == v.protocol);
         let (pp, pb, pn) = p.map_or((0, 0, 0), |p| (p.packets, p.bytes, p.new_flows));
         out += &format!(
-            "VIP {} ({}:{}/{})  {:.0} pkt/s  {}  {:.0} new/s   total {} pkts, {} new flows\n",
+            "VIP {} ({}:{}/{})  {:.0} pkt/s  {}  {:.0} new/s   total {} pkts, {} new flows, ~{} live flows\n",
             v.name,
             fmt_addr(v.address),
             v.port,
@@ -251,18 +260,19 @@ pub fn render_watch(
             human_bits(rate(v.bytes, pb, dt) * 8.0),
             rate(v.new_flows, pn, dt),
             v.packets,
-            v.new_flows
+            v.new_flows,
+            v.flows
         );
         out += &format!(
-            "  {:<28} {:<9} {:<9} {:>10} {:>12} {:>8} {:>12} {:>8}\n",
-            "backend", "state", "health", "pkt/s", "bit/s", "new/s", "packets", "idle"
+            "  {:<28} {:<9} {:<9} {:>10} {:>12} {:>8} {:>12} {:>8} {:>8}\n",
+            "backend", "state", "health", "pkt/s", "bit/s", "new/s", "packets", "flows", "idle"
         );
         for b in &v.backends {
             let pb = p.and_then(|p| p.backends.iter().find(|x| x.address == b.address));
             let (bp, bb, bn) = pb.map_or((0, 0, 0), |x| (x.packets, x.bytes, x.new_flows));
             let (health, idle) = backend_status(&v.name, b.address);
             out += &format!(
-                "  {:<28} {:<9} {:<9} {:>10.0} {:>12} {:>8.0} {:>12} {:>8}\n",
+                "  {:<28} {:<9} {:<9} {:>10.0} {:>12} {:>8.0} {:>12} {:>8} {:>8}\n",
                 b.address.to_string(),
                 b.state,
                 health,
@@ -270,6 +280,7 @@ pub fn render_watch(
                 human_bits(rate(b.bytes, bb, dt) * 8.0),
                 rate(b.new_flows, bn, dt),
                 b.packets,
+                b.flows,
                 idle
             );
         }

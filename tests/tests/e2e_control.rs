@@ -402,6 +402,38 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         lb_userspace::config::BackendState::Draining
     );
 
+    // `xdplb check` of a proposed config shows what it would change against the running agent.
+    let proposed = std::fs::read_to_string(&balancer.config)
+        .unwrap()
+        .replace(&format!("address: {b3}\n"), "address: 10.200.0.240\n");
+    assert_ne!(
+        proposed,
+        std::fs::read_to_string(&balancer.config).unwrap(),
+        "fixture must change the config"
+    );
+    let proposed_path = lab.dir().join("proposed.yaml");
+    std::fs::write(&proposed_path, proposed).unwrap();
+    let check = std::process::Command::new(tool_path("xdplb"))
+        .args(["check", "--config"])
+        .arg(&proposed_path)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        out.contains(&format!("backend {b3} removed"))
+            && out.contains("backend 10.200.0.240 added"),
+        "{out}"
+    );
+    assert!(
+        out.contains("of new flows would go to another backend"),
+        "{out}"
+    );
+
     // kill -9 and restart: the agent comes back with the changed state.
     unsafe { libc::kill(balancer.pid as i32, libc::SIGKILL) };
     lab.wait_exit(balancer.pid, Duration::from_secs(10))

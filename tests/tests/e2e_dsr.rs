@@ -118,6 +118,42 @@ fn balances_with_dsr(mode: &str) {
         );
     }
     assert_eq!(stats["global"]["drop_malformed"], 0);
+    // The flow table holds one entry per IPv4 connection (a live-flow estimate).
+    let flows: u64 = vip["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["flows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(flows, 300, "flow-table entries of web-tcp");
+
+    // `xdplb stats --watch` redraws rates, flows and idle times until interrupted.
+    let watch = std::process::Command::new("timeout")
+        .args(["-s", "INT", "3"])
+        .arg(tool_path("xdplb"))
+        .args(["stats", "--watch", "--interval", "0.5", "--config"])
+        .arg(&balancer.config)
+        .output()
+        .unwrap();
+    let frames = String::from_utf8_lossy(&watch.stdout);
+    assert!(
+        frames.matches("xdplb stats — refreshed").count() >= 2,
+        "{frames}"
+    );
+    for needle in [
+        "pkt/s",
+        "bit/s",
+        "new/s",
+        "flows",
+        "idle",
+        "VIP web-tcp",
+        &lab.backend_addr4(2).to_string(),
+    ] {
+        assert!(
+            frames.contains(needle),
+            "watch output lacks {needle:?}:\n{frames}"
+        );
+    }
     let log = balancer.stop(&mut lab).unwrap();
     assert!(log.contains("detached from gw0"), "clean detach:\n{log}");
 }
