@@ -85,9 +85,24 @@ pub struct ApplyReport {
     pub unresolved: Vec<(String, IpAddr, String)>,
 }
 
-fn first_free(used: impl Iterator<Item = u32>, max: u32) -> Option<u32> {
-    let used: std::collections::HashSet<u32> = used.collect();
-    (0..max).find(|i| !used.contains(i))
+/// The id `key` had before this apply (`old`), or else the lowest id below `max` that is
+/// neither held before (ids of removed entries are freed only after the apply) nor already
+/// given out in it (`new`). The flag is true for a fresh id, whose counters need resetting.
+fn stable_id<K: std::hash::Hash + Eq>(
+    old: &HashMap<K, u32>,
+    new: &HashMap<K, u32>,
+    key: &K,
+    max: u32,
+    what: &str,
+) -> anyhow::Result<(u32, bool)> {
+    if let Some(id) = old.get(key) {
+        return Ok((*id, false));
+    }
+    let used: HashSet<u32> = old.values().chain(new.values()).copied().collect();
+    let id = (0..max)
+        .find(|i| !used.contains(i))
+        .with_context(|| format!("no free {what} slot (at most {max})"))?;
+    Ok((id, true))
 }
 
 impl Applied {
@@ -142,21 +157,10 @@ impl Applied {
         let mut keep_backends = HashMap::new();
         for vip in cfg.vips.iter() {
             let identity = (vip.address, vip.port, vip.protocol.number());
-            let vip_id = match self.vip_ids.get(&identity) {
-                Some(id) => *id,
-                None => {
-                    let id = first_free(
-                        self.vip_ids
-                            .values()
-                            .copied()
-                            .chain(keep_vips.values().copied()),
-                        MAX_VIPS,
-                    )
-                    .context("no free VIP slot")?;
-                    maps.reset_vip_counters(id)?;
-                    id
-                }
-            };
+            let (vip_id, fresh) = stable_id(&self.vip_ids, &keep_vips, &identity, MAX_VIPS, "VIP")?;
+            if fresh {
+                maps.reset_vip_counters(vip_id)?;
+            }
             keep_vips.insert(identity, vip_id);
             let mut ring_members = Vec::new();
             let (mut active, mut draining, mut failed) = (0, 0, 0);
@@ -176,21 +180,16 @@ impl Applied {
                 };
                 self.macs.insert(b.address, mac);
                 let key = (vip_id, b.address);
-                let id = match self.backend_ids.get(&key) {
-                    Some(id) => *id,
-                    None => {
-                        let id = first_free(
-                            self.backend_ids
-                                .values()
-                                .copied()
-                                .chain(keep_backends.values().copied()),
-                            MAX_BACKENDS,
-                        )
-                        .context("no free backend slot")?;
-                        maps.reset_backend_counters(id)?;
-                        id
-                    }
-                };
+                let (id, fresh) = stable_id(
+                    &self.backend_ids,
+                    &keep_backends,
+                    &key,
+                    MAX_BACKENDS,
+                    "backend",
+                )?;
+                if fresh {
+                    maps.reset_backend_counters(id)?;
+                }
                 keep_backends.insert(key, id);
                 let (addr, family) = addr_bytes(b.address);
                 let is_down = down.contains(&(vip.name.clone(), b.address));
@@ -458,6 +457,8 @@ struct Agent {
     file_text: String,
     /// File text we already refused, so a broken file is reported once, not every second.
     rejected_text: Option<String>,
+    /// A changed file text seen once, applied when the next read agrees.
+    pending_text: Option<String>,
     maps: BalancerMaps,
     applied: Applied,
     down: DownSet,
@@ -507,6 +508,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path: config_path.to_path_buf(),
         file_text,
         rejected_text: None,
+        pending_text: None,
         maps,
         applied,
         down: DownSet::new(),
@@ -676,32 +678,22 @@ impl Agent {
         result
     }
 
-    /// Reloads when someone edited the config file (our own writes are recognised). A file
-    /// modified in the last 300 ms is left for the next tick: editors and `echo >` truncate
-    /// before they write, and a half-written file must not count as a bad config.
+    /// Reloads when someone edited the config file (our own writes are recognised). Editors
+    /// and `echo >` truncate before they write, so a read can catch a half-written file: a
+    /// changed text is applied only once two reads a tick apart agree.
     fn watch_file(&mut self) {
-        let settled = |path: &Path| {
-            std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .ok()
-                .filter(|t| {
-                    t.elapsed()
-                        .is_ok_and(|age| age >= Duration::from_millis(300))
-                })
-        };
-        let Some(before) = settled(&self.config_path) else {
-            return;
-        };
         let Ok(text) = std::fs::read_to_string(&self.config_path) else {
             return;
         };
-        // Written to while we read it: take it on a later tick.
-        if settled(&self.config_path) != Some(before) {
-            return;
-        }
         if text == self.file_text || self.rejected_text.as_deref() == Some(text.as_str()) {
+            self.pending_text = None;
             return;
         }
+        if self.pending_text.as_deref() != Some(text.as_str()) {
+            self.pending_text = Some(text);
+            return;
+        }
+        self.pending_text = None;
         if self
             .reload_text(text.clone(), "config file changed")
             .is_err()

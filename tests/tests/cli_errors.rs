@@ -75,3 +75,12 @@ fn unknown_subcommand_is_a_usage_error() {
     assert!(!ok);
     assert!(out.contains("unrecognized subcommand 'stast'"), "{out}");
 }
+
+#[test]
+fn the_shipped_example_config_is_valid() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lb.example.yaml");
+    let (ok, out) = xdplb(&["check", "--config", example.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    assert!(out.contains("VIP web") && out.contains("VIP dns"), "{out}");
+}

@@ -18,6 +18,16 @@ use xdplb_tests::{
 
 const MODE: &str = "native";
 
+/// One client, three backends: what every test here starts from.
+fn small_lab() -> Lab {
+    Lab::new(LabSpec {
+        clients: 1,
+        backends: 3,
+        port: 8080,
+    })
+    .expect("lab")
+}
+
 /// New connections opened in a loop (50 per round, 10 at a time) until `stop` is set.
 fn churn(lab: &Lab, client: usize, stop: Arc<AtomicBool>) -> JoinHandle<BurstReport> {
     let ns = lab.client_ns(client).to_owned();
@@ -130,12 +140,7 @@ fn start(lab: &mut Lab, extra: &str) -> Balancer {
 }
 
 fn restart_keeps_forwarding(graceful: bool) {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 3,
-        port: 8080,
-    })
-    .unwrap();
+    let mut lab = small_lab();
     let extra = if graceful {
         "keep_attached_on_exit: true\n"
     } else {
@@ -216,12 +221,7 @@ fn graceful_restart_with_keep_attached_does_not_interrupt_forwarding() {
 
 #[test]
 fn fifty_reloads_in_a_row_under_traffic() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 3,
-        port: 8080,
-    })
-    .unwrap();
+    let mut lab = small_lab();
     let mut balancer = start(&mut lab, "");
     let base = std::fs::read_to_string(&balancer.config).unwrap();
     let b2 = lab.backend_addr4(2);
@@ -284,12 +284,7 @@ fn fifty_reloads_in_a_row_under_traffic() {
 
 #[test]
 fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 3,
-        port: 8080,
-    })
-    .unwrap();
+    let mut lab = small_lab();
     let mut balancer = start(&mut lab, "");
     let held = hold(&mut lab, 0, 90);
     let (b0, b2) = (
@@ -532,12 +527,7 @@ fn wait_health(lab: &Lab, addr: &str, want: &str) {
 
 #[test]
 fn a_dead_backend_leaves_the_ring_and_comes_back_with_metrics_showing_it() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 3,
-        port: 8080,
-    })
-    .unwrap();
+    let mut lab = small_lab();
     let members: Vec<_> = (0..3).map(|i| (i, Member::Active)).collect();
     let yaml = lab_config(&mut lab, MODE, &members).unwrap().replace(
         "    protocol: tcp\n    backends:",
