@@ -47,7 +47,7 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
@@ -192,11 +192,12 @@ pub enum Counter {
     PassNotIp = 0,
     /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own traffic.
     PassNotVip = 1,
-    /// IP whose ports this version cannot read: IPv4 fragments and IPv6 packets with extension
-    /// headers, whatever their destination (MLD reports land here). Handed to the stack, never
-    /// guessed.
+    /// IP whose ports this version cannot read: IPv4 fragments (of any protocol) and IPv6
+    /// packets with extension headers, whatever their destination (MLD reports land here).
+    /// Handed to the stack, never guessed.
     PassUnsupported = 2,
-    /// Broken IP/TCP/UDP header (bad version/IHL/length, truncated L4): dropped, as the kernel would.
+    /// Broken IP/TCP/UDP header (bad version/IHL/length, truncated L4, TCP data offset or UDP
+    /// length past the IP packet): dropped, as the kernel would.
     DropMalformed = 3,
     /// VIP with no usable backend.
     DropNoBackend = 4,
@@ -210,10 +211,13 @@ pub enum Counter {
     ConnResteer = 8,
     /// Flow table insert failed (the packet is still forwarded).
     ConnInsertFailed = 9,
+    /// VIP traffic in a broadcast or multicast frame: routers send VIP traffic to our unicast
+    /// MAC, so a group frame is not ours to bounce (it would leave with a group source MAC).
+    PassNotUnicast = 10,
 }
 
 /// Number of `GLOBAL_STATS` slots.
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 impl Counter {
     /// Every counter, in index order.
@@ -228,6 +232,7 @@ impl Counter {
         Counter::ConnMiss,
         Counter::ConnResteer,
         Counter::ConnInsertFailed,
+        Counter::PassNotUnicast,
     ];
 
     /// The name `xdplb stats` prints and scripts read.
@@ -243,6 +248,7 @@ impl Counter {
             Counter::ConnMiss => "conn_miss",
             Counter::ConnResteer => "conn_resteer",
             Counter::ConnInsertFailed => "conn_insert_failed",
+            Counter::PassNotUnicast => "pass_not_unicast",
         }
     }
 }
@@ -287,7 +293,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (1, [20, 16, 32, 40, 8, 24, 10, 7])
+            (2, [20, 16, 32, 40, 8, 24, 11, 7])
         );
     }
 

@@ -40,6 +40,9 @@ fn action_for(reason: Counter) -> u32 {
 fn balance(ctx: &XdpContext) -> Result<u32, Counter> {
     let flow = parse::flow_key(ctx)?;
     let vip = lookup::vip(&flow).ok_or(Counter::PassNotVip)?;
+    if parse::to_group_mac(ctx) {
+        return Err(Counter::PassNotUnicast);
+    }
     let choice = lookup::choose(&flow, &vip)?;
     let bytes = parse::frame_len(ctx);
     let action = match vip.forwarding {

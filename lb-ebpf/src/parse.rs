@@ -35,6 +35,16 @@ pub fn eth_mut(ctx: &XdpContext) -> Option<*mut EthHdr> {
     ptr_at::<EthHdr>(ctx, 0)
 }
 
+/// Whether the frame was sent to a group (broadcast or multicast) MAC address: VIP traffic
+/// reaches us addressed to our unicast MAC; a group frame is not ours to bounce.
+#[inline(always)]
+pub fn to_group_mac(ctx: &XdpContext) -> bool {
+    match ptr_at::<EthHdr>(ctx, 0) {
+        Some(eth) => (unsafe { (*eth).dst_addr[0] } & 1) == 1,
+        None => false,
+    }
+}
+
 /// Length of the whole frame as received, for byte counters.
 #[inline(always)]
 pub fn frame_len(ctx: &XdpContext) -> u64 {
@@ -44,8 +54,10 @@ pub fn frame_len(ctx: &XdpContext) -> u64 {
 /// Parses Ethernet (with at most one 802.1Q tag), IPv4 or IPv6, and the TCP/UDP ports.
 ///
 /// Errors say why the packet is not a balanceable flow: `PassNotIp`, `PassNotVip` (an IP
-/// protocol no VIP can have), `PassUnsupported` (IPv4 fragment, IPv6 extension header) or
-/// `DropMalformed` (an IP packet whose headers contradict themselves or the frame length).
+/// protocol no VIP can have, ESP included), `PassUnsupported` (IPv4 fragment of any protocol,
+/// IPv6 extension header) or `DropMalformed` (IP/TCP/UDP headers that contradict themselves,
+/// the IP length or the frame length). IP header checksums are not verified: the backend's
+/// kernel does that.
 #[inline(always)]
 pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::PassNotIp)?;
@@ -71,12 +83,14 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > frame {
                 return Err(Counter::DropMalformed);
             }
-            if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-                return Err(Counter::PassNotVip);
-            }
+            // Fragments first, whatever their protocol: a non-first fragment's "protocol" says
+            // nothing about ports, and the documented rule is "fragments go to the stack".
             let frags = u16::from_be_bytes(ip.frags);
             if frags & (IP_MF | IP_OFFSET) != 0 {
                 return Err(Counter::PassUnsupported);
+            }
+            if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+                return Err(Counter::PassNotVip);
             }
             key.family = AF_INET;
             key.proto = ip.proto;
@@ -119,8 +133,10 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
     if key.proto == IPPROTO_TCP {
         let tcp = ptr_at::<[u8; TCP_MIN_HLEN]>(ctx, l4).ok_or(Counter::DropMalformed)?;
         let tcp = unsafe { &*tcp };
-        // Data offset below 5 words is not a TCP header.
-        if tcp[12] >> 4 < 5 {
+        // Data offset below 5 words is not a TCP header; one past the IP packet contradicts
+        // the IP length (the kernel drops both).
+        let doff = (tcp[12] >> 4) as usize * 4;
+        if doff < TCP_MIN_HLEN || l4 + doff > l3_end {
             return Err(Counter::DropMalformed);
         }
         key.sport = [tcp[0], tcp[1]];
@@ -128,6 +144,11 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
     } else {
         let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, l4).ok_or(Counter::DropMalformed)?;
         let udp = unsafe { &*udp };
+        // The UDP length must cover its own header and stay inside the IP packet.
+        let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
+        if len < UDP_HLEN || l4 + len > l3_end {
+            return Err(Counter::DropMalformed);
+        }
         key.sport = [udp[0], udp[1]];
         key.dport = [udp[2], udp[3]];
     }

@@ -469,7 +469,8 @@ impl From<RingSize> for u32 {
     }
 }
 
-fn is_prime(n: u32) -> bool {
+/// Whether `n` is prime (Maglev ring sizes must be).
+pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }

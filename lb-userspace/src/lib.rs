@@ -8,4 +8,5 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod neigh;
+pub mod replay;
 pub mod stats;

@@ -18,6 +18,10 @@ use crate::config;
 /// The eBPF object built by build.rs (aya-build) from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
+/// Baseline programs for benchmarks (`baseline_pass`, `baseline_macswap`).
+pub static BASELINES_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines"));
+
 /// Loads the object with a flow table of `flow_table_size` entries and verifies the balancer
 /// program. Nothing is attached yet.
 pub fn load_balancer(flow_table_size: u32) -> anyhow::Result<Ebpf> {

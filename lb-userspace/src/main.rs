@@ -96,6 +96,21 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run every packet of a capture through the real XDP program with maps filled from a
+    /// config (flow state carried from packet to packet); one verdict per packet.
+    Replay {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Input capture (pcap, Ethernet).
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Write the packets as the program left them here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove the pinned datapath left by an agent with keep_attached_on_exit (stops forwarding).
     Detach {
         #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "pin_path")]
@@ -239,6 +254,27 @@ fn real_main() -> anyhow::Result<()> {
         }
         Command::Reload { target } => {
             print_result(&target.call(&Request::Reload)?);
+            Ok(())
+        }
+        Command::Replay {
+            config,
+            pcap,
+            out,
+            json,
+        } => {
+            for v in lb_userspace::replay::replay(&config, &pcap, out.as_deref())? {
+                if json {
+                    println!("{}", serde_json::to_string(&v)?);
+                } else {
+                    println!(
+                        "{:>6}  {:<7} vip={:<12} backend={}",
+                        v.index,
+                        v.verdict,
+                        v.vip.as_deref().unwrap_or("-"),
+                        v.backend.map_or("-".to_owned(), |b| b.to_string())
+                    );
+                }
+            }
             Ok(())
         }
         Command::Detach { config, pin_path } => {

@@ -141,6 +141,13 @@ impl BalancerMaps {
             .context("reading a ring")
     }
 
+    /// Inserts a flow-table entry (benchmarks fill the table with it).
+    pub fn insert_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> anyhow::Result<()> {
+        self.conns
+            .insert(key, entry, 0)
+            .context("writing map CONNS")
+    }
+
     pub fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
         self.conns.get(key, 0).ok()
     }

@@ -5,9 +5,18 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
 
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+};
+
 use crate::{
     lab::{tool_path, Lab},
     netns,
+    reports::{parse_last_json, BurstReport},
 };
 
 /// How a backend appears in the lab config.
@@ -50,6 +59,43 @@ pub fn lab_config(lab: &mut Lab, mode: &str, members: &[(usize, Member)]) -> Res
         }
     }
     Ok(y)
+}
+
+/// New connections opened in a loop (50 per round, 10 at a time) until `stop` is set.
+pub fn churn(lab: &Lab, client: usize, stop: Arc<AtomicBool>) -> JoinHandle<BurstReport> {
+    let ns = lab.client_ns(client).to_owned();
+    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
+    let bind = lab.client_bind4(client);
+    let bin = tool_path("lab-client").to_string_lossy().into_owned();
+    std::thread::spawn(move || {
+        let mut total = BurstReport::default();
+        while !stop.load(Ordering::Relaxed) {
+            let out = netns::run(
+                &ns,
+                &[
+                    &bin,
+                    "burst",
+                    "--target",
+                    &target,
+                    "--connections",
+                    "50",
+                    "--parallel",
+                    "10",
+                    "--bind",
+                    &bind,
+                ],
+            )
+            .expect("lab-client burst runs");
+            let r: BurstReport = parse_last_json(&out).expect("burst report");
+            total.ok += r.ok;
+            total.failed += r.failed;
+            for (k, v) in r.per_backend {
+                *total.per_backend.entry(k).or_default() += v;
+            }
+            total.errors.extend(r.errors);
+        }
+        total
+    })
 }
 
 /// A running `xdplb run` in the lab's gateway namespace.

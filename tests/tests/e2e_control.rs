@@ -5,7 +5,6 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,7 @@ use xdplb_tests::{
     lab::{tool_path, Lab, LabSpec},
     netns,
     reports::{parse_last_json, BurstReport, HoldReport},
-    scenario::{lab_config, Balancer, Member},
+    scenario::{churn, lab_config, Balancer, Member},
 };
 
 const MODE: &str = "native";
@@ -26,43 +25,6 @@ fn small_lab() -> Lab {
         port: 8080,
     })
     .expect("lab")
-}
-
-/// New connections opened in a loop (50 per round, 10 at a time) until `stop` is set.
-fn churn(lab: &Lab, client: usize, stop: Arc<AtomicBool>) -> JoinHandle<BurstReport> {
-    let ns = lab.client_ns(client).to_owned();
-    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
-    let bind = lab.client_bind4(client);
-    let bin = tool_path("lab-client").to_string_lossy().into_owned();
-    std::thread::spawn(move || {
-        let mut total = BurstReport::default();
-        while !stop.load(Ordering::Relaxed) {
-            let out = netns::run(
-                &ns,
-                &[
-                    &bin,
-                    "burst",
-                    "--target",
-                    &target,
-                    "--connections",
-                    "50",
-                    "--parallel",
-                    "10",
-                    "--bind",
-                    &bind,
-                ],
-            )
-            .expect("lab-client burst runs");
-            let r: BurstReport = parse_last_json(&out).expect("burst report");
-            total.ok += r.ok;
-            total.failed += r.failed;
-            for (k, v) in r.per_backend {
-                *total.per_backend.entry(k).or_default() += v;
-            }
-            total.errors.extend(r.errors);
-        }
-        total
-    })
 }
 
 /// Persistent connections pinging every 50 ms; returns the process id once they are open.

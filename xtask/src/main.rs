@@ -31,6 +31,15 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         persistent: u32,
     },
+    /// Run the benchmark suite and write bench/results/<date>.{json,md} with SVG plots.
+    Bench {
+        /// About two minutes instead of the full run.
+        #[arg(long)]
+        quick: bool,
+        /// Only these sections: per-packet, growth, e2e, conns, control (comma-separated).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Run formatting and lint checks and the whole test suite (unit, fixtures, end-to-end).
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -84,6 +93,30 @@ fn real_main() -> anyhow::Result<()> {
                 "--persistent",
                 &persistent.to_string(),
             ]))
+        }
+        Cmd::Bench { quick, only } => {
+            setup()?;
+            // The end-to-end comparison runs HAProxy from Debian's package.
+            apt_install(&["haproxy".to_owned()])?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "xdplb-tests",
+                "--bins",
+            ])?;
+            let mut cmd = Command::new(workspace().join("target/release/xdplb-bench"));
+            cmd.current_dir(workspace())
+                .args(["--out", "bench/results"]);
+            if quick {
+                cmd.arg("--quick");
+            }
+            if let Some(only) = only {
+                cmd.args(["--only", &only]);
+            }
+            run(&mut cmd)
         }
         Cmd::Test { no_lint, rest } => {
             setup()?;

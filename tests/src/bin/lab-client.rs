@@ -1,4 +1,4 @@
-//! Lab traffic generator: short TCP bursts, long-held TCP connections and UDP exchanges against `lab-server`s, reported as one JSON line.
+//! Lab traffic generator: short TCP bursts, long-held TCP connections, UDP exchanges and timed connection-rate runs against `lab-server`s, reported as one JSON line.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -16,6 +16,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
+use xdplb_tests::bench::e2e::{LatencyHistogram, RateReport};
 use xdplb_tests::reports::{note_error, BurstReport, HoldReport};
 use xdplb_tests::sys;
 
@@ -77,6 +78,19 @@ enum Cmd {
         bind: Vec<IpAddr>,
         #[arg(long, default_value_t = 16)]
         parallel: usize,
+    },
+    /// Connection rate: C workers loop for S seconds (connect, send `hello`, read one line,
+    /// close); reports the rate and the latency percentiles from connect start to reply.
+    Rate {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 10.0)]
+        duration_s: f64,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Source addresses, used round-robin across all workers' connections.
+        #[arg(long, value_delimiter = ',')]
+        bind: Vec<IpAddr>,
     },
 }
 
@@ -147,6 +161,25 @@ async fn main() -> Result<()> {
                 Duration::from_secs(duration_s),
             )
             .await?;
+            print(&r, cli.human)
+        }
+        Cmd::Rate {
+            target,
+            duration_s,
+            concurrency,
+            bind,
+        } => {
+            check_binds(target, &bind)?;
+            if !(duration_s.is_finite() && duration_s > 0.0) {
+                bail!("--duration-s must be a positive number of seconds");
+            }
+            let r = rate(
+                target,
+                Duration::from_secs_f64(duration_s),
+                concurrency,
+                bind,
+            )
+            .await;
             print(&r, cli.human)
         }
     }
@@ -272,6 +305,59 @@ async fn udp_once(target: SocketAddr, bind: Option<IpAddr>) -> Result<String, St
         return Err("recv: empty reply".into());
     }
     Ok(name)
+}
+
+/// After a failed attempt a worker pauses this long, so an immediate error (refused, no route)
+/// cannot spin and flood the failure count.
+const RATE_FAIL_PAUSE: Duration = Duration::from_millis(10);
+
+/// `concurrency` workers in a closed loop until `duration` has passed; an exchange in flight at
+/// the deadline finishes and counts, and the rate is over the time until the last one ended.
+async fn rate(
+    target: SocketAddr,
+    duration: Duration,
+    concurrency: usize,
+    binds: Vec<IpAddr>,
+) -> RateReport {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let next = Arc::new(AtomicUsize::new(0));
+    let binds = Arc::new(binds);
+    let mut workers = JoinSet::new();
+    for _ in 0..concurrency.max(1) {
+        let (next, binds) = (next.clone(), binds.clone());
+        workers.spawn(async move {
+            // Per worker, merged at the end: no lock on the hot path.
+            let mut hist = LatencyHistogram::new();
+            let mut report = RateReport::default();
+            while Instant::now() < deadline {
+                let bind = pick_bind(&binds, next.fetch_add(1, Ordering::Relaxed));
+                let t0 = Instant::now();
+                let result = tcp_once(target, bind).await;
+                let failed = result.is_err();
+                if !failed {
+                    hist.record(t0.elapsed().as_micros() as u64);
+                }
+                report.record(result);
+                if failed {
+                    tokio::time::sleep(RATE_FAIL_PAUSE).await;
+                }
+            }
+            (hist, report)
+        });
+    }
+    let mut hist = LatencyHistogram::new();
+    let mut report = RateReport::default();
+    while let Some(res) = workers.join_next().await {
+        let (h, r) = res.expect("rate worker panicked");
+        hist.merge(&h);
+        report.absorb(r);
+    }
+    report.duration_s = start.elapsed().as_secs_f64();
+    report.conn_per_s = report.connections as f64 / report.duration_s;
+    report.p50_us = hist.quantile(0.50);
+    report.p99_us = hist.quantile(0.99);
+    report
 }
 
 /// What a held connection's task reports when it ends.
@@ -484,6 +570,32 @@ mod tests {
         };
         assert_eq!((interval_ms, duration_s), (200, 60));
         assert!(bind.is_empty());
+    }
+
+    #[test]
+    fn rate_arguments() {
+        let Cmd::Rate {
+            target,
+            duration_s,
+            concurrency,
+            bind,
+        } = parse(&[
+            "rate",
+            "--target",
+            "10.201.0.10:8080",
+            "--duration-s",
+            "2.5",
+            "--concurrency",
+            "8",
+            "--bind",
+            "10.200.0.150,10.200.0.151",
+        ])
+        .cmd
+        else {
+            panic!("not rate")
+        };
+        assert_eq!(target, "10.201.0.10:8080".parse().unwrap());
+        assert_eq!((duration_s, concurrency, bind.len()), (2.5, 8, 2));
     }
 
     #[test]

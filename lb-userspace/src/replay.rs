@@ -1,0 +1,199 @@
+//! `xdplb replay`: runs every packet of a capture through the real XDP program (BPF_PROG_TEST_RUN) with maps filled from a config, flow-table state carried from packet to packet, and reports one verdict per packet; the rewritten packets go to an output capture.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    io::{BufReader, BufWriter},
+    net::IpAddr,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
+    DataLink,
+};
+use serde::Serialize;
+
+use crate::{
+    agent::Applied,
+    config::{Config, MacAddr},
+    loader,
+    maps::BalancerMaps,
+    neigh,
+};
+
+/// One packet's fate.
+#[derive(Debug, Serialize)]
+pub struct Verdict {
+    pub index: usize,
+    /// `tx`, `pass`, `drop` or `aborted`.
+    pub verdict: &'static str,
+    /// The VIP the packet was addressed to, if any.
+    pub vip: Option<String>,
+    /// The backend a forwarded packet was sent to.
+    pub backend: Option<IpAddr>,
+}
+
+fn verdict_name(v: u32) -> &'static str {
+    match v {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "unknown",
+    }
+}
+
+/// A backend MAC for replaying without the real network: the neighbour table of the config's
+/// interface if it has one, else a locally administered MAC derived from the address.
+fn placeholder_mac(addr: IpAddr) -> MacAddr {
+    let b = match addr {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            [0x02, 0x58, o[0], o[1], o[2], o[3]]
+        }
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [0x02, 0x58, o[12], o[13], o[14], o[15]]
+        }
+    };
+    MacAddr(b)
+}
+
+/// The VIP a frame is addressed to, by the config (exact port first, then port 0).
+fn vip_of(cfg: &Config, frame: &[u8]) -> Option<String> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let dst: IpAddr = match p.net? {
+        NetSlice::Ipv4(ip) => ip.header().destination_addr().into(),
+        NetSlice::Ipv6(ip) => ip.header().destination_addr().into(),
+    };
+    let (proto, port) = match p.transport? {
+        TransportSlice::Tcp(t) => (lb_common::IPPROTO_TCP, t.destination_port()),
+        TransportSlice::Udp(u) => (lb_common::IPPROTO_UDP, u.destination_port()),
+        _ => return None,
+    };
+    let matches = |p: u16| {
+        cfg.vips
+            .iter()
+            .find(|v| v.address == dst && v.port == p && v.protocol.number() == proto)
+    };
+    matches(port).or_else(|| matches(0)).map(|v| v.name.clone())
+}
+
+/// Replays `pcap` through the balancer configured by `config`; writes rewritten packets to
+/// `out` (when given, every packet as the program left it) and returns one verdict per packet.
+pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<Vec<Verdict>> {
+    let mut cfg = Config::load(config)?;
+    // Fill in MACs the config leaves to the neighbour table, so replay works off the gateway.
+    let mut vips = cfg.vips.to_vec();
+    for vip in &mut vips {
+        let mut list = vip.backends.to_vec();
+        for b in &mut list {
+            if b.mac.is_none() {
+                let mac = neigh::resolve(cfg.interface.as_str(), b.address, Duration::ZERO)
+                    .unwrap_or_else(|_| placeholder_mac(b.address));
+                b.mac = Some(mac);
+            }
+        }
+        vip.backends = list.try_into().map_err(|e: String| anyhow!(e))?;
+    }
+    cfg.vips = vips.try_into().map_err(|e: String| anyhow!(e))?;
+    let by_mac: HashMap<(String, [u8; 6]), IpAddr> = cfg
+        .vips
+        .iter()
+        .flat_map(|v| {
+            v.backends.iter().map(move |b| {
+                (
+                    (v.name.clone(), b.mac.map(|m| m.0).unwrap_or_default()),
+                    b.address,
+                )
+            })
+        })
+        .collect();
+
+    let file =
+        File::open(pcap).with_context(|| format!("cannot open capture {}", pcap.display()))?;
+    let mut reader = PcapReader::new(BufReader::new(file))
+        .map_err(|e| anyhow!("{} is not a pcap capture: {e}", pcap.display()))?;
+    let header = reader.header();
+    if header.datalink != DataLink::ETHERNET {
+        bail!(
+            "{} has link type {:?}; replay needs Ethernet frames",
+            pcap.display(),
+            header.datalink
+        );
+    }
+    let mut writer = match out {
+        Some(path) => {
+            let f =
+                File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+            let h = PcapHeader {
+                datalink: DataLink::ETHERNET,
+                ..Default::default()
+            };
+            Some(
+                PcapWriter::with_header(BufWriter::new(f), h)
+                    .map_err(|e| anyhow!("writing {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+
+    let mut ebpf = loader::load_balancer(cfg.flow_table_size.0)?;
+    let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
+    Applied::default().apply(&cfg, &mut maps, Duration::ZERO)?;
+    let prog = loader::program(&mut ebpf, lb_common::programs::BALANCER)?;
+    let mut verdicts = Vec::new();
+    let mut index = 0;
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.map_err(|e| {
+            anyhow!(
+                "{}: packet {index} is unreadable (truncated capture?): {e}",
+                pcap.display()
+            )
+        })?;
+        let frame = packet.data.as_ref();
+        if frame.len() < 14 {
+            bail!(
+                "{}: packet {index} has {} bytes, shorter than an Ethernet header",
+                pcap.display(),
+                frame.len()
+            );
+        }
+        let mut buf = vec![0u8; frame.len() + 256];
+        let r = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut buf),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("running packet {index} through the program"))?;
+        buf.truncate(r.data_size_out as usize);
+        let verdict = verdict_name(r.return_value);
+        let vip = vip_of(&cfg, frame);
+        let backend = match (&vip, verdict) {
+            (Some(v), "tx") if buf.len() >= 6 => by_mac
+                .get(&(v.clone(), buf[..6].try_into().unwrap_or_default()))
+                .copied(),
+            _ => None,
+        };
+        if let Some(w) = writer.as_mut() {
+            let out = PcapPacket::new(packet.timestamp, buf.len() as u32, &buf);
+            w.write_packet(&out)
+                .map_err(|e| anyhow!("writing packet {index}: {e}"))?;
+        }
+        verdicts.push(Verdict {
+            index,
+            verdict,
+            vip,
+            backend,
+        });
+        index += 1;
+    }
+    Ok(verdicts)
+}

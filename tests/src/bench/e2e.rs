@@ -1,0 +1,865 @@
+//! End-to-end connection rate and latency of short TCP exchanges in the namespace lab, through xdplb, directly to a backend, through HAProxy and through nftables DNAT, interleaved in rounds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::lab::{tool_path, Lab, LabSpec};
+use crate::netns;
+use crate::reports::note_error;
+use crate::scenario::{lab_config, Balancer, Member};
+
+/// Workers in the load generator: enough to keep every setup busy on a small machine without
+/// turning the client into the only bottleneck.
+const CONCURRENCY: usize = 32;
+/// The lab's backend count; every setup spreads over all of them except `direct`.
+const BACKENDS: usize = 3;
+/// nftables table (ip family, gateway namespace) of the `nftables` setup.
+const NFT_TABLE: &str = "xlbench_e2e";
+/// How long HAProxy gets to open its listener.
+const HAPROXY_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unmeasured load right after a setup starts, so first-use costs (neighbour resolution, a
+/// freshly started process settling) do not land in the figures.
+const WARMUP_SECS: f64 = 0.5;
+
+/// One setup's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct E2eResult {
+    /// "xdplb", "direct", "haproxy" or "nftables".
+    pub setup: String,
+    /// Successful exchanges (connect, request, reply), summed over the rounds.
+    pub connections: u64,
+    /// Failed attempts (refused, reset, timed out), summed over the rounds.
+    pub failed: u64,
+    /// `connections` divided by the total measured time of all rounds.
+    pub conn_per_s: f64,
+    /// Median over the rounds of each round's median latency (connect start to reply), µs.
+    pub p50_us: f64,
+    /// Median over the rounds of each round's 99th-percentile latency, µs.
+    pub p99_us: f64,
+    /// Like `p50_us`/`p99_us`, from a single worker right after each loaded run: the latency
+    /// the path itself adds, without the queueing a saturated closed loop builds up.
+    pub unloaded_p50_us: f64,
+    pub unloaded_p99_us: f64,
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Total measured time over the rounds, seconds.
+    pub duration_s: f64,
+    /// Each round's rate, in round order, to show the spread behind `conn_per_s`.
+    pub round_conn_per_s: Vec<f64>,
+    /// Successful exchanges per answering backend (the `lab-server` name), summed over rounds.
+    pub per_backend: BTreeMap<String, u64>,
+    /// The first few distinct errors, if any.
+    pub errors: Vec<String>,
+    /// Observations that help read the figures (for `nftables`: its conntrack occupancy).
+    pub notes: Vec<String>,
+}
+
+/// What `lab-client rate` prints (one JSON line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateReport {
+    /// Successful exchanges.
+    pub connections: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// From the first connect to the end of the last exchange, seconds.
+    pub duration_s: f64,
+    pub conn_per_s: f64,
+    /// Latency percentiles of the successful exchanges (connect start to reply), µs.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub per_backend: BTreeMap<String, u64>,
+    pub errors: Vec<String>,
+}
+
+impl RateReport {
+    /// Adds another worker's tally (counts and errors; the rates and percentiles are computed
+    /// once at the end from the merged histogram).
+    pub fn absorb(&mut self, other: RateReport) {
+        self.connections += other.connections;
+        self.failed += other.failed;
+        for (name, n) in other.per_backend {
+            *self.per_backend.entry(name).or_default() += n;
+        }
+        for e in other.errors {
+            note_error(&mut self.errors, e);
+        }
+    }
+
+    /// Counts one exchange: the answering backend's name, or the error.
+    pub fn record(&mut self, result: Result<String, String>) {
+        match result {
+            Ok(name) => {
+                self.connections += 1;
+                *self.per_backend.entry(name).or_default() += 1;
+            }
+            Err(e) => {
+                self.failed += 1;
+                note_error(&mut self.errors, e);
+            }
+        }
+    }
+}
+
+/// Exact below this many µs; above, each power-of-two range is split into `SUB_BUCKETS / 2`
+/// buckets, so a value is off by at most 1/64 (about 1.6%) at a fixed few KiB per histogram,
+/// however many samples it holds.
+const SUB_BUCKETS: u64 = 128;
+const SUB_BITS: u32 = 7;
+const HALF: u64 = SUB_BUCKETS / 2;
+
+/// A log-linear (HDR-style) latency histogram in microseconds.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    pub fn new() -> Self {
+        // The largest u64 lands in the last bucket of exponent 63.
+        let buckets = SUB_BUCKETS + (64 - u64::from(SUB_BITS)) * HALF;
+        LatencyHistogram {
+            counts: vec![0; buckets as usize],
+            total: 0,
+        }
+    }
+
+    fn index(v: u64) -> usize {
+        if v < SUB_BUCKETS {
+            return v as usize;
+        }
+        let exp = 63 - v.leading_zeros();
+        let shift = exp - (SUB_BITS - 1);
+        let top = (v >> shift) - HALF;
+        (SUB_BUCKETS + u64::from(exp - SUB_BITS) * HALF + top) as usize
+    }
+
+    /// The middle of bucket `i`'s value range.
+    fn value(i: usize) -> f64 {
+        let i = i as u64;
+        if i < SUB_BUCKETS {
+            return i as f64;
+        }
+        let exp = (i - SUB_BUCKETS) / HALF + u64::from(SUB_BITS);
+        let shift = exp - u64::from(SUB_BITS - 1);
+        let top = (i - SUB_BUCKETS) % HALF + HALF;
+        let low = top << shift;
+        low as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
+    }
+
+    pub fn record(&mut self, us: u64) {
+        self.counts[Self::index(us)] += 1;
+        self.total += 1;
+    }
+
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.total += other.total;
+    }
+
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    /// The value at quantile `q` (0..=1): the smallest bucket holding the `ceil(q·n)`th
+    /// sample. 0 when empty.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.total == 0 {
+            return 0.0;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * self.total as f64).ceil() as u64).clamp(1, self.total);
+        let mut seen = 0;
+        for (i, &c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::value(i);
+            }
+        }
+        unreachable!("rank is at most the total")
+    }
+}
+
+/// The four setups, in their base order (each round starts one further along).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Setup {
+    Xdplb,
+    Direct,
+    Haproxy,
+    Nftables,
+}
+
+const SETUPS: [Setup; 4] = [Setup::Xdplb, Setup::Direct, Setup::Haproxy, Setup::Nftables];
+
+impl Setup {
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Xdplb => "xdplb",
+            Setup::Direct => "direct",
+            Setup::Haproxy => "haproxy",
+            Setup::Nftables => "nftables",
+        }
+    }
+}
+
+/// A setup in place; [`Active::stop`] undoes it.
+enum Active {
+    Xdplb(Balancer),
+    Direct,
+    Haproxy { pid: u32 },
+    Nftables { saved: Vec<(String, String)> },
+}
+
+/// What every round needs.
+struct Ctx {
+    yaml: String,
+    /// Length of the loaded measurement.
+    secs: f64,
+    /// Length of the single-worker measurement.
+    unloaded_secs: f64,
+    bind: String,
+}
+
+/// Sysctls the `nftables` setup changes in the gateway namespace (and restores). Forwarding
+/// is what DNAT needs. Redirects go off as on any one-armed router: the gateway sends every
+/// forwarded packet back out the interface it came in on, to a host on the same segment, so
+/// it would keep sending ICMP redirects (rate-limited: a few dozen per run were seen, and the
+/// client received none), traffic and work no other setup has.
+fn nft_sysctls(lab: &Lab) -> Vec<(String, String)> {
+    let dev = lab.gateway_if();
+    [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv4.conf.all.send_redirects", "0"),
+        (&format!("net.ipv4.conf.{dev}.send_redirects") as &str, "0"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+fn sysctl_get(ns: &str, key: &str) -> Result<String> {
+    Ok(netns::run(ns, &["sysctl", "-n", key])?.trim().to_string())
+}
+
+fn sysctl_set(ns: &str, key: &str, value: &str) -> Result<()> {
+    netns::run(ns, &["sysctl", "-qw", &format!("{key}={value}")])?;
+    Ok(())
+}
+
+/// Restores saved sysctls, all of them even if one fails; returns the first error.
+fn sysctl_restore(ns: &str, saved: &[(String, String)]) -> Result<()> {
+    let mut first = Ok(());
+    for (k, v) in saved.iter().rev() {
+        if let Err(e) = sysctl_set(ns, k, v) {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// Settings for all setups alike, applied once for the whole run: the client and the gateway
+/// (HAProxy's side toward the backends) open tens of thousands of connections a minute, each
+/// leaving a TIME_WAIT socket on the side that closes first. With the default port range
+/// (28k ports) and no TIME_WAIT reuse for outgoing connections, they would run out of source
+/// ports within seconds; these are the usual settings of any connection-rate benchmark, and
+/// what HAProxy's own tuning advice lists.
+fn tune_lab(lab: &Lab) -> Result<()> {
+    let namespaces = [lab.client_ns(0).to_owned(), lab.gateway_ns().to_owned()];
+    for ns in &namespaces {
+        sysctl_set(ns, "net.ipv4.ip_local_port_range", "1024 65535")?;
+        sysctl_set(ns, "net.ipv4.tcp_tw_reuse", "1")?;
+    }
+    Ok(())
+}
+
+/// HAProxy as a plain TCP proxy, tuned as its docs advise for a benchmark: `maxconn` as high
+/// as the open-file limit allows (it needs two descriptors per proxied connection and refuses
+/// to start when the limit cannot cover `maxconn`; thousands are far above the load here),
+/// one thread per core, no logging, no health checks (servers without `check`), and timeouts
+/// short enough to clean up but far above any exchange.
+fn haproxy_config(
+    vip: Ipv4Addr,
+    port: u16,
+    backends: &[Ipv4Addr],
+    threads: usize,
+    maxconn: u64,
+) -> String {
+    let mut c = String::new();
+    c += "# Generated by the xdplb e2e benchmark: a plain TCP proxy tuned for connection rate.\n";
+    let _ = writeln!(c, "global\n    maxconn {maxconn}");
+    let _ = writeln!(c, "    nbthread {threads}");
+    let _ = writeln!(c, "defaults\n    mode tcp\n    maxconn {maxconn}");
+    c += "    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n";
+    let _ = writeln!(
+        c,
+        "frontend vip\n    bind {vip}:{port}\n    default_backend lab"
+    );
+    c += "backend lab\n    balance roundrobin\n";
+    for (i, b) in backends.iter().enumerate() {
+        let _ = writeln!(c, "    server b{i} {b}:{port}");
+    }
+    c
+}
+
+/// HAProxy's `maxconn` from the hard open-file limit it inherits: two descriptors per
+/// connection plus room for listeners and internals, capped at 100k.
+fn haproxy_maxconn() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a local struct.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_max
+    } else {
+        1024
+    };
+    (hard.saturating_sub(200) / 2).clamp(100, 100_000)
+}
+
+/// DNAT to a backend picked by `jhash` of the source address and port, and masquerade toward
+/// the backends so their replies come back through the gateway to be un-NATed.
+fn nft_rules(vip: Ipv4Addr, port: u16, backends: &[Ipv4Addr]) -> String {
+    let list: Vec<String> = backends.iter().map(Ipv4Addr::to_string).collect();
+    let map: Vec<String> = list
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {b}"))
+        .collect();
+    let mut r = String::new();
+    let _ = writeln!(r, "table ip {NFT_TABLE} {{");
+    r += "  chain pre {\n    type nat hook prerouting priority dstnat; policy accept;\n";
+    let _ = writeln!(
+        r,
+        "    ip daddr {vip} tcp dport {port} dnat to jhash ip saddr . tcp sport mod {} map {{ {} }}",
+        backends.len(),
+        map.join(", ")
+    );
+    r += "  }\n  chain post {\n    type nat hook postrouting priority srcnat; policy accept;\n";
+    let _ = writeln!(
+        r,
+        "    ip daddr {{ {} }} tcp dport {port} ct status dnat masquerade",
+        list.join(", ")
+    );
+    r += "  }\n}\n";
+    r
+}
+
+fn backend_addrs(lab: &Lab) -> Vec<Ipv4Addr> {
+    (0..BACKENDS).map(|i| lab.backend_addr4(i)).collect()
+}
+
+fn vip_on_lo(lab: &Lab, verb: &str) -> Result<()> {
+    netns::run_root(&[
+        "ip",
+        "-n",
+        lab.gateway_ns(),
+        "addr",
+        verb,
+        &format!("{}/32", lab.vip4()),
+        "dev",
+        "lo",
+    ])?;
+    Ok(())
+}
+
+/// Waits until something listens on the VIP port in the gateway namespace, failing early if
+/// HAProxy exits.
+fn wait_listening(lab: &mut Lab, pid: u32) -> Result<()> {
+    let deadline = Instant::now() + HAPROXY_READY_TIMEOUT;
+    let filter = format!("sport = :{}", lab.spec().port);
+    let gw = lab.gateway_ns().to_owned();
+    loop {
+        let out = netns::run(&gw, &["ss", "-Hltn", &filter])?;
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        if !lab.is_running(pid) {
+            bail!("haproxy exited:\n{}", lab.log_of(pid));
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "haproxy not listening after {HAPROXY_READY_TIMEOUT:?}:\n{}",
+                lab.log_of(pid)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Setup {
+    /// Puts the setup in place. On failure it undoes what it did itself; whatever else is
+    /// left goes with the lab.
+    fn start(self, lab: &mut Lab, ctx: &Ctx) -> Result<Active> {
+        match self {
+            // A fresh agent (and veth-peer pass program) per round: stopping it detaches both,
+            // so no XDP program sits on the path of the other setups.
+            Setup::Xdplb => Ok(Active::Xdplb(Balancer::start(lab, "native", &ctx.yaml)?)),
+            Setup::Direct => Ok(Active::Direct),
+            Setup::Haproxy => {
+                let cfg = lab.dir().join("haproxy.cfg");
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let text = haproxy_config(
+                    lab.vip4(),
+                    lab.spec().port,
+                    &backend_addrs(lab),
+                    threads,
+                    haproxy_maxconn(),
+                );
+                std::fs::write(&cfg, text)?;
+                let cfg = cfg.to_str().context("lab dir is not UTF-8")?.to_owned();
+                vip_on_lo(lab, "add")?;
+                let gw = lab.gateway_ns().to_owned();
+                let started = lab
+                    .spawn(
+                        &gw,
+                        std::path::Path::new("/usr/sbin/haproxy"),
+                        &["-f", &cfg, "-db"],
+                    )
+                    .and_then(|pid| match wait_listening(lab, pid) {
+                        Ok(()) => Ok(pid),
+                        Err(e) => {
+                            let _ = lab.stop(pid);
+                            Err(e)
+                        }
+                    });
+                match started {
+                    Ok(pid) => Ok(Active::Haproxy { pid }),
+                    Err(e) => {
+                        let _ = vip_on_lo(lab, "del");
+                        Err(e)
+                    }
+                }
+            }
+            Setup::Nftables => {
+                let gw = lab.gateway_ns().to_owned();
+                let mut saved = Vec::new();
+                let applied = (|| -> Result<()> {
+                    for (k, v) in nft_sysctls(lab) {
+                        saved.push((k.clone(), sysctl_get(&gw, &k)?));
+                        sysctl_set(&gw, &k, &v)?;
+                    }
+                    let file = lab.dir().join("bench-e2e.nft");
+                    std::fs::write(
+                        &file,
+                        nft_rules(lab.vip4(), lab.spec().port, &backend_addrs(lab)),
+                    )?;
+                    netns::run(&gw, &["nft", "-f", file.to_str().context("path")?])?;
+                    Ok(())
+                })();
+                match applied {
+                    Ok(()) => Ok(Active::Nftables { saved }),
+                    Err(e) => {
+                        let _ = sysctl_restore(&gw, &saved);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Active {
+    /// Undoes the setup, every step even if an earlier one fails.
+    fn stop(self, lab: &mut Lab) -> Result<()> {
+        match self {
+            Active::Xdplb(b) => {
+                let log = b.stop(lab)?;
+                if !log.contains("detached from") {
+                    bail!("xdplb did not report detaching:\n{log}");
+                }
+                Ok(())
+            }
+            Active::Direct => Ok(()),
+            Active::Haproxy { pid } => {
+                let stopped = lab.stop(pid);
+                let removed = vip_on_lo(lab, "del");
+                stopped.and(removed)
+            }
+            Active::Nftables { saved } => {
+                let gw = lab.gateway_ns().to_owned();
+                let deleted = netns::run(&gw, &["nft", "delete", "table", "ip", NFT_TABLE]);
+                let restored = sysctl_restore(&gw, &saved);
+                deleted.map(drop).and(restored)
+            }
+        }
+    }
+}
+
+fn target(lab: &Lab, setup: Setup) -> String {
+    let port = lab.spec().port;
+    match setup {
+        Setup::Direct => format!("{}:{port}", lab.backend_addr4(0)),
+        _ => format!("{}:{port}", lab.vip4()),
+    }
+}
+
+fn measure(
+    lab: &Lab,
+    setup: Setup,
+    ctx: &Ctx,
+    secs: f64,
+    concurrency: usize,
+) -> Result<RateReport> {
+    let target = target(lab, setup);
+    let secs = secs.to_string();
+    let conc = concurrency.to_string();
+    lab.run_client(
+        0,
+        &[
+            "rate",
+            "--target",
+            &target,
+            "--duration-s",
+            &secs,
+            "--concurrency",
+            &conc,
+            "--bind",
+            &ctx.bind,
+        ],
+    )
+    .with_context(|| format!("lab-client rate against {target} ({})", setup.name()))
+}
+
+/// One setup's turn: a short unmeasured warm-up, the loaded run, then a single worker. In a
+/// saturated closed loop the latency is mostly queueing (Little's law: about concurrency /
+/// rate), so it largely restates the rate; one worker on an otherwise idle lab shows what the
+/// path itself adds.
+fn round(lab: &mut Lab, setup: Setup, ctx: &Ctx) -> Result<Turn> {
+    let active = setup
+        .start(lab, ctx)
+        .with_context(|| format!("starting the {} setup", setup.name()))?;
+    let measured = measure(lab, setup, ctx, WARMUP_SECS, CONCURRENCY).and_then(|_warmup| {
+        let loaded = measure(lab, setup, ctx, ctx.secs, CONCURRENCY)?;
+        let unloaded = measure(lab, setup, ctx, ctx.unloaded_secs, 1)?;
+        // Read while the table exists; entries outlive it, but this is the moment they peak.
+        let conntrack = match setup {
+            Setup::Nftables => Some(conntrack_count(lab)?),
+            _ => None,
+        };
+        Ok(Turn {
+            loaded,
+            unloaded,
+            conntrack,
+        })
+    });
+    let stopped = active
+        .stop(lab)
+        .with_context(|| format!("stopping the {} setup", setup.name()));
+    let turn = measured?;
+    stopped?;
+    Ok(turn)
+}
+
+/// One setup's measurements in one round.
+struct Turn {
+    loaded: RateReport,
+    unloaded: RateReport,
+    /// Conntrack entries in the gateway namespace at the end (`nftables` only).
+    conntrack: Option<u64>,
+}
+
+/// Conntrack entries in the gateway namespace (the count is per namespace).
+fn conntrack_count(lab: &Lab) -> Result<u64> {
+    let n = sysctl_get(lab.gateway_ns(), "net.netfilter.nf_conntrack_count")?;
+    n.parse()
+        .with_context(|| format!("nf_conntrack_count {n:?}"))
+}
+
+/// What the `nftables` setup left in conntrack: TIME_WAIT entries stay 120 s by default and
+/// the limit is shared by the whole host, so at high rates the table, not the rules, is what
+/// runs out first; worth knowing when reading its figures.
+fn conntrack_note(counts: &[u64]) -> Option<String> {
+    if counts.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = counts.iter().map(u64::to_string).collect();
+    let max = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_max")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    Some(format!(
+        "gateway conntrack entries after each round: {} (nf_conntrack_max {max} is host-wide; TIME_WAIT entries live 120 s by default)",
+        list.join(", ")
+    ))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// One setup's result from its rounds: counts summed, the rate over the total time, the
+/// percentiles as the median of the rounds' (with an even count, the mean of the middle two).
+fn summarize(setup: &str, rounds: &[RateReport], unloaded: &[RateReport]) -> E2eResult {
+    let mut all = RateReport::default();
+    for r in rounds {
+        all.absorb(r.clone());
+    }
+    let duration_s: f64 = rounds.iter().map(|r| r.duration_s).sum();
+    let pick = |f: fn(&RateReport) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    let pick_unloaded =
+        |f: fn(&RateReport) -> f64| median(&unloaded.iter().map(f).collect::<Vec<_>>());
+    E2eResult {
+        setup: setup.to_string(),
+        connections: all.connections,
+        failed: all.failed,
+        conn_per_s: if duration_s > 0.0 {
+            all.connections as f64 / duration_s
+        } else {
+            0.0
+        },
+        p50_us: pick(|r| r.p50_us),
+        p99_us: pick(|r| r.p99_us),
+        unloaded_p50_us: pick_unloaded(|r| r.p50_us),
+        unloaded_p99_us: pick_unloaded(|r| r.p99_us),
+        rounds: rounds.len(),
+        duration_s,
+        round_conn_per_s: rounds.iter().map(|r| r.conn_per_s).collect(),
+        per_backend: all.per_backend,
+        errors: all.errors,
+        notes: Vec::new(),
+    }
+}
+
+/// Measures new short TCP connections per second (connect, `hello`, one reply line, close;
+/// 32 workers in a closed loop from one client) and their latency for four setups in one lab:
+/// `xdplb` (native XDP, DSR, three backends), `direct` (straight to one backend: the floor),
+/// `haproxy` (TCP proxy on the gateway, round robin over three) and `nftables` (jhash DNAT
+/// plus masquerade on the gateway). The setups take turns within each round, each round
+/// starting one setup further along, so drift and after-effects hit all of them alike; only
+/// one is in place at a time. Each turn is a 0.5 s warm-up (not counted), a loaded run and a
+/// single-worker run.
+/// `quick`: 2 rounds of 3 s (+1 s single-worker) each, else 5 rounds of 10 s (+3 s).
+///
+/// Per setup: connections and failures (of the loaded runs) are summed over the rounds,
+/// `conn_per_s` is the total connections over the total measured time, and `p50_us`/`p99_us`
+/// (and the `unloaded_` pair) are the median over the rounds of each round's percentile, with
+/// an even number of rounds the mean of the middle two (a slow round does not swamp the rest).
+pub fn run(quick: bool) -> Result<Vec<E2eResult>> {
+    let (rounds, secs, unloaded_secs) = if quick { (2, 3.0, 1.0) } else { (5, 10.0, 3.0) };
+    for tool in ["lab-client", "xdplb"] {
+        let path = tool_path(tool);
+        if !path.is_file() {
+            bail!(
+                "{} not found (build with `cargo build -p xdplb-tests --bins`)",
+                path.display()
+            );
+        }
+    }
+    if !std::path::Path::new("/usr/sbin/haproxy").is_file() {
+        bail!("/usr/sbin/haproxy not found (apt-get install haproxy)");
+    }
+    let mut lab = Lab::new(LabSpec {
+        clients: 1,
+        backends: BACKENDS,
+        port: 8080,
+    })?;
+    tune_lab(&lab)?;
+    let members: Vec<_> = (0..BACKENDS).map(|i| (i, Member::Active)).collect();
+    let ctx = Ctx {
+        yaml: lab_config(&mut lab, "native", &members)?,
+        secs,
+        unloaded_secs,
+        bind: lab.client_bind4(0),
+    };
+    let mut loaded: Vec<Vec<RateReport>> = vec![Vec::new(); SETUPS.len()];
+    let mut unloaded: Vec<Vec<RateReport>> = vec![Vec::new(); SETUPS.len()];
+    let mut conntrack: Vec<Vec<u64>> = vec![Vec::new(); SETUPS.len()];
+    for r in 0..rounds {
+        for k in 0..SETUPS.len() {
+            let idx = (r + k) % SETUPS.len();
+            let setup = SETUPS[idx];
+            let turn = round(&mut lab, setup, &ctx)?;
+            let (rep, one) = (turn.loaded, turn.unloaded);
+            let mut line = format!(
+                "bench e2e: round {}/{rounds} {}: {:.0} conn/s p50 {:.0}us p99 {:.0}us (1 worker: p50 {:.0}us p99 {:.0}us)",
+                r + 1,
+                setup.name(),
+                rep.conn_per_s,
+                rep.p50_us,
+                rep.p99_us,
+                one.p50_us,
+                one.p99_us,
+            );
+            for x in [&rep, &one] {
+                if x.failed > 0 {
+                    let _ = write!(line, ", {} failed (first: {:?})", x.failed, x.errors);
+                }
+            }
+            if let Some(n) = turn.conntrack {
+                let _ = write!(line, ", {n} conntrack entries");
+                conntrack[idx].push(n);
+            }
+            eprintln!("{line}");
+            loaded[idx].push(rep);
+            unloaded[idx].push(one);
+        }
+    }
+    Ok(SETUPS
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut r = summarize(s.name(), &loaded[i], &unloaded[i]);
+            r.notes.extend(conntrack_note(&conntrack[i]));
+            r
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_exact_below_128_and_within_two_percent_above() {
+        let mut h = LatencyHistogram::new();
+        for v in 0..128 {
+            assert_eq!(
+                LatencyHistogram::value(LatencyHistogram::index(v)),
+                v as f64
+            );
+        }
+        for v in [
+            128u64,
+            129,
+            1000,
+            4095,
+            4096,
+            123_456,
+            10_000_000,
+            u64::MAX / 3,
+        ] {
+            let got = LatencyHistogram::value(LatencyHistogram::index(v));
+            assert!(
+                (got - v as f64).abs() / v as f64 <= 1.0 / 64.0,
+                "{v} -> {got}"
+            );
+        }
+        // Indices are monotonic and stay inside the table up to u64::MAX.
+        let mut last = 0;
+        for e in 0..64 {
+            for v in [1u64 << e, (1u64 << e) | ((1u64 << e) - 1)] {
+                let i = LatencyHistogram::index(v);
+                assert!(i >= last);
+                last = i;
+            }
+        }
+        h.record(u64::MAX);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn histogram_quantiles_and_merge() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        assert_eq!(a.quantile(0.5), 0.0);
+        for v in 1..=500 {
+            a.record(v);
+        }
+        for v in 501..=1000 {
+            b.record(v);
+        }
+        a.merge(&b);
+        assert_eq!(a.len(), 1000);
+        let near = |got: f64, want: f64| (got - want).abs() / want <= 0.02;
+        assert!(near(a.quantile(0.5), 500.0), "{}", a.quantile(0.5));
+        assert!(near(a.quantile(0.99), 990.0), "{}", a.quantile(0.99));
+        assert!(near(a.quantile(1.0), 1000.0));
+        assert_eq!(a.quantile(0.0), 1.0);
+    }
+
+    #[test]
+    fn summary_sums_counts_and_takes_median_percentiles() {
+        let round = |c: u64, d: f64, p50: f64, p99: f64| RateReport {
+            connections: c,
+            failed: 1,
+            duration_s: d,
+            conn_per_s: c as f64 / d,
+            p50_us: p50,
+            p99_us: p99,
+            per_backend: BTreeMap::from([("b0".to_string(), c)]),
+            errors: vec!["connect: timed out".into()],
+        };
+        let s = summarize(
+            "xdplb",
+            &[
+                round(1000, 1.0, 100.0, 900.0),
+                round(3000, 2.0, 300.0, 100.0),
+                round(2000, 1.0, 200.0, 500.0),
+            ],
+            &[round(10, 1.0, 30.0, 60.0), round(10, 1.0, 50.0, 80.0)],
+        );
+        assert_eq!((s.connections, s.failed, s.rounds), (6000, 3, 3));
+        assert_eq!(s.conn_per_s, 1500.0);
+        assert_eq!((s.p50_us, s.p99_us), (200.0, 500.0));
+        assert_eq!((s.unloaded_p50_us, s.unloaded_p99_us), (40.0, 70.0));
+        assert_eq!(s.per_backend["b0"], 6000);
+        assert_eq!(s.errors.len(), 1);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
+    }
+
+    #[test]
+    fn generated_rules_and_config() {
+        let vip = Ipv4Addr::new(10, 201, 0, 10);
+        let backends = [
+            Ipv4Addr::new(10, 200, 0, 101),
+            Ipv4Addr::new(10, 200, 0, 102),
+        ];
+        let rules = nft_rules(vip, 8080, &backends);
+        assert!(rules.contains(
+            "ip daddr 10.201.0.10 tcp dport 8080 dnat to jhash ip saddr . tcp sport mod 2 map { 0 : 10.200.0.101, 1 : 10.200.0.102 }"
+        ), "{rules}");
+        assert!(
+            rules.contains(
+                "ip daddr { 10.200.0.101, 10.200.0.102 } tcp dport 8080 ct status dnat masquerade"
+            ),
+            "{rules}"
+        );
+        let cfg = haproxy_config(vip, 8080, &backends, 2, 9000);
+        for line in [
+            "    nbthread 2",
+            "    mode tcp",
+            "    bind 10.201.0.10:8080",
+            "    balance roundrobin",
+            "    server b1 10.200.0.102:8080",
+        ] {
+            assert!(cfg.lines().any(|l| l == line), "{line:?} missing:\n{cfg}");
+        }
+        assert!(!cfg.contains("check") && !cfg.contains("log"), "{cfg}");
+    }
+
+    /// Runs the quick benchmark in a real lab (root, haproxy, built binaries):
+    /// `cargo test -p xdplb-tests --lib bench::e2e -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn quick_run() {
+        let results = run(true).expect("e2e benchmark");
+        for r in &results {
+            println!("{}", serde_json::to_string(r).unwrap());
+        }
+        assert_eq!(results.len(), 4);
+    }
+}

@@ -1,0 +1,448 @@
+//! Per-packet cost of the balancer with BPF_PROG_TEST_RUN, against an empty XDP_PASS and a minimal MAC swap measured the same way in the same run, and how that cost grows with backends, VIPs and flow-table fill.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use etherparse::PacketBuilder;
+use lb_common::{ConnEntry, FlowKey};
+use lb_userspace::{agent::Applied, config::Config, loader, maps::BalancerMaps};
+use serde::Serialize;
+
+/// One packet class's cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct PacketCost {
+    pub class: String,
+    /// Median over runs of the kernel-measured time per packet.
+    pub ns_per_packet: f64,
+    /// 1e3 / ns: packets per second one core could run this program at, in millions.
+    pub mpps_per_core: f64,
+    /// Cost relative to the MAC-swap baseline measured the same way.
+    pub ratio_to_macswap: f64,
+    pub verdict: &'static str,
+    pub note: String,
+}
+
+/// One point of a cost-growth sweep.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub x: u64,
+    pub ns_per_packet: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sweep {
+    pub name: String,
+    pub x_label: String,
+    pub points: Vec<SweepPoint>,
+    /// Largest over smallest cost across the sweep (goal: at most 1.10).
+    pub max_over_min: f64,
+}
+
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
+const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+struct Settings {
+    runs: usize,
+    repeat: u32,
+}
+
+fn settings(quick: bool) -> Settings {
+    if quick {
+        Settings {
+            runs: 5,
+            repeat: 20_000,
+        }
+    } else {
+        Settings {
+            runs: 15,
+            repeat: 200_000,
+        }
+    }
+}
+
+/// Keeps this thread on one CPU: BPF_PROG_TEST_RUN runs the program on the calling CPU, and
+/// per-CPU maps and caches should stay the same across runs.
+fn pin_to_cpu0() {
+    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1, 65535);
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 20]).expect("packet");
+    v
+}
+
+fn udp6(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv6(src, dst, 64)
+        .udp(5353, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 20]).expect("packet");
+    v
+}
+
+/// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`.
+fn time_once(prog: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(f64, u32)> {
+    let mut out = vec![0u8; packet.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN")?;
+    // The kernel reports the mean per repetition, in whole nanoseconds.
+    Ok((r.duration.as_nanos() as f64, r.return_value))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn median_ns(prog: &mut Xdp, packet: &[u8], s: &Settings) -> Result<(f64, u32)> {
+    let (_, verdict) = time_once(prog, packet, 1)?; // fills the flow table for this flow
+                                                    // One discarded full run: caches, branch predictors and the CPU's clock settle first.
+    time_once(prog, packet, s.repeat)?;
+    let mut v = Vec::new();
+    for _ in 0..s.runs {
+        v.push(time_once(prog, packet, s.repeat)?.0);
+    }
+    Ok((median(v), verdict))
+}
+
+fn verdict_name(v: u32) -> &'static str {
+    match v {
+        0 => "aborted",
+        1 => "drop",
+        2 => "pass",
+        3 => "tx",
+        _ => "redirect",
+    }
+}
+
+/// The balancer, loaded with `yaml` (backends need `mac:`), flow table of `conns` entries.
+struct Balancer {
+    ebpf: Ebpf,
+    maps: BalancerMaps,
+}
+
+impl Balancer {
+    fn new(yaml: &str, conns: u32) -> Result<Balancer> {
+        let cfg = Config::from_yaml(yaml, "bench config")?;
+        let mut ebpf = loader::load_balancer(conns)?;
+        let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
+        Applied::default().apply(&cfg, &mut maps, Duration::from_millis(1))?;
+        Ok(Balancer { ebpf, maps })
+    }
+
+    fn prog(&mut self) -> Result<&mut Xdp> {
+        loader::program(&mut self.ebpf, lb_common::programs::BALANCER)
+    }
+}
+
+/// A config of `vips` VIPs (10.201.x.y:80/tcp, plus fd00:201::10:53/udp) with `backends` each.
+fn config(vips: u32, backends: u32) -> String {
+    let ring = next_prime((backends * 100).max(65_537));
+    let mut y = String::from("interface: lo\nvips:\n");
+    let list = |y: &mut String, v6: bool| {
+        for b in 0..backends {
+            let addr = if v6 {
+                format!("'fd00:200::{:x}'", 0x1000 + b)
+            } else {
+                format!("10.{}.{}.{}", 100 + b / 65536, (b / 256) % 256, b % 256)
+            };
+            y.push_str(&format!(
+                "      - {{ address: {addr}, mac: '02:00:00:{:02x}:{:02x}:{:02x}' }}\n",
+                b >> 16 & 0xff,
+                b >> 8 & 0xff,
+                b & 0xff
+            ));
+        }
+    };
+    for v in 0..vips {
+        y.push_str(&format!(
+            "  - {{ name: v{v}, address: 10.201.{}.{}, port: 80, protocol: tcp, ring_size: {ring}, backends: [] }}\n",
+            v / 256,
+            v % 256
+        ));
+    }
+    // Replace the last VIP's empty backend list with the real one (the VIP the packets hit).
+    let last = format!(
+        "v{}, address: 10.201.{}.{}, port: 80, protocol: tcp, ring_size: {ring}, backends: [] }}\n",
+        vips - 1,
+        (vips - 1) / 256,
+        (vips - 1) % 256
+    );
+    let mut with = String::new();
+    with.push_str(&format!("v{}\n    address: 10.201.{}.{}\n    port: 80\n    protocol: tcp\n    ring_size: {ring}\n    backends:\n", vips - 1, (vips - 1) / 256, (vips - 1) % 256));
+    list(&mut with, false);
+    y = y.replace(
+        &format!("  - {{ name: {last}"),
+        &format!("  - name: {with}"),
+    );
+    if vips >= lb_common::MAX_VIPS {
+        return y;
+    }
+    y.push_str("  - name: web6\n    address: 'fd00:201::10'\n    port: 53\n    protocol: udp\n    backends:\n");
+    let mut v6 = String::new();
+    list(&mut v6, true);
+    // The IPv6 VIP only serves the IPv6 class: three backends are enough.
+    y.extend(v6.lines().take(3).map(|l| format!("{l}\n")));
+    y
+}
+
+fn next_prime(mut n: u32) -> u32 {
+    while !lb_userspace::config::is_prime(n) {
+        n += 1;
+    }
+    n
+}
+
+fn vip_packet(vips: u32) -> Vec<u8> {
+    let v = vips - 1;
+    tcp4(
+        [10, 200, 0, 11],
+        40000,
+        [10, 201, (v / 256) as u8, (v % 256) as u8],
+        80,
+    )
+}
+
+/// Per-packet cost by class, with the baselines.
+pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
+    pin_to_cpu0();
+    let s = settings(quick);
+    let mut baselines =
+        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
+    for name in ["baseline_pass", "baseline_macswap"] {
+        loader::program(&mut baselines, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
+    }
+    let mut bal = Balancer::new(&config(1, 3), 1 << 20)?;
+    let vip = vip_packet(1);
+    let (pass_ns, _) = median_ns(loader::program(&mut baselines, "baseline_pass")?, &vip, &s)?;
+    let (swap_ns, _) = median_ns(
+        loader::program(&mut baselines, "baseline_macswap")?,
+        &vip,
+        &s,
+    )?;
+    let mut out = Vec::new();
+    let mut push = |class: &str, ns: f64, verdict: u32, note: &str| {
+        out.push(PacketCost {
+            class: class.into(),
+            ns_per_packet: ns,
+            mpps_per_core: 1e3 / ns.max(1.0),
+            ratio_to_macswap: ns / swap_ns.max(1.0),
+            verdict: verdict_name(verdict),
+            note: note.into(),
+        })
+    };
+    push(
+        "baseline: empty XDP_PASS",
+        pass_ns,
+        2,
+        "floor of running any XDP program",
+    );
+    push(
+        "baseline: MAC swap + XDP_TX",
+        swap_ns,
+        3,
+        "least an L2 forwarder does",
+    );
+    let non_vip = tcp4([10, 200, 0, 11], 40000, [10, 200, 0, 1], 22);
+    let (ns, v) = median_ns(bal.prog()?, &non_vip, &s)?;
+    push(
+        "non-VIP TCP (passed to the stack)",
+        ns,
+        v,
+        "parse + 2 VIP lookups",
+    );
+    let (ns, v) = median_ns(bal.prog()?, &vip, &s)?;
+    push(
+        "VIP established flow (flow-table hit)",
+        ns,
+        v,
+        "parse, VIP lookup, flow-table hit, MAC rewrite, counters",
+    );
+    let v6 = udp6(
+        "fd00:200::11".parse::<std::net::Ipv6Addr>()?.octets(),
+        "fd00:201::10".parse::<std::net::Ipv6Addr>()?.octets(),
+        53,
+    );
+    let (ns, v) = median_ns(bal.prog()?, &v6, &s)?;
+    push("IPv6 VIP established flow", ns, v, "");
+    let malformed = vip[..14 + 20 + 10].to_vec();
+    let (ns, v) = median_ns(bal.prog()?, &malformed, &s)?;
+    push(
+        "malformed (truncated TCP header)",
+        ns,
+        v,
+        "dropped and counted",
+    );
+
+    // New flows: each packet must miss the flow table, so each run is a fresh 5-tuple with
+    // repeat 1; the MAC swap is re-measured with repeat 1 so the ratio compares like with like.
+    let calls = if quick { 2_000 } else { 20_000 };
+    let mut swap1 = Vec::new();
+    let mut new1 = Vec::new();
+    let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
+        Ok(time_once(loader::program(b, "baseline_macswap")?, p, 1)?.0)
+    };
+    let mut verdict = 0;
+    for i in 0..calls {
+        let pkt = tcp4(
+            [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            1024 + (i % 60000) as u16,
+            [10, 201, 0, 0],
+            80,
+        );
+        swap1.push(swap_prog_ns(&mut baselines, &pkt)?);
+        let (ns, v) = time_once(bal.prog()?, &pkt, 1)?;
+        verdict = v;
+        new1.push(ns);
+    }
+    let (new_ns, swap1_ns) = (median(new1), median(swap1));
+    out.push(PacketCost {
+        class: "VIP new flow (miss + Maglev + insert)".into(),
+        ns_per_packet: new_ns,
+        mpps_per_core: 1e3 / new_ns.max(1.0),
+        ratio_to_macswap: new_ns / swap1_ns.max(1.0),
+        verdict: verdict_name(verdict),
+        note: format!("one packet per run (MAC swap measured the same way: {swap1_ns:.0} ns)"),
+    });
+    out.push(PacketCost {
+        class: "IPIP encapsulation".into(),
+        ns_per_packet: f64::NAN,
+        mpps_per_core: f64::NAN,
+        ratio_to_macswap: f64::NAN,
+        verdict: "-",
+        note: "not measured: forwarding: ipip is not implemented yet".into(),
+    });
+    Ok(out)
+}
+
+fn sweep(name: &str, x_label: &str, points: Vec<SweepPoint>) -> Sweep {
+    let max = points
+        .iter()
+        .map(|p| p.ns_per_packet)
+        .fold(f64::MIN, f64::max);
+    let min = points
+        .iter()
+        .map(|p| p.ns_per_packet)
+        .fold(f64::MAX, f64::min);
+    Sweep {
+        name: name.into(),
+        x_label: x_label.into(),
+        points,
+        max_over_min: max / min.max(1.0),
+    }
+}
+
+/// The established-flow cost while backends per VIP, VIPs and flow-table fill grow.
+pub fn sweeps(quick: bool) -> Result<Vec<Sweep>> {
+    pin_to_cpu0();
+    let s = settings(quick);
+    let mut out = Vec::new();
+
+    let mut pts = Vec::new();
+    for n in [1u32, 16, 256, 1024, 4096] {
+        let mut bal = Balancer::new(&config(1, n), 1 << 16)?;
+        let (ns, _) = median_ns(bal.prog()?, &vip_packet(1), &s)?;
+        eprintln!("bench sweep: {n} backends: {ns:.0} ns");
+        pts.push(SweepPoint {
+            x: u64::from(n),
+            ns_per_packet: ns,
+        });
+    }
+    out.push(sweep("backends per VIP", "backends", pts));
+
+    let mut pts = Vec::new();
+    for n in [1u32, 8, 64, 512] {
+        let mut bal = Balancer::new(&config(n, 3), 1 << 16)?;
+        let (ns, _) = median_ns(bal.prog()?, &vip_packet(n), &s)?;
+        eprintln!("bench sweep: {n} VIPs: {ns:.0} ns");
+        pts.push(SweepPoint {
+            x: u64::from(n),
+            ns_per_packet: ns,
+        });
+    }
+    out.push(sweep("VIPs", "VIPs", pts));
+
+    // Flow-table fill: other flows inserted from userspace into a 1Mi table; the last point
+    // inserts more than it holds, so the LRU evicts while we measure.
+    let cap = 1u32 << 20;
+    let fills: &[u64] = if quick {
+        &[0, 100_000, 1_048_576]
+    } else {
+        &[0, 10_000, 100_000, 1_000_000, 1_500_000]
+    };
+    let mut bal = Balancer::new(&config(1, 3), cap)?;
+    let mut inserted = 0u64;
+    let mut pts = Vec::new();
+    for &fill in fills {
+        while inserted < fill {
+            let i = inserted as u32;
+            let key = FlowKey {
+                src: [
+                    172,
+                    16,
+                    (i >> 16) as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+                dst: [10, 201, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                sport: (i as u16).to_be_bytes(),
+                dport: 80u16.to_be_bytes(),
+                proto: 6,
+                family: lb_common::AF_INET,
+                _pad: [0; 2],
+            };
+            bal.maps.insert_conn(
+                &key,
+                &ConnEntry {
+                    backend_id: 0,
+                    vip_id: 0,
+                },
+            )?;
+            inserted += 1;
+        }
+        let (ns, _) = median_ns(bal.prog()?, &vip_packet(1), &s)?;
+        eprintln!("bench sweep: flow table fill {fill}: {ns:.0} ns");
+        pts.push(SweepPoint {
+            x: fill,
+            ns_per_packet: ns,
+        });
+    }
+    out.push(sweep(
+        "flow-table fill (1Mi entries; the last point evicts)",
+        "flows inserted",
+        pts,
+    ));
+    Ok(out)
+}

@@ -1,0 +1,421 @@
+//! The benchmark report: one JSON file (machine facts, every figure, a `summary` that regression checks read, the goals met or not) and a Markdown page with SVG plots.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use plotters::prelude::*;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::{
+    conns::ConnsResult,
+    control::ControlResult,
+    e2e::E2eResult,
+    packet::{PacketCost, Sweep},
+};
+
+/// Facts about the machine the figures came from.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    /// `/proc/sys/net/core/bpf_jit_enable` (1 = JIT on).
+    pub bpf_jit_enable: String,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpu_model = read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|r| r.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let mem_kib: f64 = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        Machine {
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+            cpu_model,
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            memory_gib: mem_kib / 1024.0 / 1024.0,
+            bpf_jit_enable: read("/proc/sys/net/core/bpf_jit_enable").trim().to_owned(),
+        }
+    }
+}
+
+/// Everything one run measured; a section that failed holds its error instead.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub per_packet: Option<Result<Vec<PacketCost>>>,
+    pub sweeps: Option<Result<Vec<Sweep>>>,
+    pub e2e: Option<Result<Vec<E2eResult>>>,
+    pub conns: Option<Result<Vec<ConnsResult>>>,
+    pub control: Option<Result<ControlResult>>,
+}
+
+fn section<T: Serialize>(r: &Option<Result<T>>) -> Value {
+    match r {
+        None => json!({ "skipped": true }),
+        Some(Ok(v)) => serde_json::to_value(v).unwrap_or(Value::Null),
+        Some(Err(e)) => json!({ "error": format!("{e:#}") }),
+    }
+}
+
+fn ok<T>(r: &Option<Result<T>>) -> Option<&T> {
+    r.as_ref().and_then(|r| r.as_ref().ok())
+}
+
+/// Numbers NaN-safe for JSON (NaN becomes null).
+fn num(x: f64) -> Value {
+    if x.is_finite() {
+        json!(x)
+    } else {
+        Value::Null
+    }
+}
+
+pub fn summary(r: &Results) -> Value {
+    let established =
+        ok(&r.per_packet).and_then(|v| v.iter().find(|c| c.class.starts_with("VIP established")));
+    let e2e = ok(&r.e2e);
+    let rate = |name: &str| {
+        e2e.and_then(|v| v.iter().find(|x| x.setup == name))
+            .map(|x| x.conn_per_s)
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => num(a / b),
+        _ => Value::Null,
+    };
+    let held = ok(&r.conns)
+        .and_then(|v| v.iter().find(|c| c.target == "xdplb"))
+        .map(|c| c.held);
+    let flat = ok(&r.sweeps).map(|v| v.iter().map(|s| s.max_over_min).fold(0.0, f64::max));
+    json!({
+        "established_ns": established.map(|c| num(c.ns_per_packet)),
+        "established_ns_ratio_to_macswap": established.map(|c| num(c.ratio_to_macswap)),
+        "concurrent_connections_held": held,
+        "e2e_conn_rate_ratio_to_direct": ratio(rate("xdplb"), rate("direct")),
+        "e2e_conn_rate_ratio_to_haproxy": ratio(rate("xdplb"), rate("haproxy")),
+        "e2e_conn_rate_ratio_to_nftables": ratio(rate("xdplb"), rate("nftables")),
+        "cost_growth_max_over_min": flat.map(num),
+        "packets_dropped_during_reloads": ok(&r.control).map(|c| c.packets_dropped_during_reloads),
+    })
+}
+
+fn goals(s: &Value) -> Value {
+    let g = |goal: &str, value: &Value, met: Option<bool>| json!({ "goal": goal, "value": value, "met": met });
+    let f = |k: &str| s[k].as_f64();
+    json!([
+        g(
+            "established-flow cost ≤ 2× MAC swap",
+            &s["established_ns_ratio_to_macswap"],
+            f("established_ns_ratio_to_macswap").map(|x| x <= 2.0)
+        ),
+        g(
+            "cost flat within 10% across backends, VIPs, flow-table fill",
+            &s["cost_growth_max_over_min"],
+            f("cost_growth_max_over_min").map(|x| x <= 1.10)
+        ),
+        g(
+            "≥ 1,000,000 concurrent connections held",
+            &s["concurrent_connections_held"],
+            f("concurrent_connections_held").map(|x| x >= 1e6)
+        ),
+        g(
+            "new connections/s ≥ 0.9× direct",
+            &s["e2e_conn_rate_ratio_to_direct"],
+            f("e2e_conn_rate_ratio_to_direct").map(|x| x >= 0.9)
+        ),
+        g(
+            "new connections/s ≥ 2× HAProxy",
+            &s["e2e_conn_rate_ratio_to_haproxy"],
+            f("e2e_conn_rate_ratio_to_haproxy").map(|x| x >= 2.0)
+        ),
+        g(
+            "zero packets lost while reloading under load",
+            &s["packets_dropped_during_reloads"],
+            s["packets_dropped_during_reloads"].as_u64().map(|x| x == 0)
+        ),
+    ])
+}
+
+/// Writes `<dir>/<stem>.json`, `<dir>/<stem>.md` and the SVG plots; returns the JSON path.
+pub fn write(
+    dir: &Path,
+    stem: &str,
+    quick: bool,
+    machine: &Machine,
+    r: &Results,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let summary = summary(r);
+    let goals = goals(&summary);
+    let doc = json!({
+        "date": stem,
+        "quick": quick,
+        "machine": machine,
+        "summary": summary,
+        "goals": goals,
+        "per_packet": section(&r.per_packet),
+        "cost_growth": section(&r.sweeps),
+        "e2e": section(&r.e2e),
+        "concurrent_connections": section(&r.conns),
+        "control_plane": section(&r.control),
+    });
+    let json_path = dir.join(format!("{stem}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    let mut plots = Vec::new();
+    if let Some(v) = ok(&r.per_packet) {
+        let bars: Vec<(String, f64)> = v
+            .iter()
+            .filter(|c| c.ns_per_packet.is_finite())
+            .map(|c| (c.class.clone(), c.ns_per_packet))
+            .collect();
+        let name = format!("{stem}-per-packet.svg");
+        bar_chart(
+            &dir.join(&name),
+            "Per-packet cost (ns, lower is better)",
+            &bars,
+        )?;
+        plots.push(name);
+    }
+    if let Some(v) = ok(&r.sweeps) {
+        for (i, s) in v.iter().enumerate() {
+            let name = format!("{stem}-growth-{i}.svg");
+            line_chart(
+                &dir.join(&name),
+                &format!("Established-flow cost vs {}", s.name),
+                &s.x_label,
+                s,
+            )?;
+            plots.push(name);
+        }
+    }
+    if let Some(v) = ok(&r.e2e) {
+        let bars: Vec<(String, f64)> = v.iter().map(|x| (x.setup.clone(), x.conn_per_s)).collect();
+        let name = format!("{stem}-e2e.svg");
+        bar_chart(
+            &dir.join(&name),
+            "New TCP connections per second (higher is better)",
+            &bars,
+        )?;
+        plots.push(name);
+    }
+    std::fs::write(
+        dir.join(format!("{stem}.md")),
+        markdown(stem, quick, machine, &doc, r, &plots),
+    )?;
+    Ok(json_path)
+}
+
+fn fmt(x: f64, digits: usize) -> String {
+    if x.is_finite() {
+        format!("{x:.digits$}")
+    } else {
+        "–".into()
+    }
+}
+
+fn markdown(
+    stem: &str,
+    quick: bool,
+    m: &Machine,
+    doc: &Value,
+    r: &Results,
+    plots: &[String],
+) -> String {
+    let mut o = format!(
+        "# xdplb benchmark report {stem}{}\n\nMachine: {} cores, {} ({:.0} GiB), kernel {}, BPF JIT {}.\nReproduce with `cargo xtask bench{}`.\n\n## Goals\n\n| goal | value | met |\n|---|---|---|\n",
+        if quick { " (quick)" } else { "" },
+        m.cores,
+        m.cpu_model,
+        m.memory_gib,
+        m.kernel,
+        if m.bpf_jit_enable == "1" { "on" } else { "off" },
+        if quick { " --quick" } else { "" },
+    );
+    for g in doc["goals"].as_array().into_iter().flatten() {
+        let met = match g["met"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        o += &format!(
+            "| {} | {} | {met} |\n",
+            g["goal"].as_str().unwrap_or_default(),
+            g["value"]
+        );
+    }
+    o += "\n## Per-packet cost (BPF_PROG_TEST_RUN, one CPU, median of runs)\n\n| packet class | ns/packet | Mpps per core | × MAC swap | verdict | note |\n|---|---|---|---|---|---|\n";
+    match &r.per_packet {
+        Some(Ok(v)) => {
+            for c in v {
+                o += &format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    c.class,
+                    fmt(c.ns_per_packet, 0),
+                    fmt(c.mpps_per_core, 1),
+                    fmt(c.ratio_to_macswap, 2),
+                    c.verdict,
+                    c.note
+                );
+            }
+        }
+        other => o += &format!("\n{}\n", section(other)),
+    }
+    o += "\n## Cost growth (established flow)\n\n";
+    match &r.sweeps {
+        Some(Ok(v)) => {
+            for s in v {
+                o += &format!("- {}: ", s.name);
+                o += &s
+                    .points
+                    .iter()
+                    .map(|p| format!("{} → {:.0} ns", p.x, p.ns_per_packet))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                o += &format!(" (max/min {:.2})\n", s.max_over_min);
+            }
+        }
+        other => o += &format!("{}\n", section(other)),
+    }
+    o += "\n## End to end: new connections of a short request (same lab, interleaved rounds)\n\n| setup | conn/s | p50 µs | p99 µs | connections | failed |\n|---|---|---|---|---|---|\n";
+    match &r.e2e {
+        Some(Ok(v)) => {
+            for x in v {
+                o += &format!(
+                    "| {} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
+                    x.setup, x.conn_per_s, x.p50_us, x.p99_us, x.connections, x.failed
+                );
+            }
+        }
+        other => o += &format!("\n{}\n", section(other)),
+    }
+    o += "\n## Concurrent persistent connections\n\n| target | attempted | held | ramp conn/s | balancer memory | balancer CPU % | stopped because |\n|---|---|---|---|---|---|---|\n";
+    match &r.conns {
+        Some(Ok(v)) => {
+            for c in v {
+                o += &format!(
+                    "| {} | {} | {} | {:.0} | {:.1} MiB | {:.0} | {} |\n",
+                    c.target,
+                    c.attempted,
+                    c.held,
+                    c.ramp_per_s,
+                    c.balancer_memory_bytes as f64 / 1048576.0,
+                    c.balancer_cpu_percent,
+                    c.stopped_reason.as_deref().unwrap_or("-")
+                );
+                for n in &c.notes {
+                    o += &format!("|  | {n} | | | | | |\n");
+                }
+            }
+        }
+        other => o += &format!("\n{}\n", section(other)),
+    }
+    o += "\n## Control plane\n\n";
+    match &r.control {
+        Some(Ok(c)) => {
+            o += &format!(
+                "- apply a config of {} backends ({} VIPs): {:.2} s; re-apply with one weight changed: {:.2} s\n- `xdplb backend add` to the new backend's first packet: {:.3} s (the CLI call: {:.3} s)\n- {} reloads under load: {} packets dropped by the datapath, {} of {} new connections failed\n",
+                c.backends, c.vips, c.apply_seconds, c.reapply_seconds, c.cli_to_first_packet_seconds, c.cli_call_seconds,
+                c.reloads_under_load, c.packets_dropped_during_reloads, c.connections_failed_during_reloads, c.connections_opened_during_reloads
+            );
+        }
+        other => o += &format!("{}\n", section(other)),
+    }
+    if !plots.is_empty() {
+        o += "\n## Plots\n\n";
+        for p in plots {
+            o += &format!("![{p}]({p})\n\n");
+        }
+    }
+    o
+}
+
+fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
+    let root = SVGBackend::new(path, (900, 60 + 40 * bars.len() as u32)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.15;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(330)
+        .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+            _ => String::new(),
+        })
+        .draw()?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        Rectangle::new(
+            [
+                (0.0, SegmentValue::Exact(i)),
+                (*v, SegmentValue::Exact(i + 1)),
+            ],
+            BLUE.mix(0.6).filled(),
+        )
+    }))?;
+    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
+        Text::new(
+            format!("{v:.0}"),
+            (*v, SegmentValue::CenterOf(i)),
+            ("sans-serif", 14),
+        )
+    }))?;
+    root.present()?;
+    Ok(())
+}
+
+fn line_chart(path: &Path, title: &str, x_label: &str, s: &Sweep) -> Result<()> {
+    let root = SVGBackend::new(path, (800, 400)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let max = s.points.iter().map(|p| p.ns_per_packet).fold(1.0, f64::max) * 1.3;
+    let n = s.points.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0..n.saturating_sub(1).max(1), 0.0..max)?;
+    chart
+        .configure_mesh()
+        .x_labels(n)
+        .x_label_formatter(&|i| {
+            s.points
+                .get(*i)
+                .map(|p| p.x.to_string())
+                .unwrap_or_default()
+        })
+        .x_desc(x_label)
+        .y_desc("ns per packet")
+        .draw()?;
+    chart.draw_series(LineSeries::new(
+        s.points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i, p.ns_per_packet)),
+        &BLUE,
+    ))?;
+    chart.draw_series(
+        s.points
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Circle::new((i, p.ns_per_packet), 4, BLUE.filled())),
+    )?;
+    root.present()?;
+    Ok(())
+}

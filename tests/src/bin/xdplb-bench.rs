@@ -1,0 +1,79 @@
+//! `cargo xtask bench [--quick]`: runs every benchmark section, prints a summary and writes bench/results/<date>.{json,md} with SVG plots. Benchmarks report; they never fail a build.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use xdplb_tests::bench::{conns, control, e2e, packet, report};
+
+#[derive(Parser)]
+struct Args {
+    /// About two minutes instead of the full run.
+    #[arg(long)]
+    quick: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Run only these sections (per-packet, growth, e2e, conns, control); default all.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
+    let machine = report::Machine::read();
+    eprintln!(
+        "xdplb bench{}: {} cores, {}, kernel {}",
+        if args.quick { " --quick" } else { "" },
+        machine.cores,
+        machine.cpu_model,
+        machine.kernel
+    );
+    let mut r = report::Results::default();
+    let timed = |name: &str| {
+        eprintln!("== {name}");
+        std::time::Instant::now()
+    };
+    if want("per-packet") {
+        let t = timed("per-packet cost");
+        r.per_packet = Some(packet::per_packet(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    if want("growth") {
+        let t = timed("cost growth");
+        r.sweeps = Some(packet::sweeps(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    if want("e2e") {
+        let t = timed("end to end vs direct, HAProxy, nftables");
+        r.e2e = Some(e2e::run(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    if want("conns") {
+        let t = timed("concurrent connections");
+        r.conns = Some(conns::run(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    if want("control") {
+        let t = timed("control plane");
+        r.control = Some(control::run(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    let stem = chrono_like_now();
+    match report::write(&args.out, &stem, args.quick, &machine, &r) {
+        Ok(path) => {
+            let md = path.with_extension("md");
+            println!("{}", std::fs::read_to_string(&md).unwrap_or_default());
+            println!("report: {} and {}", path.display(), md.display());
+        }
+        Err(e) => {
+            eprintln!("xdplb bench: writing the report failed: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// UTC date and time for file names.
+fn chrono_like_now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H-%M-%SZ").to_string()
+}

@@ -1,0 +1,192 @@
+//! `xdplb replay`: captures in, one verdict per packet out, flow state carried across packets, rewritten packets written back; clear errors for bad captures.
+
+use std::process::Command;
+
+use etherparse::PacketBuilder;
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
+    DataLink,
+};
+use xdplb_tests::lab::tool_path;
+
+const CONFIG: &str = "\
+interface: xdplbnone0
+vips:
+  - name: web
+    address: 10.201.0.10
+    port: 80
+    protocol: tcp
+    backends:
+      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
+      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
+      - { address: 10.200.0.103 }
+";
+
+fn dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("xdplb-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc1], [2, 0, 0, 0, 0, 1])
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1, 1000);
+    let mut v = Vec::new();
+    b.write(&mut v, b"hi").unwrap();
+    v
+}
+
+fn write_pcap(path: &std::path::Path, link: DataLink, frames: &[Vec<u8>]) {
+    let f = std::fs::File::create(path).unwrap();
+    let mut w = PcapWriter::with_header(
+        f,
+        PcapHeader {
+            datalink: link,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for (i, fr) in frames.iter().enumerate() {
+        w.write_packet(&PcapPacket::new(
+            std::time::Duration::from_millis(i as u64),
+            fr.len() as u32,
+            fr,
+        ))
+        .unwrap();
+    }
+}
+
+fn xdplb(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(tool_path("xdplb"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn replay_prints_a_verdict_per_packet_and_writes_the_rewritten_capture() {
+    let d = dir();
+    let cfg = d.join("lb.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let mut frames = Vec::new();
+    for sport in 40000..40020u16 {
+        frames.push(tcp([10, 200, 0, 11], sport, [10, 201, 0, 10], 80));
+    }
+    frames.push(tcp([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80)); // the first flow again
+    frames.push(tcp([10, 200, 0, 11], 40000, [10, 200, 0, 1], 22)); // not a VIP
+    let mut runt = tcp([10, 200, 0, 11], 1, [10, 201, 0, 10], 80);
+    runt.truncate(14 + 20 + 8); // truncated TCP header
+    frames.push(runt);
+    let input = d.join("in.pcap");
+    let output = d.join("out.pcap");
+    write_pcap(&input, DataLink::ETHERNET, &frames);
+    let (ok, out, err) = xdplb(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pcap",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), frames.len());
+    for (i, l) in lines.iter().enumerate().take(21) {
+        assert_eq!(l["index"], i);
+        assert_eq!(l["verdict"], "tx", "{l}");
+        assert_eq!(l["vip"], "web");
+        assert!(
+            l["backend"].as_str().unwrap().starts_with("10.200.0.10"),
+            "{l}"
+        );
+    }
+    // The repeated flow went to the same backend: flow state carries across packets.
+    assert_eq!(lines[20]["backend"], lines[0]["backend"]);
+    let used: std::collections::HashSet<_> =
+        lines[..20].iter().map(|l| l["backend"].clone()).collect();
+    assert!(used.len() >= 2, "20 flows spread over backends: {used:?}");
+    assert_eq!(
+        (lines[21]["verdict"].as_str(), lines[21]["vip"].is_null()),
+        (Some("pass"), true)
+    );
+    assert_eq!(lines[22]["verdict"], "drop");
+
+    // The output capture holds the packets as the program left them.
+    let mut r = PcapReader::new(std::fs::File::open(&output).unwrap()).unwrap();
+    let first = r.next_packet().unwrap().unwrap();
+    let backend_mac = match lines[0]["backend"].as_str().unwrap() {
+        "10.200.0.101" => [2, 0, 0, 0, 1, 1],
+        "10.200.0.102" => [2, 0, 0, 0, 1, 2],
+        _ => [0x02, 0x58, 10, 200, 0, 103], // no mac in the config and no such interface: placeholder
+    };
+    assert_eq!(&first.data[..6], &backend_mac);
+    assert_eq!(
+        &first.data[6..12],
+        &[2, 0, 0, 0, 0, 1],
+        "source MAC = the balancer's"
+    );
+    assert_eq!(
+        &first.data[12..],
+        &frames[0][12..],
+        "the IP packet is untouched"
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+#[test]
+fn bad_captures_get_clear_errors() {
+    let d = dir().join("bad");
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = d.join("lb.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let c = cfg.to_str().unwrap();
+
+    let (ok, _, err) = xdplb(&["replay", "--config", c, "--pcap", "/nonexistent.pcap"]);
+    assert!(
+        !ok && err.contains("cannot open capture /nonexistent.pcap"),
+        "{err}"
+    );
+
+    let garbage = d.join("garbage.pcap");
+    std::fs::write(&garbage, b"this is not a capture at all").unwrap();
+    let (ok, _, err) = xdplb(&["replay", "--config", c, "--pcap", garbage.to_str().unwrap()]);
+    assert!(!ok && err.contains("is not a pcap capture"), "{err}");
+
+    let raw = d.join("raw.pcap");
+    write_pcap(&raw, DataLink::RAW, &[vec![0x45; 40]]);
+    let (ok, _, err) = xdplb(&["replay", "--config", c, "--pcap", raw.to_str().unwrap()]);
+    assert!(!ok && err.contains("replay needs Ethernet frames"), "{err}");
+
+    let good = d.join("good.pcap");
+    write_pcap(
+        &good,
+        DataLink::ETHERNET,
+        &[
+            tcp([10, 200, 0, 11], 1000, [10, 201, 0, 10], 80),
+            tcp([10, 200, 0, 11], 1001, [10, 201, 0, 10], 80),
+        ],
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = d.join("truncated.pcap");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 20]).unwrap();
+    let (ok, out, err) = xdplb(&[
+        "replay",
+        "--config",
+        c,
+        "--pcap",
+        truncated.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("packet 1 is unreadable"), "{out}{err}");
+    let _ = std::fs::remove_dir_all(d);
+}
