@@ -38,7 +38,8 @@ pub struct Verdict {
     pub backend: Option<IpAddr>,
 }
 
-fn verdict_name(v: u32) -> &'static str {
+/// The name of an XDP action, as `replay` prints it.
+pub fn verdict_name(v: u32) -> &'static str {
     match v {
         0 => "aborted",
         1 => "drop",

@@ -9,7 +9,9 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use lb_common::{ConnEntry, FlowKey};
-use lb_userspace::{agent::Applied, config::Config, loader, maps::BalancerMaps};
+use lb_userspace::{
+    agent::Applied, config::Config, loader, maps::BalancerMaps, replay::verdict_name,
+};
 use serde::Serialize;
 
 /// One packet class's cost.
@@ -122,16 +124,6 @@ fn median_ns(prog: &mut Xdp, packet: &[u8], s: &Settings) -> Result<(f64, u32)> 
         v.push(time_once(prog, packet, s.repeat)?.0);
     }
     Ok((median(v), verdict))
-}
-
-fn verdict_name(v: u32) -> &'static str {
-    match v {
-        0 => "aborted",
-        1 => "drop",
-        2 => "pass",
-        3 => "tx",
-        _ => "redirect",
-    }
 }
 
 /// The balancer, loaded with `yaml` (backends need `mac:`), flow table of `conns` entries.
