@@ -75,15 +75,7 @@ fn real_main() -> anyhow::Result<()> {
             persistent,
         } => {
             setup()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "lb-userspace",
-                "-p",
-                "xdplb-tests",
-                "--bins",
-            ])?;
+            build_release_tools()?;
             let bin = workspace().join("target/release/xdplb-demo");
             run(Command::new(bin).args([
                 "--mode",
@@ -98,15 +90,7 @@ fn real_main() -> anyhow::Result<()> {
             setup()?;
             // The end-to-end comparison runs HAProxy from Debian's package.
             apt_install(&["haproxy".to_owned()])?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "lb-userspace",
-                "-p",
-                "xdplb-tests",
-                "--bins",
-            ])?;
+            build_release_tools()?;
             let mut cmd = Command::new(workspace().join("target/release/xdplb-bench"));
             cmd.current_dir(workspace())
                 .args(["--out", "bench/results"]);
@@ -136,6 +120,19 @@ fn real_main() -> anyhow::Result<()> {
             cargo(&args)
         }
     }
+}
+
+/// Builds the release binaries the demo and the benchmarks run: `xdplb` and the lab tools.
+fn build_release_tools() -> anyhow::Result<()> {
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "xdplb-tests",
+        "--bins",
+    ])
 }
 
 fn workspace() -> PathBuf {
