@@ -1,6 +1,7 @@
 //! The contract between xdplb's XDP program and its userspace: map names, capacities, key/value layouts, counter indices and the flow hash. Nothing here is duplicated elsewhere.
 #![no_std]
 
+pub mod decap;
 pub mod hash;
 
 pub use hash::{flow_hash, hash_words};
@@ -23,8 +24,13 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<u64>`, indexed by [`crate::Counter`].
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// `HashMap<AddrKey, AddrMeta>`: every address that has at least one VIP, whatever its
+    /// ports. Fragments and ICMP echo requests carry no ports, so they are matched here.
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    /// `Array<Settings>` of one entry: balancer-wide values (tunnel source prefixes, MTU).
+    pub const SETTINGS: &str = "SETTINGS";
     /// Every map the balancer program owns, for pinning and for the object check.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 9] = [
         VIPS,
         RINGS,
         BACKENDS,
@@ -32,6 +38,8 @@ pub mod maps {
         VIP_STATS,
         BACKEND_STATS,
         GLOBAL_STATS,
+        VIP_ADDRS,
+        SETTINGS,
     ];
 }
 
@@ -47,7 +55,7 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
@@ -74,8 +82,14 @@ pub const NO_BACKEND: u32 = u32::MAX;
 
 pub const AF_INET: u8 = 4;
 pub const AF_INET6: u8 = 6;
+pub const IPPROTO_ICMP: u8 = 1;
+/// IPv4-in-IP (RFC 2003): the next header of a 4in4 or 4in6 tunnel packet.
+pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// IPv6-in-IP (RFC 2473 / RFC 4213): the next header of a 6in6 or 6in4 tunnel packet.
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// `VipKey::port` value of a VIP that takes every port of its address and protocol.
 pub const ALL_PORTS: [u8; 2] = [0, 0];
@@ -100,6 +114,62 @@ pub const VIP_STATELESS: u32 = 1 << 1;
 
 /// `VipMeta::forwarding`: rewrite MACs and bounce the frame out of the same NIC.
 pub const FORWARD_L2: u32 = 0;
+/// `VipMeta::forwarding`: wrap the IP packet in an outer IPv4/IPv6 header addressed to the
+/// backend (4in4, 6in6, 4in6, 6in4) and send it to the next hop toward it, out of the same NIC.
+pub const FORWARD_IPIP: u32 = 1;
+
+/// Outer IPv4 header of an encapsulated packet (no options).
+pub const IPV4_HLEN: u32 = 20;
+/// Outer IPv6 header of an encapsulated packet (no extension headers).
+pub const IPV6_HLEN: u32 = 40;
+/// Smallest `Settings::mtu` the agent accepts: an IPv6 inner packet of the IPv6 minimum MTU
+/// (1280) must fit in a 6in6 packet, or "packet too big" could never be satisfied.
+pub const MIN_TUNNEL_MTU: u32 = 1280 + IPV6_HLEN;
+/// Time to live / hop limit of packets the balancer originates (outer headers, ICMP).
+pub const ORIGIN_TTL: u8 = 64;
+
+/// Key of `VIP_ADDRS`: an address that has VIPs (IPv4 in the first 4 bytes, rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+
+/// `AddrMeta::flags`: answer ICMP/ICMPv6 echo requests to this address from the balancer.
+pub const ADDR_ANSWER_ECHO: u32 = 1 << 0;
+
+/// Value of `VIP_ADDRS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AddrMeta {
+    /// `ADDR_*` flags.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<AddrMeta>() == 4);
+
+/// The one value of `SETTINGS`. The outer source address of an encapsulated packet is the
+/// prefix with its host bits taken from the flow hash: `src = prefix | (hash & host_mask)`,
+/// applied to all 4 bytes of IPv4 and the last 4 bytes of IPv6 (so at most 32 host bits),
+/// which lets a backend's NIC spread tunnelled flows over its receive queues (RSS hashes the
+/// outer header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    pub tunnel_src4: [u8; 4],
+    /// Host bits of `tunnel_src4`, network order.
+    pub tunnel_src4_host: [u8; 4],
+    pub tunnel_src6: [u8; 16],
+    /// Host bits of the last 4 bytes of `tunnel_src6`, network order.
+    pub tunnel_src6_host: [u8; 4],
+    /// Largest IP packet (outer header included) the balancer sends toward a backend in `ipip`
+    /// mode. Bigger ones get "fragmentation needed"/"packet too big" back; 0 turns the check off.
+    pub mtu: u32,
+}
+const _: () = assert!(core::mem::size_of::<Settings>() == 32);
 
 /// Value of `VIPS`.
 #[repr(C)]
@@ -137,7 +207,7 @@ pub const fn backend_serves(state: u8) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
     pub addr: [u8; 16],
-    /// Where L2 forwarding sends the frame.
+    /// Where the frame goes: the backend's MAC (`l2`) or the next hop's toward it (`ipip`).
     pub mac: [u8; 6],
     pub family: u8,
     /// `BACKEND_*`.
@@ -192,9 +262,10 @@ pub enum Counter {
     PassNotIp = 0,
     /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own traffic.
     PassNotVip = 1,
-    /// IP whose ports this version cannot read: IPv4 fragments (of any protocol) and IPv6
-    /// packets with extension headers, whatever their destination (MLD reports land here).
-    /// Handed to the stack, never guessed.
+    /// IP whose ports this version cannot read and that is not addressed to a VIP address:
+    /// fragments, and IPv6 packets with extension headers (MLD reports land here). Also IPv6
+    /// packets with extension headers other than a fragment header to a VIP address, and ICMP
+    /// errors quoting a fragment. Handed to the stack, never guessed.
     PassUnsupported = 2,
     /// Broken IP/TCP/UDP header (bad version/IHL/length, truncated L4, TCP data offset or UDP
     /// length past the IP packet): dropped, as the kernel would.
@@ -214,10 +285,26 @@ pub enum Counter {
     /// VIP traffic in a broadcast or multicast frame: routers send VIP traffic to our unicast
     /// MAC, so a group frame is not ours to bounce (it would leave with a group source MAC).
     PassNotUnicast = 10,
+    /// A fragment (IPv4 MF or offset, IPv6 fragment header) addressed to a VIP address:
+    /// dropped. Only the first fragment has ports, so the others could not be steered to the
+    /// first one's backend without reassembly state; TCP never fragments (path-MTU discovery
+    /// works through the balancer), and a wrong backend would be worse than a loss.
+    DropFragment = 11,
+    /// A packet too big to encapsulate within `Settings::mtu`: answered with ICMP
+    /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", sent back to the client.
+    TxIcmpTooBig = 12,
+    /// Too big to encapsulate and not allowed to trigger path-MTU discovery (IPv4 without DF,
+    /// or an ICMP error being steered): dropped. The balancer cannot fragment.
+    DropTooBig = 13,
+    /// An ICMP/ICMPv6 error quoting a VIP flow (path-MTU "too big" included) forwarded to the
+    /// backend that owns that flow.
+    TxIcmpSteered = 14,
+    /// An ICMP/ICMPv6 echo request to a VIP address answered by the balancer (`icmp_echo`).
+    TxIcmpEcho = 15,
 }
 
 /// Number of `GLOBAL_STATS` slots.
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 16;
 
 impl Counter {
     /// Every counter, in index order.
@@ -233,6 +320,11 @@ impl Counter {
         Counter::ConnResteer,
         Counter::ConnInsertFailed,
         Counter::PassNotUnicast,
+        Counter::DropFragment,
+        Counter::TxIcmpTooBig,
+        Counter::DropTooBig,
+        Counter::TxIcmpSteered,
+        Counter::TxIcmpEcho,
     ];
 
     /// The name `xdplb stats` prints and scripts read.
@@ -249,6 +341,11 @@ impl Counter {
             Counter::ConnResteer => "conn_resteer",
             Counter::ConnInsertFailed => "conn_insert_failed",
             Counter::PassNotUnicast => "pass_not_unicast",
+            Counter::DropFragment => "drop_fragment",
+            Counter::TxIcmpTooBig => "tx_icmp_too_big",
+            Counter::DropTooBig => "drop_too_big",
+            Counter::TxIcmpSteered => "tx_icmp_steered",
+            Counter::TxIcmpEcho => "tx_icmp_echo",
         }
     }
 }
@@ -263,6 +360,9 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ConnEntry {}
     unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::AddrMeta {}
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 #[cfg(test)]
@@ -288,12 +388,15 @@ mod tests {
             size_of::<FlowKey>(),
             size_of::<ConnEntry>(),
             size_of::<TrafficCounters>(),
+            size_of::<AddrKey>(),
+            size_of::<AddrMeta>(),
+            size_of::<Settings>(),
             COUNTER_COUNT as usize,
             maps::ALL.len(),
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (2, [20, 16, 32, 40, 8, 24, 11, 7])
+            (3, [20, 16, 32, 40, 8, 24, 20, 4, 32, 16, 9])
         );
     }
 

@@ -1,14 +1,34 @@
 //! VIP lookup, flow table and Maglev ring: which backend gets this flow.
 
 use lb_common::{
-    backend_serves, flow_hash, Backend, ConnEntry, Counter, FlowKey, VipKey, VipMeta, ALL_PORTS,
-    NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
+    backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey, Settings,
+    VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 
 use crate::{
-    maps::{BACKENDS, CONNS, RINGS, VIPS},
+    maps::{BACKENDS, CONNS, RINGS, SETTINGS, VIPS, VIP_ADDRS},
     stats::count,
 };
+
+/// Whether the flow's destination address has any VIP, and its per-address flags.
+#[inline(always)]
+pub fn vip_addr(flow: &FlowKey) -> Option<AddrMeta> {
+    let key = AddrKey {
+        addr: flow.dst,
+        family: flow.family,
+        _pad: [0; 3],
+    };
+    VIP_ADDRS.get_ptr(&key).map(|meta| unsafe { *meta })
+}
+
+/// The balancer-wide settings the agent wrote (all zero before it did).
+#[inline(always)]
+pub fn settings() -> Settings {
+    match SETTINGS.get_ptr(0) {
+        Some(s) => unsafe { *s },
+        None => Settings::default(),
+    }
+}
 
 /// The VIP this flow is addressed to: exact (address, port, protocol) first, then the
 /// all-ports entry of the address.
@@ -48,9 +68,9 @@ fn backend(id: u32) -> Option<Backend> {
 }
 
 /// The flow's backend: the remembered one if it still exists (draining included), else the
-/// Maglev ring's choice, which is then remembered.
+/// Maglev ring's choice, which is then remembered if `remember` (ICMP errors only look).
 #[inline(always)]
-pub fn choose(flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Counter> {
+pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, Counter> {
     let stateful = vip.flags & VIP_STATELESS == 0;
     let mut resteer = false;
     if stateful {
@@ -87,7 +107,7 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta) -> Result<Choice, Counter> {
         return Err(Counter::DropNoBackend);
     }
     let b = backend(id).ok_or(Counter::DropNoBackend)?;
-    if stateful {
+    if stateful && remember {
         let entry = ConnEntry {
             backend_id: id,
             vip_id: vip.vip_id,

@@ -5,8 +5,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Backend, ConnEntry, FlowKey, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
-    DEFAULT_CONNS, MAX_BACKENDS, MAX_VIPS, RING_TEMPLATE_SIZE,
+    AddrKey, AddrMeta, Backend, ConnEntry, FlowKey, Settings, TrafficCounters, VipKey, VipMeta,
+    BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, MAX_BACKENDS, MAX_VIPS, RING_TEMPLATE_SIZE,
 };
 
 /// One Maglev table: slot → backend id. Created with `BPF_F_INNER_MAP` so each VIP's ring can
@@ -35,3 +35,9 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }
 
 #[btf_map]
 pub static GLOBAL_STATS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static VIP_ADDRS: HashMap<AddrKey, AddrMeta, { MAX_VIPS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();

@@ -1,7 +1,9 @@
-//! Packet parsing: the only code that compares against `data_end`. Produces the flow key of an IPv4/IPv6 TCP/UDP packet or the reason it is not one.
+//! Packet parsing: what a frame is (a TCP/UDP flow, an ICMP error quoting one, an echo request, a fragment) and where its headers are, or why it is none of those.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counter, FlowKey, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    Counter, FlowKey, AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -17,10 +19,17 @@ const UDP_HLEN: usize = 8;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
+/// IPv4 "don't fragment" flag in the host-order `frags` field.
+const IP_DF: u16 = 0x4000;
+const ICMP_HLEN: usize = 8;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const IPV6_FRAGMENT: u8 = 44;
+
 /// A pointer to a `T` at `off` bytes into the frame, or `None` if the frame is shorter.
 /// The explicit `data_end` comparison is what the verifier needs before any packet access.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + core::mem::size_of::<T>() > end {
@@ -51,15 +60,49 @@ pub fn frame_len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
 
-/// Parses Ethernet (with at most one 802.1Q tag), IPv4 or IPv6, and the TCP/UDP ports.
+/// What kind of packet [`parse`] found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// TCP or UDP: `key` is its 5-tuple.
+    Flow,
+    /// An ICMP/ICMPv6 error (destination unreachable, packet too big, time exceeded,
+    /// parameter problem) quoting a TCP/UDP packet sent *from* the ICMP's destination: `key`
+    /// is the quoted flow reversed, i.e. the client→VIP direction the flow table knows.
+    IcmpError,
+    /// An ICMP/ICMPv6 echo request: `key` has only the destination and family.
+    EchoRequest,
+    /// A fragment (IPv4 MF or offset, IPv6 fragment header): `key` has only the destination
+    /// and family; only a first fragment has ports, and only by luck.
+    Fragment,
+}
+
+/// Where a parsed packet's headers are, and what the forwarding code needs from them.
+pub struct Parsed {
+    pub kind: Kind,
+    pub key: FlowKey,
+    /// Offset of the IP header (14, or 18 behind an 802.1Q tag): the L2 header's length.
+    pub l3: usize,
+    /// Offset of the L4 header (ICMP header for echo requests and errors).
+    pub l4: usize,
+    /// IP packet length, header included (IPv4 total length, IPv6 40 + payload length).
+    pub ip_len: usize,
+    /// IPv4 TOS / IPv6 traffic class, copied to an outer header.
+    pub tos: u8,
+    /// IPv4 "don't fragment" (always true for IPv6, which routers never fragment).
+    pub df: bool,
+}
+
+/// Parses Ethernet (with at most one 802.1Q tag), IPv4 or IPv6, and TCP/UDP ports or the
+/// ICMP message that matters to the balancer.
 ///
-/// Errors say why the packet is not a balanceable flow: `PassNotIp`, `PassNotVip` (an IP
-/// protocol no VIP can have, ESP included), `PassUnsupported` (IPv4 fragment of any protocol,
-/// IPv6 extension header) or `DropMalformed` (IP/TCP/UDP headers that contradict themselves,
-/// the IP length or the frame length). IP header checksums are not verified: the backend's
-/// kernel does that.
+/// Errors say why the packet is not one of [`Kind`]: `PassNotIp`, `PassNotVip` (an IP
+/// protocol no VIP can have, ICMP messages other than echo requests and errors that quote a
+/// TCP/UDP packet), `PassUnsupported` (an IPv6 extension header other than a fragment
+/// header) or `DropMalformed` (IP/TCP/UDP headers that contradict themselves, the IP length or
+/// the frame length). IP header checksums are not verified: the backend's kernel does that.
+/// ICMP messages that cannot be read are `PassNotVip`: the stack judges them.
 #[inline(always)]
-pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::PassNotIp)?;
     // `ether_type` holds the wire bytes; compare in host order.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -71,9 +114,16 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
         l3 += VLAN_HLEN;
     }
     let frame = ctx.data_end() - ctx.data();
-    let mut key = FlowKey::default();
-    let l4;
-    let l3_end;
+    let mut p = Parsed {
+        kind: Kind::Flow,
+        key: FlowKey::default(),
+        l3,
+        l4: 0,
+        ip_len: 0,
+        tos: 0,
+        df: true,
+    };
+    let proto;
     match ether_type {
         ETH_P_IP => {
             let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Counter::DropMalformed)?;
@@ -83,21 +133,21 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > frame {
                 return Err(Counter::DropMalformed);
             }
+            p.key.family = AF_INET;
+            p.key.dst[..4].copy_from_slice(&ip.dst_addr);
+            p.ip_len = tot_len;
+            p.tos = ip.tos;
             // Fragments first, whatever their protocol: a non-first fragment's "protocol" says
-            // nothing about ports, and the documented rule is "fragments go to the stack".
+            // nothing about ports.
             let frags = u16::from_be_bytes(ip.frags);
+            p.df = frags & IP_DF != 0;
             if frags & (IP_MF | IP_OFFSET) != 0 {
-                return Err(Counter::PassUnsupported);
+                p.kind = Kind::Fragment;
+                return Ok(p);
             }
-            if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-                return Err(Counter::PassNotVip);
-            }
-            key.family = AF_INET;
-            key.proto = ip.proto;
-            key.src[..4].copy_from_slice(&ip.src_addr);
-            key.dst[..4].copy_from_slice(&ip.dst_addr);
-            l4 = l3 + ihl;
-            l3_end = l3 + tot_len;
+            p.key.src[..4].copy_from_slice(&ip.src_addr);
+            p.l4 = l3 + ihl;
+            proto = ip.proto;
         }
         ETH_P_IPV6 => {
             let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Counter::DropMalformed)?;
@@ -106,51 +156,165 @@ pub fn flow_key(ctx: &XdpContext) -> Result<FlowKey, Counter> {
             if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > frame {
                 return Err(Counter::DropMalformed);
             }
+            p.key.family = AF_INET6;
+            p.key.dst = ip.dst_addr;
+            p.ip_len = Ipv6Hdr::LEN + payload;
+            p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
             match ip.next_hdr {
-                IPPROTO_TCP | IPPROTO_UDP => {}
-                // Hop-by-hop, routing, fragment, destination options, AH, mobility, HIP, shim6:
-                // the ports are further in; this version does not walk extension headers.
-                0 | 43 | 44 | 60 | 51 | 135 | 139 | 140 => return Err(Counter::PassUnsupported),
+                IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {}
+                IPV6_FRAGMENT => {
+                    p.kind = Kind::Fragment;
+                    return Ok(p);
+                }
+                // Hop-by-hop, routing, destination options, AH, mobility, HIP, shim6: the
+                // ports are further in; this version does not walk extension headers.
+                0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(Counter::PassUnsupported),
                 _ => return Err(Counter::PassNotVip),
             }
-            key.family = AF_INET6;
-            key.proto = ip.next_hdr;
-            key.src = ip.src_addr;
-            key.dst = ip.dst_addr;
-            l4 = l3 + Ipv6Hdr::LEN;
-            l3_end = l4 + payload;
+            p.key.src = ip.src_addr;
+            p.l4 = l3 + Ipv6Hdr::LEN;
+            proto = ip.next_hdr;
         }
         _ => return Err(Counter::PassNotIp),
     }
-    let l4_min = if key.proto == IPPROTO_TCP {
-        TCP_MIN_HLEN
-    } else {
-        UDP_HLEN
-    };
-    if l4 + l4_min > l3_end {
-        return Err(Counter::DropMalformed);
+    let l3_end = l3 + p.ip_len;
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            p.key.proto = proto;
+            ports(ctx, p.l4, l3_end, proto, &mut p.key.sport, &mut p.key.dport)
+                .ok_or(Counter::DropMalformed)?;
+        }
+        IPPROTO_ICMP if p.key.family == AF_INET => icmp4(ctx, &mut p, l3_end)?,
+        IPPROTO_ICMPV6 if p.key.family == AF_INET6 => icmp6(ctx, &mut p, l3_end)?,
+        _ => return Err(Counter::PassNotVip),
     }
-    if key.proto == IPPROTO_TCP {
-        let tcp = ptr_at::<[u8; TCP_MIN_HLEN]>(ctx, l4).ok_or(Counter::DropMalformed)?;
-        let tcp = unsafe { &*tcp };
+    Ok(p)
+}
+
+/// Reads the ports of a TCP/UDP header at `l4` in an IP packet ending at `l3_end`, checking
+/// the header against that length. `None` when the header contradicts it.
+#[inline(always)]
+fn ports(
+    ctx: &XdpContext,
+    l4: usize,
+    l3_end: usize,
+    proto: u8,
+    sport: &mut [u8; 2],
+    dport: &mut [u8; 2],
+) -> Option<()> {
+    if proto == IPPROTO_TCP {
+        if l4 + TCP_MIN_HLEN > l3_end {
+            return None;
+        }
+        let tcp = unsafe { &*ptr_at::<[u8; TCP_MIN_HLEN]>(ctx, l4)? };
         // Data offset below 5 words is not a TCP header; one past the IP packet contradicts
         // the IP length (the kernel drops both).
         let doff = (tcp[12] >> 4) as usize * 4;
         if doff < TCP_MIN_HLEN || l4 + doff > l3_end {
-            return Err(Counter::DropMalformed);
+            return None;
         }
-        key.sport = [tcp[0], tcp[1]];
-        key.dport = [tcp[2], tcp[3]];
+        *sport = [tcp[0], tcp[1]];
+        *dport = [tcp[2], tcp[3]];
     } else {
-        let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, l4).ok_or(Counter::DropMalformed)?;
-        let udp = unsafe { &*udp };
+        if l4 + UDP_HLEN > l3_end {
+            return None;
+        }
+        let udp = unsafe { &*ptr_at::<[u8; UDP_HLEN]>(ctx, l4)? };
         // The UDP length must cover its own header and stay inside the IP packet.
         let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
         if len < UDP_HLEN || l4 + len > l3_end {
-            return Err(Counter::DropMalformed);
+            return None;
         }
-        key.sport = [udp[0], udp[1]];
-        key.dport = [udp[2], udp[3]];
+        *sport = [udp[0], udp[1]];
+        *dport = [udp[2], udp[3]];
     }
-    Ok(key)
+    Some(())
+}
+
+/// ICMPv4: echo requests, and errors (3 unreachable incl. "fragmentation needed", 11 time
+/// exceeded, 12 parameter problem) quoting a TCP/UDP packet whose source is this packet's
+/// destination. Only the quoted ports are needed (RFC 792 quotes 8 bytes of L4), so a
+/// quoted TCP header is not checked further.
+#[inline(always)]
+fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Counter> {
+    if p.l4 + ICMP_HLEN > l3_end {
+        return Err(Counter::PassNotVip);
+    }
+    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Counter::PassNotVip)? };
+    match (icmp[0], icmp[1]) {
+        (ICMP_ECHO_REQUEST, 0) => {
+            p.kind = Kind::EchoRequest;
+            return Ok(());
+        }
+        (3 | 11 | 12, _) => {}
+        _ => return Err(Counter::PassNotVip),
+    }
+    let q = p.l4 + ICMP_HLEN;
+    let qip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, q).ok_or(Counter::PassNotVip)? };
+    let qihl = (qip.vihl & 0x0f) as usize * 4;
+    if qip.vihl >> 4 != 4 || qihl < Ipv4Hdr::LEN {
+        return Err(Counter::PassNotVip);
+    }
+    if qip.src_addr != p.key.dst[..4] {
+        return Err(Counter::PassNotVip);
+    }
+    if u16::from_be_bytes(qip.frags) & IP_OFFSET != 0 {
+        // A later fragment has no ports to find the flow by.
+        return Err(Counter::PassUnsupported);
+    }
+    quoted_flow(ctx, p, q + qihl, l3_end, qip.proto, qip.dst_addr, 4)
+}
+
+/// ICMPv6: echo requests and errors (1 unreachable, 2 packet too big, 3 time exceeded,
+/// 4 parameter problem) quoting a TCP/UDP packet without extension headers whose source is
+/// this packet's destination. Neighbour discovery and MLD are `PassNotVip`.
+#[inline(always)]
+fn icmp6(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Counter> {
+    if p.l4 + ICMP_HLEN > l3_end {
+        return Err(Counter::PassNotVip);
+    }
+    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Counter::PassNotVip)? };
+    match (icmp[0], icmp[1]) {
+        (ICMPV6_ECHO_REQUEST, 0) => {
+            p.kind = Kind::EchoRequest;
+            return Ok(());
+        }
+        (1..=4, _) => {}
+        _ => return Err(Counter::PassNotVip),
+    }
+    let q = p.l4 + ICMP_HLEN;
+    let qip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, q).ok_or(Counter::PassNotVip)? };
+    if qip.vcf[0] >> 4 != 6 || qip.src_addr != p.key.dst {
+        return Err(Counter::PassNotVip);
+    }
+    quoted_flow(ctx, p, q + Ipv6Hdr::LEN, l3_end, qip.next_hdr, qip.dst_addr, 16)
+}
+
+/// Fills `p.key` with the flow an ICMP error quotes, reversed: the quoted packet went VIP →
+/// client, the flow table knows client → VIP. `client` is the quoted destination (`len`
+/// significant bytes). The quoted L4 header only needs its ports inside the ICMP message.
+#[inline(always)]
+fn quoted_flow<const N: usize>(
+    ctx: &XdpContext,
+    p: &mut Parsed,
+    ql4: usize,
+    l3_end: usize,
+    proto: u8,
+    client: [u8; N],
+    len: usize,
+) -> Result<(), Counter> {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Counter::PassNotVip);
+    }
+    if ql4 + 4 > l3_end {
+        return Err(Counter::PassNotVip);
+    }
+    let ports = unsafe { &*ptr_at::<[u8; 4]>(ctx, ql4).ok_or(Counter::PassNotVip)? };
+    p.key.src = [0; 16];
+    p.key.src[..len].copy_from_slice(&client[..len]);
+    p.key.sport = [ports[2], ports[3]];
+    p.key.dport = [ports[0], ports[1]];
+    p.key.proto = proto;
+    p.kind = Kind::IcmpError;
+    Ok(())
 }

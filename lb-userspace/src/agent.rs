@@ -13,9 +13,10 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use lb_common::{
-    Backend as MapBackend, VipKey, VipMeta, AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_DOWN,
-    BACKEND_DRAINING, BACKEND_UNUSED, FORWARD_L2, MAX_BACKENDS, MAX_VIPS, NO_BACKEND,
-    VIP_HASH_SOURCE_IP, VIP_STATELESS,
+    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO,
+    AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED,
+    FORWARD_IPIP, FORWARD_L2, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP,
+    VIP_STATELESS,
 };
 use serde_json::json;
 use tokio::{
@@ -60,6 +61,41 @@ pub fn vip_key(vip: &Vip) -> VipKey {
         proto: vip.protocol.number(),
         family,
     }
+}
+
+/// Whose MAC a backend's frames are addressed to: the backend itself (`l2`, same segment)
+/// or the next hop toward it (`ipip`, by the routing table).
+fn frame_target(interface: &str, forwarding: Forwarding, addr: IpAddr) -> anyhow::Result<IpAddr> {
+    match forwarding {
+        Forwarding::L2 => Ok(addr),
+        Forwarding::Ipip => neigh::next_hop(interface, addr),
+    }
+}
+
+/// The `SETTINGS` value for `cfg`: tunnel source prefixes and the MTU (the interface's
+/// unless the config names one).
+fn settings(cfg: &Config) -> anyhow::Result<Settings> {
+    let mut s = Settings::default();
+    if let IpAddr::V4(a) = cfg.tunnel.source_v4.addr {
+        s.tunnel_src4 = a.octets();
+        s.tunnel_src4_host = cfg.tunnel.source_v4.host_mask().to_be_bytes();
+    }
+    if let IpAddr::V6(a) = cfg.tunnel.source_v6.addr {
+        s.tunnel_src6 = a.octets();
+        s.tunnel_src6_host = cfg.tunnel.source_v6.host_mask().to_be_bytes();
+    }
+    let tunnels = cfg.vips.iter().any(|v| v.forwarding == Forwarding::Ipip);
+    s.mtu = match (cfg.tunnel.mtu, neigh::interface_mtu(cfg.interface.as_str())) {
+        (Some(m), _) => m.0,
+        (None, Ok(mtu)) => mtu,
+        // Only ipip VIPs use it: an L2-only config may be applied without the interface
+        // (`xdplb replay`, tests).
+        (None, Err(_)) if !tunnels => 0,
+        (None, Err(e)) => {
+            return Err(e.context("reading the interface MTU for tunnel.mtu (or set it in the config)"))
+        }
+    };
+    Ok(s)
 }
 
 /// Identity of a VIP across reloads.
@@ -167,7 +203,9 @@ impl Applied {
             for b in vip.backends.iter() {
                 let mac = match b.mac.or_else(|| self.macs.get(&b.address).copied()) {
                     Some(mac) => mac,
-                    None => match neigh::resolve(interface, b.address, resolve_wait) {
+                    None => match frame_target(interface, vip.forwarding, b.address)
+                        .and_then(|hop| neigh::resolve(interface, hop, resolve_wait))
+                    {
                         Ok(mac) => mac,
                         Err(e) => {
                             log::error!("VIP {}: backend {} left out: {e:#}", vip.name, b.address);
@@ -233,6 +271,7 @@ impl Applied {
             }
             let forwarding = match vip.forwarding {
                 Forwarding::L2 => FORWARD_L2,
+                Forwarding::Ipip => FORWARD_IPIP,
             };
             maps.set_vip(
                 &vip_key(vip),
@@ -262,6 +301,8 @@ impl Applied {
                 vip.ring_size.0
             ));
         }
+        self.apply_addresses(cfg, maps)?;
+        maps.set_settings(&settings(cfg)?)?;
         // VIPs that left the config: unreachable first, then their backends are freed below.
         for (identity, _) in self
             .vip_ids
@@ -300,6 +341,99 @@ impl Applied {
         self.vip_ids = keep_vips;
         self.backend_ids = keep_backends;
         Ok(report)
+    }
+
+    /// Makes `VIP_ADDRS` hold exactly the addresses that have VIPs, each with the union of
+    /// their per-address flags.
+    fn apply_addresses(&self, cfg: &Config, maps: &mut BalancerMaps) -> anyhow::Result<()> {
+        let mut want: HashMap<AddrKey, AddrMeta> = HashMap::new();
+        for vip in cfg.vips.iter() {
+            let (addr, family) = addr_bytes(vip.address);
+            let key = AddrKey {
+                addr,
+                family,
+                _pad: [0; 3],
+            };
+            let meta = want.entry(key).or_default();
+            if vip.icmp_echo {
+                meta.flags |= ADDR_ANSWER_ECHO;
+            }
+        }
+        for (key, meta) in &want {
+            maps.set_vip_addr(key, meta)?;
+        }
+        for (key, _) in maps.vip_addrs()? {
+            if !want.contains_key(&key) {
+                maps.remove_vip_addr(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads the route and neighbour entry of every backend whose MAC the agent resolved
+    /// (not the ones with `mac:` in the config) and rewrites the backends whose frames must now
+    /// go to another MAC: a next hop that failed over, a backend that moved. Stale or missing
+    /// entries are probed, so the kernel re-confirms them by the next call; until then the last
+    /// known MAC stays in use.
+    pub fn refresh_macs(
+        &mut self,
+        cfg: &Config,
+        maps: &mut BalancerMaps,
+    ) -> anyhow::Result<Vec<String>> {
+        let interface = cfg.interface.as_str();
+        let mut lines = Vec::new();
+        let mut checked: HashMap<IpAddr, Option<MacAddr>> = HashMap::new();
+        for vip in cfg.vips.iter() {
+            let identity = (vip.address, vip.port, vip.protocol.number());
+            let Some(vip_id) = self.vip_ids.get(&identity).copied() else {
+                continue;
+            };
+            for b in vip.backends.iter().filter(|b| b.mac.is_none()) {
+                let Some(id) = self.backend_ids.get(&(vip_id, b.address)).copied() else {
+                    continue;
+                };
+                let fresh = match checked.get(&b.address) {
+                    Some(m) => *m,
+                    None => {
+                        let m = match frame_target(interface, vip.forwarding, b.address) {
+                            Ok(hop) => match neigh::lookup_state(interface, hop) {
+                                Ok(Some((mac, confirmed))) => {
+                                    if !confirmed {
+                                        neigh::probe(hop);
+                                    }
+                                    Some(mac)
+                                }
+                                Ok(None) => {
+                                    neigh::probe(hop);
+                                    None
+                                }
+                                Err(_) => None,
+                            },
+                            Err(e) => {
+                                log::warn!("backend {}: {e:#}", b.address);
+                                None
+                            }
+                        };
+                        checked.insert(b.address, m);
+                        m
+                    }
+                };
+                let Some(mac) = fresh else { continue };
+                let mut entry = maps.backend(id)?;
+                if entry.mac != mac.0 {
+                    lines.push(format!(
+                        "backend {} of VIP {}: frames now go to {mac} (was {})",
+                        b.address,
+                        vip.name,
+                        MacAddr(entry.mac)
+                    ));
+                    entry.mac = mac.0;
+                    maps.set_backend(id, &entry)?;
+                }
+                self.macs.insert(b.address, mac);
+            }
+        }
+        Ok(lines)
     }
 
     /// What applying `new` would change against the running state (`current` and the maps):
@@ -468,9 +602,12 @@ struct Agent {
     activity: HashMap<u32, (u64, Instant)>,
     attach_note: String,
     adopted: bool,
+    ticks: u64,
 }
 
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
+/// Seconds (ticks) between re-reads of backends' next hops and neighbour entries.
+const NEIGHBOUR_REFRESH_TICKS: u64 = 5;
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -517,6 +654,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         activity: HashMap::new(),
         attach_note: String::new(),
         adopted,
+        ticks: 0,
     };
     let report =
         agent
@@ -564,7 +702,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 let _ = reply.send(response);
             }
             Some(t) = health_rx.recv() => agent.on_health(t),
-            _ = tick.tick() => { agent.watch_file(); agent.track_activity(); }
+            _ = tick.tick() => {
+                agent.watch_file();
+                agent.track_activity();
+                agent.ticks += 1;
+                if agent.ticks % NEIGHBOUR_REFRESH_TICKS == 0 {
+                    agent.refresh_neighbours();
+                }
+            }
         }
     }
     api_task.abort();
@@ -701,6 +846,13 @@ impl Agent {
             self.rejected_text = Some(text);
         } else {
             self.rejected_text = None;
+        }
+    }
+
+    fn refresh_neighbours(&mut self) {
+        match self.applied.refresh_macs(&self.cfg, &mut self.maps) {
+            Ok(lines) => lines.iter().for_each(|l| log::info!("{l}")),
+            Err(e) => log::warn!("refreshing backend MACs failed: {e:#}"),
         }
     }
 

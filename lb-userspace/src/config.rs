@@ -3,7 +3,7 @@
 use std::{
     collections::HashSet,
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use lb_common::{
     DEFAULT_CONNS, DEFAULT_RING_SIZE, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_RING_SIZE,
-    MAX_VIPS,
+    MAX_VIPS, MIN_TUNNEL_MTU,
 };
 
 /// A whole balancer configuration (one NIC).
@@ -42,8 +42,132 @@ pub struct Config {
     /// or upgrade does not interrupt forwarding. `xdplb detach` removes it.
     #[serde(default)]
     pub keep_attached_on_exit: bool,
+    /// IP-in-IP settings for VIPs with `forwarding: ipip`.
+    #[serde(default)]
+    pub tunnel: Tunnel,
     pub vips: Vips,
 }
+
+/// How `ipip` VIPs encapsulate. The outer source address is taken from `source_v4` /
+/// `source_v6` with the host bits from the flow hash, so a backend's NIC spreads tunnelled
+/// flows over its receive queues; backends never answer to it (replies go straight to the
+/// client), so it only has to pass their firewalls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tunnel {
+    /// Outer IPv4 source prefix (/0 to /32).
+    #[serde(default = "default_source_v4")]
+    pub source_v4: Prefix,
+    /// Outer IPv6 source prefix (/96 to /128: the hash fills at most the last 32 bits).
+    /// The default is the discard-only prefix of RFC 6666, which no real host uses.
+    #[serde(default = "default_source_v6")]
+    pub source_v6: Prefix,
+    /// Largest packet, outer header included, sent toward a backend; bigger ones make the
+    /// client lower its path MTU (ICMP). Default: the interface's MTU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<TunnelMtu>,
+}
+
+impl Default for Tunnel {
+    fn default() -> Self {
+        Self {
+            source_v4: default_source_v4(),
+            source_v6: default_source_v6(),
+            mtu: None,
+        }
+    }
+}
+
+fn default_source_v4() -> Prefix {
+    Prefix {
+        addr: IpAddr::V4(Ipv4Addr::new(172, 16, 0, 0)),
+        len: 16,
+    }
+}
+
+fn default_source_v6() -> Prefix {
+    Prefix {
+        addr: IpAddr::V6(Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0)),
+        len: 96,
+    }
+}
+
+/// An address prefix `ADDR/LEN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The host bits of the last 32 bits of the address, as a mask (network order value).
+    pub fn host_mask(&self) -> u32 {
+        let total = if self.addr.is_ipv4() { 32 } else { 128 };
+        let host = total - u32::from(self.len);
+        if host >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << host) - 1
+        }
+    }
+}
+
+impl TryFrom<String> for Prefix {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (addr, len) = s
+            .split_once('/')
+            .ok_or_else(|| format!("prefix {s:?} must be ADDRESS/LENGTH"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("prefix {s:?}: {addr:?} is not an IP address"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| format!("prefix {s:?}: {len:?} is not a prefix length"))?;
+        let ok = match addr {
+            IpAddr::V4(_) => len <= 32,
+            // The datapath puts hash bits into the last 32 bits only.
+            IpAddr::V6(_) => (96..=128).contains(&len),
+        };
+        if !ok {
+            return Err(format!(
+                "prefix {s:?}: length must be 0..=32 for IPv4 and 96..=128 for IPv6"
+            ));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl From<Prefix> for String {
+    fn from(p: Prefix) -> String {
+        format!("{}/{}", p.addr, p.len)
+    }
+}
+
+/// `tunnel.mtu`: `MIN_TUNNEL_MTU` (an IPv6 minimum-MTU packet plus its outer header) to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u32")]
+pub struct TunnelMtu(pub u32);
+
+impl TryFrom<u32> for TunnelMtu {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        if !(MIN_TUNNEL_MTU..=65535).contains(&n) {
+            return Err(format!(
+                "tunnel.mtu {n} out of range {MIN_TUNNEL_MTU}..=65535"
+            ));
+        }
+        Ok(Self(n))
+    }
+}
+
+impl From<TunnelMtu> for u32 {
+    fn from(n: TunnelMtu) -> u32 {
+        n.0
+    }
+}
+
 
 fn default_pin_path() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/xdplb")
@@ -207,6 +331,9 @@ pub struct Vip {
     pub hash: HashMode,
     /// Skip the flow table: every packet goes where the ring says (backend changes move flows).
     pub stateless: bool,
+    /// The balancer answers ICMP/ICMPv6 echo requests to this VIP's address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub icmp_echo: bool,
     pub ring_size: RingSize,
     /// Probes that take a backend out of the ring while it fails them.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,6 +355,8 @@ struct VipFields {
     hash: HashMode,
     #[serde(default)]
     stateless: bool,
+    #[serde(default)]
+    icmp_echo: bool,
     #[serde(default)]
     ring_size: RingSize,
     #[serde(default)]
@@ -273,6 +402,7 @@ impl TryFrom<VipFields> for Vip {
             forwarding: f.forwarding,
             hash: f.hash,
             stateless: f.stateless,
+            icmp_echo: f.icmp_echo,
             ring_size: f.ring_size,
             health_check: f.health_check,
             backends: f.backends,
@@ -419,13 +549,17 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// How packets reach a backend. Only `l2` exists in this version.
+/// How packets reach a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Backends share the balancer's L2 segment and hold the VIP on `lo`.
     #[default]
     L2,
+    /// IP-in-IP to the backend's address, wherever it is routed (through this interface):
+    /// 4in4, 6in6, 4in6 or 6in4 by the VIP's and the backend's families. Backends decapsulate
+    /// (`xdplb decap`, or the kernel's ipip/ip6tnl) and hold the VIP on `lo`.
+    Ipip,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -681,6 +815,8 @@ checked_scalar!(MacAddr, str);
 checked_scalar!(FlowTableSize, u32);
 checked_scalar!(RingSize, u32);
 checked_scalar!(Weight, u32);
+checked_scalar!(TunnelMtu, u32);
+checked_scalar!(Prefix, str);
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,9 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub static BASELINES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines"));
 
+/// The backends' decapsulation program (`xdplb decap`, lb-ebpf/src/decap.rs).
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
+
 /// Loads the object with a flow table of `flow_table_size` entries and verifies the balancer
 /// program. Nothing is attached yet.
 pub fn load_balancer(flow_table_size: u32) -> anyhow::Result<Ebpf> {
@@ -65,6 +68,8 @@ fn expected_layout(name: &str) -> (MapType, usize, usize) {
         maps::VIP_STATS | maps::BACKEND_STATS => {
             (MapType::PerCpuArray, 4, size_of::<TrafficCounters>())
         }
+        maps::VIP_ADDRS => (MapType::Hash, size_of::<AddrKey>(), size_of::<AddrMeta>()),
+        maps::SETTINGS => (MapType::Array, 4, size_of::<Settings>()),
         _ => (MapType::PerCpuArray, 4, 8),
     }
 }
@@ -238,7 +243,8 @@ pub fn attach(
     attach_with_id(prog, name, interface, mode).map(|(_, label)| label)
 }
 
-fn attach_with_id(
+/// [`attach`] for a program already borrowed, returning the link id too (to take and pin it).
+pub fn attach_with_id(
     prog: &mut Xdp,
     name: &str,
     interface: &str,

@@ -9,8 +9,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maps as names, Backend, ConnEntry, Counter, FlowKey, TrafficCounters, VipKey, VipMeta,
-    BPF_F_INNER_MAP, COUNTER_COUNT,
+    maps as names, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey, Settings,
+    TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
 };
 
 pub struct BalancerMaps {
@@ -21,6 +21,8 @@ pub struct BalancerMaps {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     global_stats: PerCpuArray<MapData, u64>,
+    vip_addrs: HashMap<MapData, AddrKey, AddrMeta>,
+    settings: Array<MapData, Settings>,
     conns_capacity: u32,
 }
 
@@ -73,7 +75,38 @@ impl BalancerMaps {
             vip_stats: typed(names::VIP_STATS, get(names::VIP_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             global_stats: typed(names::GLOBAL_STATS, get(names::GLOBAL_STATS)?)?,
+            vip_addrs: typed(names::VIP_ADDRS, get(names::VIP_ADDRS)?)?,
+            settings: typed(names::SETTINGS, get(names::SETTINGS)?)?,
         })
+    }
+
+    pub fn set_vip_addr(&mut self, key: &AddrKey, meta: &AddrMeta) -> anyhow::Result<()> {
+        self.vip_addrs
+            .insert(key, meta, 0)
+            .context("writing map VIP_ADDRS")
+    }
+
+    pub fn remove_vip_addr(&mut self, key: &AddrKey) -> anyhow::Result<()> {
+        self.vip_addrs
+            .remove(key)
+            .context("deleting from map VIP_ADDRS")
+    }
+
+    pub fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>> {
+        self.vip_addrs
+            .iter()
+            .collect::<Result<_, _>>()
+            .context("reading map VIP_ADDRS")
+    }
+
+    pub fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+        self.settings
+            .set(0, settings, 0)
+            .context("writing map SETTINGS")
+    }
+
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        self.settings.get(&0, 0).context("reading map SETTINGS")
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! xdplb's namespace lab: builds a throw-away L2 segment of network namespaces (clients, a gateway for the balancer, DSR backends) for the demo and the end-to-end tests.
 
 pub mod bench;
+pub mod fixture;
 pub mod lab;
 pub mod model;
 pub mod netns;

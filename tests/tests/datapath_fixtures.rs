@@ -1,23 +1,9 @@
 //! Packet fixtures through the real XDP program with BPF_PROG_TEST_RUN: input packet (built with etherparse), expected verdict, expected output bytes, expected counters.
 
-use std::net::IpAddr;
-
-use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
-use lb_common::{flow_hash, Counter, FlowKey, AF_INET6, COUNTER_COUNT};
-use lb_userspace::{
-    agent::{addr_bytes, vip_key, Applied},
-    config::Config,
-    loader,
-    maps::BalancerMaps,
-};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+use lb_common::{Counter, AF_INET6};
+use lb_userspace::loader;
+use xdplb_tests::fixture::*;
 
 const CONFIG: &str = "\
 interface: lo
@@ -59,162 +45,6 @@ vips:
     protocol: tcp
     backends: []
 ";
-
-struct Harness {
-    ebpf: aya::Ebpf,
-    maps: BalancerMaps,
-    applied: Applied,
-    cfg: Config,
-}
-
-struct Run {
-    action: u32,
-    out: Vec<u8>,
-}
-
-impl Harness {
-    fn new(config: &str) -> Harness {
-        let cfg = Config::from_yaml(config, "fixture").expect("fixture config");
-        let mut ebpf = loader::load_balancer(4096).expect("the verifier accepts the balancer");
-        let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
-        let mut applied = Applied::default();
-        let report = applied
-            .apply(&cfg, &mut maps, std::time::Duration::from_millis(10))
-            .expect("apply");
-        assert!(report.unresolved.is_empty());
-        Harness {
-            ebpf,
-            maps,
-            applied,
-            cfg,
-        }
-    }
-
-    fn reconfigure(&mut self, config: &str) {
-        self.cfg = Config::from_yaml(config, "fixture").expect("fixture config");
-        self.applied
-            .apply(
-                &self.cfg,
-                &mut self.maps,
-                std::time::Duration::from_millis(10),
-            )
-            .expect("apply");
-    }
-
-    fn run(&mut self, packet: &[u8]) -> Run {
-        let prog = loader::program(&mut self.ebpf, lb_common::programs::BALANCER).unwrap();
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        Run {
-            action: result.return_value,
-            out,
-        }
-    }
-
-    fn global(&self) -> [u64; COUNTER_COUNT as usize] {
-        self.maps.global_counters().unwrap()
-    }
-
-    fn vip_id(&self, name: &str) -> u32 {
-        let vip = self.cfg.vips.iter().find(|v| v.name == name).unwrap();
-        let key = vip_key(vip);
-        self.maps
-            .vips()
-            .unwrap()
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .unwrap()
-            .1
-            .vip_id
-    }
-
-    /// Backend id for `addr` in VIP `name`.
-    fn backend_id(&self, name: &str, addr: &str) -> u32 {
-        let vip_id = self.vip_id(name);
-        let (bytes, _) = addr_bytes(addr.parse().unwrap());
-        self.maps
-            .backends()
-            .unwrap()
-            .into_iter()
-            .find(|(_, b)| b.vip_id == vip_id && b.addr == bytes)
-            .unwrap()
-            .0
-    }
-
-    /// The backend MAC the ring gives this flow (what the datapath must pick on a miss).
-    fn expected_mac(&self, vip: &str, flow: &FlowKey, source_only: bool) -> [u8; 6] {
-        let vip_id = self.vip_id(vip);
-        let ring = self.maps.ring(vip_id).unwrap();
-        let id = ring[(flow_hash(flow, source_only) % ring.len() as u32) as usize];
-        self.maps.backend(id).unwrap().mac
-    }
-}
-
-fn delta(
-    after: &[u64; COUNTER_COUNT as usize],
-    before: &[u64; COUNTER_COUNT as usize],
-    c: Counter,
-) -> u64 {
-    after[c as usize] - before[c as usize]
-}
-
-fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 65535)
-        .syn();
-    let payload = b"";
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).unwrap();
-    v
-}
-
-fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
-        .ipv4(src, dst, 64)
-        .udp(sport, dport);
-    let mut v = Vec::new();
-    b.write(&mut v, b"query").unwrap();
-    v
-}
-
-fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
-        .ipv6(src, dst, 64)
-        .udp(sport, dport);
-    let mut v = Vec::new();
-    b.write(&mut v, b"query6").unwrap();
-    v
-}
-
-fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-    let (s, family) = addr_bytes(src);
-    let (d, _) = addr_bytes(dst);
-    FlowKey {
-        src: s,
-        dst: d,
-        sport: sport.to_be_bytes(),
-        dport: dport.to_be_bytes(),
-        proto,
-        family,
-        _pad: [0; 2],
-    }
-}
-
-/// The output a correct L2 forward produces: same bytes, destination MAC := backend, source := us.
-fn l2_rewritten(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
-    let mut v = input.to_vec();
-    v[0..6].copy_from_slice(&backend_mac);
-    v[6..12].copy_from_slice(&GW_MAC);
-    v
-}
 
 #[test]
 fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
@@ -466,13 +296,37 @@ fn ipv4_options_vlan_fragments_and_extension_headers() {
     assert_eq!(r.action, XDP_TX, "vlan");
     assert_eq!(r.out, l2_rewritten(&pkt, mac));
 
-    // IPv4 fragment (MF set): handed to the stack, never guessed.
-    let mut frag = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
-    frag[14 + 6] |= 0x20;
+    // IPv4 fragments to a VIP address are dropped, first (MF) or later (offset) alike;
+    // fragments to any other address are the stack's.
+    for (byte, bits) in [(6, 0x20), (7, 0x10)] {
+        let mut frag = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
+        frag[14 + byte] |= bits;
+        let before = h.global();
+        let r = h.run(&frag);
+        assert_eq!(r.action, XDP_DROP, "fragment to a VIP address");
+        assert_eq!(delta(&h.global(), &before, Counter::DropFragment), 1);
+        let mut other = tcp4([10, 200, 0, 11], 40000, [10, 200, 0, 1], 80);
+        other[14 + byte] |= bits;
+        let before = h.global();
+        let r = h.run(&other);
+        assert_eq!(r.action, XDP_PASS, "fragment to another address");
+        assert_eq!(r.out, other);
+        assert_eq!(delta(&h.global(), &before, Counter::PassUnsupported), 1);
+    }
+
+    // IPv6 fragment header to a VIP address: dropped too.
+    let src6: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();
+    let dst6: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
+    let plain = udp6(src6.octets(), 5353, dst6.octets(), 53);
+    let mut frag6 = plain[..14 + 40].to_vec();
+    frag6[14 + 6] = 44;
+    let plen = u16::from_be_bytes([frag6[18], frag6[19]]) + 8;
+    frag6[18..20].copy_from_slice(&plen.to_be_bytes());
+    frag6.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 7]);
+    frag6.extend_from_slice(&plain[14 + 40..]);
     let before = h.global();
-    let r = h.run(&frag);
-    assert_eq!(r.action, XDP_PASS);
-    assert_eq!(delta(&h.global(), &before, Counter::PassUnsupported), 1);
+    assert_eq!(h.run(&frag6).action, XDP_DROP);
+    assert_eq!(delta(&h.global(), &before, Counter::DropFragment), 1);
 
     // IPv6 with a hop-by-hop header before UDP.
     let src: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();

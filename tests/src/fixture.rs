@@ -1,0 +1,178 @@
+//! Shared harness of the packet-fixture tests: the real XDP program run with BPF_PROG_TEST_RUN on maps filled from a config, plus packet builders.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use etherparse::PacketBuilder;
+use lb_common::{flow_hash, Counter, FlowKey, COUNTER_COUNT};
+use lb_userspace::{
+    agent::{addr_bytes, vip_key, Applied},
+    config::Config,
+    loader,
+    maps::BalancerMaps,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
+pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+
+pub struct Harness {
+    pub ebpf: aya::Ebpf,
+    pub maps: BalancerMaps,
+    pub applied: Applied,
+    pub cfg: Config,
+}
+
+pub struct Run {
+    pub action: u32,
+    pub out: Vec<u8>,
+}
+
+impl Harness {
+    pub fn new(config: &str) -> Harness {
+        let cfg = Config::from_yaml(config, "fixture").expect("fixture config");
+        let mut ebpf = loader::load_balancer(4096).expect("the verifier accepts the balancer");
+        let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
+        let mut applied = Applied::default();
+        let report = applied
+            .apply(&cfg, &mut maps, std::time::Duration::from_millis(10))
+            .expect("apply");
+        assert!(report.unresolved.is_empty());
+        Harness {
+            ebpf,
+            maps,
+            applied,
+            cfg,
+        }
+    }
+
+    pub fn reconfigure(&mut self, config: &str) {
+        self.cfg = Config::from_yaml(config, "fixture").expect("fixture config");
+        self.applied
+            .apply(
+                &self.cfg,
+                &mut self.maps,
+                std::time::Duration::from_millis(10),
+            )
+            .expect("apply");
+    }
+
+    pub fn run(&mut self, packet: &[u8]) -> Run {
+        let prog = loader::program(&mut self.ebpf, lb_common::programs::BALANCER).unwrap();
+        let mut out = vec![0u8; packet.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        Run {
+            action: result.return_value,
+            out,
+        }
+    }
+
+    pub fn global(&self) -> [u64; COUNTER_COUNT as usize] {
+        self.maps.global_counters().unwrap()
+    }
+
+    pub fn vip_id(&self, name: &str) -> u32 {
+        let vip = self.cfg.vips.iter().find(|v| v.name == name).unwrap();
+        let key = vip_key(vip);
+        self.maps
+            .vips()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .unwrap()
+            .1
+            .vip_id
+    }
+
+    /// Backend id for `addr` in VIP `name`.
+    pub fn backend_id(&self, name: &str, addr: &str) -> u32 {
+        let vip_id = self.vip_id(name);
+        let (bytes, _) = addr_bytes(addr.parse().unwrap());
+        self.maps
+            .backends()
+            .unwrap()
+            .into_iter()
+            .find(|(_, b)| b.vip_id == vip_id && b.addr == bytes)
+            .unwrap()
+            .0
+    }
+
+    /// The backend MAC the ring gives this flow (what the datapath must pick on a miss).
+    pub fn expected_mac(&self, vip: &str, flow: &FlowKey, source_only: bool) -> [u8; 6] {
+        let vip_id = self.vip_id(vip);
+        let ring = self.maps.ring(vip_id).unwrap();
+        let id = ring[(flow_hash(flow, source_only) % ring.len() as u32) as usize];
+        self.maps.backend(id).unwrap().mac
+    }
+}
+
+pub fn delta(
+    after: &[u64; COUNTER_COUNT as usize],
+    before: &[u64; COUNTER_COUNT as usize],
+    c: Counter,
+) -> u64 {
+    after[c as usize] - before[c as usize]
+}
+
+pub fn tcp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 65535)
+        .syn();
+    let payload = b"";
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+pub fn udp4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, b"query").unwrap();
+    v
+}
+
+pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv6(src, dst, 64)
+        .udp(sport, dport);
+    let mut v = Vec::new();
+    b.write(&mut v, b"query6").unwrap();
+    v
+}
+
+pub fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
+    let (s, family) = addr_bytes(src);
+    let (d, _) = addr_bytes(dst);
+    FlowKey {
+        src: s,
+        dst: d,
+        sport: sport.to_be_bytes(),
+        dport: dport.to_be_bytes(),
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// The output a correct L2 forward produces: same bytes, destination MAC := backend, source := us.
+pub fn l2_rewritten(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
+    let mut v = input.to_vec();
+    v[0..6].copy_from_slice(&backend_mac);
+    v[6..12].copy_from_slice(&GW_MAC);
+    v
+}
+
