@@ -1,4 +1,4 @@
-//! The lab topology: one bridged L2 segment joining a gateway (where the balancer runs), clients and DSR backends, each in its own network namespace, all torn down on drop.
+//! The lab topology: a bridged L2 segment joining a gateway (where the balancer runs), clients and DSR backends, or (routed) backends on a second segment behind a router with a far client on a narrow link; each host in its own network namespace, all torn down on drop.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -27,6 +27,17 @@ const MAX_CLIENTS: usize = 13;
 const MAX_BACKENDS: usize = 49;
 
 const BRIDGE: &str = "br0";
+/// The backends' segment in a routed lab.
+const BACKEND_BRIDGE: &str = "br1";
+/// The router's legs: on the client segment, on the backend segment, toward the far client.
+const ROUTER_FRONT: &str = "r0";
+const ROUTER_BACK: &str = "r1";
+const ROUTER_FAR: &str = "r2";
+const FAR_CLIENT_IF: &str = "fc0";
+/// MTU of the router's leg toward the far client: smaller than everything else, so replies
+/// toward the far client need path-MTU discovery to get through. The far client's own side
+/// keeps 1500, so its TCP MSS does not hide the bottleneck.
+pub const FAR_LINK_MTU: u32 = 1400;
 const GATEWAY_IF: &str = "gw0";
 const GATEWAY_PORT: &str = "s-gw";
 /// nftables table (bridge family) in the switch namespace holding the DSR counters.
@@ -46,6 +57,24 @@ fn seg4(host: usize) -> Ipv4Addr {
 
 fn seg6(host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x200, 0, 0, 0, 0, 0, host)
+}
+
+/// Routed lab: the backend segment 10.202.0.0/24, fd00:202::/64.
+fn back4(host: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 202, 0, u8::try_from(host).expect("host fits the /24"))
+}
+
+fn back6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x202, 0, 0, 0, 0, 0, host)
+}
+
+/// Routed lab: the far client's link 10.203.0.0/24, fd00:203::/64.
+fn far4(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 203, 0, host)
+}
+
+fn far6(host: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, host)
 }
 
 /// Finds a binary built by this package (`lab-server`, `lab-client`) or the workspace
@@ -78,6 +107,9 @@ pub struct LabSpec {
     pub backends: usize,
     /// Port the backends' `lab-server`s listen on (TCP and UDP).
     pub port: u16,
+    /// Backends on their own segment behind a router (for `forwarding: ipip`), each running
+    /// `xdplb decap`, plus a far client behind a link of [`FAR_LINK_MTU`].
+    pub routed: bool,
 }
 
 impl Default for LabSpec {
@@ -86,6 +118,7 @@ impl Default for LabSpec {
             clients: 2,
             backends: 3,
             port: 8080,
+            routed: false,
         }
     }
 }
@@ -128,6 +161,9 @@ pub struct Lab {
     gateway: NetNs,
     clients: Vec<NetNs>,
     backends: Vec<NetNs>,
+    /// Routed labs: the router and the far client.
+    router: Option<NetNs>,
+    far_client: Option<NetNs>,
     dir: TempDir,
 }
 
@@ -186,6 +222,8 @@ impl Lab {
             gateway,
             clients: Vec::new(),
             backends: Vec::new(),
+            router: None,
+            far_client: None,
             dir,
         };
 
@@ -199,6 +237,9 @@ impl Lab {
         for i in 0..spec.clients {
             lab.add_client(i)?;
         }
+        if spec.routed {
+            lab.add_router()?;
+        }
         for _ in 0..spec.backends {
             lab.add_backend()?;
         }
@@ -208,12 +249,126 @@ impl Lab {
     /// Connects `ns` to the bridge with a veth named `inner` inside it and `port` on the switch.
     /// Both ends are created in their namespaces directly, so nothing ever appears in ours.
     fn attach(&self, ns: String, inner: &str, port: &str) -> Result<()> {
+        self.attach_to(BRIDGE, ns, inner, port)
+    }
+
+    fn attach_to(&self, bridge: &str, ns: String, inner: &str, port: &str) -> Result<()> {
         self.switch.ip(&[
             "link", "add", port, "type", "veth", "peer", "name", inner, "netns", &ns,
         ])?;
         self.switch
-            .ip(&["link", "set", port, "master", BRIDGE, "up"])?;
+            .ip(&["link", "set", port, "master", bridge, "up"])?;
         netns::run_root(&["ip", "-n", &ns, "link", "set", inner, "up"])?;
+        Ok(())
+    }
+
+    /// The routed lab's router (legs on both segments and toward the far client), the far
+    /// client, and the routes that make backends reachable from the gateway and the VIP from
+    /// the router.
+    fn add_router(&mut self) -> Result<()> {
+        self.switch
+            .ip(&["link", "add", BACKEND_BRIDGE, "type", "bridge"])?;
+        self.switch.ip(&[
+            "link",
+            "set",
+            BACKEND_BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+            "forward_delay",
+            "0",
+            "mcast_snooping",
+            "0",
+        ])?;
+        self.switch.ip(&["link", "set", BACKEND_BRIDGE, "up"])?;
+        let rt = new_host_ns(&format!("{}-rt", self.prefix))?;
+        rt.sysctl("net.ipv4.ip_forward", "1")?;
+        rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // Tunnel packets carry the balancer's tunnel source (no route back to it) and replies
+        // carry the VIP as source (routed toward the gateway, not where they come from):
+        // a router between a DSR balancer and its backends must not filter by reverse path.
+        rt.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        rt.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        let name = rt.name().to_string();
+        self.attach_to(BRIDGE, name.clone(), ROUTER_FRONT, "s-rt0")?;
+        self.attach_to(BACKEND_BRIDGE, name.clone(), ROUTER_BACK, "s-rt1")?;
+        self.add_addrs(
+            &rt,
+            ROUTER_FRONT,
+            &[IpAddr::V4(self.router_addr4())],
+            &[IpAddr::V6(self.router_addr6())],
+        )?;
+        self.add_addrs(
+            &rt,
+            ROUTER_BACK,
+            &[IpAddr::V4(back4(1))],
+            &[IpAddr::V6(back6(1))],
+        )?;
+        for v in ["rp_filter"] {
+            for dev in [ROUTER_FRONT, ROUTER_BACK] {
+                rt.sysctl(&format!("net.ipv4.conf.{dev}.{v}"), "0")?;
+            }
+        }
+        rt.ip(&[
+            "route",
+            "add",
+            &format!("{VIP4}/32"),
+            "via",
+            &self.gateway_addr4().to_string(),
+        ])?;
+        rt.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            &self.gateway_addr6().to_string(),
+        ])?;
+        self.gateway.ip(&[
+            "route",
+            "add",
+            "10.202.0.0/24",
+            "via",
+            &self.router_addr4().to_string(),
+        ])?;
+        self.gateway.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:202::/64",
+            "via",
+            &self.router_addr6().to_string(),
+        ])?;
+
+        let far = new_host_ns(&format!("{}-fc", self.prefix))?;
+        rt.ip(&[
+            "link",
+            "add",
+            ROUTER_FAR,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            FAR_CLIENT_IF,
+            "netns",
+            far.name(),
+        ])?;
+        let mtu = FAR_LINK_MTU.to_string();
+        rt.ip(&["link", "set", ROUTER_FAR, "mtu", &mtu, "up"])?;
+        far.ip(&["link", "set", FAR_CLIENT_IF, "up"])?;
+        self.add_addrs(&rt, ROUTER_FAR, &[IpAddr::V4(far4(1))], &[IpAddr::V6(far6(1))])?;
+        self.add_addrs(
+            &far,
+            FAR_CLIENT_IF,
+            &[IpAddr::V4(self.far_client_addr4())],
+            &[IpAddr::V6(self.far_client_addr6())],
+        )?;
+        far.ip(&["route", "add", "default", "via", &far4(1).to_string()])?;
+        far.ip(&["-6", "route", "add", "default", "via", &far6(1).to_string()])?;
+        far.run(&["ethtool", "-K", FAR_CLIENT_IF, "tx", "off"])?;
+        self.router = Some(rt);
+        self.far_client = Some(far);
         Ok(())
     }
 
@@ -282,7 +437,12 @@ impl Lab {
         ns.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
         ns.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
         let dev = format!("b{i}");
-        self.attach(ns.name().to_string(), &dev, &format!("s-b{i}"))?;
+        let bridge = if self.spec.routed {
+            BACKEND_BRIDGE
+        } else {
+            BRIDGE
+        };
+        self.attach_to(bridge, ns.name().to_string(), &dev, &format!("s-b{i}"))?;
         self.add_addrs(
             &ns,
             &dev,
@@ -292,6 +452,26 @@ impl Lab {
         ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
         ns.ip(&["addr", "add", &format!("{VIP6}/128"), "dev", "lo", "nodad"])?;
         let name = ns.name().to_string();
+        if self.spec.routed {
+            // Replies go to clients anywhere through the router; tunnelled requests arrive as
+            // IP-in-IP and are unwrapped by `xdplb decap` before the stack sees them.
+            ns.ip(&["route", "add", "default", "via", &back4(1).to_string()])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &back6(1).to_string()])?;
+            let pins = self.pin_dir()?.join("decap");
+            let xdplb = tool_path("xdplb");
+            netns::run_shared_mounts(
+                &name,
+                &[
+                    &xdplb.to_string_lossy(),
+                    "decap",
+                    "--interface",
+                    &dev,
+                    "--pin-path",
+                    &pins.to_string_lossy(),
+                ],
+            )
+            .with_context(|| format!("xdplb decap on backend {dev}"))?;
+        }
         self.backends.push(ns);
         let server = self.server.clone();
         let port = self.spec.port.to_string();
@@ -318,14 +498,53 @@ impl Lab {
         self.backends.len()
     }
 
-    /// Every namespace the lab owns (switch, gateway, clients, backends).
+    /// Every namespace the lab owns (switch, gateway, clients, backends, router, far client).
     pub fn namespaces(&self) -> Vec<&str> {
         [&self.switch, &self.gateway]
             .into_iter()
             .chain(&self.clients)
             .chain(&self.backends)
+            .chain(&self.router)
+            .chain(&self.far_client)
             .map(NetNs::name)
             .collect()
+    }
+
+    /// The routed lab's router namespace.
+    pub fn router_ns(&self) -> Option<&str> {
+        self.router.as_ref().map(NetNs::name)
+    }
+
+    /// The routed lab's far client namespace (behind a [`FAR_LINK_MTU`] link).
+    pub fn far_client_ns(&self) -> Option<&str> {
+        self.far_client.as_ref().map(NetNs::name)
+    }
+
+    /// The router's address on the client segment (the gateway's next hop to backends).
+    pub fn router_addr4(&self) -> Ipv4Addr {
+        seg4(254)
+    }
+
+    pub fn router_addr6(&self) -> Ipv6Addr {
+        seg6(0xfe)
+    }
+
+    pub fn far_client_addr4(&self) -> Ipv4Addr {
+        far4(11)
+    }
+
+    pub fn far_client_addr6(&self) -> Ipv6Addr {
+        far6(0x11)
+    }
+
+    /// Runs `lab-client args...` in the routed lab's far client and returns its JSON result.
+    pub fn run_far_client_json(&self, args: &[&str]) -> Result<Value> {
+        let ns = self.far_client_ns().context("not a routed lab")?;
+        let client = tool_path("lab-client");
+        let client = client.to_str().context("lab-client path is not UTF-8")?;
+        let mut cmd = vec![client];
+        cmd.extend_from_slice(args);
+        crate::reports::parse_last_json(&netns::run(ns, &cmd)?)
     }
 
     pub fn switch_ns(&self) -> &str {
@@ -408,11 +627,19 @@ impl Lab {
     }
 
     pub fn backend_addr4(&self, i: usize) -> Ipv4Addr {
-        seg4(101 + i)
+        if self.spec.routed {
+            back4(101 + i)
+        } else {
+            seg4(101 + i)
+        }
     }
 
     pub fn backend_addr6(&self, i: usize) -> Ipv6Addr {
-        seg6(0x101 + i as u16)
+        if self.spec.routed {
+            back6(0x101 + i as u16)
+        } else {
+            seg6(0x101 + i as u16)
+        }
     }
 
     pub fn vip4(&self) -> Ipv4Addr {

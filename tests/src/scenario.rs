@@ -26,7 +26,8 @@ pub enum Member {
     Draining,
 }
 
-/// The lab's config: one TCP+UDP VIP pair per family on the lab port, backends as given.
+/// The lab's config: one TCP+UDP VIP pair per family on the lab port, backends as given;
+/// in a routed lab the VIPs forward with `ipip` and answer pings.
 pub fn lab_config(lab: &mut Lab, mode: &str, members: &[(usize, Member)]) -> Result<String> {
     let port = lab.spec().port;
     let pin = lab.pin_dir()?.join("xdplb");
@@ -43,7 +44,12 @@ pub fn lab_config(lab: &mut Lab, mode: &str, members: &[(usize, Member)]) -> Res
     ];
     for (name, vip, v4) in families {
         for proto in ["tcp", "udp"] {
-            y += &format!("  - name: {name}-{proto}\n    address: '{vip}'\n    port: {port}\n    protocol: {proto}\n    backends:\n");
+            let mode = if lab.spec().routed {
+                "    forwarding: ipip\n    icmp_echo: true\n"
+            } else {
+                ""
+            };
+            y += &format!("  - name: {name}-{proto}\n    address: '{vip}'\n    port: {port}\n    protocol: {proto}\n{mode}    backends:\n");
             for (i, m) in members {
                 let addr = if v4 {
                     lab.backend_addr4(*i).to_string()

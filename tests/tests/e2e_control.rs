@@ -23,6 +23,7 @@ fn small_lab() -> Lab {
         clients: 1,
         backends: 3,
         port: 8080,
+        ..Default::default()
     })
     .expect("lab")
 }

@@ -183,6 +183,7 @@ fn persistent_connections_stay_put(mode: &str) {
         clients: 1,
         backends: 3,
         port: 8080,
+        ..Default::default()
     })
     .expect("lab");
     let members: Vec<_> = (0..3).map(|i| (i, Member::Active)).collect();

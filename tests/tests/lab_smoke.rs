@@ -16,6 +16,7 @@ fn small_lab() -> Lab {
         clients: 1,
         backends: 2,
         port: 8080,
+        ..Default::default()
     })
     .expect("lab")
 }

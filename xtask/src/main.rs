@@ -54,9 +54,17 @@ enum Cmd {
 /// rustup toolchain name for Debian's rustc-web; lb-userspace/build.rs uses the same name.
 const BPF_TOOLCHAIN: &str = "xdplb-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Run-time tools: labs (iproute2, ethtool, nftables), debugging (bpftool, tcpdump).
+/// Run-time tools: labs (iproute2, ethtool, nftables, ping), debugging (bpftool, tcpdump),
+/// and tshark, the third-party dissector the tests check the balancer's output packets with.
 const TOOL_PACKAGES: &[&str] = &[
-    "iproute2", "ethtool", "nftables", "bpftool", "tcpdump", "procps",
+    "iproute2",
+    "ethtool",
+    "nftables",
+    "bpftool",
+    "tcpdump",
+    "procps",
+    "iputils-ping",
+    "tshark",
 ];
 
 fn main() {

@@ -843,6 +843,7 @@ fn build_lab(connections: u64) -> Result<(Lab, Vec<u32>)> {
         clients: CLIENTS,
         backends: BACKENDS,
         port: 8080,
+        ..Default::default()
     })?;
     let range = format!("net.ipv4.ip_local_port_range={PORT_LO} {PORT_HI}");
     // All per-namespace: connect() ports (one range per source address and destination),

@@ -102,6 +102,7 @@ pub fn run(quick: bool) -> Result<ControlResult> {
         clients: 1,
         backends: 3,
         port: 8080,
+        ..Default::default()
     })?;
     let members: Vec<_> = (0..3).map(|i| (i, Member::Active)).collect();
     let yaml = lab_config(&mut lab, "native", &members)?;

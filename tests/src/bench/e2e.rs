@@ -676,6 +676,7 @@ pub fn run(quick: bool) -> Result<Vec<E2eResult>> {
         clients: 1,
         backends: BACKENDS,
         port: 8080,
+        ..Default::default()
     })?;
     tune_lab(&lab)?;
     let members: Vec<_> = (0..BACKENDS).map(|i| (i, Member::Active)).collect();

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -78,6 +78,19 @@ enum Cmd {
         bind: Vec<IpAddr>,
         #[arg(long, default_value_t = 16)]
         parallel: usize,
+    },
+    /// One TCP connection moving bulk data: uploads a line of `upload` bytes, then asks for
+    /// `download` bytes back; reports the backend and whether both completed in time (a path-MTU
+    /// black hole shows up as a timeout).
+    Bulk {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long, default_value_t = 1 << 20)]
+        upload: usize,
+        #[arg(long, default_value_t = 1 << 20)]
+        download: usize,
+        #[arg(long, default_value_t = 20)]
+        timeout_s: u64,
     },
     /// Connection rate: C workers loop for S seconds (connect, send `hello`, read one line,
     /// close); reports the rate and the latency percentiles from connect start to reply.
@@ -163,6 +176,33 @@ async fn main() -> Result<()> {
             .await?;
             print(&r, cli.human)
         }
+        Cmd::Bulk {
+            target,
+            upload,
+            download,
+            timeout_s,
+        } => {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                Duration::from_secs(timeout_s),
+                bulk(target, upload, download),
+            )
+            .await;
+            let (backend, error) = match result {
+                Ok(Ok(name)) => (Some(name), None),
+                Ok(Err(e)) => (None, Some(format!("{e:#}"))),
+                Err(_) => (None, Some(format!("timed out after {timeout_s} s"))),
+            };
+            let r = BulkReport {
+                ok: error.is_none(),
+                backend,
+                uploaded: upload,
+                downloaded: download,
+                seconds: started.elapsed().as_secs_f64(),
+                error,
+            };
+            print(&r, cli.human)
+        }
         Cmd::Rate {
             target,
             duration_s,
@@ -183,6 +223,46 @@ async fn main() -> Result<()> {
             print(&r, cli.human)
         }
     }
+}
+
+#[derive(Serialize)]
+struct BulkReport {
+    ok: bool,
+    backend: Option<String>,
+    uploaded: usize,
+    downloaded: usize,
+    seconds: f64,
+    error: Option<String>,
+}
+
+/// Uploads `up` bytes as one line, reads the name; asks for `down` bytes, reads them and the
+/// name again (which must be the same backend: the connection never moved).
+async fn bulk(target: SocketAddr, up: usize, down: usize) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    let stream = TcpStream::connect(target)
+        .await
+        .with_context(|| format!("connect {target}"))?;
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = vec![b'u'; up];
+    line.push(b'\n');
+    w.write_all(&line).await.context("upload")?;
+    let mut name = String::new();
+    r.read_line(&mut name).await.context("reply to upload")?;
+    w.write_all(format!("bulk {down}\n").as_bytes())
+        .await
+        .context("download request")?;
+    let mut data = vec![0u8; down + 1];
+    r.read_exact(&mut data).await.context("download")?;
+    if data[..down].iter().any(|b| *b != b'x') || data[down] != b'\n' {
+        bail!("downloaded data is corrupt");
+    }
+    let mut again = String::new();
+    r.read_line(&mut again).await.context("name after download")?;
+    if again != name {
+        bail!("connection moved from {name:?} to {again:?}");
+    }
+    Ok(name.trim().to_owned())
 }
 
 fn print<T: Serialize>(r: &T, human: bool) -> Result<()> {

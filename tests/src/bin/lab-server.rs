@@ -1,4 +1,4 @@
-//! Lab backend: answers every TCP line and every UDP datagram with its own name, so clients can tell which backend served them.
+//! Lab backend: answers every TCP line and every UDP datagram with its own name, so clients can tell which backend served them; `bulk N` lines get N bytes first (path-MTU tests).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -103,8 +103,17 @@ async fn serve_tcp(stream: TcpStream, reply: Arc<[u8]>, stats: Arc<Stats>) {
     let _ = stream.set_nodelay(true);
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
-    while let Ok(Ok(Some(_))) = tokio::time::timeout(IDLE_TIMEOUT, lines.next_line()).await {
+    while let Ok(Ok(Some(line))) = tokio::time::timeout(IDLE_TIMEOUT, lines.next_line()).await {
         stats.lines.fetch_add(1, Ordering::Relaxed);
+        // `bulk N`: N bytes of data and a newline before the name, so replies fill full-size
+        // segments (capped at 64 MiB so a typo cannot exhaust memory).
+        if let Some(n) = line.strip_prefix("bulk ").and_then(|n| n.trim().parse::<usize>().ok()) {
+            let mut data = vec![b'x'; n.min(64 << 20)];
+            data.push(b'\n');
+            if w.write_all(&data).await.is_err() {
+                break;
+            }
+        }
         if w.write_all(&reply).await.is_err() {
             break;
         }
