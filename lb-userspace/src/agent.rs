@@ -13,10 +13,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use lb_common::{
-    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO,
-    AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED,
-    FORWARD_IPIP, FORWARD_L2, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP,
-    VIP_STATELESS,
+    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO, AF_INET,
+    AF_INET6, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FORWARD_IPIP,
+    FORWARD_L2, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 use serde_json::json;
 use tokio::{
@@ -92,7 +91,9 @@ fn settings(cfg: &Config) -> anyhow::Result<Settings> {
         // (`xdplb replay`, tests).
         (None, Err(_)) if !tunnels => 0,
         (None, Err(e)) => {
-            return Err(e.context("reading the interface MTU for tunnel.mtu (or set it in the config)"))
+            return Err(
+                e.context("reading the interface MTU for tunnel.mtu (or set it in the config)")
+            )
         }
     };
     Ok(s)
@@ -706,7 +707,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 agent.watch_file();
                 agent.track_activity();
                 agent.ticks += 1;
-                if agent.ticks % NEIGHBOUR_REFRESH_TICKS == 0 {
+                if agent.ticks.is_multiple_of(NEIGHBOUR_REFRESH_TICKS) {
                     agent.refresh_neighbours();
                 }
             }

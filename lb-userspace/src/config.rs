@@ -168,7 +168,6 @@ impl From<TunnelMtu> for u32 {
     }
 }
 
-
 fn default_pin_path() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/xdplb")
 }

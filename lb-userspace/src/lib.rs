@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod api;
 pub mod config;
+pub mod decap;
 pub mod health;
 pub mod loader;
 pub mod maglev;

@@ -111,6 +111,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// On a backend: strip the outer header of IP-in-IP (4in4, 6in4, 6in6, 4in6) sent to this
+    /// host on an interface (the kernel here has no tunnel driver). Stays attached after the
+    /// command exits; re-running it replaces the program and refreshes the address set.
+    Decap(lb_userspace::decap::DecapArgs),
     /// Remove the pinned datapath left by an agent with keep_attached_on_exit (stops forwarding).
     Detach {
         #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "pin_path")]
@@ -138,6 +142,12 @@ enum VipCommand {
         stateless: bool,
         #[arg(long, default_value_t = lb_common::DEFAULT_RING_SIZE)]
         ring_size: u32,
+        /// l2 (backends on this segment) or ipip (backends anywhere, tunnelled).
+        #[arg(long, default_value = "l2")]
+        forwarding: String,
+        /// Answer pings to the VIP's address from the balancer.
+        #[arg(long)]
+        icmp_echo: bool,
     },
     Remove {
         name: String,
@@ -153,7 +163,8 @@ enum BackendCommand {
     Add {
         vip: String,
         address: IpAddr,
-        /// Backend MAC (default: from the neighbour table).
+        /// MAC frames go to: the backend's (l2) or the next hop's toward it (ipip). Default: from
+        /// the routing and neighbour tables.
         #[arg(long)]
         mac: Option<String>,
         #[arg(long, default_value_t = 100)]
@@ -277,6 +288,7 @@ fn real_main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Decap(args) => lb_userspace::decap::run(&args),
         Command::Detach { config, pin_path } => {
             let pin = match pin_path {
                 Some(p) => p,
@@ -303,6 +315,8 @@ fn real_main() -> anyhow::Result<()> {
                     hash,
                     stateless,
                     ring_size,
+                    forwarding,
+                    icmp_echo,
                 } => {
                     let mut m = serde_yaml::Mapping::new();
                     m.insert("name".into(), name.into());
@@ -312,6 +326,8 @@ fn real_main() -> anyhow::Result<()> {
                     m.insert("hash".into(), hash.into());
                     m.insert("stateless".into(), stateless.into());
                     m.insert("ring_size".into(), ring_size.into());
+                    m.insert("forwarding".into(), forwarding.into());
+                    m.insert("icmp_echo".into(), icmp_echo.into());
                     m.insert("backends".into(), serde_yaml::Value::Sequence(vec![]));
                     Request::VipAdd {
                         vip: from_yaml::<Vip>("VIP", m.into())?,

@@ -57,7 +57,9 @@ pub fn next_hop(interface: &str, addr: IpAddr) -> anyhow::Result<IpAddr> {
         .next()
         .with_context(|| format!("no route to backend {addr}"))?;
     if let Some(kind) = r.kind.as_deref().filter(|k| *k != "unicast") {
-        bail!("backend {addr} is routed as {kind}, not to a next hop: is it an address of this host?");
+        bail!(
+            "backend {addr} is routed as {kind}, not to a next hop: is it an address of this host?"
+        );
     }
     match r.dev.as_deref() {
         Some(dev) if dev == interface => Ok(r.gateway.unwrap_or(addr)),

@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     agent::Applied,
-    config::{Config, MacAddr},
+    config::{Config, MacAddr, TunnelMtu},
     loader,
     maps::BalancerMaps,
     neigh,
@@ -86,6 +86,25 @@ fn vip_of(cfg: &Config, frame: &[u8]) -> Option<String> {
     matches(port).or_else(|| matches(0)).map(|v| v.name.clone())
 }
 
+/// The outer destination of an IP-in-IP frame the balancer built (its backend), if it is one.
+fn tunnel_destination(frame: &[u8]) -> Option<IpAddr> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    match p.net? {
+        NetSlice::Ipv4(ip) => {
+            let h = ip.header();
+            let proto = h.protocol().0;
+            (proto == lb_common::IPPROTO_IPIP || proto == lb_common::IPPROTO_IPV6)
+                .then(|| h.destination_addr().into())
+        }
+        NetSlice::Ipv6(ip) => {
+            let h = ip.header();
+            let next = h.next_header().0;
+            (next == lb_common::IPPROTO_IPIP || next == lb_common::IPPROTO_IPV6)
+                .then(|| h.destination_addr().into())
+        }
+    }
+}
+
 /// Replays `pcap` through the balancer configured by `config`; writes rewritten packets to
 /// `out` (when given, every packet as the program left it) and returns one verdict per packet.
 pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<Vec<Verdict>> {
@@ -104,6 +123,10 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
         vip.backends = list.try_into().map_err(|e: String| anyhow!(e))?;
     }
     cfg.vips = vips.try_into().map_err(|e: String| anyhow!(e))?;
+    // Off the gateway the interface may not exist: assume Ethernet's MTU for tunnels.
+    if cfg.tunnel.mtu.is_none() && neigh::interface_mtu(cfg.interface.as_str()).is_err() {
+        cfg.tunnel.mtu = Some(TunnelMtu(1500));
+    }
     let by_mac: HashMap<(String, [u8; 6]), IpAddr> = cfg
         .vips
         .iter()
@@ -178,9 +201,11 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
         let verdict = verdict_name(r.return_value);
         let vip = vip_of(&cfg, frame);
         let backend = match (&vip, verdict) {
-            (Some(v), "tx") if buf.len() >= 6 => by_mac
-                .get(&(v.clone(), buf[..6].try_into().unwrap_or_default()))
-                .copied(),
+            (Some(v), "tx") if buf.len() >= 6 => tunnel_destination(&buf).or_else(|| {
+                by_mac
+                    .get(&(v.clone(), buf[..6].try_into().unwrap_or_default()))
+                    .copied()
+            }),
             _ => None,
         };
         if let Some(w) = writer.as_mut() {

@@ -357,7 +357,12 @@ impl Lab {
         let mtu = FAR_LINK_MTU.to_string();
         rt.ip(&["link", "set", ROUTER_FAR, "mtu", &mtu, "up"])?;
         far.ip(&["link", "set", FAR_CLIENT_IF, "up"])?;
-        self.add_addrs(&rt, ROUTER_FAR, &[IpAddr::V4(far4(1))], &[IpAddr::V6(far6(1))])?;
+        self.add_addrs(
+            &rt,
+            ROUTER_FAR,
+            &[IpAddr::V4(far4(1))],
+            &[IpAddr::V6(far6(1))],
+        )?;
         self.add_addrs(
             &far,
             FAR_CLIENT_IF,
@@ -456,7 +461,14 @@ impl Lab {
             // Replies go to clients anywhere through the router; tunnelled requests arrive as
             // IP-in-IP and are unwrapped by `xdplb decap` before the stack sees them.
             ns.ip(&["route", "add", "default", "via", &back4(1).to_string()])?;
-            ns.ip(&["-6", "route", "add", "default", "via", &back6(1).to_string()])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &back6(1).to_string(),
+            ])?;
             let pins = self.pin_dir()?.join("decap");
             let xdplb = tool_path("xdplb");
             netns::run_shared_mounts(

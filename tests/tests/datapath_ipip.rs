@@ -137,7 +137,11 @@ fn ipv4_in_ipv4_has_hashed_source_router_mac_and_the_untouched_inner_packet() {
     assert_eq!(usize::from(outer.total_len), 20 + pkt.len() - 14);
     let hash = flow_hash(&f, false);
     let want_src = 0xac10_0000 | (hash & 0xffff);
-    assert_eq!(u32::from_be_bytes(outer.source), want_src, "172.16/16 + hash");
+    assert_eq!(
+        u32::from_be_bytes(outer.source),
+        want_src,
+        "172.16/16 + hash"
+    );
     let backend = ring_backend(&h, "web4", &f);
     assert_eq!(outer.destination, backend[..4]);
     assert_eq!(rest, &pkt[14..], "inner packet untouched");
@@ -165,7 +169,7 @@ fn ipv6_in_ipv6_and_ipv4_in_ipv6() {
     let hash = flow_hash(&f, false);
     assert_eq!(outer.next_header, etherparse::IpNumber::IPV6);
     assert_eq!(outer.hop_limit, 64);
-    assert_eq!(u32::from(outer.flow_label.value()), hash & 0xfffff);
+    assert_eq!(outer.flow_label.value(), hash & 0xfffff);
     assert_eq!(usize::from(outer.payload_length), pkt.len() - 14);
     assert_eq!(&outer.source[..12], &v6("fd00:ffff::")[..12]);
     assert_eq!(outer.source[12..], hash.to_be_bytes(), "/96: 32 hash bits");
@@ -215,7 +219,11 @@ fn too_big_to_encapsulate_gets_fragmentation_needed_with_a_valid_quote() {
         t => panic!("not ICMP: {t:?}"),
     }
     assert_eq!(ones_sum(icmp_bytes, 0), 0xffff, "ICMP checksum");
-    assert_eq!(&icmp_bytes[8..], &pkt[14..14 + 28], "quotes IP header + 8 bytes");
+    assert_eq!(
+        &icmp_bytes[8..],
+        &pkt[14..14 + 28],
+        "quotes IP header + 8 bytes"
+    );
 
     // Without DF the client has asked for fragmentation, which the balancer cannot do.
     let before = h.global();
@@ -291,7 +299,11 @@ fn icmp_errors_about_a_flow_go_to_the_flows_backend_and_create_no_flow() {
             let r = h.run(&frag_needed_about(vip, port));
             assert_eq!(r.action, XDP_TX, "{name} port {port}");
             assert_eq!(delta(&h.global(), &before, Counter::TxIcmpSteered), 1);
-            assert_eq!(h.maps.conn_count(), entries, "an ICMP error creates no flow");
+            assert_eq!(
+                h.maps.conn_count(),
+                entries,
+                "an ICMP error creates no flow"
+            );
             let backend = ring_backend(&h, name, &f);
             if name == "web4" {
                 let (outer, rest) = Ipv4Header::from_slice(&r.out[14..]).unwrap();
@@ -401,7 +413,11 @@ fn udp_and_vlan_frames_keep_their_tag_through_the_tunnel() {
     let r = h.run(&pkt);
     assert_eq!(r.action, XDP_TX);
     assert_eq!(&r.out[12..16], &pkt[12..16], "802.1Q tag kept");
-    assert_eq!(&r.out[16..18], &[0x86, 0xdd], "inner EtherType: the outer IPv6");
+    assert_eq!(
+        &r.out[16..18],
+        &[0x86, 0xdd],
+        "inner EtherType: the outer IPv6"
+    );
     let (outer, rest) = Ipv6Header::from_slice(&r.out[18..]).unwrap();
     assert_eq!(outer.next_header, etherparse::IpNumber::IPV4);
     assert_eq!(rest, &pkt[18..]);

@@ -166,7 +166,10 @@ fn path_mtu_discovery_works_through_the_balancer_in_both_directions() {
                 "1000000",
             ])
             .unwrap();
-        assert_eq!(down["ok"], true, "download from {vip} to the far client: {down}");
+        assert_eq!(
+            down["ok"], true,
+            "download from {vip} to the far client: {down}"
+        );
         assert!(
             global(&balancer, "tx_icmp_steered") > steered,
             "the router's ICMP error about {vip} went through the balancer"

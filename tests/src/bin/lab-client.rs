@@ -258,7 +258,9 @@ async fn bulk(target: SocketAddr, up: usize, down: usize) -> Result<String> {
         bail!("downloaded data is corrupt");
     }
     let mut again = String::new();
-    r.read_line(&mut again).await.context("name after download")?;
+    r.read_line(&mut again)
+        .await
+        .context("name after download")?;
     if again != name {
         bail!("connection moved from {name:?} to {again:?}");
     }

@@ -107,7 +107,10 @@ async fn serve_tcp(stream: TcpStream, reply: Arc<[u8]>, stats: Arc<Stats>) {
         stats.lines.fetch_add(1, Ordering::Relaxed);
         // `bulk N`: N bytes of data and a newline before the name, so replies fill full-size
         // segments (capped at 64 MiB so a typo cannot exhaust memory).
-        if let Some(n) = line.strip_prefix("bulk ").and_then(|n| n.trim().parse::<usize>().ok()) {
+        if let Some(n) = line
+            .strip_prefix("bulk ")
+            .and_then(|n| n.trim().parse::<usize>().ok())
+        {
             let mut data = vec![b'x'; n.min(64 << 20)];
             data.push(b'\n');
             if w.write_all(&data).await.is_err() {

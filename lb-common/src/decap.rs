@@ -1,0 +1,154 @@
+//! The contract of the backend-side decapsulation program (`xdplb decap`): map names, layouts and counters.
+//!
+//! The balancer may send backends IP-in-IP (4in4, 6in4, 6in6, 4in6). This kernel has no
+//! ipip/ip6_tunnel driver, so a backend runs `xdplb_decap` on its NIC: it strips the outer header
+//! of tunnel packets addressed to one of the backend's own addresses (`DECAP_ADDRS`) and hands the
+//! inner packet to the stack. Everything else passes untouched.
+
+use crate::{AF_INET, AF_INET6};
+
+/// Name of the `#[xdp]` entry point in the `decap` object.
+pub const PROGRAM: &str = "xdplb_decap";
+
+/// `HashMap<DecapAddr, u32>`: the local addresses tunnels may be addressed to. The value holds
+/// flags; none are defined yet, userspace writes 0 and the program ignores it.
+pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+/// `PerCpuArray<u64>`, indexed by [`DecapCounter`].
+pub const DECAP_STATS: &str = "DECAP_STATS";
+/// Every map of the decap object, for pinning and for the object check.
+pub const MAPS: [&str; 2] = [DECAP_ADDRS, DECAP_STATS];
+
+/// Capacity of `DECAP_ADDRS`: a host with more addresses than this that all receive tunnels
+/// is not a backend we plan for. A hash entry is ~20+4 B plus bookkeeping: a few KiB in all.
+pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// Key of `DECAP_ADDRS`: an outer destination address, wire order. IPv4 uses the first 4 bytes,
+/// the rest stays zero (the program builds its lookup key the same way).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DecapAddr {
+    pub addr: [u8; 16],
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);
+
+impl DecapAddr {
+    /// The key of an IPv4 address (its octets, wire order).
+    pub const fn v4(octets: [u8; 4]) -> DecapAddr {
+        let mut addr = [0u8; 16];
+        addr[0] = octets[0];
+        addr[1] = octets[1];
+        addr[2] = octets[2];
+        addr[3] = octets[3];
+        DecapAddr {
+            addr,
+            family: AF_INET,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The key of an IPv6 address (its octets, wire order).
+    pub const fn v6(octets: [u8; 16]) -> DecapAddr {
+        DecapAddr {
+            addr: octets,
+            family: AF_INET6,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Index into `DECAP_STATS`: how a packet ended. Every packet the program sees increments
+/// exactly one counter, except for the "cannot happen" paths that return `XDP_ABORTED` (a
+/// failed `bpf_xdp_adjust_head` after all checks passed), which the `xdp:xdp_exception`
+/// tracepoint reports instead.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecapCounter {
+    /// Outer header stripped; the inner packet went to the stack.
+    Decapsulated = 0,
+    /// Not IP-in-IP: non-IP frames, IP of any other protocol (IPv6 extension headers
+    /// included), and IP whose own header is broken (the stack drops and counts those). Passed
+    /// untouched.
+    PassNotTunnel = 1,
+    /// IP-in-IP addressed to an address not in `DECAP_ADDRS` (someone else's tunnel, or a
+    /// router's job): passed untouched.
+    PassNotLocal = 2,
+    /// IP-in-IP to a local address, but the outer packet is a fragment (IPv4 MF/offset, or an
+    /// IPv6 fragment header carrying protocol 4/41): only the stack can reassemble it. Passed
+    /// untouched (with no tunnel driver, the stack then drops the reassembled packet).
+    PassOuterFragment = 3,
+    /// IP-in-IP to a local address whose inner header is broken or contradicts the outer one
+    /// (wrong version for the protocol, bad IHL, inner length past the outer payload,
+    /// truncated): dropped.
+    DropMalformed = 4,
+}
+
+/// Number of `DECAP_STATS` slots.
+pub const DECAP_COUNTER_COUNT: u32 = 5;
+
+impl DecapCounter {
+    /// Every counter, in index order.
+    pub const ALL: [DecapCounter; DECAP_COUNTER_COUNT as usize] = [
+        DecapCounter::Decapsulated,
+        DecapCounter::PassNotTunnel,
+        DecapCounter::PassNotLocal,
+        DecapCounter::PassOuterFragment,
+        DecapCounter::DropMalformed,
+    ];
+
+    /// The name `xdplb decap --stats` prints and scripts read.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapCounter::Decapsulated => "decapsulated",
+            DecapCounter::PassNotTunnel => "pass_not_tunnel",
+            DecapCounter::PassNotLocal => "pass_not_local",
+            DecapCounter::PassOuterFragment => "pass_outer_fragment",
+            DecapCounter::DropMalformed => "drop_malformed",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `#[repr(C)]`, byte arrays only, explicit padding: every bit pattern is valid and
+    // there are no uninitialised bytes.
+    unsafe impl aya::Pod for super::DecapAddr {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (i, c) in DecapCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{} out of order", c.name());
+        }
+    }
+
+    /// Userspace refuses (replaces) pinned maps whose sizes differ; if this changes, old pins
+    /// are replaced on the next `xdplb decap`, and their counters restart.
+    #[test]
+    fn layout_fingerprint() {
+        use core::mem::{offset_of, size_of};
+        assert_eq!(
+            (
+                size_of::<DecapAddr>(),
+                offset_of!(DecapAddr, family),
+                DECAP_COUNTER_COUNT,
+                MAPS.len()
+            ),
+            (20, 16, 5, 2)
+        );
+    }
+
+    #[test]
+    fn v4_keys_are_zero_padded() {
+        let k = DecapAddr::v4([192, 0, 2, 1]);
+        assert_eq!(&k.addr[..4], &[192, 0, 2, 1]);
+        assert!(k.addr[4..].iter().all(|b| *b == 0));
+        assert_eq!(k.family, AF_INET);
+    }
+}
