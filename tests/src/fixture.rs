@@ -19,7 +19,6 @@ pub const XDP_TX: u32 = 3;
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
-
 pub struct Harness {
     pub ebpf: aya::Ebpf,
     pub maps: BalancerMaps,
@@ -175,4 +174,3 @@ pub fn l2_rewritten(input: &[u8], backend_mac: [u8; 6]) -> Vec<u8> {
     v[6..12].copy_from_slice(&GW_MAC);
     v
 }
-
