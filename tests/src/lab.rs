@@ -869,6 +869,15 @@ impl Lab {
             rules,
             "    iifname \"{p}\" ip6 daddr {VIP6} counter name \"from_gateway_to_vip\""
         )?;
+        // IP-in-IP (routed labs): the request inside the tunnel.
+        writeln!(
+            rules,
+            "    iifname \"{p}\" ip protocol {{ 4, 41 }} counter name \"from_gateway_to_vip\""
+        )?;
+        writeln!(
+            rules,
+            "    iifname \"{p}\" ip6 nexthdr {{ 4, 41 }} counter name \"from_gateway_to_vip\""
+        )?;
         writeln!(
             rules,
             "    iifname \"{p}\" ip saddr {VIP4} counter name \"replies_via_gateway\""

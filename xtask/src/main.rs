@@ -30,6 +30,9 @@ enum Cmd {
         /// Persistent connections held open during the demo.
         #[arg(long, default_value_t = 120)]
         persistent: u32,
+        /// l2, or ipip (backends behind a router, tunnelled; path-MTU discovery shown).
+        #[arg(long, default_value = "l2")]
+        forwarding: String,
     },
     /// Run the benchmark suite and write bench/results/<date>.{json,md} with SVG plots.
     Bench {
@@ -81,6 +84,7 @@ fn real_main() -> anyhow::Result<()> {
             mode,
             connections,
             persistent,
+            forwarding,
         } => {
             setup()?;
             build_release_tools()?;
@@ -92,6 +96,8 @@ fn real_main() -> anyhow::Result<()> {
                 &connections.to_string(),
                 "--persistent",
                 &persistent.to_string(),
+                "--forwarding",
+                &forwarding,
             ]))
         }
         Cmd::Bench { quick, only } => {

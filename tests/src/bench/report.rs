@@ -12,6 +12,7 @@ use super::{
     control::ControlResult,
     e2e::E2eResult,
     packet::{PacketCost, Sweep},
+    throughput::ThroughputResult,
 };
 
 /// Facts about the machine the figures came from.
@@ -58,6 +59,7 @@ impl Machine {
 pub struct Results {
     pub per_packet: Option<Result<Vec<PacketCost>>>,
     pub sweeps: Option<Result<Vec<Sweep>>>,
+    pub throughput: Option<Result<ThroughputResult>>,
     pub e2e: Option<Result<Vec<E2eResult>>>,
     pub conns: Option<Result<Vec<ConnsResult>>>,
     pub control: Option<Result<ControlResult>>,
@@ -108,6 +110,7 @@ pub fn summary(r: &Results) -> Value {
         "e2e_conn_rate_ratio_to_haproxy": ratio(rate("xdplb"), rate("haproxy")),
         "e2e_conn_rate_ratio_to_nftables": ratio(rate("xdplb"), rate("nftables")),
         "cost_growth_max_over_min": flat.map(num),
+        "throughput_ratio_to_macswap": ok(&r.throughput).map(|t| num(t.ratio_to_macswap)),
         "packets_dropped_during_reloads": ok(&r.control).map(|c| c.packets_dropped_during_reloads),
     })
 }
@@ -168,6 +171,7 @@ pub fn write(
         "goals": goals,
         "per_packet": section(&r.per_packet),
         "cost_growth": section(&r.sweeps),
+        "throughput": section(&r.throughput),
         "e2e": section(&r.e2e),
         "concurrent_connections": section(&r.conns),
         "control_plane": section(&r.control),
@@ -286,6 +290,43 @@ fn markdown(
                     .join(", ");
                 o += &format!(" (max/min {:.2})\n", s.max_over_min);
             }
+        }
+        other => o += &format!("{}\n", section(other)),
+    }
+    o += "\n## Throughput through a veth (live frames, one CPU, median of interleaved rounds)\n\n";
+    match &r.throughput {
+        Some(Ok(t)) => {
+            o += &format!(
+                "{} flows, {} frames per call, batch {}, {} generator threads, {}-byte frames, {} rounds; the balancer forwards at {} × the MAC swap's rate ({} × by kernel time per frame).\n\n| program | Mpps | per round | kernel ns/frame | frames sent | received | loss |\n|---|---|---|---|---|---|---|\n",
+                t.flows,
+                t.frames_per_call,
+                t.batch_size,
+                t.generator_threads,
+                t.frame_bytes,
+                t.rounds,
+                fmt(t.ratio_to_macswap, 2),
+                fmt(t.kernel_ratio_to_macswap, 2)
+            );
+            for p in &t.programs {
+                o += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {}% |\n",
+                    p.program,
+                    fmt(p.mpps, 2),
+                    p.round_mpps
+                        .iter()
+                        .map(|x| fmt(*x, 2))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    fmt(p.kernel_ns_per_frame, 0),
+                    p.frames_sent,
+                    p.frames_received,
+                    fmt(p.loss * 100.0, 2)
+                );
+            }
+            for n in &t.notes {
+                o += &format!("\n- {n}");
+            }
+            o += "\n";
         }
         other => o += &format!("{}\n", section(other)),
     }

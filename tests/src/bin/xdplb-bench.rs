@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use xdplb_tests::bench::{conns, control, e2e, packet, report};
+use xdplb_tests::bench::{conns, control, e2e, packet, report, throughput};
 
 #[derive(Parser)]
 struct Args {
@@ -13,7 +13,7 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// Run only these sections (per-packet, growth, e2e, conns, control); default all.
+    /// Run only these sections (per-packet, growth, throughput, e2e, conns, control); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -42,6 +42,20 @@ fn main() {
     if want("growth") {
         let t = timed("cost growth");
         r.sweeps = Some(packet::sweeps(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    if want("throughput") {
+        let t = timed("throughput through veth (live frames)");
+        r.throughput = Some(throughput::run(args.quick));
+        if let Some(Ok(tp)) = &r.throughput {
+            for p in &tp.programs {
+                eprintln!(
+                    "   {}: {:.2} Mpps, {:.0} ns/frame in the kernel, {} of {} frames received",
+                    p.program, p.mpps, p.kernel_ns_per_frame, p.frames_received, p.frames_sent
+                );
+            }
+            eprintln!("   ratio to MAC swap: {:.2}", tp.ratio_to_macswap);
+        }
         eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
     }
     if want("e2e") {

@@ -1,4 +1,4 @@
-//! `cargo xtask demo`: a namespace lab with clients, an xdplb gateway and three backends; real TCP through the VIP, per-backend counters, and proof that replies bypass the balancer.
+//! `cargo xtask demo [--forwarding ipip]`: a namespace lab with clients, an xdplb gateway and three backends (on the segment, or tunnelled to behind a router); real TCP/UDP through the VIP, per-backend counters, and proof that replies bypass the balancer.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,10 @@ struct Args {
     /// Persistent connections held open (split over the clients).
     #[arg(long, default_value_t = 120)]
     persistent: u32,
+    /// l2 (backends on the clients' segment) or ipip (backends behind a router, tunnelled to
+    /// and unwrapped by `xdplb decap`).
+    #[arg(long, default_value = "l2", value_parser = ["l2", "ipip"])]
+    forwarding: String,
 }
 
 fn main() {
@@ -48,6 +52,40 @@ fn report(what: &str, r: &BurstReport) -> Result<()> {
     Ok(())
 }
 
+/// ipip only: full-size segments both ways, which only get through if path-MTU discovery works
+/// across the tunnel (client → VIP) and across the router's narrow far link (backend → far
+/// client, the router's ICMP error steered by the balancer).
+fn path_mtu(lab: &Lab, balancer: &Balancer) -> Result<()> {
+    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
+    let bulk = [
+        "bulk",
+        "--target",
+        &target,
+        "--upload",
+        "1000000",
+        "--download",
+        "1000000",
+    ];
+    let near = lab.run_client_json(0, &bulk)?;
+    let far = lab.run_far_client_json(&bulk)?;
+    let stats = balancer.stats_json()?;
+    println!(
+        "      1 MB each way, client 0: {} in {:.2} s; far client: {} in {:.2} s",
+        if near["ok"] == true { "ok" } else { "FAILED" },
+        near["seconds"].as_f64().unwrap_or(0.0),
+        if far["ok"] == true { "ok" } else { "FAILED" },
+        far["seconds"].as_f64().unwrap_or(0.0),
+    );
+    println!(
+        "      path MTU: {} \"too big\" answers sent to clients, {} router ICMP errors steered to backends",
+        stats["global"]["tx_icmp_too_big"], stats["global"]["tx_icmp_steered"]
+    );
+    if near["ok"] != true || far["ok"] != true {
+        bail!("bulk transfer failed: {near} / {far}");
+    }
+    Ok(())
+}
+
 fn step(n: u32, text: &str) {
     println!("\n[{n}/6] {text}");
 }
@@ -56,8 +94,16 @@ fn demo(args: &Args) -> Result<()> {
     println!(
         "xdplb demo: direct server return (DSR) load balancing with XDP, in network namespaces"
     );
-    step(1, "Building the lab: 2 clients, 1 gateway running xdplb, 3 backends, all on one L2 segment (a bridge).");
-    let mut lab = Lab::new(LabSpec::default())?;
+    let ipip = args.forwarding == "ipip";
+    if ipip {
+        step(1, "Building the lab: 2 clients and 1 gateway running xdplb on one segment, a router, 3 backends on a second segment running `xdplb decap`, and a far client behind a 1400-byte link.");
+    } else {
+        step(1, "Building the lab: 2 clients, 1 gateway running xdplb, 3 backends, all on one L2 segment (a bridge).");
+    }
+    let mut lab = Lab::new(LabSpec {
+        routed: ipip,
+        ..Default::default()
+    })?;
     let port = lab.spec().port;
     println!(
         "      VIP {}:{port} and [{}]:{port} — routed by the clients to the gateway {}.",
@@ -67,6 +113,12 @@ fn demo(args: &Args) -> Result<()> {
     );
     println!("      Backends {}, {}, {} hold the VIP on `lo` (ARP for it suppressed) and run a TCP/UDP server.",
         lab.backend_addr4(0), lab.backend_addr4(1), lab.backend_addr4(2));
+    if ipip {
+        println!(
+            "      The gateway reaches them through the router {}; requests travel IP-in-IP.",
+            lab.router_addr4()
+        );
+    }
 
     step(
         2,
@@ -186,6 +238,9 @@ fn demo(args: &Args) -> Result<()> {
         )?;
         report(&format!("client {c} UDP"), &u)?;
     }
+    if ipip {
+        path_mtu(&lab, &balancer)?;
+    }
     // Let the persistent connections ping through the balancer for a while before checking them.
     std::thread::sleep(Duration::from_secs(5).saturating_sub(held_since.elapsed()));
 
@@ -233,7 +288,7 @@ fn demo(args: &Args) -> Result<()> {
         dsr.to_vip_via_gateway
     );
     println!(
-        "        frames the balancer rewrote toward backends : {}",
+        "        frames the balancer sent toward backends    : {}",
         dsr.from_gateway_to_vip
     );
     println!(

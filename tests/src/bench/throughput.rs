@@ -1,0 +1,506 @@
+//! Forwarding throughput through a veth: the balancer, and interleaved with it a minimal MAC swap, run as a live-frames traffic generator (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX frames really leave `lb0` and are counted by its peer `sink0`, which drops them in native XDP.
+//!
+//! Why this shape: per-packet cost from a plain test run (see `packet.rs`) leaves out what
+//! forwarding really costs after the program returns (the XDP_TX/redirect path, the transmit
+//! queue, the peer's NAPI). Live frames run the program as a driver would, on one CPU, with no
+//! client stack in the way, so the rate the sink sees is the rate of that whole path, and the
+//! MAC swap measured the same way gives the floor.
+//!
+//! What the kernel does in live-frames mode (Documentation/bpf/bpf_prog_run.rst, checked on
+//! 6.18): `repeat` is the number of frames; they are run in batches of `batch_size` (≤ 256), each
+//! from a page initialised once from `data_in` and then recycled *without* being rewritten, so a
+//! program sees either the original frame or what it made of it last time. Both programs here
+//! are fine with that: the MAC swap alternates, and the balancer only rewrites MACs and never
+//! looks at the destination MAC of a unicast frame, so every repeat of a flow takes the same
+//! path. XDP_TX is turned into a redirect out of the `ingress_ifindex` of `ctx_in`, resolved in
+//! the caller's network namespace: the generator thread joins the balancer's namespace.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use aya::{
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+    Ebpf,
+};
+use etherparse::PacketBuilder;
+use lb_userspace::{agent::Applied, config::Config, loader, maps::BalancerMaps};
+use serde::Serialize;
+
+use crate::netns::{self, in_netns, NetNs};
+
+/// The veth end the balancer's frames leave by (in the balancer namespace) and its peer (in the
+/// sink namespace). Names are per namespace, so fixed names cannot collide with other labs.
+const LB_IF: &str = "lb0";
+const SINK_IF: &str = "sink0";
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
+const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const VIP: [u8; 4] = [10, 201, 0, 1];
+/// `XDP_TX`, what both programs must answer for every frame here.
+const XDP_TX: u32 = 3;
+
+/// One program's forwarding rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramThroughput {
+    pub program: String,
+    /// Median over rounds of frames the sink received / wall time of the round.
+    pub mpps: f64,
+    /// Each round's rate, in round order, to show the spread behind `mpps`.
+    pub round_mpps: Vec<f64>,
+    /// Median over rounds of the kernel's own time per frame sent (the test runs' `duration`):
+    /// the program, the transmit of its batches and the sink's NAPI, which runs when each batch
+    /// re-enables softirqs. Leaves out the per-call set-up and teardown, and time the CPU spent
+    /// on other tasks, so it is steadier than `mpps` on a shared machine.
+    pub kernel_ns_per_frame: f64,
+    /// Frames the generator ran the program on, summed over the measured rounds.
+    pub frames_sent: u64,
+    /// Frames `sink0` counted, summed over the measured rounds.
+    pub frames_received: u64,
+    /// 1 - received / sent.
+    pub loss: f64,
+}
+
+/// The section's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputResult {
+    /// Distinct client 4-tuples, one test-run call each per round.
+    pub flows: u32,
+    /// Frames per call (`repeat`): every frame of a call is the same flow.
+    pub frames_per_call: u32,
+    /// Live-frames batch size (frames run before their transmit is flushed).
+    pub batch_size: u32,
+    /// Threads issuing calls, all on one CPU (see `Settings::threads`).
+    pub generator_threads: usize,
+    pub frame_bytes: usize,
+    pub rounds: usize,
+    /// The balancer first, then the MAC swap.
+    pub programs: Vec<ProgramThroughput>,
+    /// Balancer `mpps` / MAC swap `mpps` (1.0 = as fast as the floor).
+    pub ratio_to_macswap: f64,
+    /// The same from `kernel_ns_per_frame` (MAC swap ns / balancer ns).
+    pub kernel_ratio_to_macswap: f64,
+    pub notes: Vec<String>,
+}
+
+#[derive(Clone, Copy)]
+struct Settings {
+    flows: u32,
+    frames_per_call: u32,
+    batch_size: u32,
+    rounds: usize,
+    /// Calls in flight at once, all on the one CPU. A lone caller spends about 25 ms per call
+    /// asleep after its frames are sent (tearing down the call's page pool waits for an RCU
+    /// grace period, `synchronize_rcu()` in `page_pool_destroy`), with the CPU idle: 8192 frames
+    /// then went at 0.3 Mpps instead of 4-6. With a few threads the CPU runs one call's frames
+    /// while the others wait, and wall time matches the CPU time spent.
+    threads: usize,
+}
+
+fn settings(quick: bool) -> Settings {
+    // Each round sends flows × frames_per_call frames per program: 2 Mi (quick) or 8 Mi
+    // frames, about 0.3 to 0.6 s (quick) per program and round at the 4-6 Mpps one core of a
+    // small VM forwards. 8192 frames per call keep the per-call set-up under a tenth of the
+    // time. Batches of 64 are NAPI's size; with 256 a few frames were lost here (the veth's
+    // ring holds 256 frames until the peer's NAPI runs).
+    Settings {
+        flows: if quick { 256 } else { 1024 },
+        frames_per_call: 8192,
+        batch_size: 64,
+        rounds: if quick { 5 } else { 7 },
+        threads: 4,
+    }
+}
+
+/// Keeps this thread on one CPU: the live-frames run, the transmit and the sink's NAPI (raised
+/// on the sending CPU) then share that CPU, so the rate is that of one core.
+fn pin_to_cpu0() {
+    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Client `i`'s SYN-less TCP segment to the VIP (distinct source address and port per flow).
+fn flow_frame(i: u32) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv4(
+            [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+            VIP,
+            64,
+        )
+        .tcp(1024 + (i % 60000) as u16, 80, 1, 65535);
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 20]).expect("packet");
+    v
+}
+
+/// One VIP, four backends with fixed MACs (no neighbour resolution on the way out).
+fn config() -> String {
+    let mut y = format!(
+        "interface: {LB_IF}\nvips:\n  - name: web\n    address: {}\n    port: 80\n    protocol: tcp\n    backends:\n",
+        std::net::Ipv4Addr::from(VIP)
+    );
+    for b in 1..=4 {
+        y += &format!("      - {{ address: 10.0.0.{b}, mac: '02:00:00:00:01:{b:02x}' }}\n");
+    }
+    y
+}
+
+/// `struct xdp_md` (include/uapi/linux/bpf.h) as `ctx_in` of a test run, in native byte order.
+/// The kernel insists on `data` = 0 and `data_meta` = 0 (no metadata), `data_end` = the frame
+/// length, `egress_ifindex` = 0, and a `rx_queue_index` the device has.
+fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let fields = [0, frame_len as u32, 0, ingress_ifindex, 0, 0];
+    let mut out = [0u8; 24];
+    for (chunk, f) in out.chunks_exact_mut(4).zip(fields) {
+        chunk.copy_from_slice(&f.to_ne_bytes());
+    }
+    out
+}
+
+/// Runs `prog` on `frames` copies of `frame` in live-frames mode, as if they had arrived on
+/// `ifindex` (of the calling thread's namespace); frames it XDP_TXes go out of that device.
+/// Returns the kernel-measured time per frame. aya 0.14 exposes the mode
+/// (`TestRunAttrs::xdp_live_frames`) and `ctx_in`, so no raw syscall is needed here.
+fn live_frames(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: u32,
+    frames: u32,
+    batch: u32,
+) -> Result<Duration> {
+    let ctx = xdp_md(frame.len(), ifindex);
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            // data_out and ctx_out must stay unset: the kernel rejects them in this mode.
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(batch),
+            ..TestRunOptions::new()
+        })
+        .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (kernel ≥ 5.18)")?;
+    Ok(r.duration)
+}
+
+/// bpf(2) on a zero-padded attribute struct; returns the new fd.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &T, what: &str) -> Result<OwnedFd> {
+    // SAFETY: `attr` is a live #[repr(C)] bpf_attr prefix of the size passed; the kernel only
+    // reads it (and the buffers it points to, which outlive the call).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context(what.to_owned());
+    }
+    // SAFETY: a fresh fd the kernel just returned, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Loads `r0 = XDP_DROP; exit` as an XDP program with bpf(BPF_PROG_LOAD). The sink needs a
+/// native XDP program (a veth only runs its peer's XDP_TX frames through NAPI when it has one)
+/// and one that drops is the cheapest: XDP_PASS would build an skb per frame on the same CPU
+/// as the generator. Two instructions do not justify a program in lb-ebpf.
+fn load_xdp_drop() -> Result<OwnedFd> {
+    /// `struct bpf_insn`s as little-endian u64: BPF_ALU64|BPF_MOV|BPF_K r0 = 1 (XDP_DROP),
+    /// then BPF_JMP|BPF_EXIT.
+    const INSNS: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+    /// The BPF_PROG_LOAD prefix of `union bpf_attr`; later fields are zero when absent.
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+    }
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    let insns = INSNS.map(u64::to_le);
+    let license = c"GPL";
+    let mut name = [0u8; 16];
+    name[..10].copy_from_slice(b"bench_sink");
+    let attr = ProgLoad {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: name,
+    };
+    bpf_fd(BPF_PROG_LOAD, &attr, "loading the sink's XDP_DROP program")
+}
+
+/// Attaches `prog` to `ifindex` (of the calling thread's namespace) in native (driver) mode
+/// with bpf(BPF_LINK_CREATE); it stays attached while the returned link fd is open.
+fn attach_native(prog: BorrowedFd<'_>, ifindex: u32) -> Result<OwnedFd> {
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+    }
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_XDP: u32 = 37;
+    const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+    let attr = LinkCreate {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+    };
+    bpf_fd(
+        BPF_LINK_CREATE,
+        &attr,
+        "attaching the sink's XDP_DROP program in native mode",
+    )
+}
+
+/// `if_nametoindex` in the calling thread's namespace.
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a valid NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if i == 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("if_nametoindex({name})"));
+    }
+    Ok(i)
+}
+
+/// Frames `sink0` has received. A veth counts every frame its NAPI takes from the peer's
+/// XDP transmit as `rx_packets` before running its own XDP program, whatever that program
+/// answers (an XDP_DROP shows up only in `ethtool -S` as `xdp_drops`, not in `rx_dropped`), so
+/// this counts exactly the frames that made it across. Read through `ip -n`: /sys/class/net
+/// shows the namespace sysfs was mounted in, not the caller's.
+fn sink_rx(sink_ns: &str) -> Result<u64> {
+    let out = netns::run_root(&["ip", "-n", sink_ns, "-s", "-j", "link", "show", SINK_IF])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing `ip -s -j link`")?;
+    v[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .with_context(|| format!("no rx packet count for {SINK_IF} in {out}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The two namespaces and the veth between them; deleted on drop (on failure too).
+struct Topology {
+    balancer: NetNs,
+    sink: NetNs,
+}
+
+impl Topology {
+    fn new() -> Result<Topology> {
+        let prefix = netns::unique_prefix();
+        let balancer = NetNs::new(&format!("{prefix}-tpbal"))?;
+        let sink = NetNs::new(&format!("{prefix}-tpsink"))?;
+        // No IPv6 on lb0: its router solicitations and MLD reports would reach the sink and be
+        // counted as forwarded frames.
+        balancer.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        // Created straight inside the namespaces, so the names never meet the root's devices.
+        netns::run_root(&[
+            "ip",
+            "link",
+            "add",
+            LB_IF,
+            "netns",
+            balancer.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SINK_IF,
+            "netns",
+            sink.name(),
+        ])?;
+        balancer.ip(&["link", "set", LB_IF, "up"])?;
+        sink.ip(&["link", "set", SINK_IF, "up"])?;
+        Ok(Topology { balancer, sink })
+    }
+}
+
+/// Per-program tallies over the rounds.
+#[derive(Default)]
+struct Tally {
+    round_mpps: Vec<f64>,
+    kernel_ns: Vec<f64>,
+    sent: u64,
+    received: u64,
+}
+
+impl Tally {
+    fn finish(self, program: &str) -> ProgramThroughput {
+        ProgramThroughput {
+            program: program.into(),
+            mpps: median(self.round_mpps.clone()),
+            round_mpps: self.round_mpps,
+            kernel_ns_per_frame: median(self.kernel_ns),
+            frames_sent: self.sent,
+            frames_received: self.received,
+            loss: 1.0 - self.received as f64 / (self.sent as f64).max(1.0),
+        }
+    }
+}
+
+/// Forwarding rate of the balancer and of the MAC swap through the veth, interleaved rounds.
+pub fn run(quick: bool) -> Result<ThroughputResult> {
+    let s = settings(quick);
+    let topo = Topology::new()?;
+    // The sink's program: loaded anywhere, attached from inside the sink namespace (the
+    // ifindex is looked up there). The link holds the program once attached; it is detached
+    // when `_sink_link` closes, before the namespaces go.
+    let sink_prog = load_xdp_drop()?;
+    let _sink_link = in_netns(topo.sink.name(), move || {
+        attach_native(sink_prog.as_fd(), ifindex(SINK_IF)?)
+    })?;
+    let sink_ns = topo.sink.name().to_owned();
+    let (tallies, frame_bytes) = in_netns(topo.balancer.name(), move || measure(&s, &sink_ns))?;
+    let [bal, swap] = tallies;
+    let bal = bal.finish("xdplb (established flows)");
+    let swap = swap.finish("baseline: MAC swap + XDP_TX");
+    Ok(ThroughputResult {
+        flows: s.flows,
+        frames_per_call: s.frames_per_call,
+        batch_size: s.batch_size,
+        generator_threads: s.threads,
+        frame_bytes,
+        rounds: s.rounds,
+        ratio_to_macswap: bal.mpps / swap.mpps.max(f64::MIN_POSITIVE),
+        kernel_ratio_to_macswap: swap.kernel_ns_per_frame / bal.kernel_ns_per_frame.max(1.0),
+        programs: vec![bal, swap],
+        notes: vec![
+            "CPU 0 runs the generator threads, the transmit of both programs' frames and the sink's NAPI; the sink drops them in native XDP and counts them in its rx_packets".into(),
+            format!("each call repeats one flow's frame {} times and flows change from call to call: every flow is forwarded each round, but consecutive frames hit the same flow-table entry", s.frames_per_call),
+            "live frames recycle pages without rewriting them: after a call's first batch the balancer sees the frame it rewrote (destination = the backend's MAC), which takes the same path".into(),
+            "kernel ns/frame also holds the generator's own per-frame work, the veth transmit and the sink's XDP_DROP, alike for both programs; the difference is the balancer's extra cost".into(),
+        ],
+    })
+}
+
+/// One round: every flow's frames once, from `s.threads` threads on this thread's CPU and
+/// namespace (new threads inherit both), each taking the next flow until none is left.
+/// Returns the kernel-measured time summed over all calls.
+fn generate(prog: &Xdp, frames: &[Vec<u8>], ifindex: u32, s: &Settings) -> Result<Duration> {
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..s.threads)
+            .map(|_| {
+                sc.spawn(|| -> Result<Duration> {
+                    let mut kernel = Duration::ZERO;
+                    while let Some(f) = frames.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        kernel += live_frames(prog, f, ifindex, s.frames_per_call, s.batch_size)?
+                            * s.frames_per_call;
+                    }
+                    Ok(kernel)
+                })
+            })
+            .collect();
+        let mut total = Duration::ZERO;
+        for w in workers {
+            total += w.join().expect("generator thread panicked")?;
+        }
+        Ok(total)
+    })
+}
+
+/// The measurement proper, on a thread inside the balancer namespace.
+fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
+    pin_to_cpu0();
+    let lb_ifindex = ifindex(LB_IF)?;
+    let cfg = Config::from_yaml(&config(), "throughput bench config")?;
+    let mut bal = loader::load_balancer(1 << 16)?;
+    let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
+    Applied::default().apply(&cfg, &mut maps, Duration::from_millis(1))?;
+    let mut baselines =
+        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
+    loader::program(&mut baselines, "baseline_macswap")?
+        .load()
+        .context("loading baseline_macswap")?;
+    let frames: Vec<Vec<u8>> = (0..s.flows).map(flow_frame).collect();
+
+    // Pre-warm: one ordinary (not live) run per flow inserts it into the flow table, and shows
+    // the config forwards every flow.
+    {
+        let prog = loader::program(&mut bal, lb_common::programs::BALANCER)?;
+        for f in &frames {
+            let mut out = vec![0u8; f.len() + 256];
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(f),
+                    data_out: Some(&mut out),
+                    ..TestRunOptions::new()
+                })
+                .context("pre-warming the flow table")?;
+            if r.return_value != XDP_TX {
+                bail!(
+                    "the balancer answered {} instead of XDP_TX for a VIP flow",
+                    r.return_value
+                );
+            }
+        }
+    }
+
+    let mut tallies = [Tally::default(), Tally::default()];
+    for round in 0..=s.rounds {
+        // Round 0 is an unmeasured warm-up on a few flows: page pools, caches and the CPU clock
+        // settle, and it shows that frames get across at all.
+        let flows = if round == 0 {
+            &frames[..frames.len().min(64)]
+        } else {
+            &frames[..]
+        };
+        for k in 0..2 {
+            // Alternate which program goes first, so drift over time hits both alike.
+            let which = (k + round) % 2;
+            let prog = if which == 0 {
+                loader::program(&mut bal, lb_common::programs::BALANCER)?
+            } else {
+                loader::program(&mut baselines, "baseline_macswap")?
+            };
+            let before = sink_rx(sink_ns)?;
+            let t = Instant::now();
+            let kernel = generate(prog, flows, lb_ifindex, s)?;
+            let elapsed = t.elapsed().as_secs_f64();
+            let received = sink_rx(sink_ns)? - before;
+            if round == 0 {
+                if received == 0 {
+                    bail!("{SINK_IF} received none of the frames (no native XDP_TX path?)");
+                }
+                continue;
+            }
+            let sent = flows.len() as u64 * u64::from(s.frames_per_call);
+            let mpps = received as f64 / elapsed / 1e6;
+            let ns = kernel.as_nanos() as f64 / sent as f64;
+            eprintln!(
+                "bench throughput: round {round} {}: {mpps:.2} Mpps, kernel {ns:.0} ns/frame ({received} of {sent} frames)",
+                if which == 0 { "xdplb" } else { "macswap" }
+            );
+            let t = &mut tallies[which];
+            t.round_mpps.push(mpps);
+            t.kernel_ns.push(ns);
+            t.sent += sent;
+            t.received += received;
+        }
+    }
+    Ok((tallies, frames[0].len()))
+}
