@@ -35,7 +35,7 @@ const ROUTER_BACK: &str = "r1";
 const ROUTER_FAR: &str = "r2";
 const FAR_CLIENT_IF: &str = "fc0";
 /// MTU of the router's leg toward the far client: smaller than everything else, so replies
-/// toward the far client need path-MTU discovery to get through. The far client's own side
+/// toward the far client need path-MTU discovery to get through. The far client's interface
 /// keeps 1500, so its TCP MSS does not hide the bottleneck.
 pub const FAR_LINK_MTU: u32 = 1400;
 const GATEWAY_IF: &str = "gw0";
@@ -131,8 +131,9 @@ pub struct DsrCounts {
     /// Frames the gateway sent into the bridge with IP destination = a VIP: the balancer's
     /// rewritten (XDP_TX'd) requests on their way to a backend.
     pub from_gateway_to_vip: u64,
-    /// Frames to or from the gateway with IP source = a VIP: replies that did not go directly
-    /// from backend to client. Zero in a working DSR setup.
+    /// TCP/UDP frames to or from the gateway with IP source = a VIP: replies that did not go
+    /// directly from backend to client. Zero in a working DSR setup. (ICMP from the VIP is the
+    /// balancer's own: echo replies and path-MTU answers.)
     pub replies_via_gateway: u64,
 }
 
@@ -369,8 +370,16 @@ impl Lab {
             &[IpAddr::V4(self.far_client_addr4())],
             &[IpAddr::V6(self.far_client_addr6())],
         )?;
-        far.ip(&["route", "add", "default", "via", &far4(1).to_string()])?;
-        far.ip(&["-6", "route", "add", "default", "via", &far6(1).to_string()])?;
+        // The far client's own sends fit the link (route MTU), but it advertises the MSS of a
+        // 1500-byte path, as a host behind a tunnel or VPN hop would: the backends' full-size
+        // replies then meet the router's narrow leg and need path-MTU discovery. (A veth
+        // silently drops frames above its receiver's MTU, so the far side must not send them.)
+        for (fam, via) in [("-4", far4(1).to_string()), ("-6", far6(1).to_string())] {
+            let advmss = if fam == "-4" { "1460" } else { "1440" };
+            far.ip(&[
+                fam, "route", "add", "default", "via", &via, "mtu", &mtu, "advmss", advmss,
+            ])?;
+        }
         far.run(&["ethtool", "-K", FAR_CLIENT_IF, "tx", "off"])?;
         self.router = Some(rt);
         self.far_client = Some(far);
@@ -880,11 +889,11 @@ impl Lab {
         )?;
         writeln!(
             rules,
-            "    iifname \"{p}\" ip saddr {VIP4} counter name \"replies_via_gateway\""
+            "    iifname \"{p}\" ip saddr {VIP4} meta l4proto {{ tcp, udp }} counter name \"replies_via_gateway\""
         )?;
         writeln!(
             rules,
-            "    iifname \"{p}\" ip6 saddr {VIP6} counter name \"replies_via_gateway\""
+            "    iifname \"{p}\" ip6 saddr {VIP6} meta l4proto {{ tcp, udp }} counter name \"replies_via_gateway\""
         )?;
         writeln!(rules, "  }}")?;
         writeln!(
@@ -901,11 +910,11 @@ impl Lab {
         )?;
         writeln!(
             rules,
-            "    oifname \"{p}\" ip saddr {VIP4} counter name \"replies_via_gateway\""
+            "    oifname \"{p}\" ip saddr {VIP4} meta l4proto {{ tcp, udp }} counter name \"replies_via_gateway\""
         )?;
         writeln!(
             rules,
-            "    oifname \"{p}\" ip6 saddr {VIP6} counter name \"replies_via_gateway\""
+            "    oifname \"{p}\" ip6 saddr {VIP6} meta l4proto {{ tcp, udp }} counter name \"replies_via_gateway\""
         )?;
         writeln!(rules, "  }}")?;
         writeln!(rules, "}}")?;
