@@ -1,11 +1,13 @@
-//! A plain-Rust reference model of the XDP datapath (parse, VIP lookup, flow table, Maglev ring, L2 rewrite, counters), written from the documented behaviour for differential testing.
+//! A plain-Rust reference model of the XDP datapath (parse, VIP lookup, flow table, Maglev ring, L2 rewrite, IP-in-IP, ICMP answers and steering, counters), written from the documented behaviour for differential testing.
 //!
-//! Only *data* comes from the running balancer: the Maglev rings and the backend table, read
-//! back from the maps after the agent applied a config (the ring is computed by userspace
-//! Maglev, not by the datapath). Everything the XDP program decides per packet is re-derived
-//! here from the documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/lookup.rs`, the
-//! `Counter` docs in lb-common and the README, parsing with etherparse rather than the
-//! program's own parser.
+//! Only *data* comes from the running balancer: the Maglev rings, the backend table and the
+//! `SETTINGS` value, read back from the maps after the agent applied a config (the ring is
+//! computed by userspace Maglev, not by the datapath; the settings are cross-checked against
+//! the config's `tunnel:` section). `VIP_ADDRS` is derived from the config here and must match
+//! the map. Everything the XDP program decides per packet is re-derived here from the
+//! documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/lookup.rs`, the `Counter` and
+//! `Settings` docs in lb-common and the README, parsing and building headers with etherparse
+//! rather than the program's own code.
 //!
 //! Where the documented rules and etherparse's notion of a valid packet differ, the rules win
 //! (the model mirrors the contract, not the library):
@@ -23,20 +25,52 @@
 //!   data offset ≥ 5).
 //! - UDP: the rule is Linux's (8 ≤ length field ≤ the IP payload); etherparse's `UdpSlice`
 //!   is laxer (length 0 for jumbograms), so the model checks the length field itself.
+//!
+//! The layout-v3 rules (fragments, ICMP, IP-in-IP), in the order the model applies them:
+//!
+//! - Fragments (IPv4 MF or offset ≠ 0, checked before the protocol; IPv6 next header 44) to an
+//!   address in `VIP_ADDRS` of the same family are dropped (`DropFragment`), others passed
+//!   (`PassUnsupported`). The destination MAC is not consulted.
+//! - ICMP (IPv4 protocol 1) / ICMPv6 (IPv6 next header 58) needs its 8-byte header inside the
+//!   IP packet, else `PassNotVip`. An echo request (8/0, 128/0) to an address whose
+//!   `VIP_ADDRS` entry has `ADDR_ANSWER_ECHO` is answered in place (`TxIcmpEcho`; a group
+//!   destination MAC is `PassNotUnicast`); to any other address it is `PassNotVip`. Both
+//!   checksums are updated incrementally (RFC 1624 eqn. 3, `HC' = ~(~HC + ~m + m')`), so a
+//!   wrong input checksum stays wrong by the same amount.
+//! - ICMP errors (IPv4 3, 11, 12; ICMPv6 1..=4, any code) quote the packet the VIP sent. The
+//!   quoted IPv4 header only needs its first 20 bytes inside the *frame*: the program reads
+//!   the fixed header before it knows the quote's extent, and the quoted ports (which come
+//!   after the whole quoted header) are what must lie inside the outer IP packet. So a quoted
+//!   header that runs from the IP packet into Ethernet padding is still judged on its
+//!   version, IHL, source and fragment offset (a quoted fragment is `PassUnsupported`, not
+//!   `PassNotVip`) before the ports check fails. The same holds for a quoted IPv6 header
+//!   (40 bytes in the frame), where it is unobservable (no check between). A quoted IPv4
+//!   header whose MF alone is set is a first fragment and has ports: it is steered.
+//! - Errors are steered by the quoted flow reversed (client → VIP), like a flow packet of
+//!   that flow, except that a flow-table miss is never remembered, the outcome is
+//!   `TxIcmpSteered`, and an `ipip` error too big for the tunnel is dropped (`DropTooBig`).
+//! - `ipip` VIPs encapsulate (outer IPv4 for an IPv4 backend, IPv6 for an IPv6 one) when the
+//!   IP packet plus the outer header fits `Settings::mtu` (65535 when it is 0); otherwise an
+//!   IPv4 packet without DF is dropped (`DropTooBig`) and the others are answered with ICMP
+//!   "fragmentation needed" / ICMPv6 "packet too big" (`TxIcmpTooBig`, not accounted to the
+//!   VIP or backend; a miss's flow-table entry is still written first).
 
 use std::collections::HashMap;
 
 use anyhow::{bail, ensure, Context as _};
 use etherparse::{
-    ip_number, EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice,
-    SingleVlanHeaderSlice, TcpHeaderSlice, UdpHeaderSlice,
+    icmpv4::DestUnreachableHeader, ip_number, EtherType, Ethernet2HeaderSlice, Icmpv4Header,
+    Icmpv4Slice, Icmpv4Type, Icmpv6Header, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv4Dscp, Ipv4Ecn,
+    Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, Ipv6HeaderSlice, SingleVlanHeaderSlice,
+    TcpHeaderSlice, UdpHeaderSlice,
 };
 use lb_common::{
-    flow_hash, Backend, ConnEntry, Counter, FlowKey, TrafficCounters, VipKey, AF_INET, AF_INET6,
-    BACKEND_ACTIVE, BACKEND_DRAINING, COUNTER_COUNT, NO_BACKEND,
+    flow_hash, AddrKey, Backend, ConnEntry, Counter, FlowKey, Settings, TrafficCounters, VipKey,
+    ADDR_ANSWER_ECHO, AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_DRAINING, COUNTER_COUNT,
+    NO_BACKEND, ORIGIN_TTL,
 };
 use lb_userspace::{
-    config::{Config, HashMode, Protocol},
+    config::{Config, Forwarding, HashMode, Prefix, Protocol},
     maps::BalancerMaps,
 };
 
@@ -58,6 +92,15 @@ const IPV6_EXT_HEADERS: [IpNumber; 8] = [
     ip_number::SHIM6,
 ];
 
+/// Largest IP packet when `Settings::mtu` is 0 (no configured limit).
+const NO_MTU_LIMIT: usize = 65535;
+/// Traffic class of the balancer's own ICMPv4 messages: precedence "internetwork control",
+/// as the kernel sends its ICMP errors.
+const ICMP_TOS: u8 = 0xc0;
+/// How much of the original IPv6 packet an ICMPv6 "packet too big" quotes: its header and
+/// the first 8 bytes after it.
+const ICMPV6_QUOTE: usize = 48;
+
 /// What the datapath must do with one frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expected {
@@ -65,12 +108,12 @@ pub struct Expected {
     pub action: u32,
     /// The frame as the program must leave it.
     pub output: Vec<u8>,
-    /// The one outcome counter (`Pass*`, `Drop*`, `TxForwarded`) the packet increments.
+    /// The one outcome counter (`Pass*`, `Drop*`, `Tx*`) the packet increments.
     pub reason: Counter,
     /// The flow-table lookup counter it increments on the way (`ConnHit`, `ConnMiss`,
     /// `ConnResteer`); `None` for packets that never reach a stateful VIP's flow table.
     pub lookup: Option<Counter>,
-    /// VIP and backend a forwarded packet is accounted to.
+    /// VIP and backend a forwarded packet (flow or steered ICMP error) is accounted to.
     pub forwarded: Option<Forwarded>,
 }
 
@@ -88,6 +131,7 @@ struct ModelVip {
     vip_id: u32,
     source_only: bool,
     stateless: bool,
+    ipip: bool,
     ring: Vec<u32>,
 }
 
@@ -95,6 +139,10 @@ struct ModelVip {
 /// table (never evicts: tests keep their flow count well below the real table's capacity).
 pub struct Model {
     vips: HashMap<VipKey, ModelVip>,
+    /// `VIP_ADDRS` as the config defines it: every VIP address, and whether any VIP on it
+    /// has `icmp_echo`.
+    addrs: HashMap<AddrKey, bool>,
+    settings: Settings,
     backends: HashMap<u32, Backend>,
     flows: HashMap<FlowKey, ConnEntry>,
     counters: [u64; COUNTER_COUNT as usize],
@@ -102,20 +150,22 @@ pub struct Model {
     backend_traffic: HashMap<u32, TrafficCounters>,
 }
 
+/// An address as the maps hold it: the first 4 or all 16 bytes, and the family.
+fn addr_bytes(address: std::net::IpAddr) -> ([u8; 16], u8) {
+    let mut addr = [0u8; 16];
+    match address {
+        std::net::IpAddr::V4(a) => {
+            addr[..4].copy_from_slice(&a.octets());
+            (addr, AF_INET)
+        }
+        std::net::IpAddr::V6(a) => (a.octets(), AF_INET6),
+    }
+}
+
 /// The VIPS key the documentation defines for a configured VIP: address in the first 4 or
 /// 16 bytes, port in network order (0 = all ports), protocol and family.
 fn config_vip_key(address: std::net::IpAddr, port: u16, protocol: Protocol) -> VipKey {
-    let mut addr = [0u8; 16];
-    let family = match address {
-        std::net::IpAddr::V4(a) => {
-            addr[..4].copy_from_slice(&a.octets());
-            AF_INET
-        }
-        std::net::IpAddr::V6(a) => {
-            addr = a.octets();
-            AF_INET6
-        }
-    };
+    let (addr, family) = addr_bytes(address);
     let proto = match protocol {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
@@ -128,12 +178,83 @@ fn config_vip_key(address: std::net::IpAddr, port: u16, protocol: Protocol) -> V
     }
 }
 
+fn addr_key(family: u8, addr: [u8; 16]) -> AddrKey {
+    AddrKey {
+        addr,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+/// The host bits a prefix leaves to the flow hash, within the address's last 32 bits.
+fn host_bits(p: &Prefix) -> u32 {
+    let bits = if p.addr.is_ipv4() { 32 } else { 128 } - u32::from(p.len);
+    u32::MAX.checked_shr(32 - bits.min(32)).unwrap_or(0)
+}
+
+/// Checks that `SETTINGS` holds what the config's `tunnel:` section says.
+fn check_settings(cfg: &Config, s: &Settings) -> anyhow::Result<()> {
+    let t = &cfg.tunnel;
+    let (src4, _) = addr_bytes(t.source_v4.addr);
+    let (src6, _) = addr_bytes(t.source_v6.addr);
+    ensure!(
+        s.tunnel_src4 == src4[..4]
+            && u32::from_be_bytes(s.tunnel_src4_host) == host_bits(&t.source_v4),
+        "SETTINGS IPv4 tunnel source {:?}/{:08x} is not the config's {}/{}",
+        s.tunnel_src4,
+        u32::from_be_bytes(s.tunnel_src4_host),
+        t.source_v4.addr,
+        t.source_v4.len
+    );
+    ensure!(
+        s.tunnel_src6 == src6 && u32::from_be_bytes(s.tunnel_src6_host) == host_bits(&t.source_v6),
+        "SETTINGS IPv6 tunnel source {:?}/{:08x} is not the config's {}/{}",
+        s.tunnel_src6,
+        u32::from_be_bytes(s.tunnel_src6_host),
+        t.source_v6.addr,
+        t.source_v6.len
+    );
+    if let Some(mtu) = t.mtu {
+        ensure!(
+            s.mtu == mtu.0,
+            "SETTINGS mtu {} is not the config's {}",
+            s.mtu,
+            mtu.0
+        );
+    }
+    Ok(())
+}
+
+/// What one frame's parse, decision and rewrite produced, when it is not left untouched.
+struct Answer {
+    reason: Counter,
+    output: Vec<u8>,
+    forwarded: Option<Forwarded>,
+}
+
+/// The verdict an outcome counter implies.
+fn verdict(reason: Counter) -> u32 {
+    match reason {
+        Counter::TxForwarded
+        | Counter::TxIcmpSteered
+        | Counter::TxIcmpEcho
+        | Counter::TxIcmpTooBig => XDP_TX,
+        Counter::DropMalformed
+        | Counter::DropNoBackend
+        | Counter::DropFragment
+        | Counter::DropTooBig => XDP_DROP,
+        _ => XDP_PASS,
+    }
+}
+
 impl Model {
     /// A model of the datapath `maps` describe after `cfg` was applied, with an empty flow
     /// table and zero counters.
     pub fn new(cfg: &Config, maps: &BalancerMaps) -> anyhow::Result<Model> {
         let mut model = Model {
             vips: HashMap::new(),
+            addrs: HashMap::new(),
+            settings: Settings::default(),
             backends: HashMap::new(),
             flows: HashMap::new(),
             counters: [0; COUNTER_COUNT as usize],
@@ -144,8 +265,8 @@ impl Model {
         Ok(model)
     }
 
-    /// Re-reads VIPs, rings and backends after `cfg` was applied (a reload). The flow table
-    /// and the tallies carry over, as the real ones do.
+    /// Re-reads VIPs, rings, backends, VIP addresses and settings after `cfg` was applied (a
+    /// reload). The flow table and the tallies carry over, as the real ones do.
     pub fn refresh(&mut self, cfg: &Config, maps: &BalancerMaps) -> anyhow::Result<()> {
         let ids: HashMap<VipKey, u32> = maps
             .vips()?
@@ -159,6 +280,7 @@ impl Model {
             cfg.vips.len()
         );
         self.vips.clear();
+        self.addrs.clear();
         for vip in cfg.vips.iter() {
             let key = config_vip_key(vip.address, vip.port, vip.protocol);
             let vip_id = *ids
@@ -178,10 +300,25 @@ impl Model {
                     vip_id,
                     source_only: vip.hash == HashMode::SourceIp,
                     stateless: vip.stateless,
+                    ipip: vip.forwarding == Forwarding::Ipip,
                     ring,
                 },
             );
+            let (addr, family) = addr_bytes(vip.address);
+            *self.addrs.entry(addr_key(family, addr)).or_default() |= vip.icmp_echo;
         }
+        let in_map: HashMap<AddrKey, bool> = maps
+            .vip_addrs()?
+            .into_iter()
+            .map(|(k, m)| (k, m.flags & ADDR_ANSWER_ECHO != 0))
+            .collect();
+        ensure!(
+            in_map == self.addrs,
+            "VIP_ADDRS holds {in_map:?}, the config's VIP addresses (answering echo) are {:?}",
+            self.addrs
+        );
+        self.settings = maps.settings()?;
+        check_settings(cfg, &self.settings)?;
         self.backends = maps.backends()?.into_iter().collect();
         for vip in self.vips.values() {
             for id in vip.ring.iter().filter(|id| **id != NO_BACKEND) {
@@ -202,59 +339,121 @@ impl Model {
     /// Runs one frame through the model, updating its flow table and tallies.
     pub fn run(&mut self, frame: &[u8]) -> Expected {
         let mut lookup = None;
-        let group = frame[0] & 1 == 1;
-        let outcome = parse(frame).and_then(|flow| self.choose(&flow, group, &mut lookup));
-        let expected = match outcome {
-            Ok((forwarded, mac)) => {
-                let mut output = frame.to_vec();
-                // L2 DSR: the frame goes to the backend's MAC, from the MAC the client's router
-                // addressed (this NIC); nothing past the Ethernet addresses changes.
-                output.copy_within(0..6, 6);
-                output[0..6].copy_from_slice(&mac);
-                let bytes = frame.len() as u64;
-                for t in [
-                    self.vip_traffic.entry(forwarded.vip_id).or_default(),
-                    self.backend_traffic
-                        .entry(forwarded.backend_id)
-                        .or_default(),
-                ] {
-                    t.packets += 1;
-                    t.bytes += bytes;
-                    t.new_flows += u64::from(forwarded.new_flow);
-                }
-                Expected {
-                    action: XDP_TX,
-                    output,
-                    reason: Counter::TxForwarded,
-                    lookup,
-                    forwarded: Some(forwarded),
-                }
+        let outcome = parse(frame).and_then(|p| self.act(frame, &p, &mut lookup));
+        let answer = outcome.unwrap_or_else(|reason| Answer {
+            reason,
+            output: frame.to_vec(),
+            forwarded: None,
+        });
+        if let Some(forwarded) = answer.forwarded {
+            // Traffic counters count the frame as received, whatever was sent.
+            let bytes = frame.len() as u64;
+            for t in [
+                self.vip_traffic.entry(forwarded.vip_id).or_default(),
+                self.backend_traffic
+                    .entry(forwarded.backend_id)
+                    .or_default(),
+            ] {
+                t.packets += 1;
+                t.bytes += bytes;
+                t.new_flows += u64::from(forwarded.new_flow);
             }
-            Err(reason) => Expected {
-                action: match reason {
-                    Counter::DropMalformed | Counter::DropNoBackend => XDP_DROP,
-                    _ => XDP_PASS,
-                },
-                output: frame.to_vec(),
-                reason,
-                lookup,
-                forwarded: None,
-            },
-        };
-        self.counters[expected.reason as usize] += 1;
-        if let Some(l) = expected.lookup {
+        }
+        self.counters[answer.reason as usize] += 1;
+        if let Some(l) = lookup {
             self.counters[l as usize] += 1;
         }
-        expected
+        Expected {
+            action: verdict(answer.reason),
+            output: answer.output,
+            reason: answer.reason,
+            lookup,
+            forwarded: answer.forwarded,
+        }
     }
 
-    /// VIP lookup, flow table and ring: the backend for `flow`, or why there is none.
+    /// What a parsed packet gets: an answer (a rewritten frame to send), or the outcome of a
+    /// frame left as it is.
+    fn act(
+        &mut self,
+        frame: &[u8],
+        p: &Packet,
+        lookup: &mut Option<Counter>,
+    ) -> Result<Answer, Counter> {
+        let group = frame[0] & 1 == 1;
+        let addr = self.addrs.get(&addr_key(p.family, p.dst)).copied();
+        let (key, steered) = match p.kind {
+            Kind::Fragment => {
+                return Err(match addr {
+                    Some(_) => Counter::DropFragment,
+                    None => Counter::PassUnsupported,
+                })
+            }
+            Kind::EchoRequest => {
+                if addr != Some(true) {
+                    return Err(Counter::PassNotVip);
+                }
+                if group {
+                    return Err(Counter::PassNotUnicast);
+                }
+                return Ok(Answer {
+                    reason: Counter::TxIcmpEcho,
+                    output: echo_reply(frame, p),
+                    forwarded: None,
+                });
+            }
+            Kind::Flow(key) => (key, false),
+            Kind::IcmpError(key) => (key, true),
+        };
+        let (forwarded, backend, ipip) = self.choose(&key, group, !steered, lookup)?;
+        let reason = if steered {
+            Counter::TxIcmpSteered
+        } else {
+            Counter::TxForwarded
+        };
+        let output = if ipip {
+            let outer = if backend.family == AF_INET { 20 } else { 40 };
+            let limit = match self.settings.mtu {
+                0 => NO_MTU_LIMIT,
+                mtu => mtu as usize,
+            };
+            if p.ip_len + outer > limit {
+                // The balancer cannot fragment; only a sender that may lower its path MTU is
+                // told to (never about an ICMP error, which must not draw another).
+                if steered || (p.family == AF_INET && !p.df) {
+                    return Err(Counter::DropTooBig);
+                }
+                return Ok(Answer {
+                    reason: Counter::TxIcmpTooBig,
+                    output: too_big(frame, p, limit - outer),
+                    forwarded: None,
+                });
+            }
+            encapsulate(frame, p, &key, &backend, &self.settings)
+        } else {
+            // L2 DSR: the frame goes to the backend's MAC, from the MAC the client's router
+            // addressed (this NIC); nothing past the Ethernet addresses changes.
+            let mut output = frame.to_vec();
+            output.copy_within(0..6, 6);
+            output[0..6].copy_from_slice(&backend.mac);
+            output
+        };
+        Ok(Answer {
+            reason,
+            output,
+            forwarded: Some(forwarded),
+        })
+    }
+
+    /// VIP lookup, flow table and ring: the backend for `flow` (and whether its VIP tunnels),
+    /// or why there is none. A ring decision is remembered only if `remember`.
     fn choose(
         &mut self,
         flow: &FlowKey,
         to_group_mac: bool,
+        remember: bool,
         lookup: &mut Option<Counter>,
-    ) -> Result<(Forwarded, [u8; 6]), Counter> {
+    ) -> Result<(Forwarded, Backend, bool), Counter> {
         let exact = VipKey {
             addr: flow.dst,
             port: flow.dport,
@@ -278,6 +477,7 @@ impl Model {
             self.backends
                 .get(&id)
                 .filter(|b| b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING)
+                .copied()
         };
         if !vip.stateless {
             *lookup = Some(Counter::ConnMiss);
@@ -289,7 +489,7 @@ impl Model {
                         backend_id: entry.backend_id,
                         new_flow: false,
                     };
-                    return Ok((forwarded, b.mac));
+                    return Ok((forwarded, b, vip.ipip));
                 }
                 // Its backend was removed or is down: re-steered, not black-holed.
                 *lookup = Some(Counter::ConnResteer);
@@ -304,9 +504,9 @@ impl Model {
         if id == NO_BACKEND {
             return Err(Counter::DropNoBackend);
         }
-        let mac = serving(id).ok_or(Counter::DropNoBackend)?.mac;
-        let vip_id = vip.vip_id;
-        if !vip.stateless {
+        let backend = serving(id).ok_or(Counter::DropNoBackend)?;
+        let (vip_id, ipip) = (vip.vip_id, vip.ipip);
+        if !vip.stateless && remember {
             self.flows.insert(
                 *flow,
                 ConnEntry {
@@ -320,7 +520,7 @@ impl Model {
             backend_id: id,
             new_flow: true,
         };
-        Ok((forwarded, mac))
+        Ok((forwarded, backend, ipip))
     }
 
     /// The model's flow table (stateful VIPs' remembered choices).
@@ -344,6 +544,174 @@ impl Model {
     }
 }
 
+/// RFC 1624 eqn. 3: the ones'-complement checksum `check` after the 16-bit word `old` it
+/// covers became `new`.
+fn csum_replace(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = u32::from(!check) + u32::from(!old) + u32::from(new);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn word(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Replaces the 16-bit word at `at` and updates the checksum at `check` for it.
+fn set_word(b: &mut [u8], at: usize, new: u16, check: usize) {
+    let c = csum_replace(word(b, check), word(b, at), new);
+    b[at..at + 2].copy_from_slice(&new.to_be_bytes());
+    b[check..check + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The Ethernet header of a frame sent back where `frame` came from (VLAN tag kept).
+fn l2_back(frame: &[u8], l3: usize) -> Vec<u8> {
+    let mut out = frame[..l3].to_vec();
+    out[0..6].copy_from_slice(&frame[6..12]);
+    out[6..12].copy_from_slice(&frame[0..6]);
+    out
+}
+
+/// An echo request turned into its reply in place: addresses swapped, TTL / hop limit reset,
+/// type changed, checksums updated incrementally; the frame keeps its length (padding too).
+fn echo_reply(frame: &[u8], p: &Packet) -> Vec<u8> {
+    let mut out = l2_back(frame, p.l3);
+    out.extend_from_slice(&frame[p.l3..]);
+    let ip = p.l3;
+    let icmp = p.l3 + p.hlen;
+    if p.family == AF_INET {
+        out[ip + 12..ip + 16].copy_from_slice(&frame[ip + 16..ip + 20]);
+        out[ip + 16..ip + 20].copy_from_slice(&frame[ip + 12..ip + 16]);
+        // TTL shares a checksummed word with the protocol; the swap changes no sum.
+        let ttl_proto = u16::from_be_bytes([ORIGIN_TTL, frame[ip + 9]]);
+        set_word(&mut out, ip + 8, ttl_proto, ip + 10);
+        // Echo reply: type 0, code 0.
+        set_word(&mut out, icmp, 0, icmp + 2);
+    } else {
+        out[ip + 8..ip + 24].copy_from_slice(&frame[ip + 24..ip + 40]);
+        out[ip + 24..ip + 40].copy_from_slice(&frame[ip + 8..ip + 24]);
+        // The hop limit is not in the ICMPv6 pseudo-header; swapped addresses sum the same.
+        out[ip + 7] = ORIGIN_TTL;
+        set_word(&mut out, icmp, 129 << 8, icmp + 2);
+    }
+    out
+}
+
+/// ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" from the VIP to the client,
+/// announcing `mtu`, quoting the start of the packet.
+fn too_big(frame: &[u8], p: &Packet, mtu: usize) -> Vec<u8> {
+    let mut out = l2_back(frame, p.l3);
+    let ip = &frame[p.l3..];
+    if p.family == AF_INET {
+        // RFC 792: the IP header and the first 8 bytes of its payload.
+        let quote = &ip[..p.hlen + 8];
+        let icmp = Icmpv4Header::with_checksum(
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu as u16,
+            }),
+            quote,
+        );
+        let mut h = Ipv4Header::new(
+            (icmp.header_len() + quote.len()) as u16,
+            ORIGIN_TTL,
+            IpNumber::ICMP,
+            p.dst[..4].try_into().unwrap(),
+            p.src[..4].try_into().unwrap(),
+        )
+        .unwrap();
+        h.dscp = Ipv4Dscp::try_new(ICMP_TOS >> 2).unwrap();
+        h.ecn = Ipv4Ecn::try_new(ICMP_TOS & 3).unwrap();
+        h.identification = 0;
+        h.dont_fragment = false;
+        h.header_checksum = h.calc_header_checksum();
+        out.extend_from_slice(&h.to_bytes());
+        out.extend_from_slice(&icmp.to_bytes());
+        out.extend_from_slice(quote);
+    } else {
+        let quote = &ip[..ICMPV6_QUOTE];
+        let icmp = Icmpv6Header::with_checksum(
+            Icmpv6Type::PacketTooBig { mtu: mtu as u32 },
+            p.dst,
+            p.src,
+            quote,
+        )
+        .unwrap();
+        let h = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: (icmp.header_len() + quote.len()) as u16,
+            next_header: IpNumber::IPV6_ICMP,
+            hop_limit: ORIGIN_TTL,
+            source: p.dst,
+            destination: p.src,
+        };
+        out.extend_from_slice(&h.to_bytes());
+        out.extend_from_slice(&icmp.to_bytes());
+        out.extend_from_slice(quote);
+    }
+    out
+}
+
+/// The frame as `ipip` sends it: L2 header toward the next hop (tag kept, EtherType of the
+/// outer family), the outer header, then everything from the IP header to the frame's end.
+fn encapsulate(
+    frame: &[u8],
+    p: &Packet,
+    key: &FlowKey,
+    backend: &Backend,
+    s: &Settings,
+) -> Vec<u8> {
+    // Always the full 5-tuple hash: it only spreads tunnels over the backend's queues.
+    let hash = flow_hash(key, false);
+    let inner = if p.family == AF_INET {
+        IpNumber::IPV4
+    } else {
+        IpNumber::IPV6
+    };
+    let mut out = frame[..p.l3].to_vec();
+    out[0..6].copy_from_slice(&backend.mac);
+    out[6..12].copy_from_slice(&frame[0..6]);
+    let ether_type = if backend.family == AF_INET {
+        let host = u32::from_be_bytes(s.tunnel_src4_host);
+        let src = (u32::from_be_bytes(s.tunnel_src4) & !host) | (hash & host);
+        let mut h = Ipv4Header::new(
+            p.ip_len as u16,
+            ORIGIN_TTL,
+            inner,
+            src.to_be_bytes(),
+            backend.addr[..4].try_into().unwrap(),
+        )
+        .unwrap();
+        h.dscp = Ipv4Dscp::try_new(p.tos >> 2).unwrap();
+        h.ecn = Ipv4Ecn::try_new(p.tos & 3).unwrap();
+        h.identification = 0;
+        h.dont_fragment = true;
+        h.header_checksum = h.calc_header_checksum();
+        out.extend_from_slice(&h.to_bytes());
+        EtherType::IPV4
+    } else {
+        let host = u32::from_be_bytes(s.tunnel_src6_host);
+        let mut src = s.tunnel_src6;
+        let last = u32::from_be_bytes(src[12..16].try_into().unwrap());
+        src[12..16].copy_from_slice(&((last & !host) | (hash & host)).to_be_bytes());
+        let h = Ipv6Header {
+            traffic_class: p.tos,
+            flow_label: Ipv6FlowLabel::try_new(hash & 0xf_ffff).unwrap(),
+            payload_length: p.ip_len as u16,
+            next_header: inner,
+            hop_limit: ORIGIN_TTL,
+            source: src,
+            destination: backend.addr,
+        };
+        out.extend_from_slice(&h.to_bytes());
+        EtherType::IPV6
+    };
+    out[p.l3 - 2..p.l3].copy_from_slice(&ether_type.0.to_be_bytes());
+    out.extend_from_slice(&frame[p.l3..]);
+    out
+}
+
 /// Where the L3 header starts and which EtherType it has: Ethernet with at most one 802.1Q
 /// tag. A frame too short for either is not IP.
 fn l3_of(frame: &[u8]) -> Result<(usize, EtherType), Counter> {
@@ -360,65 +728,66 @@ fn l3_of(frame: &[u8]) -> Result<(usize, EtherType), Counter> {
     Ok((l3, ether_type))
 }
 
-/// The IP protocol, addresses and the L4 bytes (up to the IP packet's end, not the frame's)
-/// of an IPv4/IPv6 packet, in the order of checks the datapath documents.
-struct L3<'a> {
+/// What the IPv4/IPv6 header says, after the checks the datapath documents for it.
+struct Ip {
     family: u8,
     proto: IpNumber,
     src: [u8; 16],
     dst: [u8; 16],
-    l4: &'a [u8],
+    /// Header length: where the L4 header starts in the IP packet.
+    hlen: usize,
+    /// IP packet length, header included (total length / 40 + payload length).
+    len: usize,
+    /// IPv4 TOS / IPv6 traffic class.
+    tos: u8,
+    /// IPv4 DF; always true for IPv6.
+    df: bool,
+    /// IPv4 MF or fragment offset, or an IPv6 fragment header.
+    fragment: bool,
 }
 
-fn ipv4(ip: &[u8]) -> Result<L3<'_>, Counter> {
+fn ipv4(ip: &[u8]) -> Result<Ip, Counter> {
     // Version 4, IHL ≥ 5, at least 20 bytes (and the options) present.
     let h = Ipv4HeaderSlice::from_slice(ip).map_err(|_| Counter::DropMalformed)?;
-    let header_len = h.slice().len();
-    let total = usize::from(h.total_len());
-    if total < header_len || total > ip.len() {
+    let hlen = h.slice().len();
+    let len = usize::from(h.total_len());
+    if len < hlen || len > ip.len() {
         return Err(Counter::DropMalformed);
-    }
-    // Fragments before the protocol: any fragment goes to the stack as unsupported.
-    if h.is_fragmenting_payload() {
-        return Err(Counter::PassUnsupported);
-    }
-    let proto = h.protocol();
-    if proto != IpNumber::TCP && proto != IpNumber::UDP {
-        return Err(Counter::PassNotVip);
     }
     let mut src = [0u8; 16];
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&h.source());
     dst[..4].copy_from_slice(&h.destination());
-    Ok(L3 {
+    Ok(Ip {
         family: AF_INET,
-        proto,
+        proto: h.protocol(),
         src,
         dst,
-        l4: &ip[header_len..total],
+        hlen,
+        len,
+        tos: (h.dcp().value() << 2) | h.ecn().value(),
+        df: h.dont_fragment(),
+        fragment: h.is_fragmenting_payload(),
     })
 }
 
-fn ipv6(ip: &[u8]) -> Result<L3<'_>, Counter> {
+fn ipv6(ip: &[u8]) -> Result<Ip, Counter> {
     let h = Ipv6HeaderSlice::from_slice(ip).map_err(|_| Counter::DropMalformed)?;
-    let end = h.slice().len() + usize::from(h.payload_length());
-    if end > ip.len() {
+    let hlen = h.slice().len();
+    let len = hlen + usize::from(h.payload_length());
+    if len > ip.len() {
         return Err(Counter::DropMalformed);
     }
-    let proto = h.next_header();
-    if proto != IpNumber::TCP && proto != IpNumber::UDP {
-        return Err(if IPV6_EXT_HEADERS.contains(&proto) {
-            Counter::PassUnsupported
-        } else {
-            Counter::PassNotVip
-        });
-    }
-    Ok(L3 {
+    Ok(Ip {
         family: AF_INET6,
-        proto,
+        proto: h.next_header(),
         src: h.source(),
         dst: h.destination(),
-        l4: &ip[h.slice().len()..end],
+        hlen,
+        len,
+        tos: h.traffic_class(),
+        df: true,
+        fragment: h.next_header() == ip_number::IPV6_FRAG,
     })
 }
 
@@ -442,22 +811,159 @@ fn ports(proto: IpNumber, l4: &[u8]) -> Result<(u16, u16), Counter> {
     }
 }
 
-/// The flow key of an IPv4/IPv6 TCP/UDP frame, or the outcome counter saying why it has none.
-pub fn parse(frame: &[u8]) -> Result<FlowKey, Counter> {
-    let (l3, ether_type) = l3_of(frame)?;
-    let ip = match ether_type {
-        EtherType::IPV4 => ipv4(&frame[l3..])?,
-        EtherType::IPV6 => ipv6(&frame[l3..])?,
-        _ => return Err(Counter::PassNotIp),
+/// An ICMP/ICMPv6 message (`from_ip` is the frame from the IP header on): an echo request,
+/// an error quoting a TCP/UDP packet sent from this packet's destination, or why neither.
+fn icmp(from_ip: &[u8], ip: &Ip) -> Result<Kind, Counter> {
+    let msg = &from_ip[ip.hlen..ip.len];
+    let v4 = ip.family == AF_INET;
+    let (icmp_type, code) = if v4 {
+        let m = Icmpv4Slice::from_slice(msg).map_err(|_| Counter::PassNotVip)?;
+        (m.type_u8(), m.code_u8())
+    } else {
+        let m = Icmpv6Slice::from_slice(msg).map_err(|_| Counter::PassNotVip)?;
+        (m.type_u8(), m.code_u8())
     };
-    let (sport, dport) = ports(ip.proto, ip.l4)?;
-    Ok(FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        sport: sport.to_be_bytes(),
-        dport: dport.to_be_bytes(),
-        proto: ip.proto.0,
+    let (echo, error) = if v4 {
+        (8, matches!(icmp_type, 3 | 11 | 12))
+    } else {
+        (128, (1..=4).contains(&icmp_type))
+    };
+    if icmp_type == echo && code == 0 {
+        return Ok(Kind::EchoRequest);
+    }
+    if !error {
+        return Err(Counter::PassNotVip);
+    }
+    // The quoted IP header follows the 8-byte ICMP header; only its fixed part has to be in
+    // the frame (see the module docs).
+    let q = ip.hlen + 8;
+    let (qsrc, qdst, qproto, qhlen) = if v4 {
+        let h = from_ip.get(q..q + 20).ok_or(Counter::PassNotVip)?;
+        let qhlen = usize::from(h[0] & 0x0f) * 4;
+        if h[0] >> 4 != 4 || qhlen < 20 {
+            return Err(Counter::PassNotVip);
+        }
+        let mut qsrc = [0u8; 16];
+        let mut qdst = [0u8; 16];
+        qsrc[..4].copy_from_slice(&h[12..16]);
+        qdst[..4].copy_from_slice(&h[16..20]);
+        if qsrc != ip.dst {
+            return Err(Counter::PassNotVip);
+        }
+        // A later fragment has no ports (MF alone is a first fragment: it has them).
+        if word(h, 6) & 0x1fff != 0 {
+            return Err(Counter::PassUnsupported);
+        }
+        (qsrc, qdst, IpNumber(h[9]), qhlen)
+    } else {
+        let h = Ipv6HeaderSlice::from_slice(&from_ip[q..]).map_err(|_| Counter::PassNotVip)?;
+        if h.source() != ip.dst {
+            return Err(Counter::PassNotVip);
+        }
+        (
+            h.source(),
+            h.destination(),
+            h.next_header(),
+            h.slice().len(),
+        )
+    };
+    if qproto != IpNumber::TCP && qproto != IpNumber::UDP {
+        return Err(Counter::PassNotVip);
+    }
+    // Only the quoted ports are needed: they must be inside the outer IP packet.
+    let at = q + qhlen;
+    if at + 4 > ip.len {
+        return Err(Counter::PassNotVip);
+    }
+    let quoted_ports = &from_ip[at..at + 4];
+    // Reversed: the quoted packet went VIP → client, the flow table knows client → VIP.
+    Ok(Kind::IcmpError(FlowKey {
+        src: qdst,
+        dst: qsrc,
+        sport: [quoted_ports[2], quoted_ports[3]],
+        dport: [quoted_ports[0], quoted_ports[1]],
+        proto: qproto.0,
         family: ip.family,
         _pad: [0; 2],
+    }))
+}
+
+/// What kind of IP packet a frame holds, for the datapath.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// TCP or UDP with this 5-tuple.
+    Flow(FlowKey),
+    /// An ICMP/ICMPv6 error quoting a TCP/UDP packet: the quoted flow reversed (client →
+    /// VIP, as the flow table knows it).
+    IcmpError(FlowKey),
+    /// An ICMP/ICMPv6 echo request.
+    EchoRequest,
+    /// An IPv4 fragment (MF or offset) or an IPv6 packet with a fragment header.
+    Fragment,
+}
+
+/// A frame the datapath can act on: its kind and what the rewrites need.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub kind: Kind,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    /// IP source and destination (IPv4 in the first 4 bytes).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Where the IP header starts (the L2 header's length).
+    pub l3: usize,
+    /// IP header length (IPv4 with options; 40 for IPv6).
+    pub hlen: usize,
+    /// IP packet length, header included.
+    pub ip_len: usize,
+    /// IPv4 TOS / IPv6 traffic class.
+    pub tos: u8,
+    /// IPv4 DF (true for IPv6).
+    pub df: bool,
+}
+
+/// What a frame is to the datapath, or the outcome counter saying why it is nothing it acts on.
+pub fn parse(frame: &[u8]) -> Result<Packet, Counter> {
+    let (l3, ether_type) = l3_of(frame)?;
+    let from_ip = &frame[l3..];
+    let ip = match ether_type {
+        EtherType::IPV4 => ipv4(from_ip)?,
+        EtherType::IPV6 => ipv6(from_ip)?,
+        _ => return Err(Counter::PassNotIp),
+    };
+    // Fragments before the protocol: a later fragment's protocol says nothing about ports.
+    let kind = if ip.fragment {
+        Kind::Fragment
+    } else if ip.proto == IpNumber::TCP || ip.proto == IpNumber::UDP {
+        let (sport, dport) = ports(ip.proto, &from_ip[ip.hlen..ip.len])?;
+        Kind::Flow(FlowKey {
+            src: ip.src,
+            dst: ip.dst,
+            sport: sport.to_be_bytes(),
+            dport: dport.to_be_bytes(),
+            proto: ip.proto.0,
+            family: ip.family,
+            _pad: [0; 2],
+        })
+    } else if (ip.family, ip.proto) == (AF_INET, IpNumber::ICMP)
+        || (ip.family, ip.proto) == (AF_INET6, IpNumber::IPV6_ICMP)
+    {
+        icmp(from_ip, &ip)?
+    } else if ip.family == AF_INET6 && IPV6_EXT_HEADERS.contains(&ip.proto) {
+        return Err(Counter::PassUnsupported);
+    } else {
+        return Err(Counter::PassNotVip);
+    };
+    Ok(Packet {
+        kind,
+        family: ip.family,
+        src: ip.src,
+        dst: ip.dst,
+        l3,
+        hlen: ip.hlen,
+        ip_len: ip.len,
+        tos: ip.tos,
+        df: ip.df,
     })
 }
