@@ -287,7 +287,15 @@ fn icmp6(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Counter>
     if qip.vcf[0] >> 4 != 6 || qip.src_addr != p.key.dst {
         return Err(Counter::PassNotVip);
     }
-    quoted_flow(ctx, p, q + Ipv6Hdr::LEN, l3_end, qip.next_hdr, qip.dst_addr, 16)
+    quoted_flow(
+        ctx,
+        p,
+        q + Ipv6Hdr::LEN,
+        l3_end,
+        qip.next_hdr,
+        qip.dst_addr,
+        16,
+    )
 }
 
 /// Fills `p.key` with the flow an ICMP error quotes, reversed: the quoted packet went VIP →

@@ -321,8 +321,16 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     // the same buffer, so each run is one packet (like the new-flow class) on an established
     // flow, against the repeat-1 MAC swap.
     let ipip_yaml = config(1, 3)
-        .replacen("interface: lo\n", "interface: lo\ntunnel:\n  mtu: 1500\n", 1)
-        .replacen("    protocol: tcp\n", "    protocol: tcp\n    forwarding: ipip\n", 1);
+        .replacen(
+            "interface: lo\n",
+            "interface: lo\ntunnel:\n  mtu: 1500\n",
+            1,
+        )
+        .replacen(
+            "    protocol: tcp\n",
+            "    protocol: tcp\n    forwarding: ipip\n",
+            1,
+        );
     let mut tunnel = Balancer::new(&ipip_yaml, 1 << 16)?;
     let (_, v) = time_once(tunnel.prog()?, &vip, 1)?;
     if v != 3 {
