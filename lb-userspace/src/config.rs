@@ -967,6 +967,76 @@ vips:
     }
 
     #[test]
+    fn tunnel_settings_parse_and_are_checked() {
+        let with = |tunnel: &str| {
+            let text = GOOD.replacen("vips:\n", &format!("tunnel:\n{tunnel}vips:\n"), 1);
+            Config::from_yaml(&text, "t.yaml")
+        };
+        let cfg =
+            with("  source_v4: 10.99.0.0/20\n  source_v6: 'fd00:1::/112'\n  mtu: 9000\n").unwrap();
+        assert_eq!(cfg.tunnel.source_v4.host_mask(), 0x0fff);
+        assert_eq!(cfg.tunnel.source_v6.host_mask(), 0xffff);
+        assert_eq!(cfg.tunnel.mtu, Some(TunnelMtu(9000)));
+        let defaults = Config::from_yaml(GOOD, "good.yaml").unwrap().tunnel;
+        assert_eq!(String::from(defaults.source_v4), "172.16.0.0/16");
+        assert_eq!(String::from(defaults.source_v6), "100::/96");
+        assert_eq!(defaults.mtu, None);
+        for (bad, words) in [
+            (
+                "  source_v6: 'fd00::/64'\n",
+                &["tunnel.source_v6", "96..=128", "line"][..],
+            ),
+            (
+                "  source_v4: 10.0.0.0\n",
+                &["tunnel.source_v4", "ADDRESS/LENGTH"][..],
+            ),
+            (
+                "  source_v4: 10.0.0.0/33\n",
+                &["tunnel.source_v4", "0..=32"][..],
+            ),
+            ("  mtu: 1000\n", &["tunnel.mtu", "1320..=65535"][..]),
+            ("  mtu: 1500\n  mss: 1460\n", &["unknown field `mss`"][..]),
+        ] {
+            let e = format!("{:#}", with(bad).expect_err(bad));
+            for w in words {
+                assert!(e.contains(w), "{bad:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn ipip_and_icmp_echo_are_per_vip() {
+        let text = GOOD.replacen(
+            "    protocol: udp\n",
+            "    protocol: udp\n    forwarding: ipip\n    icmp_echo: true\n",
+            1,
+        );
+        let cfg = Config::from_yaml(&text, "t.yaml").unwrap();
+        let dns = cfg
+            .vips
+            .iter()
+            .find(|v| v.protocol == Protocol::Udp)
+            .unwrap();
+        assert_eq!((dns.forwarding, dns.icmp_echo), (Forwarding::Ipip, true));
+        let e = format!(
+            "{:#}",
+            Config::from_yaml(
+                &GOOD.replacen(
+                    "    protocol: udp\n",
+                    "    protocol: udp\n    forwarding: gre\n",
+                    1
+                ),
+                "t.yaml"
+            )
+            .expect_err("gre")
+        );
+        assert!(
+            e.contains("unknown variant `gre`") && e.contains("forwarding"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn missing_required_field_is_named() {
         let err = error_of("    port: 443\n", "");
         assert!(err.contains("missing field `port`"), "{err}");
