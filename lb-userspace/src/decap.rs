@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{bail, Context as _};
 use aya::{
     maps::{HashMap, Map, MapData, MapInfo, MapType, PerCpuArray},
     programs::{
@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     agent::{addr_bytes, addr_from_bytes},
     config::XdpMode,
-    loader,
+    loader, maps,
 };
 
 /// Where `xdplb decap` pins its maps and link when `--pin-path` names no other place.
@@ -301,14 +301,6 @@ pub fn decap_key(addr: IpAddr) -> DecapAddr {
     }
 }
 
-fn typed<T>(name: &str, map: Map) -> anyhow::Result<T>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    T::try_from(map)
-        .with_context(|| format!("map {name} does not have the layout lb-common defines"))
-}
-
 /// The aya handles of the decap program's maps; nothing else touches them.
 pub struct DecapMaps {
     addrs: HashMap<MapData, DecapAddr, u32>,
@@ -318,33 +310,24 @@ pub struct DecapMaps {
 impl DecapMaps {
     /// Takes the maps out of a loaded decap object.
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("the decap object has no map named {name}"))
-        };
-        Self::from_source(&mut take)
+        Self::from_source(&mut |name| maps::take(ebpf, name))
     }
 
     /// Opens the maps pinned under `dir` (`<pin-path>/<interface>`).
     pub fn from_pins(dir: &Path) -> anyhow::Result<Self> {
-        let mut open = |name: &str| -> anyhow::Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "cannot open pinned map {} (is `xdplb decap` attached with this --interface and --pin-path?)",
-                    path.display()
-                )
-            })?;
-            Map::from_map_data(data)
-                .with_context(|| format!("pinned map {} has an unknown type", path.display()))
-        };
-        Self::from_source(&mut open)
+        Self::from_source(&mut |name| {
+            maps::open_pinned(
+                dir,
+                name,
+                "is `xdplb decap` attached with this --interface and --pin-path?",
+            )
+        })
     }
 
     fn from_source(get: &mut dyn FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(Self {
-            addrs: typed(DECAP_ADDRS, get(DECAP_ADDRS)?)?,
-            stats: typed(DECAP_STATS, get(DECAP_STATS)?)?,
+            addrs: maps::typed(DECAP_ADDRS, get(DECAP_ADDRS)?)?,
+            stats: maps::typed(DECAP_STATS, get(DECAP_STATS)?)?,
         })
     }
 

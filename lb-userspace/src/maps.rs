@@ -26,7 +26,8 @@ pub struct BalancerMaps {
     conns_capacity: u32,
 }
 
-fn typed<T>(name: &str, map: Map) -> anyhow::Result<T>
+/// A map of the type (and key/value sizes) `T` says, or an error naming it.
+pub fn typed<T>(name: &str, map: Map) -> anyhow::Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
@@ -34,30 +35,32 @@ where
         .with_context(|| format!("map {name} does not have the layout lb-common defines"))
 }
 
+/// Takes map `name` out of a loaded object.
+pub fn take(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))
+}
+
+/// Opens map `name` pinned under `dir`; `hint` says what should have pinned it.
+pub fn open_pinned(dir: &Path, name: &str, hint: &str) -> anyhow::Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("cannot open pinned map {} ({hint})", path.display()))?;
+    Map::from_map_data(data)
+        .with_context(|| format!("pinned map {} has an unknown type", path.display()))
+}
+
 impl BalancerMaps {
     /// Takes the maps out of a loaded object (after [`pin_all`] if they should be shared).
     pub fn from_ebpf(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        let mut take = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))
-        };
-        Self::from_source(&mut take)
+        Self::from_source(&mut |name| take(ebpf, name))
     }
 
     /// Opens the maps a running agent pinned under `dir`.
     pub fn from_pins(dir: &Path) -> anyhow::Result<Self> {
-        let mut open = |name: &str| -> anyhow::Result<Map> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).with_context(|| {
-                format!(
-                    "cannot open pinned map {} (is `xdplb run` running with this pin_path?)",
-                    path.display()
-                )
-            })?;
-            Map::from_map_data(data)
-                .with_context(|| format!("pinned map {} has an unknown type", path.display()))
-        };
-        Self::from_source(&mut open)
+        Self::from_source(&mut |name| {
+            open_pinned(dir, name, "is `xdplb run` running with this pin_path?")
+        })
     }
 
     fn from_source(get: &mut dyn FnMut(&str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {

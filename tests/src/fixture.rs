@@ -19,11 +19,80 @@ pub const XDP_TX: u32 = 3;
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
 pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
+/// Backends 10.202.0.x / fd00:202::x sit behind a router whose MAC is ...:fe; one VIP of each
+/// tunnel pairing (4in4, 6in6, 4in6, 6in4), plus an L2 VIP for ICMP steering without tunnels.
+pub const IPIP_CONFIG: &str = "\
+interface: lo
+tunnel:
+  source_v4: 172.16.0.0/16
+  source_v6: 'fd00:ffff::/96'
+  mtu: 1500
+vips:
+  - name: web4
+    address: 10.201.0.10
+    port: 80
+    protocol: tcp
+    forwarding: ipip
+    icmp_echo: true
+    backends:
+      - { address: 10.202.0.101, mac: '02:00:00:00:00:fe' }
+      - { address: 10.202.0.102, mac: '02:00:00:00:00:fe' }
+  - name: web6
+    address: 'fd00:201::10'
+    port: 80
+    protocol: tcp
+    forwarding: ipip
+    icmp_echo: true
+    backends:
+      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
+      - { address: 'fd00:202::102', mac: '02:00:00:00:00:fe' }
+  - name: dns4in6
+    address: 10.201.0.11
+    port: 7000
+    protocol: udp
+    forwarding: ipip
+    backends:
+      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
+  - name: dns6in4
+    address: 'fd00:201::11'
+    port: 7000
+    protocol: udp
+    forwarding: ipip
+    backends:
+      - { address: 10.202.0.103, mac: '02:00:00:00:00:fe' }
+  - name: l2web
+    address: 10.201.0.12
+    port: 80
+    protocol: tcp
+    backends:
+      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
+      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
+";
+
 pub struct Harness {
     pub ebpf: aya::Ebpf,
     pub maps: BalancerMaps,
     pub applied: Applied,
     pub cfg: Config,
+}
+
+/// Runs `packet` once through program `name` of `ebpf` with BPF_PROG_TEST_RUN; the output
+/// buffer has room for 256 bytes of growth (encapsulation, ICMP answers).
+pub fn run_program(ebpf: &mut aya::Ebpf, name: &str, packet: &[u8]) -> Run {
+    let prog = loader::program(ebpf, name).unwrap();
+    let mut out = vec![0u8; packet.len() + 256];
+    let result = prog
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(result.data_size_out as usize);
+    Run {
+        action: result.return_value,
+        out,
+    }
 }
 
 pub struct Run {
@@ -61,20 +130,7 @@ impl Harness {
     }
 
     pub fn run(&mut self, packet: &[u8]) -> Run {
-        let prog = loader::program(&mut self.ebpf, lb_common::programs::BALANCER).unwrap();
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        Run {
-            action: result.return_value,
-            out,
-        }
+        run_program(&mut self.ebpf, lb_common::programs::BALANCER, packet)
     }
 
     pub fn global(&self) -> [u64; COUNTER_COUNT as usize] {

@@ -193,23 +193,7 @@ impl Lab {
         // router solicitations or MLD reports from the switch itself.
         switch.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
         switch.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-        switch.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
-        // No STP and no forward delay: ports forward as soon as they are up. Without multicast
-        // snooping, neighbour solicitations are simply flooded.
-        switch.ip(&[
-            "link",
-            "set",
-            BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        switch.ip(&["link", "set", BRIDGE, "up"])?;
+        add_bridge(&switch, BRIDGE)?;
 
         let gateway = new_host_ns(&format!("{prefix}-gw"))?;
         let mut lab = Lab {
@@ -267,22 +251,7 @@ impl Lab {
     /// client, and the routes that make backends reachable from the gateway and the VIP from
     /// the router.
     fn add_router(&mut self) -> Result<()> {
-        self.switch
-            .ip(&["link", "add", BACKEND_BRIDGE, "type", "bridge"])?;
-        self.switch.ip(&[
-            "link",
-            "set",
-            BACKEND_BRIDGE,
-            "type",
-            "bridge",
-            "stp_state",
-            "0",
-            "forward_delay",
-            "0",
-            "mcast_snooping",
-            "0",
-        ])?;
-        self.switch.ip(&["link", "set", BACKEND_BRIDGE, "up"])?;
+        add_bridge(&self.switch, BACKEND_BRIDGE)?;
         let rt = new_host_ns(&format!("{}-rt", self.prefix))?;
         rt.sysctl("net.ipv4.ip_forward", "1")?;
         rt.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -996,6 +965,27 @@ fn new_host_ns(name: &str) -> Result<NetNs> {
     ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
     ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
     Ok(ns)
+}
+
+/// A bridge in the switch namespace. No STP and no forward delay: ports forward as soon as
+/// they are up. Without multicast snooping, neighbour solicitations are simply flooded.
+fn add_bridge(switch: &NetNs, name: &str) -> Result<()> {
+    switch.ip(&["link", "add", name, "type", "bridge"])?;
+    switch.ip(&[
+        "link",
+        "set",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+        "mcast_snooping",
+        "0",
+    ])?;
+    switch.ip(&["link", "set", name, "up"])?;
+    Ok(())
 }
 
 fn join<T: std::fmt::Display>(items: &[T]) -> String {

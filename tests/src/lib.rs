@@ -8,6 +8,7 @@ pub mod netns;
 pub mod reports;
 pub mod scenario;
 pub mod sys;
+pub mod tshark;
 
 pub use lab::{tool_path, DsrCounts, Lab, LabSpec};
 pub use reports::{BurstReport, HoldReport};

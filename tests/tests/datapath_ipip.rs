@@ -8,48 +8,7 @@ use etherparse::{
 use lb_common::{flow_hash, Counter, IPPROTO_TCP};
 use xdplb_tests::fixture::*;
 
-/// Backends 10.202.0.x / fd00:202::x sit behind a router whose MAC is ...:fe; one VIP of each
-/// family combination the issue names, plus an L2 VIP for ICMP steering without tunnels.
-const CONFIG: &str = "\
-interface: lo
-tunnel:
-  source_v4: 172.16.0.0/16
-  source_v6: 'fd00:ffff::/96'
-  mtu: 1500
-vips:
-  - name: web4
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    forwarding: ipip
-    icmp_echo: true
-    backends:
-      - { address: 10.202.0.101, mac: '02:00:00:00:00:fe' }
-      - { address: 10.202.0.102, mac: '02:00:00:00:00:fe' }
-  - name: web6
-    address: 'fd00:201::10'
-    port: 80
-    protocol: tcp
-    forwarding: ipip
-    icmp_echo: true
-    backends:
-      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
-      - { address: 'fd00:202::102', mac: '02:00:00:00:00:fe' }
-  - name: dns4in6
-    address: 10.201.0.11
-    port: 53
-    protocol: udp
-    forwarding: ipip
-    backends:
-      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
-  - name: l2web
-    address: 10.201.0.12
-    port: 80
-    protocol: tcp
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-";
+const CONFIG: &str = IPIP_CONFIG;
 
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const CLIENT4: [u8; 4] = [10, 200, 0, 11];
@@ -179,7 +138,7 @@ fn ipv6_in_ipv6_and_ipv4_in_ipv6() {
     // 4in6: an IPv4 UDP VIP with an IPv6 backend.
     let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
         .ipv4(CLIENT4, [10, 201, 0, 11], 64)
-        .udp(5353, 53);
+        .udp(5353, 7000);
     let mut q = Vec::new();
     b.write(&mut q, b"query").unwrap();
     let r = h.run(&q);
@@ -407,7 +366,7 @@ fn udp_and_vlan_frames_keep_their_tag_through_the_tunnel() {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
         .single_vlan(etherparse::VlanId::try_new(42).unwrap())
         .ipv4(CLIENT4, [10, 201, 0, 11], 64)
-        .udp(5000, 53);
+        .udp(5000, 7000);
     let mut pkt = Vec::new();
     b.write(&mut pkt, b"tagged").unwrap();
     let r = h.run(&pkt);

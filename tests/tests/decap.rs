@@ -5,7 +5,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use lb_common::decap::{DecapCounter, DECAP_COUNTER_COUNT, PROGRAM};
 use lb_userspace::{
@@ -13,6 +12,7 @@ use lb_userspace::{
     loader,
 };
 use xdplb_tests::{
+    fixture::Run,
     lab::tool_path,
     netns::{self, NetNs},
 };
@@ -142,11 +142,6 @@ struct Harness {
     maps: DecapMaps,
 }
 
-struct Run {
-    action: u32,
-    out: Vec<u8>,
-}
-
 impl Harness {
     /// The decap program with `DECAP_ADDRS` = {LOCAL4, LOCAL6}.
     fn new() -> Harness {
@@ -158,20 +153,7 @@ impl Harness {
     }
 
     fn run(&mut self, packet: &[u8]) -> Run {
-        let prog = loader::program(&mut self.ebpf, PROGRAM).unwrap();
-        let mut out = vec![0u8; packet.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        Run {
-            action: result.return_value,
-            out,
-        }
+        xdplb_tests::fixture::run_program(&mut self.ebpf, PROGRAM, packet)
     }
 
     fn counters(&self) -> [u64; DECAP_COUNTER_COUNT as usize] {

@@ -1,4 +1,4 @@
-//! End to end in `ipip` mode: backends on another subnet behind a router, running `xdplb decap`; real TCP and UDP over IPv4 and IPv6, pings answered by the balancer, and path-MTU discovery in both directions (client → balancer tunnel, backend → narrow far link).
+//! End to end in `ipip` mode: backends on another subnet behind a router, running `xdplb decap`; real TCP and UDP over IPv4 and IPv6 (the captured tunnels judged by tshark), pings answered by the balancer, and path-MTU discovery in both directions (client → balancer tunnel, backend → narrow far link).
 
 use serde_json::Value;
 use xdplb_tests::{
@@ -50,6 +50,27 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
     let port = lab.spec().port;
     let v4 = format!("{}:{port}", lab.vip4());
     let v6 = format!("[{}]:{port}", lab.vip6());
+    // Capture the tunnels where they enter the backend segment, for tshark to judge.
+    let pcap = lab.dir().join("tunnels.pcap");
+    let router = lab.router_ns().unwrap().to_owned();
+    let dump = lab
+        .spawn(
+            &router,
+            std::path::Path::new("/usr/bin/tcpdump"),
+            &[
+                "-i",
+                "r1",
+                "-U",
+                "-s",
+                "0",
+                "-w",
+                &pcap.to_string_lossy(),
+                "ip proto 4 or ip proto 41 or ip6 proto 4 or ip6 proto 41",
+            ],
+        )
+        .unwrap();
+    lab.wait_for_log(dump, "listening on", std::time::Duration::from_secs(10))
+        .unwrap();
 
     for (cmd, target, n) in [
         ("burst", &v4, 300u64),
@@ -65,6 +86,26 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
             r.per_backend
         );
     }
+    lab.stop(dump).unwrap();
+    let stacks = xdplb_tests::tshark::clean_stacks(&pcap, None)
+        .unwrap_or_else(|e| panic!("tshark on the captured tunnels: {e:#}"));
+    for stack in [
+        "eth:ethertype:ip:ip:tcp",
+        "eth:ethertype:ipv6:ipv6:tcp",
+        "eth:ethertype:ip:ip:udp",
+        "eth:ethertype:ipv6:ipv6:udp",
+    ] {
+        let n: usize = stacks
+            .iter()
+            .filter(|(k, _)| k.starts_with(stack))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            n >= 100,
+            "{n} captured frames dissected as {stack}: {stacks:?}"
+        );
+    }
+
     // The far client (behind the router) is served too.
     let far = lab
         .run_far_client_json(&["burst", "--target", &v4, "--connections", "50"])

@@ -11,49 +11,7 @@ use pcap_file::{
 };
 use xdplb_tests::lab::tool_path;
 
-const CONFIG: &str = "\
-interface: xdplbnone0
-tunnel:
-  mtu: 1500
-vips:
-  - name: web4
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    forwarding: ipip
-    icmp_echo: true
-    backends:
-      - { address: 10.202.0.101, mac: '02:00:00:00:00:fe' }
-      - { address: 10.202.0.102, mac: '02:00:00:00:00:fe' }
-  - name: web6
-    address: 'fd00:201::10'
-    port: 80
-    protocol: tcp
-    forwarding: ipip
-    icmp_echo: true
-    backends:
-      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
-  - name: dns4in6
-    address: 10.201.0.11
-    port: 7000
-    protocol: udp
-    forwarding: ipip
-    backends:
-      - { address: 'fd00:202::102', mac: '02:00:00:00:00:fe' }
-  - name: dns6in4
-    address: 'fd00:201::11'
-    port: 7000
-    protocol: udp
-    forwarding: ipip
-    backends:
-      - { address: 10.202.0.103, mac: '02:00:00:00:00:fe' }
-  - name: l2web
-    address: 10.201.0.12
-    port: 80
-    protocol: tcp
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-";
+use xdplb_tests::fixture::IPIP_CONFIG as CONFIG;
 
 const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
 const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -180,26 +138,6 @@ fn write_pcap(path: &Path, frames: &[Vec<u8>]) {
     }
 }
 
-fn tshark(pcap: &Path, args: &[&str]) -> String {
-    let out = Command::new("tshark")
-        .arg("-n")
-        .args(["-r", &pcap.to_string_lossy()])
-        // Checksum validation is off by default in Wireshark; turn every one on.
-        .args(["-o", "ip.check_checksum:TRUE"])
-        .args(["-o", "tcp.check_checksum:TRUE"])
-        .args(["-o", "udp.check_checksum:TRUE"])
-        .args(args)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("tshark runs (installed by `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn tshark_finds_every_emitted_frame_well_formed_with_good_checksums() {
     let dir = std::env::temp_dir().join(format!("xdplb-tshark-{}", std::process::id()));
@@ -238,66 +176,8 @@ fn tshark_finds_every_emitted_frame_well_formed_with_good_checksums() {
         "every frame is answered or forwarded: {stdout}"
     );
 
-    // One line per frame: its protocol stack, checksum statuses (1 = good, 0 = bad, 2 =
-    // unverified) and the severities of any expert
-    // messages (malformed packets and bad checksums are expert errors).
-    let fields = tshark(
-        &output,
-        &[
-            "-T",
-            "fields",
-            "-E",
-            "separator=|",
-            "-e",
-            "frame.protocols",
-            "-e",
-            "ip.checksum.status",
-            "-e",
-            "tcp.checksum.status",
-            "-e",
-            "udp.checksum.status",
-            "-e",
-            "icmp.checksum.status",
-            "-e",
-            "icmpv6.checksum.status",
-            "-e",
-            "_ws.expert.severity",
-            "-e",
-            "_ws.malformed",
-        ],
-    );
-    let lines: Vec<&str> = fields.lines().collect();
-    assert_eq!(lines.len(), frames.len(), "{fields}");
-    let mut stacks = std::collections::BTreeMap::new();
-    for (i, line) in lines.iter().enumerate() {
-        let cols: Vec<&str> = line.split('|').collect();
-        let protocols = cols[0];
-        *stacks.entry(protocols.to_owned()).or_insert(0) += 1;
-        for (c, name) in cols[1..6]
-            .iter()
-            .zip(["ip", "tcp", "udp", "icmp", "icmpv6"])
-        {
-            for status in c.split(',').filter(|s| !s.is_empty()) {
-                assert_eq!(
-                    status,
-                    "1",
-                    "frame {}: {name} checksum not good ({line})",
-                    i + 1
-                );
-            }
-        }
-        assert!(
-            cols[7].is_empty() && !protocols.contains("malformed"),
-            "frame {} malformed: {line}",
-            i + 1
-        );
-        // PI_ERROR (0x00800000): what Wireshark reports malformed fields and bad checksums as.
-        assert!(
-            !cols[6].split(',').any(|s| s == "8388608"),
-            "frame {} has an expert error: {line}",
-            i + 1
-        );
-    }
+    let stacks = xdplb_tests::tshark::clean_stacks(&output, Some(frames.len()))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     // Every tunnel pairing was dissected down to the inner transport.
     for stack in [
         "eth:ethertype:ip:ip:tcp",

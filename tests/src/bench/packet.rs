@@ -165,16 +165,18 @@ fn config(vips: u32, backends: u32) -> String {
             ));
         }
     };
+    // VIPs without backends get the smallest table: their rings are never read by the timed
+    // packets, and 512 tables of 65537 slots would take most of a minute to write.
     for v in 0..vips {
         y.push_str(&format!(
-            "  - {{ name: v{v}, address: 10.201.{}.{}, port: 80, protocol: tcp, ring_size: {ring}, backends: [] }}\n",
+            "  - {{ name: v{v}, address: 10.201.{}.{}, port: 80, protocol: tcp, ring_size: 101, backends: [] }}\n",
             v / 256,
             v % 256
         ));
     }
     // Replace the last VIP's empty backend list with the real one (the VIP the packets hit).
     let last = format!(
-        "v{}, address: 10.201.{}.{}, port: 80, protocol: tcp, ring_size: {ring}, backends: [] }}\n",
+        "v{}, address: 10.201.{}.{}, port: 80, protocol: tcp, ring_size: 101, backends: [] }}\n",
         vips - 1,
         (vips - 1) / 256,
         (vips - 1) % 256
@@ -372,93 +374,148 @@ fn sweep(name: &str, x_label: &str, points: Vec<SweepPoint>) -> Sweep {
 }
 
 /// The established-flow cost while backends per VIP, VIPs and flow-table fill grow.
+/// One sweep point under measurement: its x, its own loaded balancer and the flows it times.
+struct Point {
+    x: u64,
+    bal: Balancer,
+    packets: Vec<Vec<u8>>,
+}
+
+/// Flows timed per sweep point. A hash table's cost depends on the chain its key's bucket
+/// holds, which at high fill differs from flow to flow: the point's figure is the mean over
+/// these flows, i.e. the average flow's cost, not one lucky or unlucky bucket's.
+const SWEEP_FLOWS: u16 = 16;
+
+/// `SWEEP_FLOWS` flows (source ports 40000+) to the last of `vips` VIPs.
+fn vip_packets(vips: u32) -> Vec<Vec<u8>> {
+    let v = vips - 1;
+    (0..SWEEP_FLOWS)
+        .map(|k| {
+            tcp4(
+                [10, 200, 0, 11],
+                40000 + k,
+                [10, 201, (v / 256) as u8, (v % 256) as u8],
+                80,
+            )
+        })
+        .collect()
+}
+
+/// Times every point in interleaved rounds (one timed run per flow per point per round;
+/// median per flow, mean over the flows), so that a noisy moment on a shared machine lands
+/// on one run of every point instead of on all runs of one point and reads as growth.
+fn interleaved(name: &str, points: &mut [Point], s: &Settings) -> Result<Vec<SweepPoint>> {
+    let mut times: Vec<Vec<Vec<f64>>> = points
+        .iter()
+        .map(|p| vec![Vec::new(); p.packets.len()])
+        .collect();
+    for p in points.iter_mut() {
+        for packet in &p.packets {
+            // Puts the flow in the table, then one discarded run to settle caches.
+            time_once(p.bal.prog()?, packet, 1)?;
+            time_once(p.bal.prog()?, packet, s.repeat)?;
+        }
+    }
+    for _ in 0..s.runs {
+        for (p, t) in points.iter_mut().zip(&mut times) {
+            for (packet, tf) in p.packets.iter().zip(t.iter_mut()) {
+                tf.push(time_once(p.bal.prog()?, packet, s.repeat)?.0);
+            }
+        }
+    }
+    Ok(points
+        .iter()
+        .zip(times)
+        .map(|(p, t)| {
+            let flows = t.len() as f64;
+            let ns = t.into_iter().map(median).sum::<f64>() / flows;
+            eprintln!("bench sweep: {name} {}: {ns:.0} ns", p.x);
+            SweepPoint {
+                x: p.x,
+                ns_per_packet: ns,
+            }
+        })
+        .collect())
+}
+
+/// Inserts `n` other flows into the flow table from userspace.
+fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
+    for i in 0..n as u32 {
+        let mut src = [0u8; 16];
+        src[..5].copy_from_slice(&[172, 16, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        let key = FlowKey {
+            src,
+            dst: [10, 201, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: (i as u16).to_be_bytes(),
+            dport: 80u16.to_be_bytes(),
+            proto: 6,
+            family: lb_common::AF_INET,
+            _pad: [0; 2],
+        };
+        let entry = ConnEntry {
+            backend_id: 0,
+            vip_id: 0,
+        };
+        bal.maps.insert_conn(&key, &entry)?;
+    }
+    Ok(())
+}
+
 pub fn sweeps(quick: bool) -> Result<Vec<Sweep>> {
     pin_to_cpu0();
     let s = settings(quick);
     let mut out = Vec::new();
 
-    let mut pts = Vec::new();
+    let mut points = Vec::new();
     for n in [1u32, 16, 256, 1024, 4096] {
-        let mut bal = Balancer::new(&config(1, n), 1 << 16)?;
-        let (ns, _) = median_ns(bal.prog()?, &vip_packet(1), &s)?;
-        eprintln!("bench sweep: {n} backends: {ns:.0} ns");
-        pts.push(SweepPoint {
+        points.push(Point {
             x: u64::from(n),
-            ns_per_packet: ns,
+            bal: Balancer::new(&config(1, n), 1 << 16)?,
+            packets: vip_packets(1),
         });
     }
+    let pts = interleaved("backends", &mut points, &s)?;
     out.push(sweep("backends per VIP", "backends", pts));
+    drop(points);
 
-    let mut pts = Vec::new();
+    let mut points = Vec::new();
     for n in [1u32, 8, 64, 512] {
-        let mut bal = Balancer::new(&config(n, 3), 1 << 16)?;
-        let (ns, _) = median_ns(bal.prog()?, &vip_packet(n), &s)?;
-        eprintln!("bench sweep: {n} VIPs: {ns:.0} ns");
-        pts.push(SweepPoint {
+        points.push(Point {
             x: u64::from(n),
-            ns_per_packet: ns,
+            bal: Balancer::new(&config(n, 3), 1 << 16)?,
+            packets: vip_packets(n),
         });
     }
+    let pts = interleaved("VIPs", &mut points, &s)?;
     out.push(sweep("VIPs", "VIPs", pts));
+    drop(points);
 
-    // Flow-table fill: other flows inserted from userspace into a 1Mi table; the last point
-    // inserts more than it holds, so the LRU evicts while we measure.
-    let cap = 1u32 << 20;
-    let fills: &[u64] = if quick {
-        &[0, 100_000, 1_048_576]
+    // Flow-table fill: other flows inserted from userspace into a 1Mi table (256Ki with
+    // --quick), one table per point; the last point inserts more than it holds, so the LRU
+    // has evicted.
+    // --quick uses a 256Ki table: filling from userspace costs tens of µs per entry.
+    let (cap, fills): (u32, &[u64]) = if quick {
+        (1 << 18, &[0, 25_000, 300_000])
     } else {
-        &[0, 10_000, 100_000, 1_000_000, 1_500_000]
+        (1 << 20, &[0, 10_000, 100_000, 1_000_000, 1_500_000])
     };
-    let mut bal = Balancer::new(&config(1, 3), cap)?;
-    let mut inserted = 0u64;
-    let mut pts = Vec::new();
+    let mut points = Vec::new();
     for &fill in fills {
-        while inserted < fill {
-            let i = inserted as u32;
-            let key = FlowKey {
-                src: [
-                    172,
-                    16,
-                    (i >> 16) as u8,
-                    (i >> 8) as u8,
-                    i as u8,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                ],
-                dst: [10, 201, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-                sport: (i as u16).to_be_bytes(),
-                dport: 80u16.to_be_bytes(),
-                proto: 6,
-                family: lb_common::AF_INET,
-                _pad: [0; 2],
-            };
-            bal.maps.insert_conn(
-                &key,
-                &ConnEntry {
-                    backend_id: 0,
-                    vip_id: 0,
-                },
-            )?;
-            inserted += 1;
-        }
-        let (ns, _) = median_ns(bal.prog()?, &vip_packet(1), &s)?;
-        eprintln!("bench sweep: flow table fill {fill}: {ns:.0} ns");
-        pts.push(SweepPoint {
+        let mut bal = Balancer::new(&config(1, 3), cap)?;
+        fill_flow_table(&mut bal, fill)?;
+        points.push(Point {
             x: fill,
-            ns_per_packet: ns,
+            bal,
+            packets: vip_packets(1),
         });
     }
+    let pts = interleaved("flow table fill", &mut points, &s)?;
     out.push(sweep(
-        "flow-table fill (1Mi entries; the last point evicts)",
+        if quick {
+            "flow-table fill (256Ki entries; the last point evicts)"
+        } else {
+            "flow-table fill (1Mi entries; the last point evicts)"
+        },
         "flows inserted",
         pts,
     ));
