@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use lb_common::decap::{DecapCounter, DECAP_COUNTER_COUNT, PROGRAM};
-use lb_userspace::{
-    decap::{self, DecapMaps},
-    loader,
-};
+use lb_userspace::decap::{self, DecapMaps};
 use xdplb_tests::{
     fixture::Run,
     lab::tool_path,
