@@ -60,6 +60,8 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
             &[
                 "-i",
                 "r1",
+                // Every packet to the file as it comes: no block buffering to lose on stop.
+                "--immediate-mode",
                 "-U",
                 "-s",
                 "0",
@@ -86,6 +88,7 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
             r.per_backend
         );
     }
+    std::thread::sleep(std::time::Duration::from_millis(300));
     lab.stop(dump).unwrap();
     let stacks = xdplb_tests::tshark::clean_stacks(&pcap, None)
         .unwrap_or_else(|e| panic!("tshark on the captured tunnels: {e:#}"));
