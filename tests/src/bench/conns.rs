@@ -963,7 +963,11 @@ fn drive(
     let parallel = (IN_FLIGHT_TOTAL / workers.iter().sum::<u64>() as usize).max(8);
     let load = tool_path("lab-load");
     let target = format!("{}:{PORT}", lab.vip4());
-    let hold_s = plan.hold.as_secs().to_string();
+    // Loaders ramp at different speeds; each would start its own hold clock when its own ramp
+    // ends, and a fast one could finish before a slow one has ramped. So they are told to
+    // hold for as long as the whole run may take, and this coordinator ends them all together
+    // (SIGINT) once every one has held for `plan.hold` past the last ramp.
+    let hold_s = (plan.hold + plan.max_ramp).as_secs().to_string();
     let max_ramp_s = plan.max_ramp.as_secs().to_string();
     let floor_mib = (MEM_FLOOR >> 20).to_string();
 
@@ -1018,6 +1022,7 @@ fn drive(
     let mut ramp_end: Option<Instant> = None;
     let mut cpu_end = None;
     let mut measured = false;
+    let mut released = false;
     let mut sink_open = vec![0; lab.backends()];
     let mut host_used = 0;
     let mut timeline = Vec::new();
@@ -1098,6 +1103,14 @@ fn drive(
                     .collect();
                 if sample.iter().sum::<u64>() > sink_open.iter().sum::<u64>() {
                     sink_open = sample;
+                }
+            }
+        }
+        if let Some(end) = ramp_end {
+            if !released && now >= end + SETTLE + plan.hold {
+                released = true;
+                for &pid in &loaders {
+                    crate::sys::signal(pid, libc::SIGINT);
                 }
             }
         }

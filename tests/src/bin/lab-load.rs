@@ -593,7 +593,11 @@ fn hold(plan: &HoldPlan) -> Result<()> {
             }
         }
         if SIG_STOP_ALL.load(Ordering::Relaxed) {
-            stop_ramp("ended by signal".into(), &mut stop_reason);
+            // During the hold a signal is how a coordinator ends it (as `--hold-s` would):
+            // not a reason the ramp stopped.
+            if ramp_end.is_none() {
+                stop_ramp("ended by signal".into(), &mut stop_reason);
+            }
             break;
         }
         if ramp_end.is_none() {
