@@ -107,13 +107,13 @@ struct LoadReport {
     worker_peak_rss_kib: u64,
 }
 
-/// Runs both targets: 100,000 connections in quick mode, 1,000,000 otherwise (HAProxy ramps
+/// Runs both targets: 50,000 connections in quick mode, 1,000,000 otherwise (HAProxy ramps
 /// until it stops or reaches the same number).
 pub fn run(quick: bool) -> Result<Vec<ConnsResult>> {
-    let target = if quick { 100_000 } else { 1_000_000 };
+    let target = if quick { 50_000 } else { 1_000_000 };
     let plan = Plan {
         connections: target,
-        hold: Duration::from_secs(if quick { 15 } else { 30 }),
+        hold: Duration::from_secs(if quick { 10 } else { 30 }),
         max_ramp: Duration::from_secs(if quick { 240 } else { 900 }),
     };
     let mut out = vec![run_xdplb(&plan)?];
