@@ -275,41 +275,15 @@ impl Lab {
             &[IpAddr::V4(back4(1))],
             &[IpAddr::V6(back6(1))],
         )?;
-        for v in ["rp_filter"] {
-            for dev in [ROUTER_FRONT, ROUTER_BACK] {
-                rt.sysctl(&format!("net.ipv4.conf.{dev}.{v}"), "0")?;
-            }
+        for dev in [ROUTER_FRONT, ROUTER_BACK] {
+            rt.sysctl(&format!("net.ipv4.conf.{dev}.rp_filter"), "0")?;
         }
-        rt.ip(&[
-            "route",
-            "add",
-            &format!("{VIP4}/32"),
-            "via",
-            &self.gateway_addr4().to_string(),
-        ])?;
-        rt.ip(&[
-            "-6",
-            "route",
-            "add",
-            &format!("{VIP6}/128"),
-            "via",
-            &self.gateway_addr6().to_string(),
-        ])?;
-        self.gateway.ip(&[
-            "route",
-            "add",
-            "10.202.0.0/24",
-            "via",
-            &self.router_addr4().to_string(),
-        ])?;
-        self.gateway.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:202::/64",
-            "via",
-            &self.router_addr6().to_string(),
-        ])?;
+        // The router sends ICMP errors about replies toward the VIP through the gateway; the
+        // gateway reaches the backend segment through the router.
+        add_route(&rt, &format!("{VIP4}/32"), self.gateway_addr4().into())?;
+        add_route(&rt, &format!("{VIP6}/128"), self.gateway_addr6().into())?;
+        add_route(&self.gateway, "10.202.0.0/24", self.router_addr4().into())?;
+        add_route(&self.gateway, "fd00:202::/64", self.router_addr6().into())?;
 
         let far = new_host_ns(&format!("{}-fc", self.prefix))?;
         rt.ip(&[
@@ -438,15 +412,8 @@ impl Lab {
         if self.spec.routed {
             // Replies go to clients anywhere through the router; tunnelled requests arrive as
             // IP-in-IP and are unwrapped by `xdplb decap` before the stack sees them.
-            ns.ip(&["route", "add", "default", "via", &back4(1).to_string()])?;
-            ns.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &back6(1).to_string(),
-            ])?;
+            add_route(&ns, "default", back4(1).into())?;
+            add_route(&ns, "default", back6(1).into())?;
             let pins = self.pin_dir()?.join("decap");
             let xdplb = tool_path("xdplb");
             netns::run_shared_mounts(
@@ -965,6 +932,13 @@ fn new_host_ns(name: &str) -> Result<NetNs> {
     ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
     ns.sysctl("net.ipv6.conf.default.accept_dad", "0")?;
     Ok(ns)
+}
+
+/// `ip route add DST via VIA` in `ns`, for VIA's family.
+fn add_route(ns: &NetNs, dst: &str, via: IpAddr) -> Result<()> {
+    let family = if via.is_ipv4() { "-4" } else { "-6" };
+    ns.ip(&[family, "route", "add", dst, "via", &via.to_string()])?;
+    Ok(())
 }
 
 /// A bridge in the switch namespace. No STP and no forward delay: ports forward as soon as
