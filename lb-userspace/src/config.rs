@@ -217,7 +217,13 @@ impl InterfaceName {
 impl TryFrom<String> for InterfaceName {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.is_empty() || s.len() > 15 || s.contains('/') || s.chars().any(char::is_whitespace) {
+        if s.is_empty()
+            || s.len() > 15
+            || s == "."
+            || s == ".."
+            || s.contains('/')
+            || s.chars().any(char::is_whitespace)
+        {
             return Err(format!(
                 "invalid interface name {s:?}: 1 to 15 characters, no '/' or spaces"
             ));

@@ -4,7 +4,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use anyhow::{bail, Context as _};
@@ -24,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     agent::{addr_bytes, addr_from_bytes},
-    config::XdpMode,
+    config::{InterfaceName, XdpMode},
     loader, maps,
 };
 
@@ -114,15 +113,8 @@ pub fn pin_dir(pin_path: &Path, interface: &str) -> PathBuf {
 
 /// Interface names become a path component: refuse anything that is not one.
 fn check_interface_name(name: &str) -> anyhow::Result<()> {
-    if name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name.contains('/')
-        || name.chars().any(char::is_whitespace)
-    {
-        bail!("{name:?} is not an interface name (1 to 15 bytes, no '/' or whitespace)");
-    }
+    // The config's rule, so `xdplb run` and `xdplb decap` accept the same names.
+    InterfaceName::try_from(name.to_owned()).map_err(|e| anyhow::anyhow!(e))?;
     Ok(())
 }
 
@@ -243,17 +235,7 @@ pub fn global_addrs(addrs: &[InterfaceAddr]) -> Vec<IpAddr> {
 /// Every address of `interface`, read with iproute2's JSON output (iproute2 is on every XDP
 /// host anyway, see neigh.rs).
 fn interface_addrs(interface: &str) -> anyhow::Result<Vec<InterfaceAddr>> {
-    let out = Command::new("ip")
-        .args(["-j", "addr", "show", "dev", interface])
-        .output()
-        .context("running `ip addr` (is iproute2 installed?)")?;
-    if !out.status.success() {
-        bail!(
-            "`ip -j addr show dev {interface}` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    parse_ip_addr_json(&out.stdout)
+    parse_ip_addr_json(&crate::neigh::ip_json(&["addr", "show", "dev", interface])?)
 }
 
 /// The address set to install: `explicit` (warning about any the interface does not hold,

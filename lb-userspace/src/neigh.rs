@@ -20,7 +20,7 @@ struct NeighEntry {
 
 /// Runs `ip -j ARGS` and returns its stdout (iproute2 is a hard dependency of every XDP host
 /// anyway; its JSON output is a stable interface).
-fn ip_json(args: &[&str]) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn ip_json(args: &[&str]) -> anyhow::Result<Vec<u8>> {
     let out = Command::new("ip")
         .arg("-j")
         .args(args)

@@ -839,7 +839,7 @@ fn cli_errors_name_the_problem() {
     assert!(out.contains("is `xdplb decap` attached"), "{out}");
     let (ok, out) = run(&["--interface", "a/b", "--detach"]);
     assert!(!ok);
-    assert!(out.contains("is not an interface name"), "{out}");
+    assert!(out.contains("invalid interface name \"a/b\""), "{out}");
     let (ok, out) = run(&["--interface", "lo", "--xdp-mode", "fast"]);
     assert!(!ok);
     assert!(out.contains("is not auto, native or generic"), "{out}");
