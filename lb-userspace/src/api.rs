@@ -1,4 +1,4 @@
-//! The agent's local control API: JSON lines over a root-only Unix socket. Each request is one line, each answer one line. The CLI's `vip`, `backend`, `reload`, `status` and `check` commands go through it.
+//! The agent's control contract and its transport: typed requests and answers, as JSON lines over a root-only Unix socket (one request a line, one answer a line). The CLI's `vip`, `backend`, `reload`, `status` and `check` commands, `stats --watch` and the tests use these types.
 
 use std::{
     net::IpAddr,
@@ -8,14 +8,14 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
 
-use crate::config::{BackendConfig, Vip};
+use crate::config::{BackendConfig, BackendState, Protocol, Vip};
 
 /// What a client can ask. Mutations are validated as a whole new config, applied as one
 /// generation, and written back to the config file atomically.
@@ -65,6 +65,83 @@ pub enum Request {
     },
 }
 
+/// How a backend's health is known: by its VIP's health check, or not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    Up,
+    Down,
+    /// The VIP has no health check.
+    Unchecked,
+}
+
+/// One backend in [`Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    pub state: BackendState,
+    pub weight: u32,
+    pub health: HealthState,
+    /// Written into the datapath (false while its MAC is unknown).
+    pub in_service: bool,
+    /// Seconds since its packet counter last moved, once the agent has seen it.
+    pub idle_seconds: Option<u64>,
+}
+
+/// One VIP in [`Status`] (also the answer to `backend list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub backends: Vec<BackendStatus>,
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub interface: String,
+    /// How the program is attached, e.g. "native XDP (pinned link ...)".
+    pub datapath: String,
+    /// True when this agent took over the maps a previous one left pinned.
+    pub adopted_previous_state: bool,
+    /// The config file the agent runs from.
+    pub config: PathBuf,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub vips: Vec<VipStatus>,
+}
+
+/// The answer to a change (`vip add`, `backend drain`, `reload`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    /// What the change did, one line each.
+    pub applied: Vec<String>,
+    /// The config file the change was saved to (changes through the API only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_to: Option<PathBuf>,
+}
+
+/// The answer to [`Request::Plan`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub changes: Vec<String>,
+}
+
+/// Every answer the agent gives, by request. On the wire it is the `result` of a
+/// [`Response`], serialized as the inner value.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Answer {
+    Status(Status),
+    Vips(Vec<Vip>),
+    Backends(Vec<VipStatus>),
+    Applied(Applied),
+    Plan(Plan),
+}
+
+/// One line on the wire: `ok`, and the answer or the error.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
@@ -75,8 +152,8 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn from_result(r: anyhow::Result<serde_json::Value>) -> Response {
-        match r {
+    pub fn from_result(r: anyhow::Result<Answer>) -> Response {
+        match r.and_then(|a| serde_json::to_value(a).context("encoding the answer")) {
             Ok(result) => Response {
                 ok: true,
                 error: None,
@@ -150,12 +227,13 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     }
 }
 
-/// Sends one request to the agent at `socket` and returns its result, or its error as an error.
-pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+/// Sends one request to the agent at `socket` and returns its answer as `T` (the type
+/// [`Answer`] holds for that request), or the agent's refusal as an error.
+pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result<T> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
             anyhow!(
                 "cannot reach the xdplb agent at {}: {e} (is `xdplb run` running? does --config/--socket name its api_socket?)",
@@ -167,10 +245,11 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Valu
         line.push('\n');
         write.write_all(line.as_bytes()).await?;
         let mut lines = BufReader::new(read).lines();
-        // Applying a change can wait on neighbour resolution (seconds per unresolved backend).
-        let answer = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+        // The agent answers from its event loop, which never waits on the kernel; a change
+        // waits at most a few seconds for new backends' MACs.
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, lines.next_line())
             .await
-            .map_err(|_| anyhow!("the agent at {} did not answer within 120 s", socket.display()))??
+            .map_err(|_| anyhow!("the agent at {} did not answer within {} s", socket.display(), ANSWER_TIMEOUT.as_secs()))??
             .ok_or_else(|| anyhow!("the agent at {} closed the connection without answering", socket.display()))?;
         let response: Response = serde_json::from_str(&answer).context("the agent's answer is not valid JSON")?;
         if response.ok {
@@ -178,8 +257,13 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Valu
         } else {
             Err(anyhow!("{}", response.error.unwrap_or_else(|| "the agent refused without a reason".into())))
         }
-    })
+    })?;
+    serde_json::from_value(result)
+        .context("the agent's answer does not have the expected shape (another xdplb version?)")
 }
+
+/// How long a client waits for an answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The socket a CLI command talks to: `--socket`, else the config's `api_socket`, else the default.
 pub fn socket_for(socket: Option<PathBuf>, config: &Path) -> PathBuf {

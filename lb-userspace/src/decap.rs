@@ -22,7 +22,7 @@ use lb_common::decap::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    agent::{addr_bytes, addr_from_bytes},
+    addr::{from_map as addr_from_bytes, to_map as addr_bytes},
     config::{InterfaceName, XdpMode},
     loader, maps,
 };

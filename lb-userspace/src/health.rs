@@ -265,9 +265,46 @@ impl Monitor {
         }
     }
 
+    /// A read-only handle on the health state, for other threads (the metrics exporter).
+    pub fn view(&self) -> HealthView {
+        HealthView(Arc::clone(&self.shared))
+    }
+
     /// Current health of every probed target, sorted by VIP name then backend.
     pub fn snapshot(&self) -> Vec<(Target, Health)> {
-        let shared = lock(&self.shared);
+        self.view().snapshot()
+    }
+
+    /// Total transitions since start (for metrics): (to_down, to_up).
+    pub fn transitions(&self) -> (u64, u64) {
+        self.view().transitions()
+    }
+}
+
+/// The one copy of the health state (held by the probe tasks), read through the [`Monitor`]
+/// or a view of it: nobody keeps a second copy that could disagree.
+#[derive(Clone)]
+pub struct HealthView(Arc<Mutex<Shared>>);
+
+impl HealthView {
+    /// Health of `target`; None when it is not probed (its VIP has no health check).
+    pub fn health(&self, target: &Target) -> Option<Health> {
+        lock(&self.0).slots.get(target).map(|s| s.tracker.health())
+    }
+
+    /// Every probed target that is down: (VIP name, backend address).
+    pub fn down(&self) -> std::collections::HashSet<(String, IpAddr)> {
+        lock(&self.0)
+            .slots
+            .iter()
+            .filter(|(_, s)| s.tracker.health() == Health::Down)
+            .map(|(t, _)| (t.vip.clone(), t.backend))
+            .collect()
+    }
+
+    /// Current health of every probed target, sorted by VIP name then backend.
+    pub fn snapshot(&self) -> Vec<(Target, Health)> {
+        let shared = lock(&self.0);
         let mut out: Vec<(Target, Health)> = shared
             .slots
             .iter()
@@ -277,9 +314,9 @@ impl Monitor {
         out
     }
 
-    /// Total transitions since start (for metrics): (to_down, to_up).
+    /// Total transitions since start: (to_down, to_up).
     pub fn transitions(&self) -> (u64, u64) {
-        let shared = lock(&self.shared);
+        let shared = lock(&self.0);
         (shared.to_down, shared.to_up)
     }
 }

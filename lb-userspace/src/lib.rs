@@ -1,13 +1,21 @@
 //! xdplb's userspace as a library: the `xdplb` binary is a thin CLI over these modules, and the tests drive them directly.
+pub mod addr;
 pub mod agent;
 pub mod api;
+pub mod check;
 pub mod config;
+mod control;
 pub mod decap;
+pub mod desired;
 pub mod health;
+pub mod http;
 pub mod loader;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod neigh;
+pub mod persist;
+pub mod plan;
+pub mod reconcile;
 pub mod replay;
 pub mod stats;

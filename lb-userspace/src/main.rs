@@ -6,10 +6,12 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent,
-    api::{self, Request},
+    api::{self, Applied, Request, Status, VipStatus},
+    check,
     config::{BackendConfig, Config, Vip},
     loader, stats,
 };
+use serde::de::DeserializeOwned;
 
 #[derive(Parser)]
 #[command(
@@ -36,7 +38,7 @@ struct Target {
 }
 
 impl Target {
-    fn call(&self, req: &Request) -> anyhow::Result<serde_json::Value> {
+    fn call<T: DeserializeOwned>(&self, req: &Request) -> anyhow::Result<T> {
         api::call(&api::socket_for(self.socket.clone(), &self.config), req)
     }
 }
@@ -213,17 +215,18 @@ fn from_yaml<T: serde::de::DeserializeOwned>(
     serde_yaml::from_value(yaml).map_err(|e| anyhow!("invalid {what}: {e}"))
 }
 
-fn print_result(v: &serde_json::Value) {
-    if let Some(lines) = v["applied"].as_array() {
-        for l in lines {
-            println!("{}", l.as_str().unwrap_or_default());
-        }
-        if let Some(path) = v["written_to"].as_str() {
-            println!("(saved to {path})");
-        }
-    } else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_applied(a: &Applied) {
+    for l in &a.applied {
+        println!("{l}");
     }
+    if let Some(path) = &a.written_to {
+        println!("(saved to {})", path.display());
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 fn real_main() -> anyhow::Result<()> {
@@ -232,7 +235,7 @@ fn real_main() -> anyhow::Result<()> {
             .enable_all()
             .build()?
             .block_on(agent::run(&config)),
-        Command::Check { config } => agent::check(&config),
+        Command::Check { config } => check::check(&config),
         Command::Stats {
             config,
             pin_path,
@@ -259,12 +262,9 @@ fn real_main() -> anyhow::Result<()> {
                 stats::print(&pin, cfg.as_ref(), json)
             }
         }
-        Command::Status { target } => {
-            print_result(&target.call(&Request::Status)?);
-            Ok(())
-        }
+        Command::Status { target } => print_json(&target.call::<Status>(&Request::Status)?),
         Command::Reload { target } => {
-            print_result(&target.call(&Request::Reload)?);
+            print_applied(&target.call(&Request::Reload)?);
             Ok(())
         }
         Command::Replay {
@@ -334,7 +334,10 @@ fn real_main() -> anyhow::Result<()> {
                     }
                 }
             };
-            print_result(&target.call(&req)?);
+            if matches!(req, Request::VipList) {
+                return print_json(&target.call::<Vec<Vip>>(&req)?);
+            }
+            print_applied(&target.call(&req)?);
             Ok(())
         }
         Command::Backend { command, target } => {
@@ -377,7 +380,10 @@ fn real_main() -> anyhow::Result<()> {
                     weight,
                 },
             };
-            print_result(&target.call(&req).context("the agent refused")?);
+            if matches!(req, Request::BackendList { .. }) {
+                return print_json(&target.call::<Vec<VipStatus>>(&req)?);
+            }
+            print_applied(&target.call(&req).context("the agent refused")?);
             Ok(())
         }
     }

@@ -1,24 +1,12 @@
-//! Prometheus exporter: turns a scrape-time snapshot of counters, health and map fill into the text exposition and serves it on GET /metrics.
+//! Prometheus exporter: turns a scrape-time snapshot of counters, health and map fill into the text exposition (served by `http`).
 
-use std::{
-    collections::HashMap,
-    fmt,
-    net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, net::IpAddr};
 
-use anyhow::Context as _;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
-};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
 };
 
 use crate::stats::StatsReport;
@@ -260,178 +248,8 @@ pub fn encode(s: &Snapshot) -> String {
     out
 }
 
-/// Scrapes are tiny; a bound keeps a slow or stuck client from holding a socket for long.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longer request heads are not a scraper's; stop reading rather than buffer them.
-const MAX_HEAD: usize = 8 * 1024;
-/// Connections handled at once; more wait in the listen backlog, so a flood of idle
-/// connections cannot use up the agent's file descriptors.
-const MAX_CONNECTIONS: usize = 64;
-
-type SnapshotFn = Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>;
-
-/// Serves GET /metrics on `addr` (any other path: 404; non-GET: 405) with a minimal HTTP/1.1
-/// handler (one request per connection, `Connection: close`). `snapshot` is called per scrape;
-/// if it returns Err the answer is 500 with the error text. Returns only when the listener
-/// cannot be bound; otherwise runs forever, so spawn it as a task.
-pub async fn serve(
-    addr: SocketAddr,
-    snapshot: Arc<dyn Fn() -> anyhow::Result<Snapshot> + Send + Sync>,
-) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics listener on {addr}"))?;
-    let local = listener.local_addr().unwrap_or(addr);
-    log::info!("metrics: serving http://{local}/metrics");
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Typically EMFILE or a connection reset before accept: transient, so keep
-                // serving, but pause so a persistent error does not spin the task.
-                log::warn!("metrics: accept on {local} failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let snapshot = snapshot.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, snapshot).await {
-                log::debug!("metrics: connection from {peer}: {e}");
-            }
-            drop(permit);
-        });
-    }
-}
-
-struct Response {
-    status: u16,
-    reason: &'static str,
-    content_type: &'static str,
-    extra_header: Option<&'static str>,
-    body: String,
-}
-
-impl Response {
-    fn text(status: u16, reason: &'static str, body: impl Into<String>) -> Self {
-        Response {
-            status,
-            reason,
-            content_type: "text/plain; charset=utf-8",
-            extra_header: None,
-            body: body.into(),
-        }
-    }
-}
-
-async fn handle(mut stream: TcpStream, snapshot: SnapshotFn) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
-        Ok(head) => head?,
-        Err(_) => return Ok(()),
-    };
-    let response = respond(&head, snapshot).await;
-    let mut out = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        response.status,
-        response.reason,
-        response.content_type,
-        response.body.len()
-    );
-    if let Some(h) = response.extra_header {
-        out += h;
-        out += "\r\n";
-    }
-    out += "\r\n";
-    out += &response.body;
-    let write = async {
-        stream.write_all(out.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    tokio::time::timeout(IO_TIMEOUT, write)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "writing the response"))??;
-    // Closing with unread input (a request body) makes the kernel send RST, which can
-    // destroy the response before the client reads it; drain briefly until the client closes.
-    let drain = async {
-        let mut buf = [0u8; 4096];
-        while stream.read(&mut buf).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
-    Ok(())
-}
-
-/// Reads up to the blank line that ends the request head (or EOF, or [`MAX_HEAD`] bytes).
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while head.len() < MAX_HEAD {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        head.extend_from_slice(&buf[..n]);
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            break;
-        }
-    }
-    Ok(head)
-}
-
-async fn respond(head: &[u8], snapshot: SnapshotFn) -> Response {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Response::text(400, "Bad Request", "malformed request line\n");
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Response::text(400, "Bad Request", "only HTTP/1.x is served\n");
-    }
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return Response::text(404, "Not Found", "not found; metrics are at /metrics\n");
-    }
-    if method != "GET" {
-        return Response {
-            extra_header: Some("Allow: GET"),
-            ..Response::text(405, "Method Not Allowed", "only GET is allowed\n")
-        };
-    }
-    // Gathering reads the BPF maps (the flow table can hold millions of entries), which is
-    // blocking work that must not stall the runtime threads the datapath agent also uses.
-    match tokio::task::spawn_blocking(move || snapshot().map(|s| encode(&s))).await {
-        Ok(Ok(body)) => Response {
-            status: 200,
-            reason: "OK",
-            content_type: CONTENT_TYPE,
-            extra_header: None,
-            body,
-        },
-        Ok(Err(e)) => {
-            log::warn!("metrics: gathering the snapshot failed: {e:#}");
-            Response::text(500, "Internal Server Error", format!("{e:#}\n"))
-        }
-        Err(e) => {
-            log::error!("metrics: gathering the snapshot panicked: {e}");
-            Response::text(
-                500,
-                "Internal Server Error",
-                "gathering the snapshot panicked\n",
-            )
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use prometheus_parse::{Sample, Scrape, Value};
@@ -450,7 +268,7 @@ mod tests {
         }
     }
 
-    fn snapshot() -> Snapshot {
+    pub(crate) fn snapshot() -> Snapshot {
         let vips = vec![
             VipStats {
                 name: "web".into(),
@@ -509,7 +327,7 @@ mod tests {
         }
     }
 
-    fn parse(text: &str) -> Scrape {
+    pub(crate) fn parse(text: &str) -> Scrape {
         Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("exposition parses")
     }
 
@@ -524,7 +342,7 @@ mod tests {
     }
 
     /// The value of the one sample of `metric` carrying `labels` (it must be unique).
-    fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
         let found = matching(scrape, metric, labels);
         assert_eq!(found.len(), 1, "{metric} {labels:?}: {found:?}");
         match found[0].value {
@@ -673,103 +491,5 @@ mod tests {
             "{text}"
         );
         assert_eq!(encode(&snap), text, "the exposition is deterministic");
-    }
-
-    fn free_port() -> SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    }
-
-    /// Sends `request` raw and returns (status, head, body).
-    async fn http(addr: SocketAddr, request: &str) -> (u16, String, String) {
-        let exchange = async {
-            // serve was just spawned: retry until it listens.
-            let mut stream = loop {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => break s,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            };
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut raw = Vec::new();
-            stream.read_to_end(&mut raw).await.unwrap();
-            String::from_utf8(raw).unwrap()
-        };
-        let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .expect("the exchange finishes in time");
-        let (head, body) = raw.split_once("\r\n\r\n").expect("a complete response");
-        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-        // Keep each header line's CRLF so assertions can match whole lines.
-        (status, format!("{head}\r\n"), body.to_string())
-    }
-
-    fn spawn_serve(f: impl Fn() -> anyhow::Result<Snapshot> + Send + Sync + 'static) -> SocketAddr {
-        let addr = free_port();
-        tokio::spawn(serve(addr, Arc::new(f)));
-        addr
-    }
-
-    #[tokio::test]
-    async fn serves_metrics_and_rejects_the_rest() {
-        let addr = spawn_serve(|| Ok(snapshot()));
-        let (status, head, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert_eq!(status, 200, "{head}");
-        assert!(
-            head.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")),
-            "{head}"
-        );
-        assert!(head.contains("Connection: close\r\n"), "{head}");
-        assert!(
-            head.contains(&format!("Content-Length: {}\r\n", body.len())),
-            "{head}"
-        );
-        let scrape = parse(&body);
-        assert_eq!(
-            value(
-                &scrape,
-                "xdplb_backend_packets_total",
-                &[("backend", "10.0.1.1")]
-            ),
-            200.0
-        );
-
-        let (status, _, _) = http(addr, "GET /metrics?x=1 HTTP/1.0\r\n\r\n").await;
-        assert_eq!(status, 200);
-        let (status, _, _) = http(addr, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert_eq!(status, 404);
-        let (status, head, _) = http(
-            addr,
-            "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
-        )
-        .await;
-        assert_eq!(status, 405);
-        assert!(head.contains("Allow: GET\r\n"), "{head}");
-        let (status, _, _) = http(addr, "garbage\r\n\r\n").await;
-        assert_eq!(status, 400);
-    }
-
-    #[tokio::test]
-    async fn snapshot_error_is_a_500_with_its_text() {
-        let addr =
-            spawn_serve(|| Err(anyhow::anyhow!("pinned maps gone").context("reading counters")));
-        let (status, head, body) = http(addr, "GET /metrics HTTP/1.1\r\n\r\n").await;
-        assert_eq!(status, 500, "{head}");
-        assert!(head.contains("Content-Type: text/plain"), "{head}");
-        assert_eq!(body, "reading counters: pinned maps gone\n");
-    }
-
-    #[tokio::test]
-    async fn bind_failure_names_the_address() {
-        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap();
-        let result = tokio::time::timeout(
-            Duration::from_secs(10),
-            serve(addr, Arc::new(|| Ok(snapshot()))),
-        )
-        .await
-        .expect("serve returns at once when it cannot bind");
-        let err = format!("{:#}", result.unwrap_err());
-        assert!(err.contains(&addr.to_string()), "{err}");
     }
 }

@@ -6,7 +6,6 @@ use std::{
     io::{BufReader, BufWriter},
     net::IpAddr,
     path::Path,
-    time::Duration,
 };
 
 use anyhow::{anyhow, bail, Context as _};
@@ -19,7 +18,6 @@ use pcap_file::{
 use serde::Serialize;
 
 use crate::{
-    agent::Applied,
     config::{Config, MacAddr, TunnelMtu},
     loader,
     maps::BalancerMaps,
@@ -115,8 +113,8 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
         let mut list = vip.backends.to_vec();
         for b in &mut list {
             if b.mac.is_none() {
-                let mac = neigh::resolve(cfg.interface.as_str(), b.address, Duration::ZERO)
-                    .unwrap_or_else(|_| placeholder_mac(b.address));
+                let mac = neigh::lookup_now(cfg.interface.as_str(), b.address)
+                    .unwrap_or_else(|| placeholder_mac(b.address));
                 b.mac = Some(mac);
             }
         }
@@ -170,7 +168,7 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
 
     let mut ebpf = loader::load_balancer(cfg.flow_table_size.0)?;
     let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-    Applied::default().apply(&cfg, &mut maps, Duration::ZERO)?;
+    crate::reconcile::fill(&cfg, &mut maps)?;
     let prog = loader::program(&mut ebpf, lb_common::programs::BALANCER)?;
     let mut verdicts = Vec::new();
     let mut index = 0;

@@ -7,8 +7,10 @@ use lb_common::{Counter, BACKEND_ACTIVE, BACKEND_DRAINING};
 use serde::Serialize;
 
 use crate::{
-    agent::{addr_from_bytes, fmt_addr, vip_key},
+    addr::{fmt_addr, from_map as addr_from_bytes},
+    api::{HealthState, Status},
     config::Config,
+    desired::vip_key,
     maps::BalancerMaps,
 };
 
@@ -200,7 +202,8 @@ pub fn watch(
         let cur = collect(pin_path, cfg)?;
         let dt = prev_at.elapsed().as_secs_f64().max(1e-3);
         prev_at = std::time::Instant::now();
-        let status = socket.and_then(|s| crate::api::call(s, &crate::api::Request::Status).ok());
+        let status: Option<Status> =
+            socket.and_then(|s| crate::api::call(s, &crate::api::Request::Status).ok());
         print!(
             "\x1b[2J\x1b[H{}",
             render_watch(&prev, &cur, dt, status.as_ref())
@@ -220,27 +223,29 @@ pub fn render_watch(
     prev: &StatsReport,
     cur: &StatsReport,
     dt: f64,
-    status: Option<&serde_json::Value>,
+    status: Option<&Status>,
 ) -> String {
     let mut out = format!("xdplb stats — refreshed every {dt:.1} s (Ctrl-C ends)\n\n");
     let backend_status = |vip: &str, addr: IpAddr| -> (String, String) {
         let Some(s) = status else {
             return ("?".into(), "?".into());
         };
-        let b = s["vips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|v| v["name"] == vip)
-            .flat_map(|v| v["backends"].as_array().cloned().unwrap_or_default())
-            .find(|b| b["address"].as_str() == Some(&addr.to_string()));
+        let b = s
+            .vips
+            .iter()
+            .filter(|v| v.name == vip)
+            .flat_map(|v| &v.backends)
+            .find(|b| b.address == addr);
         match b {
             None => ("-".into(), "-".into()),
             Some(b) => (
-                b["health"].as_str().unwrap_or("-").to_owned(),
-                b["idle_seconds"]
-                    .as_u64()
-                    .map_or("-".into(), |s| format!("{s}s")),
+                match b.health {
+                    HealthState::Up => "up",
+                    HealthState::Down => "down",
+                    HealthState::Unchecked => "unchecked",
+                }
+                .to_owned(),
+                b.idle_seconds.map_or("-".into(), |s| format!("{s}s")),
             ),
         }
     };

@@ -6,10 +6,12 @@ use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use lb_common::{flow_hash, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
-    agent::{addr_bytes, vip_key, Applied},
+    addr::to_map as addr_bytes,
     config::Config,
+    desired::{vip_key, DownSet},
     loader,
     maps::BalancerMaps,
+    reconcile::Written,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -72,7 +74,7 @@ vips:
 pub struct Harness {
     pub ebpf: aya::Ebpf,
     pub maps: BalancerMaps,
-    pub applied: Applied,
+    pub applied: Written,
     pub cfg: Config,
 }
 
@@ -105,11 +107,11 @@ impl Harness {
         let cfg = Config::from_yaml(config, "fixture").expect("fixture config");
         let mut ebpf = loader::load_balancer(4096).expect("the verifier accepts the balancer");
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
-        let mut applied = Applied::default();
-        let report = applied
-            .apply(&cfg, &mut maps, std::time::Duration::from_millis(10))
+        let mut applied = Written::default();
+        let desired = applied
+            .apply_config(&cfg, &mut maps, &DownSet::new())
             .expect("apply");
-        assert!(report.unresolved.is_empty());
+        assert!(desired.unresolved.is_empty());
         Harness {
             ebpf,
             maps,
@@ -121,11 +123,7 @@ impl Harness {
     pub fn reconfigure(&mut self, config: &str) {
         self.cfg = Config::from_yaml(config, "fixture").expect("fixture config");
         self.applied
-            .apply(
-                &self.cfg,
-                &mut self.maps,
-                std::time::Duration::from_millis(10),
-            )
+            .apply_config(&self.cfg, &mut self.maps, &DownSet::new())
             .expect("apply");
     }
 

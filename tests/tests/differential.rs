@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -20,10 +20,11 @@ use etherparse::{
 };
 use lb_common::{Counter, COUNTER_COUNT};
 use lb_userspace::{
-    agent::{vip_key, Applied, DownSet},
     config::Config,
+    desired::{vip_key, DownSet},
     loader,
     maps::BalancerMaps,
+    reconcile::Written,
 };
 use xdplb_tests::model::{Expected, Model, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
@@ -1199,18 +1200,18 @@ fn mutate_quote(rng: &mut Rng, b: &mut Built) -> &'static str {
 struct Dut {
     ebpf: aya::Ebpf,
     maps: BalancerMaps,
-    applied: Applied,
+    applied: Written,
 }
 
 impl Dut {
     fn new(cfg: &Config, flow_table: u32) -> Dut {
         let mut ebpf = loader::load_balancer(flow_table).expect("the verifier accepts xdplb");
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
-        let mut applied = Applied::default();
-        let report = applied
-            .apply(cfg, &mut maps, Duration::from_millis(10))
+        let mut applied = Written::default();
+        let desired = applied
+            .apply_config(cfg, &mut maps, &DownSet::new())
             .expect("apply");
-        assert!(report.unresolved.is_empty(), "{:?}", report.unresolved);
+        assert!(desired.unresolved.is_empty(), "{:?}", desired.unresolved);
         Dut {
             ebpf,
             maps,
@@ -1341,7 +1342,7 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
                 .into_iter()
                 .collect();
             dut.applied
-                .apply_with_health(&cfg_b, &mut dut.maps, Duration::from_millis(10), &down)
+                .apply_config(&cfg_b, &mut dut.maps, &down)
                 .expect("apply config B");
             model.refresh(&cfg_b, &dut.maps).expect("model of config B");
         }

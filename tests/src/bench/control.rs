@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lb_common::Counter;
-use lb_userspace::{agent::Applied, config::Config, loader, maps::BalancerMaps};
+use lb_userspace::{config::Config, loader, maps::BalancerMaps};
 use serde::Serialize;
 
 use crate::{
@@ -70,12 +70,13 @@ fn apply_timing() -> Result<(f64, f64)> {
     let changed = Config::from_yaml(&weights(Some(1234)), "10k backends, one weight changed")?;
     let mut ebpf = loader::load_balancer(1 << 16)?;
     let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-    let mut applied = Applied::default();
+    let mut applied = lb_userspace::reconcile::Written::default();
+    let healthy = lb_userspace::desired::DownSet::new();
     let t = Instant::now();
-    applied.apply(&cfg, &mut maps, Duration::from_millis(1))?;
+    applied.apply_config(&cfg, &mut maps, &healthy)?;
     let first = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    applied.apply(&changed, &mut maps, Duration::from_millis(1))?;
+    applied.apply_config(&changed, &mut maps, &healthy)?;
     Ok((first, t.elapsed().as_secs_f64()))
 }
 

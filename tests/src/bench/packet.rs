@@ -1,7 +1,5 @@
 //! Per-packet cost of the balancer with BPF_PROG_TEST_RUN, against an empty XDP_PASS and a minimal MAC swap measured the same way in the same run, and how that cost grows with backends, VIPs and flow-table fill.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
@@ -9,9 +7,7 @@ use aya::{
 };
 use etherparse::PacketBuilder;
 use lb_common::{ConnEntry, FlowKey};
-use lb_userspace::{
-    agent::Applied, config::Config, loader, maps::BalancerMaps, replay::verdict_name,
-};
+use lb_userspace::{config::Config, loader, maps::BalancerMaps, replay::verdict_name};
 use serde::Serialize;
 
 /// One packet class's cost.
@@ -137,7 +133,7 @@ impl Balancer {
         let cfg = Config::from_yaml(yaml, "bench config")?;
         let mut ebpf = loader::load_balancer(conns)?;
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-        Applied::default().apply(&cfg, &mut maps, Duration::from_millis(1))?;
+        lb_userspace::reconcile::fill(&cfg, &mut maps)?;
         Ok(Balancer { ebpf, maps })
     }
 

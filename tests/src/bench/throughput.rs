@@ -25,7 +25,7 @@ use aya::{
     Ebpf,
 };
 use etherparse::PacketBuilder;
-use lb_userspace::{agent::Applied, config::Config, loader, maps::BalancerMaps};
+use lb_userspace::{config::Config, loader, maps::BalancerMaps};
 use serde::Serialize;
 
 use crate::netns::{self, in_netns, NetNs};
@@ -430,7 +430,7 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
     let cfg = Config::from_yaml(&config(), "throughput bench config")?;
     let mut bal = loader::load_balancer(1 << 16)?;
     let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
-    Applied::default().apply(&cfg, &mut maps, Duration::from_millis(1))?;
+    lb_userspace::reconcile::fill(&cfg, &mut maps)?;
     let mut baselines =
         Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
     loader::program(&mut baselines, "baseline_macswap")?

@@ -1,0 +1,65 @@
+//! `xdplb check`: validates a config and prints what it describes; with a running agent on its `api_socket`, also what applying it would change.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context as _;
+
+use crate::{
+    addr::fmt_addr,
+    api::{self, Plan, Request},
+    config::{BackendState, Config},
+};
+
+pub fn check(path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let cfg = Config::from_yaml(&text, &path.display().to_string())?;
+    println!("{}: valid", path.display());
+    println!(
+        "  interface {} ({:?} XDP), flow table {} entries, pins under {}",
+        cfg.interface.as_str(),
+        cfg.xdp_mode,
+        cfg.flow_table_size.0,
+        cfg.pin_path.display()
+    );
+    for vip in cfg.vips.iter() {
+        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+        for b in vip.backends.iter() {
+            *by_state
+                .entry(if b.state == BackendState::Active {
+                    "active"
+                } else {
+                    "draining"
+                })
+                .or_default() += 1;
+        }
+        println!(
+            "  VIP {} {}:{}/{} {:?} hash={:?}{} ring {}: {:?}",
+            vip.name,
+            fmt_addr(vip.address),
+            vip.port,
+            vip.protocol,
+            vip.forwarding,
+            vip.hash,
+            if vip.stateless { " stateless" } else { "" },
+            vip.ring_size.0,
+            by_state
+        );
+    }
+    if cfg.api_socket.exists() {
+        let plan: Plan = api::call(&cfg.api_socket, &Request::Plan { config: text })?;
+        println!("Against the running agent ({}):", cfg.api_socket.display());
+        if plan.changes.is_empty() {
+            println!("  no changes");
+        }
+        for c in plan.changes {
+            println!("  {c}");
+        }
+    } else {
+        println!(
+            "No agent answers on {}: nothing to compare with.",
+            cfg.api_socket.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The agent's side of the control API: each request becomes a change of the config (validated whole, written as one generation, saved to the file) or a read of the running state, answered with the contract's types.
+
+use std::{net::IpAddr, path::PathBuf, sync::atomic::Ordering, time::Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use tokio::sync::oneshot;
+
+use crate::{
+    agent::{fixed_part, Agent},
+    api::{
+        Answer, Applied, BackendStatus, HealthState, Plan, Request, Response, Status, VipStatus,
+    },
+    config::{BackendConfig, BackendState, Config, Vip, Weight},
+    health, neigh, plan,
+    reconcile::Report,
+};
+
+/// The end of a change, held until every backend it left out of service has a verdict from
+/// the resolver (its MAC, or why there is none): a change is reported done once what it
+/// added serves, or the CLI can say which backend does not and why.
+pub(crate) struct Waiting {
+    done: Done,
+    deadline: Instant,
+    removed: Vec<String>,
+}
+
+pub(crate) enum Done {
+    /// Answer an API request.
+    Reply {
+        reply: oneshot::Sender<Response>,
+        written_to: Option<PathBuf>,
+    },
+    /// Count and log a reload (SIGHUP, file edit, API) as done.
+    Reloaded { why: String },
+}
+
+impl Waiting {
+    pub(crate) fn new(done: Done, report: Report) -> Waiting {
+        Waiting {
+            done,
+            deadline: Instant::now() + neigh::RESOLVE_GRACE,
+            removed: report.removed,
+        }
+    }
+
+    /// Tells a waiting client the agent is going away.
+    pub(crate) fn abandon(self) {
+        if let Done::Reply { reply, .. } = self.done {
+            answer(reply, Err(anyhow!("the agent is shutting down")));
+        }
+    }
+}
+
+impl Agent {
+    /// Answers `req` now, or (for a change that left backends waiting for their MAC) once
+    /// those are resolved or the resolver's grace period has passed.
+    pub(crate) fn handle(&mut self, req: Request, reply: oneshot::Sender<Response>) {
+        let changed = match req {
+            Request::Status => return answer(reply, Ok(Answer::Status(self.status()))),
+            Request::VipList => {
+                return answer(reply, Ok(Answer::Vips(self.cfg.vips.to_vec())));
+            }
+            Request::BackendList { vip } => {
+                let list = self.backend_list(vip.as_deref()).map(Answer::Backends);
+                return answer(reply, list);
+            }
+            Request::Plan { config } => return answer(reply, self.plan(&config).map(Answer::Plan)),
+            Request::Reload => self.reload("API request").map(|r| (r, None)),
+            change => self.change(change),
+        };
+        match changed {
+            Err(e) => answer(reply, Err(e)),
+            Ok((report, written_to)) => {
+                let done = Done::Reply { reply, written_to };
+                self.waiting.push(Waiting::new(done, report));
+                self.answer_waiting(false);
+            }
+        }
+    }
+
+    /// Sends the held answers whose backends all have a verdict, or whose time is up (all of
+    /// them when `now`).
+    pub(crate) fn answer_waiting(&mut self, now: bool) {
+        let pending = self
+            .current
+            .unresolved
+            .iter()
+            .any(|u| !self.mac_errors.contains_key(&u.backend));
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|w| now || !pending || Instant::now() >= w.deadline);
+        self.waiting = keep;
+        for w in due {
+            let mut applied = self.current.summary();
+            applied.extend(w.removed);
+            for u in &self.current.unresolved {
+                let why = self
+                    .mac_errors
+                    .get(&u.backend)
+                    .map_or("its MAC is not known yet", String::as_str);
+                applied.push(format!(
+                    "VIP {}: backend {} left out: {why}",
+                    u.vip, u.backend
+                ));
+            }
+            match w.done {
+                Done::Reply { reply, written_to } => {
+                    let a = Applied {
+                        applied,
+                        written_to,
+                    };
+                    answer(reply, Ok(Answer::Applied(a)));
+                }
+                Done::Reloaded { why } => {
+                    self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                    for line in &applied {
+                        log::info!("  {line}");
+                    }
+                    log::info!("reloaded {} ({why})", self.file.path.display());
+                }
+            }
+        }
+    }
+
+    /// Applies a change of the VIP list, validated as a whole new config, and saves it.
+    fn change(&mut self, req: Request) -> anyhow::Result<(Report, Option<PathBuf>)> {
+        let mut vips = self.cfg.vips.to_vec();
+        edit(&mut vips, req)?;
+        let mut doc = serde_yaml::to_value(&self.cfg).context("encoding the config")?;
+        doc["vips"] = serde_yaml::to_value(&vips).context("encoding the VIPs")?;
+        let text = serde_yaml::to_string(&doc).context("encoding the config")?;
+        let new = Config::from_yaml(&text, "the changed config")?;
+        let report = self.switch_to(new)?;
+        self.file.write(&self.cfg)?;
+        Ok((report, Some(self.file.path.clone())))
+    }
+
+    fn plan(&self, text: &str) -> anyhow::Result<Plan> {
+        let new = Config::from_yaml(text, "the proposed config")?;
+        if fixed_part(&new) != fixed_part(&self.cfg) {
+            bail!("the proposed config changes interface, xdp_mode, pin_path, flow_table_size, api_socket or metrics: that needs a restart");
+        }
+        let proposed = self.build(&new)?;
+        Ok(Plan {
+            changes: plan::changes(&self.cfg, &self.current, &new, &proposed),
+        })
+    }
+
+    fn backend_list(&self, vip: Option<&str>) -> anyhow::Result<Vec<VipStatus>> {
+        if let Some(name) = vip {
+            find_vip(&self.cfg.vips.to_vec(), name)?;
+        }
+        let mut list = self.status().vips;
+        list.retain(|v| vip.is_none_or(|n| v.name == n));
+        Ok(list)
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let health = self.monitor.view();
+        let now = Instant::now();
+        let ids = &self.current.ids;
+        let vips = self
+            .cfg
+            .vips
+            .iter()
+            .map(|v| {
+                let vip_id = ids.vips.get(&crate::desired::vip_identity(v)).copied();
+                let backends = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let id =
+                            vip_id.and_then(|vid| ids.backends.get(&(vid, b.address)).copied());
+                        let target = health::Target {
+                            vip: v.name.clone(),
+                            backend: b.address,
+                        };
+                        BackendStatus {
+                            address: b.address,
+                            state: b.state,
+                            weight: b.weight.0,
+                            health: match health.health(&target) {
+                                None => HealthState::Unchecked,
+                                Some(health::Health::Up) => HealthState::Up,
+                                Some(health::Health::Down) => HealthState::Down,
+                            },
+                            in_service: id.is_some(),
+                            idle_seconds: id
+                                .and_then(|i| self.activity.get(&i))
+                                .map(|(_, t)| now.duration_since(*t).as_secs()),
+                        }
+                    })
+                    .collect();
+                VipStatus {
+                    name: v.name.clone(),
+                    address: v.address,
+                    port: v.port,
+                    protocol: v.protocol,
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            interface: self.cfg.interface.as_str().to_owned(),
+            datapath: self.attach_note.clone(),
+            adopted_previous_state: self.adopted,
+            config: self.file.path.clone(),
+            reloads_ok: self
+                .shared
+                .reloads_ok
+                .load(std::sync::atomic::Ordering::Relaxed),
+            reloads_failed: self
+                .shared
+                .reloads_failed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            vips,
+        }
+    }
+}
+
+fn answer(reply: oneshot::Sender<Response>, result: anyhow::Result<Answer>) {
+    // A client that went away needs no answer.
+    let _ = reply.send(Response::from_result(result));
+}
+
+/// The VIP list as `req` wants it.
+fn edit(vips: &mut Vec<Vip>, req: Request) -> anyhow::Result<()> {
+    match req {
+        Request::VipAdd { vip } => {
+            if vips.iter().any(|v| v.name == vip.name) {
+                bail!("VIP {:?} exists already", vip.name);
+            }
+            vips.push(vip);
+        }
+        Request::VipRemove { name } => {
+            let before = vips.len();
+            vips.retain(|v| v.name != name);
+            if vips.len() == before {
+                bail!("no VIP named {name:?} (`xdplb vip list` shows them)");
+            }
+        }
+        Request::BackendAdd { vip, backend } => edit_backends(vips, &vip, |list| {
+            if list.iter().any(|b| b.address == backend.address) {
+                bail!("VIP {vip}: backend {} exists already", backend.address);
+            }
+            list.push(backend);
+            Ok(())
+        })?,
+        Request::BackendRemove { vip, address } => edit_backends(vips, &vip, |list| {
+            let before = list.len();
+            list.retain(|b| b.address != address);
+            if list.len() == before {
+                bail!("VIP {vip} has no backend {address}");
+            }
+            Ok(())
+        })?,
+        Request::BackendDrain { vip, address } => edit_backends(vips, &vip, |list| {
+            set_backend(list, &vip, address, |b| b.state = BackendState::Draining)
+        })?,
+        Request::BackendActivate { vip, address } => edit_backends(vips, &vip, |list| {
+            set_backend(list, &vip, address, |b| b.state = BackendState::Active)
+        })?,
+        Request::BackendWeight {
+            vip,
+            address,
+            weight,
+        } => {
+            let w = Weight::try_from(weight).map_err(|e| anyhow!(e))?;
+            edit_backends(vips, &vip, |list| {
+                set_backend(list, &vip, address, |b| b.weight = w)
+            })?
+        }
+        other => bail!("{other:?} is not a change"),
+    }
+    Ok(())
+}
+
+fn edit_backends(
+    vips: &mut [Vip],
+    vip: &str,
+    change: impl FnOnce(&mut Vec<BackendConfig>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let v = vips
+        .iter_mut()
+        .find(|v| v.name == vip)
+        .ok_or_else(|| anyhow!("no VIP named {vip:?} (`xdplb vip list` shows them)"))?;
+    let mut list = v.backends.to_vec();
+    change(&mut list)?;
+    v.backends = list.try_into().map_err(|e: String| anyhow!(e))?;
+    Ok(())
+}
+
+fn find_vip<'a>(vips: &'a [Vip], name: &str) -> anyhow::Result<&'a Vip> {
+    vips.iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| anyhow!("no VIP named {name:?} (`xdplb vip list` shows them)"))
+}
+
+fn set_backend(
+    list: &mut [BackendConfig],
+    vip: &str,
+    address: IpAddr,
+    f: impl FnOnce(&mut BackendConfig),
+) -> anyhow::Result<()> {
+    let b = list
+        .iter_mut()
+        .find(|b| b.address == address)
+        .ok_or_else(|| anyhow!("VIP {vip} has no backend {address}"))?;
+    f(b);
+    Ok(())
+}

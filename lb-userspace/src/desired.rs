@@ -1,0 +1,432 @@
+//! The desired datapath state: a pure function from the config and what the agent knows of the world (health, neighbour MACs, interface MTU) to the exact map contents, with stable ids. The only place config values become lb-common values.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use anyhow::Context as _;
+use lb_common::{
+    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, FORWARD_IPIP, FORWARD_L2, MAX_BACKENDS,
+    MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
+};
+
+use crate::{
+    addr::{fmt_addr, to_map},
+    config::{BackendState, Config, Forwarding, HashMode, MacAddr, Vip},
+    maglev,
+};
+
+/// Backends held out of service by failed health checks: (VIP name, backend address).
+pub type DownSet = HashSet<(String, IpAddr)>;
+
+/// Identity of a VIP across reloads: (address, port, protocol number).
+pub type VipIdentity = (IpAddr, u16, u8);
+
+/// What the agent knows besides the config, as of now.
+#[derive(Clone, Copy)]
+pub struct Facts<'a> {
+    /// Backends failing their health check.
+    pub down: &'a DownSet,
+    /// Where each backend's frames go (its own MAC for `l2`, the next hop's for `ipip`), by
+    /// backend address; a backend with `mac:` in the config needs no entry.
+    pub macs: &'a HashMap<IpAddr, MacAddr>,
+    /// The interface's MTU, when it could be read (only `ipip` VIPs need it).
+    pub mtu: Option<u32>,
+}
+
+/// Ids in use: every flow-table entry names a VIP id and a backend id, so a change must keep
+/// the ids of everything that stays.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ids {
+    pub vips: HashMap<VipIdentity, u32>,
+    pub backends: HashMap<(u32, IpAddr), u32>,
+}
+
+/// One VIP as the maps should hold it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredVip {
+    pub name: String,
+    pub key: VipKey,
+    pub meta: VipMeta,
+    /// The Maglev table: backend ids, [`NO_BACKEND`] where none is active.
+    pub ring: Vec<u32>,
+    pub active: usize,
+    pub draining: usize,
+    pub down: usize,
+}
+
+/// A backend that cannot be in service because nothing says where its frames go yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unresolved {
+    pub vip: String,
+    pub backend: IpAddr,
+}
+
+/// The complete map contents for one config and one set of facts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    /// In config order.
+    pub vips: Vec<DesiredVip>,
+    pub backends: BTreeMap<u32, MapBackend>,
+    pub addrs: HashMap<AddrKey, AddrMeta>,
+    pub settings: Settings,
+    pub ids: Ids,
+    /// Backends left out of the ring until their MAC is known.
+    pub unresolved: Vec<Unresolved>,
+}
+
+/// The `VIPS` key of `vip`.
+pub fn vip_key(vip: &Vip) -> VipKey {
+    let (addr, family) = to_map(vip.address);
+    VipKey {
+        addr,
+        port: vip.port.to_be_bytes(),
+        proto: vip.protocol.number(),
+        family,
+    }
+}
+
+/// The identity of `vip` in [`Ids`].
+pub fn vip_identity(vip: &Vip) -> VipIdentity {
+    (vip.address, vip.port, vip.protocol.number())
+}
+
+/// The `VIPS` key of an identity (for VIPs that left the config).
+pub fn identity_key(identity: &VipIdentity) -> VipKey {
+    let (addr, family) = to_map(identity.0);
+    VipKey {
+        addr,
+        port: identity.1.to_be_bytes(),
+        proto: identity.2,
+        family,
+    }
+}
+
+/// The id `key` had before (`prior`), or else the lowest id below `max` that is neither held
+/// in `prior` (ids of removed entries are freed only once the change is written) nor already
+/// given out in this build (`taken`).
+fn stable_id<K: std::hash::Hash + Eq>(
+    prior: &HashMap<K, u32>,
+    taken: &HashMap<K, u32>,
+    key: &K,
+    max: u32,
+    what: &str,
+) -> anyhow::Result<u32> {
+    if let Some(id) = prior.get(key) {
+        return Ok(*id);
+    }
+    let used: HashSet<u32> = prior.values().chain(taken.values()).copied().collect();
+    (0..max)
+        .find(|i| !used.contains(i))
+        .with_context(|| format!("no free {what} slot (at most {max})"))
+}
+
+/// The `SETTINGS` value: tunnel source prefixes and the MTU (the interface's unless the
+/// config names one).
+fn settings(cfg: &Config, mtu: Option<u32>) -> anyhow::Result<Settings> {
+    let mut s = Settings::default();
+    if let IpAddr::V4(a) = cfg.tunnel.source_v4.addr {
+        s.tunnel_src4 = a.octets();
+        s.tunnel_src4_host = cfg.tunnel.source_v4.host_mask().to_be_bytes();
+    }
+    if let IpAddr::V6(a) = cfg.tunnel.source_v6.addr {
+        s.tunnel_src6 = a.octets();
+        s.tunnel_src6_host = cfg.tunnel.source_v6.host_mask().to_be_bytes();
+    }
+    let tunnels = cfg.vips.iter().any(|v| v.forwarding == Forwarding::Ipip);
+    s.mtu = match (cfg.tunnel.mtu, mtu) {
+        (Some(m), _) => m.0,
+        (None, Some(mtu)) => mtu,
+        // Only ipip VIPs use it: an L2-only config may be applied without the interface
+        // (`xdplb replay`, tests).
+        (None, None) if !tunnels => 0,
+        (None, None) => anyhow::bail!(
+            "cannot read the MTU of interface {} for tunnel.mtu (or set it in the config)",
+            cfg.interface.as_str()
+        ),
+    };
+    Ok(s)
+}
+
+impl Desired {
+    /// What the maps must hold for `cfg` given `facts`, keeping every id `prior` (what is
+    /// written now) gives to a VIP or backend that stays.
+    pub fn build(cfg: &Config, facts: &Facts, prior: &Ids) -> anyhow::Result<Desired> {
+        let mut ids = Ids::default();
+        let mut backends = BTreeMap::new();
+        let mut vips = Vec::new();
+        let mut unresolved = Vec::new();
+        for vip in cfg.vips.iter() {
+            let identity = vip_identity(vip);
+            let vip_id = stable_id(&prior.vips, &ids.vips, &identity, MAX_VIPS, "VIP")?;
+            ids.vips.insert(identity, vip_id);
+            let mut members = Vec::new();
+            let (mut active, mut draining, mut down) = (0, 0, 0);
+            for b in vip.backends.iter() {
+                let Some(mac) = b.mac.or_else(|| facts.macs.get(&b.address).copied()) else {
+                    unresolved.push(Unresolved {
+                        vip: vip.name.clone(),
+                        backend: b.address,
+                    });
+                    continue;
+                };
+                let key = (vip_id, b.address);
+                let id = stable_id(
+                    &prior.backends,
+                    &ids.backends,
+                    &key,
+                    MAX_BACKENDS,
+                    "backend",
+                )?;
+                ids.backends.insert(key, id);
+                let (addr, family) = to_map(b.address);
+                let state = if facts.down.contains(&(vip.name.clone(), b.address)) {
+                    down += 1;
+                    BACKEND_DOWN
+                } else if b.state == BackendState::Draining {
+                    draining += 1;
+                    BACKEND_DRAINING
+                } else {
+                    active += 1;
+                    members.push(maglev::Entry {
+                        id,
+                        identity: addr,
+                        weight: b.weight.0,
+                    });
+                    BACKEND_ACTIVE
+                };
+                backends.insert(
+                    id,
+                    MapBackend {
+                        addr,
+                        mac: mac.0,
+                        family,
+                        state,
+                        vip_id,
+                        _pad: 0,
+                    },
+                );
+            }
+            let mut flags = 0;
+            if vip.hash == HashMode::SourceIp {
+                flags |= VIP_HASH_SOURCE_IP;
+            }
+            if vip.stateless {
+                flags |= VIP_STATELESS;
+            }
+            vips.push(DesiredVip {
+                name: vip.name.clone(),
+                key: vip_key(vip),
+                meta: VipMeta {
+                    vip_id,
+                    ring_size: vip.ring_size.0,
+                    flags,
+                    forwarding: match vip.forwarding {
+                        Forwarding::L2 => FORWARD_L2,
+                        Forwarding::Ipip => FORWARD_IPIP,
+                    },
+                },
+                ring: maglev::build(&members, vip.ring_size.0),
+                active,
+                draining,
+                down,
+            });
+        }
+        Ok(Desired {
+            vips,
+            backends,
+            addrs: addresses(cfg),
+            settings: settings(cfg, facts.mtu)?,
+            ids,
+            unresolved,
+        })
+    }
+
+    /// The address of backend `id`.
+    pub fn address_of(&self, id: u32) -> Option<IpAddr> {
+        self.backends
+            .get(&id)
+            .map(|b| crate::addr::from_map(b.addr, b.family))
+    }
+
+    /// The VIP named `name`.
+    pub fn vip(&self, name: &str) -> Option<&DesiredVip> {
+        self.vips.iter().find(|v| v.name == name)
+    }
+
+    /// One line per VIP: how many backends serve it, and a warning when none does.
+    pub fn summary(&self) -> Vec<String> {
+        self.vips
+            .iter()
+            .map(|v| {
+                let empty = if v.ring.iter().all(|s| *s == NO_BACKEND) {
+                    " — NO ACTIVE BACKEND, its packets are dropped"
+                } else {
+                    ""
+                };
+                let down = if v.down > 0 {
+                    format!(", {} down (health check)", v.down)
+                } else {
+                    String::new()
+                };
+                let key = v.key;
+                let proto = if key.proto == lb_common::IPPROTO_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                };
+                format!(
+                    "VIP {} {}:{}/{proto}: {} active, {} draining backend(s){down}, ring {}{empty}",
+                    v.name,
+                    fmt_addr(crate::addr::from_map(key.addr, key.family)),
+                    u16::from_be_bytes(key.port),
+                    v.active,
+                    v.draining,
+                    v.meta.ring_size
+                )
+            })
+            .collect()
+    }
+}
+
+/// `VIP_ADDRS`: every address that has VIPs, each with the union of their per-address flags.
+fn addresses(cfg: &Config) -> HashMap<AddrKey, AddrMeta> {
+    let mut want: HashMap<AddrKey, AddrMeta> = HashMap::new();
+    for vip in cfg.vips.iter() {
+        let (addr, family) = to_map(vip.address);
+        let meta = want
+            .entry(AddrKey {
+                addr,
+                family,
+                _pad: [0; 3],
+            })
+            .or_default();
+        if vip.icmp_echo {
+            meta.flags |= ADDR_ANSWER_ECHO;
+        }
+    }
+    want
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "
+interface: lo
+vips:
+  - name: web
+    address: 10.0.0.10
+    port: 80
+    protocol: tcp
+    ring_size: 307
+    backends:
+      - { address: 10.0.0.1, mac: '02:00:00:00:00:01' }
+      - { address: 10.0.0.2 }
+      - { address: 10.0.0.3, mac: '02:00:00:00:00:03', state: draining }
+";
+
+    fn cfg(text: &str) -> Config {
+        Config::from_yaml(text, "test").unwrap()
+    }
+
+    #[test]
+    fn backends_without_a_mac_wait_outside_the_ring() {
+        let down = DownSet::new();
+        let mut macs = HashMap::new();
+        let facts = Facts {
+            down: &down,
+            macs: &macs,
+            mtu: None,
+        };
+        let d = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
+        assert_eq!(
+            d.unresolved,
+            vec![Unresolved {
+                vip: "web".into(),
+                backend: "10.0.0.2".parse().unwrap()
+            }]
+        );
+        let web = d.vip("web").unwrap();
+        assert_eq!((web.active, web.draining), (1, 1));
+        assert!(web.ring.iter().all(|s| *s == 0), "{:?}", web.ring);
+
+        macs.insert(
+            "10.0.0.2".parse().unwrap(),
+            "02:00:00:00:00:02".parse().unwrap(),
+        );
+        let facts = Facts {
+            down: &down,
+            macs: &macs,
+            mtu: None,
+        };
+        let d2 = Desired::build(&cfg(CONFIG), &facts, &d.ids).unwrap();
+        assert!(d2.unresolved.is_empty());
+        // Ids that existed stay; the new backend takes a free one.
+        for (k, id) in &d.ids.backends {
+            assert_eq!(d2.ids.backends[k], *id);
+        }
+        assert_eq!(d2.vip("web").unwrap().active, 2);
+    }
+
+    #[test]
+    fn down_backends_leave_the_ring_and_are_marked() {
+        let mut down = DownSet::new();
+        down.insert(("web".into(), "10.0.0.1".parse().unwrap()));
+        let macs = HashMap::new();
+        let facts = Facts {
+            down: &down,
+            macs: &macs,
+            mtu: None,
+        };
+        let d = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
+        let web = d.vip("web").unwrap();
+        assert_eq!(web.down, 1);
+        assert!(web.ring.iter().all(|s| *s == NO_BACKEND));
+        assert!(
+            d.summary()[0].contains("NO ACTIVE BACKEND"),
+            "{:?}",
+            d.summary()
+        );
+        assert!(d.backends.values().any(|b| b.state == BACKEND_DOWN));
+    }
+
+    #[test]
+    fn removed_ids_are_not_reused_in_the_same_change() {
+        let down = DownSet::new();
+        let macs = HashMap::new();
+        let facts = Facts {
+            down: &down,
+            macs: &macs,
+            mtu: None,
+        };
+        let before = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
+        let changed = CONFIG.replace("10.0.0.1, mac", "10.0.0.9, mac");
+        let after = Desired::build(&cfg(&changed), &facts, &before.ids).unwrap();
+        let old_ids: HashSet<u32> = before.ids.backends.values().copied().collect();
+        let new_id = after.ids.backends[&(0, "10.0.0.9".parse().unwrap())];
+        assert!(!old_ids.contains(&new_id));
+    }
+
+    #[test]
+    fn tunnels_need_an_mtu() {
+        let text = CONFIG.replace("protocol: tcp", "protocol: tcp\n    forwarding: ipip");
+        let down = DownSet::new();
+        let macs = HashMap::new();
+        let facts = Facts {
+            down: &down,
+            macs: &macs,
+            mtu: None,
+        };
+        let e = Desired::build(&cfg(&text), &facts, &Ids::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("tunnel.mtu"), "{e:#}");
+        let facts = Facts {
+            mtu: Some(1500),
+            ..facts
+        };
+        let d = Desired::build(&cfg(&text), &facts, &Ids::default()).unwrap();
+        assert_eq!(d.settings.mtu, 1500);
+    }
+}

@@ -1,0 +1,118 @@
+//! The agent's config file: written back atomically after API changes (so a restart comes back to the same state), and watched for edits, which are applied only once the file reads the same twice.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+
+/// The file the agent runs from, and what it last saw in it.
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// The text last applied or written by the agent (to tell its own writes from an edit).
+    text: String,
+    /// A text already refused, so a broken file is reported once, not every second.
+    rejected: Option<String>,
+    /// A changed text seen once, offered when the next read agrees.
+    pending: Option<String>,
+}
+
+impl ConfigFile {
+    /// Reads and validates the file the agent starts from.
+    pub fn open(path: &Path) -> anyhow::Result<(ConfigFile, Config)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg = Config::from_yaml(&text, &path.display().to_string())?;
+        let file = ConfigFile {
+            path: path.to_path_buf(),
+            text,
+            rejected: None,
+            pending: None,
+        };
+        Ok((file, cfg))
+    }
+
+    /// The file's current text, to re-apply (SIGHUP, `xdplb reload`).
+    pub fn read(&self) -> anyhow::Result<String> {
+        std::fs::read_to_string(&self.path)
+            .with_context(|| format!("cannot read config {}", self.path.display()))
+    }
+
+    /// Parses `text` as read from this file.
+    pub fn parse(&self, text: &str) -> anyhow::Result<Config> {
+        Config::from_yaml(text, &self.path.display().to_string())
+    }
+
+    /// A changed text to try, when someone edited the file. Editors and `echo >` truncate
+    /// before they write, so a read can catch a half-written file: a changed text is offered
+    /// only once two reads a tick apart agree. Call once per tick.
+    pub fn poll(&mut self) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        if text == self.text || self.rejected.as_deref() == Some(text.as_str()) {
+            self.pending = None;
+            return None;
+        }
+        if self.pending.as_deref() != Some(text.as_str()) {
+            self.pending = Some(text);
+            return None;
+        }
+        self.pending = None;
+        Some(text)
+    }
+
+    /// Records the outcome of applying `text`: accepted texts become the file's known state,
+    /// a refused one is not offered again until the file changes.
+    pub fn outcome(&mut self, text: String, accepted: bool) {
+        if accepted {
+            self.text = text;
+            self.rejected = None;
+        } else {
+            self.rejected = Some(text);
+        }
+    }
+
+    /// Writes `cfg` to the file so that readers see the old or the new file, never a torn
+    /// one (temp file, fsync, rename).
+    pub fn write(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let text = format!(
+            "# Written by xdplb after a change through its API; comments are not kept.\n{}",
+            serde_yaml::to_string(cfg).context("encoding the config")?
+        );
+        let tmp = self.path.with_extension("yaml.xdplb-tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))?;
+        self.text = text;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "interface: lo\nvips: []\n";
+
+    #[test]
+    fn an_edit_is_offered_once_two_reads_agree_and_a_refusal_once() {
+        let dir = std::env::temp_dir().join(format!("xdplb-persist-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lb.yaml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let (mut file, cfg) = ConfigFile::open(&path).unwrap();
+        assert_eq!(file.poll(), None);
+        std::fs::write(&path, "interface: lo\nvips: [").unwrap();
+        assert_eq!(file.poll(), None, "first read of a change is held back");
+        let broken = file.poll().unwrap();
+        file.outcome(broken, false);
+        assert_eq!(file.poll(), None, "a refused text is not offered again");
+        file.write(&cfg).unwrap();
+        assert_eq!(file.poll(), None, "our own write is no edit");
+        assert_eq!(file.parse(&file.read().unwrap()).unwrap(), cfg);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,185 @@
+//! The reconciler: writes the difference between a `Desired` state and what the maps hold, in an order that is safe for packets in flight, and remembers what it wrote.
+
+use std::collections::{HashMap, HashSet};
+
+use lb_common::{
+    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, BACKEND_UNUSED,
+};
+
+use crate::{
+    addr::{fmt_addr, from_map},
+    config::{Config, MacAddr},
+    desired::{identity_key, Desired, DownSet, Facts, Ids},
+    maps::BalancerMaps,
+};
+
+/// What the maps hold, as far as this agent wrote (or adopted) it.
+#[derive(Default)]
+pub struct Written {
+    pub ids: Ids,
+    backends: HashMap<u32, MapBackend>,
+    rings: HashMap<u32, Vec<u32>>,
+    vips: HashMap<VipKey, VipMeta>,
+    addrs: HashMap<AddrKey, AddrMeta>,
+    settings: Option<Settings>,
+}
+
+/// What one reconcile wrote, in words, for the log and the API's answer.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// One line per VIP of the desired state ([`Desired::summary`]).
+    pub summary: Vec<String>,
+    /// VIPs and backends that were removed.
+    pub removed: Vec<String>,
+}
+
+impl Report {
+    pub fn lines(&self) -> impl Iterator<Item = &String> {
+        self.summary.iter().chain(&self.removed)
+    }
+}
+
+impl Written {
+    /// Reads the state a previous agent left pinned, so this agent keeps every VIP and backend
+    /// at the id its flows and counters already use. Also returns the backends' MACs, which
+    /// stay in use until the neighbour table says otherwise.
+    pub fn adopt(
+        maps: &BalancerMaps,
+    ) -> anyhow::Result<(Written, HashMap<std::net::IpAddr, MacAddr>)> {
+        let mut w = Written::default();
+        let mut macs = HashMap::new();
+        for (key, meta) in maps.vips()? {
+            let addr = from_map(key.addr, key.family);
+            w.ids
+                .vips
+                .insert((addr, u16::from_be_bytes(key.port), key.proto), meta.vip_id);
+            w.rings.insert(meta.vip_id, maps.ring(meta.vip_id)?);
+            w.vips.insert(key, meta);
+        }
+        for (id, b) in maps.backends()? {
+            let addr = from_map(b.addr, b.family);
+            w.ids.backends.insert((b.vip_id, addr), id);
+            macs.insert(addr, MacAddr(b.mac));
+            w.backends.insert(id, b);
+        }
+        w.addrs = maps.vip_addrs()?.into_iter().collect();
+        w.settings = Some(maps.settings()?);
+        Ok((w, macs))
+    }
+
+    /// Makes the maps hold `desired`. Order matters for packets in flight: backends are
+    /// written before the rings that point at them, rings before the VIP entries that lead to
+    /// them, and removed backends are cleared only after no ring points at them any more.
+    /// Slots given to a new owner start with zeroed counters.
+    pub fn apply(&mut self, desired: &Desired, maps: &mut BalancerMaps) -> anyhow::Result<Report> {
+        let mut report = Report {
+            summary: desired.summary(),
+            removed: Vec::new(),
+        };
+        let held_backends: HashSet<u32> = self.ids.backends.values().copied().collect();
+        for (id, b) in &desired.backends {
+            if self.backends.get(id) == Some(b) {
+                continue;
+            }
+            if !held_backends.contains(id) {
+                maps.reset_backend_counters(*id)?;
+            }
+            maps.set_backend(*id, b)?;
+            self.backends.insert(*id, *b);
+        }
+        let held_vips: HashSet<u32> = self.ids.vips.values().copied().collect();
+        for v in &desired.vips {
+            let id = v.meta.vip_id;
+            if !held_vips.contains(&id) {
+                maps.reset_vip_counters(id)?;
+            }
+            if self.rings.get(&id) != Some(&v.ring) {
+                maps.install_ring(id, &v.ring)?;
+                self.rings.insert(id, v.ring.clone());
+            }
+            if self.vips.get(&v.key) != Some(&v.meta) {
+                maps.set_vip(&v.key, &v.meta)?;
+                self.vips.insert(v.key, v.meta);
+            }
+        }
+        for (key, meta) in &desired.addrs {
+            if self.addrs.get(key) != Some(meta) {
+                maps.set_vip_addr(key, meta)?;
+                self.addrs.insert(*key, *meta);
+            }
+        }
+        let gone: Vec<AddrKey> = self
+            .addrs
+            .keys()
+            .filter(|k| !desired.addrs.contains_key(k))
+            .copied()
+            .collect();
+        for key in gone {
+            maps.remove_vip_addr(&key)?;
+            self.addrs.remove(&key);
+        }
+        if self.settings != Some(desired.settings) {
+            maps.set_settings(&desired.settings)?;
+            self.settings = Some(desired.settings);
+        }
+        // VIPs that left the config: unreachable first, then their backends are freed below.
+        for (identity, id) in &self.ids.vips {
+            if desired.ids.vips.contains_key(identity) {
+                continue;
+            }
+            let key = identity_key(identity);
+            if self.vips.remove(&key).is_some() {
+                maps.remove_vip(&key)?;
+            }
+            self.rings.remove(id);
+            report.removed.push(format!(
+                "VIP {}:{} removed",
+                fmt_addr(identity.0),
+                identity.1
+            ));
+        }
+        let still: HashSet<u32> = desired.ids.backends.values().copied().collect();
+        for ((_, addr), id) in &self.ids.backends {
+            if still.contains(id) {
+                continue;
+            }
+            // Flow-table entries still naming this id are re-steered by the datapath.
+            let unused = MapBackend {
+                state: BACKEND_UNUSED,
+                ..Default::default()
+            };
+            maps.set_backend(*id, &unused)?;
+            self.backends.remove(id);
+            report.removed.push(format!("backend {addr} removed"));
+        }
+        self.ids = desired.ids.clone();
+        Ok(report)
+    }
+}
+
+impl Written {
+    /// Makes the maps hold `cfg` with MACs from the config only (backends without one stay
+    /// out of service) and the interface's MTU if it exists here: for `xdplb replay`,
+    /// benchmarks and tests, which run no agent.
+    pub fn apply_config(
+        &mut self,
+        cfg: &Config,
+        maps: &mut BalancerMaps,
+        down: &DownSet,
+    ) -> anyhow::Result<Desired> {
+        let macs = HashMap::new();
+        let facts = Facts {
+            down,
+            macs: &macs,
+            mtu: crate::neigh::interface_mtu(cfg.interface.as_str()).ok(),
+        };
+        let desired = Desired::build(cfg, &facts, &self.ids)?;
+        self.apply(&desired, maps)?;
+        Ok(desired)
+    }
+}
+
+/// Fills fresh maps from `cfg` in one go (see [`Written::apply_config`]).
+pub fn fill(cfg: &Config, maps: &mut BalancerMaps) -> anyhow::Result<Desired> {
+    Written::default().apply_config(cfg, maps, &DownSet::new())
+}
