@@ -115,7 +115,10 @@ mod tests {
     fn every_counter_is_one_outcome_and_names_are_unique() {
         for c in DecapCounter::ALL {
             assert_eq!(
-                DecapOutcome::ALL.iter().filter(|o| o.counter() == c).count(),
+                DecapOutcome::ALL
+                    .iter()
+                    .filter(|o| o.counter() == c)
+                    .count(),
                 1,
                 "{}",
                 c.name()

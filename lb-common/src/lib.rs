@@ -488,17 +488,29 @@ mod tests {
 
     #[test]
     fn map_specs_name_every_map_once() {
-        assert_eq!(maps::ALL.map(|n| n.len() > 0), [true; 9]);
+        assert!(maps::ALL.iter().all(|n| !n.is_empty()));
         for (i, a) in BALANCER_MAPS.iter().enumerate() {
             assert_eq!(maps::ALL[i], a.name);
             for b in &BALANCER_MAPS[i + 1..] {
                 assert_ne!(a.name, b.name);
             }
         }
-        let conns = BALANCER_MAPS.iter().find(|m| m.name == maps::CONNS).unwrap();
-        assert_eq!((conns.key_size, conns.value_size, conns.max_entries), (40, 8, 0));
-        let global = BALANCER_MAPS.iter().find(|m| m.name == maps::GLOBAL_STATS).unwrap();
-        assert_eq!((global.kind, global.value_size, global.max_entries), (MapKind::PerCpuArray, 8, 16));
+        let conns = BALANCER_MAPS
+            .iter()
+            .find(|m| m.name == maps::CONNS)
+            .unwrap();
+        assert_eq!(
+            (conns.key_size, conns.value_size, conns.max_entries),
+            (40, 8, 0)
+        );
+        let global = BALANCER_MAPS
+            .iter()
+            .find(|m| m.name == maps::GLOBAL_STATS)
+            .unwrap();
+        assert_eq!(
+            (global.kind, global.value_size, global.max_entries),
+            (MapKind::PerCpuArray, 8, 16)
+        );
     }
 
     /// Sizes of every map key/value and the counter count: if this changes, bump

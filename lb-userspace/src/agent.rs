@@ -13,9 +13,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _};
 use lb_common::{
-    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO, AF_INET,
-    AF_INET6, BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FORWARD_IPIP,
-    FORWARD_L2, MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
+    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO,
+    BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FORWARD_IPIP, FORWARD_L2,
+    MAX_BACKENDS, MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 use serde_json::json;
 use tokio::{
@@ -31,26 +31,8 @@ use crate::{
     metrics, neigh, stats,
 };
 
-/// 16-byte map form of an address (IPv4 in the first four bytes).
-pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
-    match addr {
-        IpAddr::V4(a) => {
-            let mut b = [0u8; 16];
-            b[..4].copy_from_slice(&a.octets());
-            (b, AF_INET)
-        }
-        IpAddr::V6(a) => (a.octets(), AF_INET6),
-    }
-}
-
-/// The inverse of [`addr_bytes`].
-pub fn addr_from_bytes(bytes: [u8; 16], family: u8) -> IpAddr {
-    if family == AF_INET {
-        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
-    } else {
-        IpAddr::from(bytes)
-    }
-}
+// The address codec lives in lb-common now; the old names stay for this file's callers.
+pub use lb_common::addr::{ip_from_map as addr_from_bytes, ip_to_map as addr_bytes};
 
 pub fn vip_key(vip: &Vip) -> VipKey {
     let (addr, family) = addr_bytes(vip.address);
