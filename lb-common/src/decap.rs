@@ -5,7 +5,7 @@
 //! of tunnel packets addressed to one of the backend's own addresses (`DECAP_ADDRS`) and hands the
 //! inner packet to the stack. Everything else passes untouched.
 
-use crate::{AF_INET, AF_INET6};
+use crate::{Family, MapKind, MapSpec};
 
 /// Name of the `#[xdp]` entry point in the `decap` object.
 pub const PROGRAM: &str = "xdplb_decap";
@@ -15,12 +15,16 @@ pub const PROGRAM: &str = "xdplb_decap";
 pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
 /// `PerCpuArray<u64>`, indexed by [`DecapCounter`].
 pub const DECAP_STATS: &str = "DECAP_STATS";
-/// Every map of the decap object, for pinning and for the object check.
-pub const MAPS: [&str; 2] = [DECAP_ADDRS, DECAP_STATS];
 
 /// Capacity of `DECAP_ADDRS`: a host with more addresses than this that all receive tunnels
 /// is not a backend we plan for. A hash entry is ~20+4 B plus bookkeeping: a few KiB in all.
 pub const MAX_DECAP_ADDRS: u32 = 64;
+
+/// Every map of the decap object, for pinning and for the pinned-layout check.
+pub const MAPS: [MapSpec; 2] = [
+    MapSpec::new::<DecapAddr, u32>(DECAP_ADDRS, MapKind::Hash, MAX_DECAP_ADDRS),
+    MapSpec::new::<u32, u64>(DECAP_STATS, MapKind::PerCpuArray, DecapCounter::COUNT),
+];
 
 /// Key of `DECAP_ADDRS`: an outer destination address, wire order. IPv4 uses the first 4 bytes,
 /// the rest stays zero (the program builds its lookup key the same way).
@@ -28,8 +32,7 @@ pub const MAX_DECAP_ADDRS: u32 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct DecapAddr {
     pub addr: [u8; 16],
-    /// [`AF_INET`] or [`AF_INET6`].
-    pub family: u8,
+    pub family: Family,
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);
@@ -44,7 +47,7 @@ impl DecapAddr {
         addr[3] = octets[3];
         DecapAddr {
             addr,
-            family: AF_INET,
+            family: Family::V4,
             _pad: [0; 3],
         }
     }
@@ -53,62 +56,41 @@ impl DecapAddr {
     pub const fn v6(octets: [u8; 16]) -> DecapAddr {
         DecapAddr {
             addr: octets,
-            family: AF_INET6,
+            family: Family::V6,
             _pad: [0; 3],
         }
     }
 }
 
-/// Index into `DECAP_STATS`: how a packet ended. Every packet the program sees increments
-/// exactly one counter, except for the "cannot happen" paths that return `XDP_ABORTED` (a
-/// failed `bpf_xdp_adjust_head` after all checks passed), which the `xdp:xdp_exception`
-/// tracepoint reports instead.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DecapCounter {
-    /// Outer header stripped; the inner packet went to the stack.
-    Decapsulated = 0,
-    /// Not IP-in-IP: non-IP frames, IP of any other protocol (IPv6 extension headers
-    /// included), and IP whose own header is broken (the stack drops and counts those). Passed
-    /// untouched.
-    PassNotTunnel = 1,
-    /// IP-in-IP addressed to an address not in `DECAP_ADDRS` (someone else's tunnel, or a
-    /// router's job): passed untouched.
-    PassNotLocal = 2,
-    /// IP-in-IP to a local address, but the outer packet is a fragment (IPv4 MF/offset, or an
-    /// IPv6 fragment header carrying protocol 4/41): only the stack can reassemble it. Passed
-    /// untouched (with no tunnel driver, the stack then drops the reassembled packet).
-    PassOuterFragment = 3,
-    /// IP-in-IP to a local address whose inner header is broken or contradicts the outer one
-    /// (wrong version for the protocol, bad IHL, inner length past the outer payload,
-    /// truncated): dropped.
-    DropMalformed = 4,
-}
-
-/// Number of `DECAP_STATS` slots.
-pub const DECAP_COUNTER_COUNT: u32 = 5;
-
-impl DecapCounter {
-    /// Every counter, in index order.
-    pub const ALL: [DecapCounter; DECAP_COUNTER_COUNT as usize] = [
-        DecapCounter::Decapsulated,
-        DecapCounter::PassNotTunnel,
-        DecapCounter::PassNotLocal,
-        DecapCounter::PassOuterFragment,
-        DecapCounter::DropMalformed,
-    ];
-
-    /// The name `xdplb decap --stats` prints and scripts read.
-    pub const fn name(self) -> &'static str {
-        match self {
-            DecapCounter::Decapsulated => "decapsulated",
-            DecapCounter::PassNotTunnel => "pass_not_tunnel",
-            DecapCounter::PassNotLocal => "pass_not_local",
-            DecapCounter::PassOuterFragment => "pass_outer_fragment",
-            DecapCounter::DropMalformed => "drop_malformed",
-        }
+counter_table! {
+    counter DecapCounter, outcome DecapOutcome;
+    // `DECAP_STATS`: every packet the program sees increments exactly one outcome, except for
+    // the "cannot happen" paths that return `XDP_ABORTED` (a failed `bpf_xdp_adjust_head`
+    // after all checks passed), which the `xdp:xdp_exception` tracepoint reports instead. The
+    // program looks nothing up on the way that is worth an event of its own.
+    outcomes {
+        /// Outer header stripped; the inner packet went to the stack.
+        Decapsulated = 0, "decapsulated", Pass;
+        /// Not IP-in-IP: non-IP frames, IP of any other protocol (IPv6 extension headers
+        /// included), and IP whose own header is broken (the stack drops and counts those). Passed
+        /// untouched.
+        PassNotTunnel = 1, "pass_not_tunnel", Pass;
+        /// IP-in-IP addressed to an address not in `DECAP_ADDRS` (someone else's tunnel, or a
+        /// router's job): passed untouched.
+        PassNotLocal = 2, "pass_not_local", Pass;
+        /// IP-in-IP to a local address, but the outer packet is a fragment (IPv4 MF/offset, or an
+        /// IPv6 fragment header carrying protocol 4/41): only the stack can reassemble it. Passed
+        /// untouched (with no tunnel driver, the stack then drops the reassembled packet).
+        PassOuterFragment = 3, "pass_outer_fragment", Pass;
+        /// IP-in-IP to a local address whose inner header is broken or contradicts the outer one
+        /// (wrong version for the protocol, bad IHL, inner length past the outer payload,
+        /// truncated): dropped.
+        DropMalformed = 4, "drop_malformed", Drop;
     }
 }
+
+/// Number of `DECAP_STATS` slots ([`DecapCounter::COUNT`]).
+pub const DECAP_COUNTER_COUNT: u32 = DecapCounter::COUNT;
 
 #[cfg(feature = "user")]
 mod user {
@@ -126,6 +108,39 @@ mod tests {
         for (i, c) in DecapCounter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{} out of order", c.name());
         }
+    }
+
+    /// Decap has outcomes only: every slot is exactly one outcome, names unique and unchanged.
+    #[test]
+    fn every_counter_is_one_outcome_and_names_are_unique() {
+        for c in DecapCounter::ALL {
+            assert_eq!(
+                DecapOutcome::ALL
+                    .iter()
+                    .filter(|o| o.counter() == c)
+                    .count(),
+                1,
+                "{}",
+                c.name()
+            );
+        }
+        assert_eq!(
+            DecapCounter::ALL.map(DecapCounter::name),
+            [
+                "decapsulated",
+                "pass_not_tunnel",
+                "pass_not_local",
+                "pass_outer_fragment",
+                "drop_malformed"
+            ]
+        );
+        for o in DecapOutcome::ALL {
+            let drop = o.verdict() == crate::Verdict::Drop;
+            assert_eq!(drop, *o == DecapOutcome::DropMalformed, "{:?}", o);
+        }
+        assert_ne!(MAPS[0].name, MAPS[1].name);
+        assert_eq!((MAPS[0].key_size, MAPS[0].value_size), (20, 4));
+        assert_eq!((MAPS[1].value_size, MAPS[1].max_entries), (8, 5));
     }
 
     /// Userspace refuses (replaces) pinned maps whose sizes differ; if this changes, old pins
@@ -149,6 +164,6 @@ mod tests {
         let k = DecapAddr::v4([192, 0, 2, 1]);
         assert_eq!(&k.addr[..4], &[192, 0, 2, 1]);
         assert!(k.addr[4..].iter().all(|b| *b == 0));
-        assert_eq!(k.family, AF_INET);
+        assert_eq!(k.family, Family::V4);
     }
 }

@@ -1,10 +1,54 @@
 //! The contract between xdplb's XDP program and its userspace: map names, capacities, key/value layouts, counter indices and the flow hash. Nothing here is duplicated elsewhere.
 #![no_std]
 
+#[macro_use]
+mod table;
+
+pub mod addr;
 pub mod decap;
 pub mod hash;
 
 pub use hash::{flow_hash, hash_words};
+
+/// The kind of a BPF map, as lb-common names it (userspace maps it to aya's `MapType`; the
+/// eBPF side declares the matching `btf_maps` type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    /// `BPF_MAP_TYPE_HASH`.
+    Hash,
+    /// `BPF_MAP_TYPE_ARRAY`.
+    Array,
+    /// `BPF_MAP_TYPE_LRU_HASH`.
+    LruHash,
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`.
+    PerCpuArray,
+    /// `BPF_MAP_TYPE_ARRAY_OF_MAPS` (the value is an inner map's fd, 4 bytes).
+    ArrayOfMaps,
+}
+
+/// One map of an eBPF object: what the object declares and what a pinned copy must match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    /// The map's name in the object (the identifier of its `#[btf_map]` static).
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    /// Capacity in the object; 0 when it is set at load time (then a pinned copy may have any).
+    pub max_entries: u32,
+}
+
+impl MapSpec {
+    pub(crate) const fn new<K, V>(name: &'static str, kind: MapKind, max_entries: u32) -> MapSpec {
+        MapSpec {
+            name,
+            kind,
+            key_size: core::mem::size_of::<K>() as u32,
+            value_size: core::mem::size_of::<V>() as u32,
+            max_entries,
+        }
+    }
+}
 
 /// Map names, exactly as they appear in the eBPF object (the `#[btf_map]` statics in
 /// `lb-ebpf/src/maps.rs` carry these identifiers; `tests` checks every name is in the object).
@@ -29,19 +73,40 @@ pub mod maps {
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// `Array<Settings>` of one entry: balancer-wide values (tunnel source prefixes, MTU).
     pub const SETTINGS: &str = "SETTINGS";
-    /// Every map the balancer program owns, for pinning and for the object check.
-    pub const ALL: [&str; 9] = [
-        VIPS,
-        RINGS,
-        BACKENDS,
-        CONNS,
-        VIP_STATS,
-        BACKEND_STATS,
-        GLOBAL_STATS,
-        VIP_ADDRS,
-        SETTINGS,
-    ];
+    /// Every map the balancer program owns, for pinning and for the object check
+    /// (the names of [`crate::BALANCER_MAPS`]).
+    pub const ALL: [&str; 9] = {
+        let mut names = [""; 9];
+        let mut i = 0;
+        while i < names.len() {
+            names[i] = crate::BALANCER_MAPS[i].name;
+            i += 1;
+        }
+        names
+    };
 }
+
+/// Every map of the balancer object: names, kinds, key/value sizes, capacities. Userspace checks
+/// pinned maps against it; `lb-ebpf/src/maps.rs` declares the same (the tests check the names
+/// against the object).
+pub const BALANCER_MAPS: [MapSpec; 9] = {
+    use MapKind::*;
+    [
+        MapSpec::new::<VipKey, VipMeta>(maps::VIPS, Hash, MAX_VIPS),
+        // Outer map: the value is an inner ring's fd. Each inner ring is created by the agent
+        // with the VIP's own size (`BPF_F_INNER_MAP`); the object's template has
+        // `RING_TEMPLATE_SIZE`.
+        MapSpec::new::<u32, u32>(maps::RINGS, ArrayOfMaps, MAX_VIPS),
+        MapSpec::new::<u32, Backend>(maps::BACKENDS, Array, MAX_BACKENDS),
+        // Set at load time from the config's `flow_table_size` (object default `DEFAULT_CONNS`).
+        MapSpec::new::<FlowKey, ConnEntry>(maps::CONNS, LruHash, 0),
+        MapSpec::new::<u32, TrafficCounters>(maps::VIP_STATS, PerCpuArray, MAX_VIPS),
+        MapSpec::new::<u32, TrafficCounters>(maps::BACKEND_STATS, PerCpuArray, MAX_BACKENDS),
+        MapSpec::new::<u32, u64>(maps::GLOBAL_STATS, PerCpuArray, Counter::COUNT),
+        MapSpec::new::<AddrKey, AddrMeta>(maps::VIP_ADDRS, Hash, MAX_VIPS),
+        MapSpec::new::<u32, Settings>(maps::SETTINGS, Array, 1),
+    ]
+};
 
 /// Program names (function names of the `#[xdp]` entry points).
 pub mod programs {
@@ -80,8 +145,22 @@ pub const BPF_F_INNER_MAP: u32 = 1 << 12;
 /// guessing.
 pub const NO_BACKEND: u32 = u32::MAX;
 
-pub const AF_INET: u8 = 4;
-pub const AF_INET6: u8 = 6;
+/// The address family of a map key or value. Wire values are the IP version numbers (4, 6),
+/// not libc's `AF_INET`/`AF_INET6` (2, 10): the type keeps the two from being mixed up. A
+/// transparent `u8`, so every bit pattern is a valid value (it stays `Pod`); values other
+/// than [`Family::V4`] and [`Family::V6`] match nothing.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Family(pub u8);
+
+impl Family {
+    /// IPv4 (the address is in the first 4 bytes of a 16-byte field, the rest zero).
+    pub const V4: Family = Family(4);
+    /// IPv6.
+    pub const V6: Family = Family(6);
+}
+const _: () = assert!(core::mem::size_of::<Family>() == 1);
+
 pub const IPPROTO_ICMP: u8 = 1;
 /// IPv4-in-IP (RFC 2003): the next header of a 4in4 or 4in6 tunnel packet.
 pub const IPPROTO_IPIP: u8 = 4;
@@ -102,8 +181,7 @@ pub struct VipKey {
     /// Destination port in network byte order, or [`ALL_PORTS`].
     pub port: [u8; 2],
     pub proto: u8,
-    /// [`AF_INET`] or [`AF_INET6`].
-    pub family: u8,
+    pub family: Family,
 }
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 
@@ -133,8 +211,7 @@ pub const ORIGIN_TTL: u8 = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct AddrKey {
     pub addr: [u8; 16],
-    /// [`AF_INET`] or [`AF_INET6`].
-    pub family: u8,
+    pub family: Family,
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
@@ -209,7 +286,7 @@ pub struct Backend {
     pub addr: [u8; 16],
     /// Where the frame goes: the backend's MAC (`l2`) or the next hop's toward it (`ipip`).
     pub mac: [u8; 6],
-    pub family: u8,
+    pub family: Family,
     /// `BACKEND_*`.
     pub state: u8,
     /// The VIP this backend entry serves (a server behind two VIPs has two entries).
@@ -227,7 +304,7 @@ pub struct FlowKey {
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
-    pub family: u8,
+    pub family: Family,
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
@@ -253,102 +330,71 @@ pub struct TrafficCounters {
 }
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 
-/// Index into `GLOBAL_STATS`: why a packet ended as it did. Every packet the balancer sees
-/// increments exactly one of the `Pass*`/`Drop*`/`Tx*` outcomes; `Conn*` count lookups on the way.
-#[repr(u32)]
+/// What the NIC does with a packet, whatever the program: hand it to the stack, drop it, or
+/// send it back out of the NIC it came in on. Each program maps it to its hook's action code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
-    /// Not IPv4/IPv6 (ARP, LLDP, ...), or a frame too short for Ethernet: handed to the stack.
-    PassNotIp = 0,
-    /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own traffic.
-    PassNotVip = 1,
-    /// IP whose ports this version cannot read and that is not addressed to a VIP address:
-    /// fragments, and IPv6 packets with extension headers (MLD reports land here). Also IPv6
-    /// packets with extension headers other than a fragment header to a VIP address, and ICMP
-    /// errors quoting a fragment. Handed to the stack, never guessed.
-    PassUnsupported = 2,
-    /// Broken IP/TCP/UDP header (bad version/IHL/length, truncated L4, TCP data offset or UDP
-    /// length past the IP packet): dropped, as the kernel would.
-    DropMalformed = 3,
-    /// VIP with no usable backend.
-    DropNoBackend = 4,
-    /// Forwarded to a backend.
-    TxForwarded = 5,
-    /// Flow table hit with a live backend.
-    ConnHit = 6,
-    /// Flow table miss (new flow, or evicted): Maglev decided.
-    ConnMiss = 7,
-    /// Flow table hit whose backend was removed: re-steered by Maglev.
-    ConnResteer = 8,
-    /// Flow table insert failed (the packet is still forwarded).
-    ConnInsertFailed = 9,
-    /// VIP traffic in a broadcast or multicast frame: routers send VIP traffic to our unicast
-    /// MAC, so a group frame is not ours to bounce (it would leave with a group source MAC).
-    PassNotUnicast = 10,
-    /// A fragment (IPv4 MF or offset, IPv6 fragment header) addressed to a VIP address:
-    /// dropped. Only the first fragment has ports, so the others could not be steered to the
-    /// first one's backend without reassembly state; TCP never fragments (path-MTU discovery
-    /// works through the balancer), and a wrong backend would be worse than a loss.
-    DropFragment = 11,
-    /// A packet too big to encapsulate within `Settings::mtu`: answered with ICMP
-    /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", sent back to the client.
-    TxIcmpTooBig = 12,
-    /// Too big to encapsulate and not allowed to trigger path-MTU discovery (IPv4 without DF,
-    /// or an ICMP error being steered): dropped. The balancer cannot fragment.
-    DropTooBig = 13,
-    /// An ICMP/ICMPv6 error quoting a VIP flow (path-MTU "too big" included) forwarded to the
-    /// backend that owns that flow.
-    TxIcmpSteered = 14,
-    /// An ICMP/ICMPv6 echo request to a VIP address answered by the balancer (`icmp_echo`).
-    TxIcmpEcho = 15,
+pub enum Verdict {
+    Pass,
+    Drop,
+    Tx,
 }
 
-/// Number of `GLOBAL_STATS` slots.
-pub const COUNTER_COUNT: u32 = 16;
-
-impl Counter {
-    /// Every counter, in index order.
-    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
-        Counter::PassNotIp,
-        Counter::PassNotVip,
-        Counter::PassUnsupported,
-        Counter::DropMalformed,
-        Counter::DropNoBackend,
-        Counter::TxForwarded,
-        Counter::ConnHit,
-        Counter::ConnMiss,
-        Counter::ConnResteer,
-        Counter::ConnInsertFailed,
-        Counter::PassNotUnicast,
-        Counter::DropFragment,
-        Counter::TxIcmpTooBig,
-        Counter::DropTooBig,
-        Counter::TxIcmpSteered,
-        Counter::TxIcmpEcho,
-    ];
-
-    /// The name `xdplb stats` prints and scripts read.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Counter::PassNotIp => "pass_not_ip",
-            Counter::PassNotVip => "pass_not_vip",
-            Counter::PassUnsupported => "pass_unsupported",
-            Counter::DropMalformed => "drop_malformed",
-            Counter::DropNoBackend => "drop_no_backend",
-            Counter::TxForwarded => "tx_forwarded",
-            Counter::ConnHit => "conn_hit",
-            Counter::ConnMiss => "conn_miss",
-            Counter::ConnResteer => "conn_resteer",
-            Counter::ConnInsertFailed => "conn_insert_failed",
-            Counter::PassNotUnicast => "pass_not_unicast",
-            Counter::DropFragment => "drop_fragment",
-            Counter::TxIcmpTooBig => "tx_icmp_too_big",
-            Counter::DropTooBig => "drop_too_big",
-            Counter::TxIcmpSteered => "tx_icmp_steered",
-            Counter::TxIcmpEcho => "tx_icmp_echo",
-        }
+counter_table! {
+    counter Counter, outcome Outcome, event Event;
+    // `GLOBAL_STATS`: every packet the balancer sees increments exactly one outcome; events
+    // count the flow-table lookups on the way. Indices are the pinned map's slots (append
+    // only, or bump `LAYOUT_VERSION`); names are what `xdplb stats` and the metrics print.
+    outcomes {
+        /// Not IPv4/IPv6 (ARP, LLDP, ...), or a frame too short for Ethernet: handed to the stack.
+        PassNotIp = 0, "pass_not_ip", Pass;
+        /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own traffic.
+        PassNotVip = 1, "pass_not_vip", Pass;
+        /// IP whose ports this version cannot read and that is not addressed to a VIP address:
+        /// fragments, and IPv6 packets with extension headers (MLD reports land here). Also IPv6
+        /// packets with extension headers other than a fragment header to a VIP address, and ICMP
+        /// errors quoting a fragment. Handed to the stack, never guessed.
+        PassUnsupported = 2, "pass_unsupported", Pass;
+        /// Broken IP/TCP/UDP header (bad version/IHL/length, truncated L4, TCP data offset or UDP
+        /// length past the IP packet): dropped, as the kernel would.
+        DropMalformed = 3, "drop_malformed", Drop;
+        /// VIP with no usable backend.
+        DropNoBackend = 4, "drop_no_backend", Drop;
+        /// Forwarded to a backend.
+        TxForwarded = 5, "tx_forwarded", Tx;
+        /// VIP traffic in a broadcast or multicast frame: routers send VIP traffic to our unicast
+        /// MAC, so a group frame is not ours to bounce (it would leave with a group source MAC).
+        PassNotUnicast = 10, "pass_not_unicast", Pass;
+        /// A fragment (IPv4 MF or offset, IPv6 fragment header) addressed to a VIP address:
+        /// dropped. Only the first fragment has ports, so the others could not be steered to the
+        /// first one's backend without reassembly state; TCP never fragments (path-MTU discovery
+        /// works through the balancer), and a wrong backend would be worse than a loss.
+        DropFragment = 11, "drop_fragment", Drop;
+        /// A packet too big to encapsulate within `Settings::mtu`: answered with ICMP
+        /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", sent back to the client.
+        TxIcmpTooBig = 12, "tx_icmp_too_big", Tx;
+        /// Too big to encapsulate and not allowed to trigger path-MTU discovery (IPv4 without DF,
+        /// or an ICMP error being steered): dropped. The balancer cannot fragment.
+        DropTooBig = 13, "drop_too_big", Drop;
+        /// An ICMP/ICMPv6 error quoting a VIP flow (path-MTU "too big" included) forwarded to the
+        /// backend that owns that flow.
+        TxIcmpSteered = 14, "tx_icmp_steered", Tx;
+        /// An ICMP/ICMPv6 echo request to a VIP address answered by the balancer (`icmp_echo`).
+        TxIcmpEcho = 15, "tx_icmp_echo", Tx;
+    }
+    events {
+        /// Flow table hit with a live backend.
+        ConnHit = 6, "conn_hit";
+        /// Flow table miss (new flow, or evicted): Maglev decided.
+        ConnMiss = 7, "conn_miss";
+        /// Flow table hit whose backend was removed: re-steered by Maglev.
+        ConnResteer = 8, "conn_resteer";
+        /// Flow table insert failed (the packet is still forwarded).
+        ConnInsertFailed = 9, "conn_insert_failed";
     }
 }
+
+/// Number of `GLOBAL_STATS` slots ([`Counter::COUNT`], kept under its old name for readers).
+pub const COUNTER_COUNT: u32 = Counter::COUNT;
 
 #[cfg(feature = "user")]
 mod user {
@@ -363,6 +409,7 @@ mod user {
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::AddrMeta {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Family {}
 }
 
 #[cfg(test)]
@@ -374,6 +421,96 @@ mod tests {
         for (i, c) in Counter::ALL.iter().enumerate() {
             assert_eq!(*c as usize, i, "{} out of order", c.name());
         }
+        assert_eq!(Counter::ALL.len(), COUNTER_COUNT as usize);
+    }
+
+    /// Each slot is either an outcome (with a verdict) or an event, never both or neither;
+    /// names are unique, so a reader keyed by name sees every slot.
+    #[test]
+    fn every_counter_is_one_outcome_or_one_event_and_names_are_unique() {
+        for c in Counter::ALL {
+            let outcomes = Outcome::ALL.iter().filter(|o| o.counter() == c).count();
+            let events = Event::ALL.iter().filter(|e| e.counter() == c).count();
+            assert_eq!(outcomes + events, 1, "{}", c.name());
+        }
+        assert_eq!(Outcome::ALL.len() + Event::ALL.len(), Counter::ALL.len());
+        for o in Outcome::ALL {
+            assert_eq!(*o as u32, o.counter() as u32, "{:?}", o);
+        }
+        for e in Event::ALL {
+            assert_eq!(*e as u32, e.counter() as u32, "{:?}", e);
+        }
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    /// The names and verdicts readers depend on (`xdplb stats`, metrics, tests): a change here
+    /// is a change of the pinned layout's meaning.
+    #[test]
+    fn counter_names_and_verdicts() {
+        let names: [&str; 16] = Counter::ALL.map(Counter::name);
+        assert_eq!(
+            names,
+            [
+                "pass_not_ip",
+                "pass_not_vip",
+                "pass_unsupported",
+                "drop_malformed",
+                "drop_no_backend",
+                "tx_forwarded",
+                "conn_hit",
+                "conn_miss",
+                "conn_resteer",
+                "conn_insert_failed",
+                "pass_not_unicast",
+                "drop_fragment",
+                "tx_icmp_too_big",
+                "drop_too_big",
+                "tx_icmp_steered",
+                "tx_icmp_echo",
+            ]
+        );
+        for o in Outcome::ALL {
+            let prefix = match o.verdict() {
+                Verdict::Pass => "pass_",
+                Verdict::Drop => "drop_",
+                Verdict::Tx => "tx_",
+            };
+            assert!(o.counter().name().starts_with(prefix), "{:?}", o);
+        }
+        for e in Event::ALL {
+            assert!(e.counter().name().starts_with("conn_"), "{:?}", e);
+        }
+    }
+
+    #[test]
+    fn map_specs_name_every_map_once() {
+        assert!(maps::ALL.iter().all(|n| !n.is_empty()));
+        for (i, a) in BALANCER_MAPS.iter().enumerate() {
+            assert_eq!(maps::ALL[i], a.name);
+            for b in &BALANCER_MAPS[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+        let conns = BALANCER_MAPS
+            .iter()
+            .find(|m| m.name == maps::CONNS)
+            .unwrap();
+        assert_eq!(
+            (conns.key_size, conns.value_size, conns.max_entries),
+            (40, 8, 0)
+        );
+        let global = BALANCER_MAPS
+            .iter()
+            .find(|m| m.name == maps::GLOBAL_STATS)
+            .unwrap();
+        assert_eq!(
+            (global.kind, global.value_size, global.max_entries),
+            (MapKind::PerCpuArray, 8, 16)
+        );
     }
 
     /// Sizes of every map key/value and the counter count: if this changes, bump
@@ -406,6 +543,8 @@ mod tests {
         assert_eq!(offset_of!(VipKey, proto), 18);
         assert_eq!(offset_of!(Backend, vip_id), 24);
         assert_eq!(offset_of!(FlowKey, proto), 36);
+        assert_eq!(offset_of!(FlowKey, family), 37);
+        assert_eq!(offset_of!(Backend, family), 22);
         assert_eq!(align_of::<TrafficCounters>(), 8);
     }
 }

@@ -9,14 +9,17 @@ use aya_ebpf::{
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::decap::{DecapAddr, DecapCounter, DECAP_COUNTER_COUNT, MAX_DECAP_ADDRS};
+use lb_common::{
+    decap::{DecapAddr, DecapOutcome, DECAP_COUNTER_COUNT, MAX_DECAP_ADDRS},
+    Verdict,
+};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 /// The local addresses tunnels may be addressed to (filled by `xdplb decap`).
 #[btf_map]
 static DECAP_ADDRS: HashMap<DecapAddr, u32, { MAX_DECAP_ADDRS as usize }> = HashMap::new();
 
-/// One slot per [`DecapCounter`], per CPU.
+/// One slot per `DecapCounter` (each [`DecapOutcome`] has one), per CPU.
 #[btf_map]
 static DECAP_STATS: PerCpuArray<u64, { DECAP_COUNTER_COUNT as usize }> = PerCpuArray::new();
 
@@ -34,33 +37,34 @@ const IPPROTO_FRAGMENT: u8 = 44;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1fff;
 
-/// The decapsulation program. Every packet ends in exactly one `DECAP_STATS` counter, except a
-/// failed `bpf_xdp_adjust_head` after all checks passed (cannot happen: the delta is positive
-/// and leaves a whole inner IP header), which aborts and shows in `xdp:xdp_exception`.
+/// The decapsulation program. Every packet ends in exactly one outcome, counted here, whose
+/// verdict is the action; except a failed `bpf_xdp_adjust_head` after all checks passed
+/// (cannot happen: the delta is positive and leaves a whole inner IP header), which aborts and
+/// shows in `xdp:xdp_exception`.
 #[xdp]
 pub fn xdplb_decap(ctx: XdpContext) -> u32 {
-    match plan(&ctx) {
+    let outcome = match plan(&ctx) {
         Ok(strip) => {
-            if apply(&ctx, &strip) {
-                count(DecapCounter::Decapsulated);
-                xdp_action::XDP_PASS
-            } else {
-                xdp_action::XDP_ABORTED
+            if !apply(&ctx, &strip) {
+                return xdp_action::XDP_ABORTED;
             }
+            DecapOutcome::Decapsulated
         }
-        Err(reason) => {
-            count(reason);
-            match reason {
-                DecapCounter::DropMalformed => xdp_action::XDP_DROP,
-                _ => xdp_action::XDP_PASS,
-            }
-        }
+        Err(outcome) => outcome,
+    };
+    count(outcome);
+    match outcome.verdict() {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        // No decap outcome sends the frame back; kept total rather than guessed.
+        Verdict::Tx => xdp_action::XDP_TX,
     }
 }
 
 #[inline(always)]
-fn count(counter: DecapCounter) {
-    if let Some(slot) = DECAP_STATS.get_ptr_mut(counter as u32) {
+fn count(outcome: DecapOutcome) {
+    // verifier: DECAP_STATS has `DecapOutcome::COUNT` slots; the kernel bounds-checks anyway.
+    if let Some(slot) = DECAP_STATS.get_ptr_mut(outcome.counter() as u32) {
         // Per-CPU slot: no other CPU writes it, a plain add is enough.
         unsafe { *slot += 1 };
     }
@@ -101,15 +105,15 @@ fn is_local(addr: &DecapAddr) -> bool {
 /// `Pass*` reasons pass it untouched). IP header checksums are not verified: the stack does
 /// that for the inner header, and the outer one is discarded.
 #[inline(always)]
-fn plan(ctx: &XdpContext) -> Result<Strip, DecapCounter> {
-    let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).ok_or(DecapCounter::PassNotTunnel)?;
+fn plan(ctx: &XdpContext) -> Result<Strip, DecapOutcome> {
+    let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).ok_or(DecapOutcome::PassNotTunnel)?;
     let eth = unsafe { *eth };
     let mut l2 = [0u8; VLAN_ETH_HLEN];
     l2[..12].copy_from_slice(&eth[..12]);
     let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
     let mut l3 = ETH_HLEN;
     if ether_type == ETH_P_8021Q {
-        let tag = ptr_at::<[u8; 4]>(ctx, ETH_HLEN).ok_or(DecapCounter::PassNotTunnel)?;
+        let tag = ptr_at::<[u8; 4]>(ctx, ETH_HLEN).ok_or(DecapOutcome::PassNotTunnel)?;
         let tag = unsafe { *tag };
         // Keep the tag (TPID and TCI) in place; only the ethertype after it changes.
         l2[12..14].copy_from_slice(&eth[12..14]);
@@ -124,56 +128,56 @@ fn plan(ctx: &XdpContext) -> Result<Strip, DecapCounter> {
     // this program never touches what it cannot parse.
     let (outer_len, inner_proto, outer_payload) = match ether_type {
         ETH_P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(DecapCounter::PassNotTunnel)?;
+            let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(DecapOutcome::PassNotTunnel)?;
             let ip = unsafe { &*ip };
             let ihl = (ip.vihl & 0x0f) as usize * 4;
             let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > frame {
-                return Err(DecapCounter::PassNotTunnel);
+                return Err(DecapOutcome::PassNotTunnel);
             }
             if ip.proto != IPPROTO_IPIP && ip.proto != IPPROTO_IPV6 {
-                return Err(DecapCounter::PassNotTunnel);
+                return Err(DecapOutcome::PassNotTunnel);
             }
             if !is_local(&DecapAddr::v4(ip.dst_addr)) {
-                return Err(DecapCounter::PassNotLocal);
+                return Err(DecapOutcome::PassNotLocal);
             }
             // Any fragment, first or not: the inner packet is incomplete until the stack
             // reassembles it.
             if u16::from_be_bytes(ip.frags) & (IP_MF | IP_OFFSET) != 0 {
-                return Err(DecapCounter::PassOuterFragment);
+                return Err(DecapOutcome::PassOuterFragment);
             }
             (ihl, ip.proto, tot_len - ihl)
         }
         ETH_P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(DecapCounter::PassNotTunnel)?;
+            let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(DecapOutcome::PassNotTunnel)?;
             let ip = unsafe { &*ip };
             let payload = u16::from_be_bytes(ip.payload_len) as usize;
             if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > frame {
-                return Err(DecapCounter::PassNotTunnel);
+                return Err(DecapOutcome::PassNotTunnel);
             }
             let local = is_local(&DecapAddr::v6(ip.dst_addr));
             match ip.next_hdr {
                 IPPROTO_IPIP | IPPROTO_IPV6 if local => {}
-                IPPROTO_IPIP | IPPROTO_IPV6 => return Err(DecapCounter::PassNotLocal),
+                IPPROTO_IPIP | IPPROTO_IPV6 => return Err(DecapOutcome::PassNotLocal),
                 IPPROTO_FRAGMENT => {
                     // The fragment header's first byte is the protocol of the fragmented
                     // payload: count tunnel fragments as such, everything else is not ours.
                     let frag = ptr_at::<[u8; 8]>(ctx, l3 + Ipv6Hdr::LEN)
-                        .ok_or(DecapCounter::PassNotTunnel)?;
+                        .ok_or(DecapOutcome::PassNotTunnel)?;
                     let next = unsafe { (*frag)[0] };
                     return Err(match next {
-                        IPPROTO_IPIP | IPPROTO_IPV6 if local => DecapCounter::PassOuterFragment,
-                        IPPROTO_IPIP | IPPROTO_IPV6 => DecapCounter::PassNotLocal,
-                        _ => DecapCounter::PassNotTunnel,
+                        IPPROTO_IPIP | IPPROTO_IPV6 if local => DecapOutcome::PassOuterFragment,
+                        IPPROTO_IPIP | IPPROTO_IPV6 => DecapOutcome::PassNotLocal,
+                        _ => DecapOutcome::PassNotTunnel,
                     });
                 }
                 // Other extension headers (destination options with a tunnel encapsulation
                 // limit included) are not walked: the balancer does not add them.
-                _ => return Err(DecapCounter::PassNotTunnel),
+                _ => return Err(DecapOutcome::PassNotTunnel),
             }
             (Ipv6Hdr::LEN, ip.next_hdr, payload)
         }
-        _ => return Err(DecapCounter::PassNotTunnel),
+        _ => return Err(DecapOutcome::PassNotTunnel),
     };
 
     // The inner header: the version the outer protocol announces, and a length that stays
@@ -181,20 +185,20 @@ fn plan(ctx: &XdpContext) -> Result<Strip, DecapCounter> {
     // outer payload is allowed: the stack trims the excess, as it trims Ethernet padding.
     let inner = l3 + outer_len;
     let inner_type = if inner_proto == IPPROTO_IPIP {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, inner).ok_or(DecapCounter::DropMalformed)?;
+        let ip = ptr_at::<Ipv4Hdr>(ctx, inner).ok_or(DecapOutcome::DropMalformed)?;
         let ip = unsafe { &*ip };
         let ihl = (ip.vihl & 0x0f) as usize * 4;
         let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
         if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || tot_len > outer_payload {
-            return Err(DecapCounter::DropMalformed);
+            return Err(DecapOutcome::DropMalformed);
         }
         ETH_P_IP
     } else {
-        let ip = ptr_at::<Ipv6Hdr>(ctx, inner).ok_or(DecapCounter::DropMalformed)?;
+        let ip = ptr_at::<Ipv6Hdr>(ctx, inner).ok_or(DecapOutcome::DropMalformed)?;
         let ip = unsafe { &*ip };
         let payload = u16::from_be_bytes(ip.payload_len) as usize;
         if ip.vcf[0] >> 4 != 6 || Ipv6Hdr::LEN + payload > outer_payload {
-            return Err(DecapCounter::DropMalformed);
+            return Err(DecapOutcome::DropMalformed);
         }
         ETH_P_IPV6
     };

@@ -1,13 +1,15 @@
 //! What leaves the NIC: a frame rewritten toward its backend (L2 or IP-in-IP), or an ICMP answer (too big, echo reply) sent back to the client.
+//!
+//! Every public function rewrites the frame for `XDP_TX` (the caller's `Tx*` outcome carries
+//! that verdict) or fails with the outcome that ends the packet instead.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Counter, Settings, AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP,
-    IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, ORIGIN_TTL,
+    Backend, Family, Outcome, Settings, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_IPIP, IPPROTO_IPV6,
+    IPV4_HLEN, IPV6_HLEN, ORIGIN_TTL,
 };
 
 use crate::parse::{self, ptr_at, Parsed};
@@ -30,13 +32,13 @@ const MAX_QUOTE4_WORDS: usize = (60 + 8) / 4;
 /// Source MAC := the destination the client's router used, i.e. this NIC. The IP packet is
 /// untouched, so no checksum changes; the backend holds the VIP on `lo` and answers the client.
 #[inline(always)]
-pub fn l2(ctx: &XdpContext, backend: &Backend) -> Result<u32, Counter> {
-    let eth = parse::eth_mut(ctx).ok_or(Counter::DropMalformed)?;
+pub fn l2(ctx: &XdpContext, backend: &Backend) -> Result<(), Outcome> {
+    let eth = parse::eth_mut(ctx).ok_or(Outcome::DropMalformed)?;
     unsafe {
         (*eth).src_addr = (*eth).dst_addr;
         (*eth).dst_addr = backend.mac;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(())
 }
 
 /// IP-in-IP: an outer IPv4 (protocol 4 or 41) or IPv6 (next header 4 or 41) header addressed
@@ -52,10 +54,10 @@ pub fn ipip(
     backend: &Backend,
     settings: &Settings,
     hash: u32,
-) -> Result<u32, Counter> {
-    let outer_v6 = backend.family == AF_INET6;
+) -> Result<(), Outcome> {
+    let outer_v6 = backend.family == Family::V6;
     let outer_len = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN } as usize;
-    let inner_proto = if p.key.family == AF_INET {
+    let inner_proto = if p.key.family == Family::V4 {
         IPPROTO_IPIP
     } else {
         IPPROTO_IPV6
@@ -66,7 +68,7 @@ pub fn ipip(
     set_macs(ctx, backend.mac, our_mac)?;
     set_ether_type(ctx, p.l3, if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP })?;
     if outer_v6 {
-        let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Counter::DropMalformed)?;
+        let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
         let h = unsafe { &mut *h };
         let flow = hash & 0x000f_ffff;
         h[0] = 0x60 | (p.tos >> 4);
@@ -107,7 +109,7 @@ pub fn ipip(
             dst,
         )?;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(())
 }
 
 /// Turns a packet too big to encapsulate into the ICMP error that makes the client lower its
@@ -118,24 +120,24 @@ pub fn ipip(
 /// The room for the new IP + ICMP headers is made in front of the old IP header, so the quote
 /// is already where it belongs: only the L2 header moves.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<u32, Counter> {
+pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Outcome> {
     let [our_mac, client_mac] = macs(ctx)?;
-    let v6 = p.key.family == AF_INET6;
+    let v6 = p.key.family == Family::V6;
     let (new_hdrs, quote) = if v6 {
         (IPV6_HLEN as usize + ICMP_HLEN, PTB_QUOTE6)
     } else {
         (IPV4_HLEN as usize + ICMP_HLEN, (p.l4 - p.l3) + 8)
     };
     // Sum the quote before anything moves; the sum does not depend on where it sits.
-    let quote_sum = sum_words(ctx, p.l3, quote / 4).ok_or(Counter::DropMalformed)?;
+    let quote_sum = sum_words(ctx, p.l3, quote / 4).ok_or(Outcome::DropMalformed)?;
     grow_head(ctx, new_hdrs)?;
     move_l2(ctx, new_hdrs, p.l3)?;
     set_macs(ctx, client_mac, our_mac)?;
     let icmp_off = p.l3 + new_hdrs - ICMP_HLEN;
-    let icmp = ptr_at::<[u8; ICMP_HLEN]>(ctx, icmp_off).ok_or(Counter::DropMalformed)?;
+    let icmp = ptr_at::<[u8; ICMP_HLEN]>(ctx, icmp_off).ok_or(Outcome::DropMalformed)?;
     let icmp = unsafe { &mut *icmp };
     if v6 {
-        let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Counter::DropMalformed)?;
+        let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
         let h = unsafe { &mut *h };
         let len = (ICMP_HLEN + quote) as u16;
         h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
@@ -182,34 +184,34 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<u32, Counter> {
     let keep = p.l3 + new_hdrs + quote;
     let cut = (ctx.data_end() - ctx.data()) as i32 - keep as i32;
     if cut > 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, -cut) } != 0 {
-        return Err(Counter::DropMalformed);
+        return Err(Outcome::DropMalformed);
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(())
 }
 
 /// Answers an ICMP/ICMPv6 echo request in place: addresses and MACs swapped, TTL/hop limit
 /// reset, type 8→0 / 128→129 with the checksums updated incrementally (RFC 1624). Swapping
 /// the addresses leaves every checksum as it was, pseudo-header included.
 #[inline(always)]
-pub fn echo_reply(ctx: &XdpContext, p: &Parsed) -> Result<u32, Counter> {
+pub fn echo_reply(ctx: &XdpContext, p: &Parsed) -> Result<(), Outcome> {
     let [our_mac, client_mac] = macs(ctx)?;
     set_macs(ctx, client_mac, our_mac)?;
-    let icmp = ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Counter::DropMalformed)?;
+    let icmp = ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Outcome::DropMalformed)?;
     let icmp = unsafe { &mut *icmp };
     let old_type = u16::from_be_bytes([icmp[0], icmp[1]]);
-    let new_type_byte = if p.key.family == AF_INET6 { 129 } else { 0 };
+    let new_type_byte = if p.key.family == Family::V6 { 129 } else { 0 };
     let new_type = u16::from_be_bytes([new_type_byte, icmp[1]]);
     let check = u16::from_be_bytes([icmp[2], icmp[3]]);
     icmp[0] = new_type_byte;
     icmp[2..4].copy_from_slice(&csum_replace(check, old_type, new_type).to_be_bytes());
-    if p.key.family == AF_INET6 {
-        let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Counter::DropMalformed)?;
+    if p.key.family == Family::V6 {
+        let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
         let h = unsafe { &mut *h };
         h[7] = ORIGIN_TTL;
         h[8..24].copy_from_slice(&p.key.dst);
         h[24..40].copy_from_slice(&p.key.src);
     } else {
-        let h = ptr_at::<[u8; IPV4_HLEN as usize]>(ctx, p.l3).ok_or(Counter::DropMalformed)?;
+        let h = ptr_at::<[u8; IPV4_HLEN as usize]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
         let h = unsafe { &mut *h };
         let old = u16::from_be_bytes([h[8], h[9]]);
         let new = u16::from_be_bytes([ORIGIN_TTL, h[9]]);
@@ -219,19 +221,19 @@ pub fn echo_reply(ctx: &XdpContext, p: &Parsed) -> Result<u32, Counter> {
         h[12..16].copy_from_slice(&p.key.dst[..4]);
         h[16..20].copy_from_slice(&p.key.src[..4]);
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(())
 }
 
 /// [destination, source] MAC of the frame as it is now.
 #[inline(always)]
-fn macs(ctx: &XdpContext) -> Result<[[u8; 6]; 2], Counter> {
-    let eth = parse::eth_mut(ctx).ok_or(Counter::DropMalformed)?;
+fn macs(ctx: &XdpContext) -> Result<[[u8; 6]; 2], Outcome> {
+    let eth = parse::eth_mut(ctx).ok_or(Outcome::DropMalformed)?;
     Ok(unsafe { [(*eth).dst_addr, (*eth).src_addr] })
 }
 
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Counter> {
-    let eth = parse::eth_mut(ctx).ok_or(Counter::DropMalformed)?;
+fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Outcome> {
+    let eth = parse::eth_mut(ctx).ok_or(Outcome::DropMalformed)?;
     unsafe {
         (*eth).dst_addr = dst;
         (*eth).src_addr = src;
@@ -242,9 +244,9 @@ fn set_macs(ctx: &XdpContext, dst: [u8; 6], src: [u8; 6]) -> Result<(), Counter>
 /// Makes `len` bytes of room in front of the frame. XDP guarantees 256 bytes of headroom
 /// (XDP_PACKET_HEADROOM), so this fails only with a driver that breaks that promise.
 #[inline(always)]
-fn grow_head(ctx: &XdpContext, len: usize) -> Result<(), Counter> {
+fn grow_head(ctx: &XdpContext, len: usize) -> Result<(), Outcome> {
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(len as i32)) } != 0 {
-        return Err(Counter::DropTooBig);
+        return Err(Outcome::DropTooBig);
     }
     Ok(())
 }
@@ -252,13 +254,13 @@ fn grow_head(ctx: &XdpContext, len: usize) -> Result<(), Counter> {
 /// Moves the L2 header (`l2_len`: 14, or 18 with an 802.1Q tag) from `by` bytes into the
 /// frame to its start, after [`grow_head`].
 #[inline(always)]
-fn move_l2(ctx: &XdpContext, by: usize, l2_len: usize) -> Result<(), Counter> {
-    let from = ptr_at::<[u8; 14]>(ctx, by).ok_or(Counter::DropMalformed)?;
-    let to = ptr_at::<[u8; 14]>(ctx, 0).ok_or(Counter::DropMalformed)?;
+fn move_l2(ctx: &XdpContext, by: usize, l2_len: usize) -> Result<(), Outcome> {
+    let from = ptr_at::<[u8; 14]>(ctx, by).ok_or(Outcome::DropMalformed)?;
+    let to = ptr_at::<[u8; 14]>(ctx, 0).ok_or(Outcome::DropMalformed)?;
     unsafe { *to = *from };
     if l2_len > 14 {
-        let from = ptr_at::<[u8; 4]>(ctx, by + 14).ok_or(Counter::DropMalformed)?;
-        let to = ptr_at::<[u8; 4]>(ctx, 14).ok_or(Counter::DropMalformed)?;
+        let from = ptr_at::<[u8; 4]>(ctx, by + 14).ok_or(Outcome::DropMalformed)?;
+        let to = ptr_at::<[u8; 4]>(ctx, 14).ok_or(Outcome::DropMalformed)?;
         unsafe { *to = *from };
     }
     Ok(())
@@ -266,8 +268,8 @@ fn move_l2(ctx: &XdpContext, by: usize, l2_len: usize) -> Result<(), Counter> {
 
 /// The EtherType just before the IP header (the frame's, or the 802.1Q tag's inner one).
 #[inline(always)]
-fn set_ether_type(ctx: &XdpContext, l3: usize, ether_type: [u8; 2]) -> Result<(), Counter> {
-    let t = ptr_at::<[u8; 2]>(ctx, l3 - 2).ok_or(Counter::DropMalformed)?;
+fn set_ether_type(ctx: &XdpContext, l3: usize, ether_type: [u8; 2]) -> Result<(), Outcome> {
+    let t = ptr_at::<[u8; 2]>(ctx, l3 - 2).ok_or(Outcome::DropMalformed)?;
     unsafe { *t = ether_type };
     Ok(())
 }
@@ -284,8 +286,8 @@ fn write_ipv4(
     proto: u8,
     src: [u8; 4],
     dst: [u8; 4],
-) -> Result<(), Counter> {
-    let h = ptr_at::<[u8; IPV4_HLEN as usize]>(ctx, off).ok_or(Counter::DropMalformed)?;
+) -> Result<(), Outcome> {
+    let h = ptr_at::<[u8; IPV4_HLEN as usize]>(ctx, off).ok_or(Outcome::DropMalformed)?;
     let h = unsafe { &mut *h };
     let len = (tot_len as u16).to_be_bytes();
     h[0] = 0x45;

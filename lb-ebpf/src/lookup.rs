@@ -1,13 +1,13 @@
 //! VIP lookup, flow table and Maglev ring: which backend gets this flow.
 
 use lb_common::{
-    backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey, Settings,
-    VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
+    backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Event, FlowKey, Outcome,
+    Settings, VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 
 use crate::{
     maps::{BACKENDS, CONNS, RINGS, SETTINGS, VIPS, VIP_ADDRS},
-    stats::count,
+    stats::event,
 };
 
 /// Whether the flow's destination address has any VIP, and its per-address flags.
@@ -70,14 +70,14 @@ fn backend(id: u32) -> Option<Backend> {
 /// The flow's backend: the remembered one if it still exists (draining included), else the
 /// Maglev ring's choice, which is then remembered if `remember` (ICMP errors only look).
 #[inline(always)]
-pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, Counter> {
+pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, Outcome> {
     let stateful = vip.flags & VIP_STATELESS == 0;
     let mut resteer = false;
     if stateful {
         if let Some(entry) = CONNS.get_ptr(flow) {
             let id = unsafe { (*entry).backend_id };
             if let Some(b) = backend(id) {
-                count(Counter::ConnHit);
+                event(Event::ConnHit);
                 return Ok(Choice {
                     backend_id: id,
                     backend: b,
@@ -88,32 +88,32 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, C
             // the packet where a new connection would go instead of black-holing it.
             resteer = true;
         }
-        count(if resteer {
-            Counter::ConnResteer
+        event(if resteer {
+            Event::ConnResteer
         } else {
-            Counter::ConnMiss
+            Event::ConnMiss
         });
     }
     if vip.ring_size == 0 {
-        return Err(Counter::DropNoBackend);
+        return Err(Outcome::DropNoBackend);
     }
     let slot = flow_hash(flow, vip.flags & VIP_HASH_SOURCE_IP != 0) % vip.ring_size;
     // verifier: RINGS' inner arrays are bounds-checked by the kernel; a slot past a ring's
     // size returns None.
     let id = *RINGS
         .get_value(vip.vip_id, &slot)
-        .ok_or(Counter::DropNoBackend)?;
+        .ok_or(Outcome::DropNoBackend)?;
     if id == NO_BACKEND {
-        return Err(Counter::DropNoBackend);
+        return Err(Outcome::DropNoBackend);
     }
-    let b = backend(id).ok_or(Counter::DropNoBackend)?;
+    let b = backend(id).ok_or(Outcome::DropNoBackend)?;
     if stateful && remember {
         let entry = ConnEntry {
             backend_id: id,
             vip_id: vip.vip_id,
         };
         if CONNS.insert(flow, &entry, 0).is_err() {
-            count(Counter::ConnInsertFailed);
+            event(Event::ConnInsertFailed);
         }
     }
     Ok(Choice {

@@ -9,74 +9,69 @@ mod parse;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{flow_hash, Counter, ADDR_ANSWER_ECHO, AF_INET6, FORWARD_IPIP, FORWARD_L2};
+use lb_common::{flow_hash, Family, Outcome, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
 use parse::Kind;
 
-/// The balancer. Every packet ends in exactly one outcome counter.
+/// The balancer. Every packet ends in exactly one outcome, counted here and nowhere else, and
+/// the outcome's verdict is the action: the counters and what the NIC did cannot disagree.
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
-    match balance(&ctx) {
-        Ok((action, outcome)) => {
-            stats::count(outcome);
-            action
-        }
-        Err(reason) => {
-            stats::count(reason);
-            action_for(reason)
-        }
+    let outcome = match balance(&ctx) {
+        Ok(outcome) | Err(outcome) => outcome,
+    };
+    stats::count(outcome);
+    action_for(outcome.verdict())
+}
+
+/// The XDP action of a verdict: not ours goes to the stack, broken or unservable VIP traffic
+/// is dropped, a rewritten frame leaves by the NIC it came in on.
+#[inline(always)]
+fn action_for(verdict: Verdict) -> u32 {
+    match verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Tx => xdp_action::XDP_TX,
     }
 }
 
-/// What the NIC does with a packet that ended for `reason`: not ours goes to the stack,
-/// broken or unservable VIP traffic is dropped.
+/// Classifies the packet and sends it on. `Ok` is the `Tx*` outcome of a frame rewritten for
+/// `XDP_TX`; `Err` the outcome of a packet that goes no further.
 #[inline(always)]
-fn action_for(reason: Counter) -> u32 {
-    match reason {
-        Counter::DropMalformed
-        | Counter::DropNoBackend
-        | Counter::DropFragment
-        | Counter::DropTooBig => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
-    }
-}
-
-/// Classifies the packet and sends it on: the verdict and its outcome counter, or the reason
-/// it goes no further.
-#[inline(always)]
-fn balance(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
+fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
     let p = parse::parse(ctx)?;
     match p.kind {
         Kind::Flow | Kind::IcmpError => {}
         Kind::Fragment => {
             return Err(match lookup::vip_addr(&p.key) {
-                Some(_) => Counter::DropFragment,
-                None => Counter::PassUnsupported,
+                Some(_) => Outcome::DropFragment,
+                None => Outcome::PassUnsupported,
             });
         }
         Kind::EchoRequest => {
             let answer = lookup::vip_addr(&p.key).is_some_and(|a| a.flags & ADDR_ANSWER_ECHO != 0);
             if !answer {
-                return Err(Counter::PassNotVip);
+                return Err(Outcome::PassNotVip);
             }
             if parse::to_group_mac(ctx) {
-                return Err(Counter::PassNotUnicast);
+                return Err(Outcome::PassNotUnicast);
             }
-            return Ok((forward::echo_reply(ctx, &p)?, Counter::TxIcmpEcho));
+            forward::echo_reply(ctx, &p)?;
+            return Ok(Outcome::TxIcmpEcho);
         }
     }
-    let vip = lookup::vip(&p.key).ok_or(Counter::PassNotVip)?;
+    let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
     if parse::to_group_mac(ctx) {
-        return Err(Counter::PassNotUnicast);
+        return Err(Outcome::PassNotUnicast);
     }
     let icmp_error = p.kind == Kind::IcmpError;
     // An ICMP error only follows its flow; it must not create one.
     let choice = lookup::choose(&p.key, &vip, !icmp_error)?;
     let bytes = parse::frame_len(ctx);
-    let action = match vip.forwarding {
+    match vip.forwarding {
         FORWARD_L2 => forward::l2(ctx, &choice.backend)?,
         FORWARD_IPIP => {
             let settings = lookup::settings();
-            let outer = if choice.backend.family == AF_INET6 {
+            let outer = if choice.backend.family == Family::V6 {
                 lb_common::IPV6_HLEN
             } else {
                 lb_common::IPV4_HLEN
@@ -89,18 +84,19 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
                 // The client may be told to send smaller packets, unless it asked for
                 // fragmentation (IPv4 without DF) or this is already an ICMP error.
                 if icmp_error || !p.df {
-                    return Err(Counter::DropTooBig);
+                    return Err(Outcome::DropTooBig);
                 }
                 let mtu = (limit - outer) as u32;
-                return Ok((forward::too_big(ctx, &p, mtu)?, Counter::TxIcmpTooBig));
+                forward::too_big(ctx, &p, mtu)?;
+                return Ok(Outcome::TxIcmpTooBig);
             }
             let hash = flow_hash(&p.key, false);
-            forward::ipip(ctx, &p, &choice.backend, &settings, hash)?
+            forward::ipip(ctx, &p, &choice.backend, &settings, hash)?;
         }
         // A mode this program does not know: the agent refuses such configs, so this is a
         // mismatch between agent and object; drop rather than send somewhere wrong.
-        _ => return Err(Counter::DropNoBackend),
-    };
+        _ => return Err(Outcome::DropNoBackend),
+    }
     stats::traffic(&maps::VIP_STATS, vip.vip_id, bytes, choice.new_flow);
     stats::traffic(
         &maps::BACKEND_STATS,
@@ -108,12 +104,11 @@ fn balance(ctx: &XdpContext) -> Result<(u32, Counter), Counter> {
         bytes,
         choice.new_flow,
     );
-    let outcome = if icmp_error {
-        Counter::TxIcmpSteered
+    Ok(if icmp_error {
+        Outcome::TxIcmpSteered
     } else {
-        Counter::TxForwarded
-    };
-    Ok((action, outcome))
+        Outcome::TxForwarded
+    })
 }
 
 /// `XDP_PASS` for everything. Native `XDP_TX` on a veth delivers frames to the peer only when

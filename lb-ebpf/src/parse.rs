@@ -1,9 +1,7 @@
 //! Packet parsing: what a frame is (a TCP/UDP flow, an ICMP error quoting one, an echo request, a fragment) and where its headers are, or why it is none of those.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    Counter, FlowKey, AF_INET, AF_INET6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-};
+use lb_common::{Family, FlowKey, Outcome, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -102,13 +100,13 @@ pub struct Parsed {
 /// the frame length). IP header checksums are not verified: the backend's kernel does that.
 /// ICMP messages that cannot be read are `PassNotVip`: the stack judges them.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Counter::PassNotIp)?;
+pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Outcome::PassNotIp)?;
     // `ether_type` holds the wire bytes; compare in host order.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3 = EthHdr::LEN;
     if ether_type == ETH_P_8021Q {
-        let inner = ptr_at::<[u8; 4]>(ctx, l3).ok_or(Counter::PassNotIp)?;
+        let inner = ptr_at::<[u8; 4]>(ctx, l3).ok_or(Outcome::PassNotIp)?;
         let tag = unsafe { *inner };
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
         l3 += VLAN_HLEN;
@@ -126,14 +124,14 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
     let proto;
     match ether_type {
         ETH_P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Counter::DropMalformed)?;
+            let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Outcome::DropMalformed)?;
             let ip = unsafe { &*ip };
             let ihl = (ip.vihl & 0x0f) as usize * 4;
             let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > frame {
-                return Err(Counter::DropMalformed);
+                return Err(Outcome::DropMalformed);
             }
-            p.key.family = AF_INET;
+            p.key.family = Family::V4;
             p.key.dst[..4].copy_from_slice(&ip.dst_addr);
             p.ip_len = tot_len;
             p.tos = ip.tos;
@@ -150,13 +148,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
             proto = ip.proto;
         }
         ETH_P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Counter::DropMalformed)?;
+            let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Outcome::DropMalformed)?;
             let ip = unsafe { &*ip };
             let payload = u16::from_be_bytes(ip.payload_len) as usize;
             if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > frame {
-                return Err(Counter::DropMalformed);
+                return Err(Outcome::DropMalformed);
             }
-            p.key.family = AF_INET6;
+            p.key.family = Family::V6;
             p.key.dst = ip.dst_addr;
             p.ip_len = Ipv6Hdr::LEN + payload;
             p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
@@ -168,25 +166,25 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Counter> {
                 }
                 // Hop-by-hop, routing, destination options, AH, mobility, HIP, shim6: the
                 // ports are further in; this version does not walk extension headers.
-                0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(Counter::PassUnsupported),
-                _ => return Err(Counter::PassNotVip),
+                0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(Outcome::PassUnsupported),
+                _ => return Err(Outcome::PassNotVip),
             }
             p.key.src = ip.src_addr;
             p.l4 = l3 + Ipv6Hdr::LEN;
             proto = ip.next_hdr;
         }
-        _ => return Err(Counter::PassNotIp),
+        _ => return Err(Outcome::PassNotIp),
     }
     let l3_end = l3 + p.ip_len;
     match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             p.key.proto = proto;
             ports(ctx, p.l4, l3_end, proto, &mut p.key.sport, &mut p.key.dport)
-                .ok_or(Counter::DropMalformed)?;
+                .ok_or(Outcome::DropMalformed)?;
         }
-        IPPROTO_ICMP if p.key.family == AF_INET => icmp4(ctx, &mut p, l3_end)?,
-        IPPROTO_ICMPV6 if p.key.family == AF_INET6 => icmp6(ctx, &mut p, l3_end)?,
-        _ => return Err(Counter::PassNotVip),
+        IPPROTO_ICMP if p.key.family == Family::V4 => icmp4(ctx, &mut p, l3_end)?,
+        IPPROTO_ICMPV6 if p.key.family == Family::V6 => icmp6(ctx, &mut p, l3_end)?,
+        _ => return Err(Outcome::PassNotVip),
     }
     Ok(p)
 }
@@ -236,31 +234,31 @@ fn ports(
 /// destination. Only the quoted ports are needed (RFC 792 quotes 8 bytes of L4), so a
 /// quoted TCP header is not checked further.
 #[inline(always)]
-fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Counter> {
+fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Outcome> {
     if p.l4 + ICMP_HLEN > l3_end {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
-    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Counter::PassNotVip)? };
+    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Outcome::PassNotVip)? };
     match (icmp[0], icmp[1]) {
         (ICMP_ECHO_REQUEST, 0) => {
             p.kind = Kind::EchoRequest;
             return Ok(());
         }
         (3 | 11 | 12, _) => {}
-        _ => return Err(Counter::PassNotVip),
+        _ => return Err(Outcome::PassNotVip),
     }
     let q = p.l4 + ICMP_HLEN;
-    let qip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, q).ok_or(Counter::PassNotVip)? };
+    let qip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, q).ok_or(Outcome::PassNotVip)? };
     let qihl = (qip.vihl & 0x0f) as usize * 4;
     if qip.vihl >> 4 != 4 || qihl < Ipv4Hdr::LEN {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
     if qip.src_addr != p.key.dst[..4] {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
     if u16::from_be_bytes(qip.frags) & IP_OFFSET != 0 {
         // A later fragment has no ports to find the flow by.
-        return Err(Counter::PassUnsupported);
+        return Err(Outcome::PassUnsupported);
     }
     quoted_flow(ctx, p, q + qihl, l3_end, qip.proto, qip.dst_addr, 4)
 }
@@ -269,23 +267,23 @@ fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Counter>
 /// 4 parameter problem) quoting a TCP/UDP packet without extension headers whose source is
 /// this packet's destination. Neighbour discovery and MLD are `PassNotVip`.
 #[inline(always)]
-fn icmp6(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Counter> {
+fn icmp6(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Outcome> {
     if p.l4 + ICMP_HLEN > l3_end {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
-    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Counter::PassNotVip)? };
+    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Outcome::PassNotVip)? };
     match (icmp[0], icmp[1]) {
         (ICMPV6_ECHO_REQUEST, 0) => {
             p.kind = Kind::EchoRequest;
             return Ok(());
         }
         (1..=4, _) => {}
-        _ => return Err(Counter::PassNotVip),
+        _ => return Err(Outcome::PassNotVip),
     }
     let q = p.l4 + ICMP_HLEN;
-    let qip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, q).ok_or(Counter::PassNotVip)? };
+    let qip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, q).ok_or(Outcome::PassNotVip)? };
     if qip.vcf[0] >> 4 != 6 || qip.src_addr != p.key.dst {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
     quoted_flow(
         ctx,
@@ -310,14 +308,14 @@ fn quoted_flow<const N: usize>(
     proto: u8,
     client: [u8; N],
     len: usize,
-) -> Result<(), Counter> {
+) -> Result<(), Outcome> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
     if ql4 + 4 > l3_end {
-        return Err(Counter::PassNotVip);
+        return Err(Outcome::PassNotVip);
     }
-    let ports = unsafe { &*ptr_at::<[u8; 4]>(ctx, ql4).ok_or(Counter::PassNotVip)? };
+    let ports = unsafe { &*ptr_at::<[u8; 4]>(ctx, ql4).ok_or(Outcome::PassNotVip)? };
     p.key.src = [0; 16];
     p.key.src[..len].copy_from_slice(&client[..len]);
     p.key.sport = [ports[2], ports[3]];

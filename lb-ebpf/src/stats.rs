@@ -1,12 +1,26 @@
-//! Per-CPU counters: one global slot per outcome (lb-common `Counter`), traffic per VIP and per backend.
+//! Per-CPU counters: one `GLOBAL_STATS` slot per outcome and per lookup event (lb-common's counter table), traffic per VIP and per backend.
 
 use aya_ebpf::btf_maps::PerCpuArray;
-use lb_common::{Counter, TrafficCounters};
+use lb_common::{Counter, Event, Outcome, TrafficCounters};
 
 use crate::maps::GLOBAL_STATS;
 
+/// Counts how a packet ended: called once per packet, by the entry point only.
 #[inline(always)]
-pub fn count(counter: Counter) {
+pub fn count(outcome: Outcome) {
+    increment(outcome.counter());
+}
+
+/// Counts a lookup on the packet's way (flow-table hit, miss, ...); not an outcome.
+#[inline(always)]
+pub fn event(event: Event) {
+    increment(event.counter());
+}
+
+#[inline(always)]
+fn increment(counter: Counter) {
+    // verifier: GLOBAL_STATS is an array map of `Counter::COUNT` slots and every `Counter` is
+    // below that (checked in lb-common); the kernel bounds-checks the index anyway.
     if let Some(slot) = GLOBAL_STATS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other CPU writes it, a plain add is enough.
         unsafe { *slot += 1 };

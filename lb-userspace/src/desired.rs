@@ -7,13 +7,14 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::{
+    addr::{ip_from_map, ip_to_map},
     AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO,
     BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, FORWARD_IPIP, FORWARD_L2, MAX_BACKENDS,
     MAX_VIPS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 
 use crate::{
-    addr::{fmt_addr, to_map},
+    addr::fmt_addr,
     config::{BackendState, Config, Forwarding, HashMode, MacAddr, Vip},
     maglev,
 };
@@ -79,7 +80,7 @@ pub struct Desired {
 
 /// The `VIPS` key of `vip`.
 pub fn vip_key(vip: &Vip) -> VipKey {
-    let (addr, family) = to_map(vip.address);
+    let (addr, family) = ip_to_map(vip.address);
     VipKey {
         addr,
         port: vip.port.to_be_bytes(),
@@ -95,7 +96,7 @@ pub fn vip_identity(vip: &Vip) -> VipIdentity {
 
 /// The `VIPS` key of an identity (for VIPs that left the config).
 pub fn identity_key(identity: &VipIdentity) -> VipKey {
-    let (addr, family) = to_map(identity.0);
+    let (addr, family) = ip_to_map(identity.0);
     VipKey {
         addr,
         port: identity.1.to_be_bytes(),
@@ -181,7 +182,7 @@ impl Desired {
                     "backend",
                 )?;
                 ids.backends.insert(key, id);
-                let (addr, family) = to_map(b.address);
+                let (addr, family) = ip_to_map(b.address);
                 let state = if facts.down.contains(&(vip.name.clone(), b.address)) {
                     down += 1;
                     BACKEND_DOWN
@@ -248,7 +249,7 @@ impl Desired {
     pub fn address_of(&self, id: u32) -> Option<IpAddr> {
         self.backends
             .get(&id)
-            .map(|b| crate::addr::from_map(b.addr, b.family))
+            .map(|b| ip_from_map(b.addr, b.family))
     }
 
     /// The VIP named `name`.
@@ -280,7 +281,7 @@ impl Desired {
                 format!(
                     "VIP {} {}:{}/{proto}: {} active, {} draining backend(s){down}, ring {}{empty}",
                     v.name,
-                    fmt_addr(crate::addr::from_map(key.addr, key.family)),
+                    fmt_addr(ip_from_map(key.addr, key.family)),
                     u16::from_be_bytes(key.port),
                     v.active,
                     v.draining,
@@ -295,7 +296,7 @@ impl Desired {
 fn addresses(cfg: &Config) -> HashMap<AddrKey, AddrMeta> {
     let mut want: HashMap<AddrKey, AddrMeta> = HashMap::new();
     for vip in cfg.vips.iter() {
-        let (addr, family) = to_map(vip.address);
+        let (addr, family) = ip_to_map(vip.address);
         let meta = want
             .entry(AddrKey {
                 addr,

@@ -11,11 +11,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use lb_common::{maps, programs, LAYOUT_VERSION};
+use lb_common::{maps, programs, MapKind, MapSpec, BALANCER_MAPS, LAYOUT_VERSION};
 
 use crate::config;
 
-/// The eBPF object built by build.rs (aya-build) from lb-ebpf.
+/// The eBPF object built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Baseline programs for benchmarks (`baseline_pass`, `baseline_macswap`).
@@ -52,26 +52,111 @@ pub fn state_dir(pin_path: &Path) -> PathBuf {
     pin_path.join(format!("v{LAYOUT_VERSION}"))
 }
 
-/// The map type and key/value sizes lb-common defines for each map.
-fn expected_layout(name: &str) -> (MapType, usize, usize) {
-    use core::mem::size_of;
-    use lb_common::*;
-    match name {
-        maps::VIPS => (MapType::Hash, size_of::<VipKey>(), size_of::<VipMeta>()),
-        maps::RINGS => (MapType::ArrayOfMaps, 4, 4),
-        maps::BACKENDS => (MapType::Array, 4, size_of::<Backend>()),
-        maps::CONNS => (
-            MapType::LruHash,
-            size_of::<FlowKey>(),
-            size_of::<ConnEntry>(),
-        ),
-        maps::VIP_STATS | maps::BACKEND_STATS => {
-            (MapType::PerCpuArray, 4, size_of::<TrafficCounters>())
-        }
-        maps::VIP_ADDRS => (MapType::Hash, size_of::<AddrKey>(), size_of::<AddrMeta>()),
-        maps::SETTINGS => (MapType::Array, 4, size_of::<Settings>()),
-        _ => (MapType::PerCpuArray, 4, 8),
+/// aya's name for a map kind of lb-common's specs.
+pub fn map_type(kind: MapKind) -> MapType {
+    match kind {
+        MapKind::Hash => MapType::Hash,
+        MapKind::Array => MapType::Array,
+        MapKind::LruHash => MapType::LruHash,
+        MapKind::PerCpuArray => MapType::PerCpuArray,
+        MapKind::ArrayOfMaps => MapType::ArrayOfMaps,
     }
+}
+
+/// A map's type, key/value sizes and capacity as the kernel reports them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PinnedLayout {
+    pub map_type: Option<MapType>,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl PinnedLayout {
+    fn of(info: &MapInfo) -> PinnedLayout {
+        PinnedLayout {
+            map_type: info.map_type().ok(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        }
+    }
+
+    /// Whether a map of this layout is one `spec` describes. A spec capacity of 0 is set at
+    /// load time (`CONNS`), so any capacity matches it.
+    pub fn matches(&self, spec: &MapSpec) -> bool {
+        self.map_type == Some(map_type(spec.kind))
+            && self.key_size == spec.key_size
+            && self.value_size == spec.value_size
+            && (spec.max_entries == 0 || self.max_entries == spec.max_entries)
+    }
+}
+
+/// A pinned map that is not what its spec describes.
+#[derive(Debug)]
+pub struct LayoutMismatch {
+    pub path: PathBuf,
+    pub spec: MapSpec,
+    /// What is pinned there, or why it could not be read as a map.
+    pub found: Result<PinnedLayout, String>,
+}
+
+impl std::fmt::Display for LayoutMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.spec;
+        let expected = format!(
+            "{:?} key {} value {} entries {}",
+            map_type(s.kind),
+            s.key_size,
+            s.value_size,
+            match s.max_entries {
+                0 => "any".to_owned(),
+                n => n.to_string(),
+            }
+        );
+        match &self.found {
+            Ok(l) => write!(
+                f,
+                "pinned map {} is {:?} key {} value {} entries {}, expected {expected}",
+                self.path.display(),
+                l.map_type,
+                l.key_size,
+                l.value_size,
+                l.max_entries
+            ),
+            Err(e) => write!(
+                f,
+                "pinned map {} cannot be read ({e}), expected {expected}",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// Checks every map of `specs` pinned under `dir` against its spec (maps not pinned there are
+/// fine: the loader creates them). Returns the ones that differ; what to do about them is the
+/// caller's policy (the balancer refuses, decap replaces).
+pub fn check_pinned_layouts(dir: &Path, specs: &[MapSpec]) -> Vec<LayoutMismatch> {
+    specs
+        .iter()
+        .filter_map(|spec| {
+            let path = dir.join(spec.name);
+            if !path.exists() {
+                return None;
+            }
+            let found = MapInfo::from_pin(&path)
+                .map(|info| PinnedLayout::of(&info))
+                .map_err(|e| e.to_string());
+            match &found {
+                Ok(layout) if layout.matches(spec) => None,
+                _ => Some(LayoutMismatch {
+                    path,
+                    spec: *spec,
+                    found,
+                }),
+            }
+        })
+        .collect()
 }
 
 /// What [`load_pinned`] found.
@@ -103,28 +188,17 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
     let adopted = dir.join(maps::VIPS).exists();
     let mut conns = flow_table_size;
     if adopted {
-        for name in maps::ALL {
-            let path = dir.join(name);
-            if !path.exists() {
-                continue;
-            }
+        if let Some(m) = check_pinned_layouts(&dir, &BALANCER_MAPS).first() {
+            bail!(
+                "{m}: refusing to reuse it; `xdplb detach --pin-path {}` removes the old state",
+                pin_path.display()
+            );
+        }
+        let path = dir.join(maps::CONNS);
+        if path.exists() {
             let info = MapInfo::from_pin(&path)
                 .with_context(|| format!("opening pinned map {}", path.display()))?;
-            let (kind, key, value) = expected_layout(name);
-            let found = (
-                info.map_type().ok(),
-                info.key_size() as usize,
-                info.value_size() as usize,
-            );
-            if found != (Some(kind), key, value) {
-                bail!(
-                    "pinned map {} has layout {found:?}, expected {:?}: refusing to reuse it; `xdplb detach --pin-path {}` removes the old state",
-                    path.display(),
-                    (kind, key, value),
-                    pin_path.display()
-                );
-            }
-            if name == maps::CONNS && info.max_entries() != flow_table_size {
+            if info.max_entries() != flow_table_size {
                 log::warn!(
                     "the running flow table has {} entries, the config asks for {flow_table_size}; keeping {} (the change takes effect after `xdplb detach`)",
                     info.max_entries(),
@@ -142,8 +216,8 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
     })?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(maps::CONNS, conns);
-    for name in maps::ALL {
-        loader.map_pin_path(name, dir.join(name));
+    for spec in &BALANCER_MAPS {
+        loader.map_pin_path(spec.name, dir.join(spec.name));
     }
     let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
         format!(
@@ -187,25 +261,83 @@ pub fn attach_pinned(
             }
         }
     }
-    let prog = program(ebpf, programs::BALANCER)?;
-    if path.exists() {
-        let pinned = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening pinned link {}", path.display()))?;
-        let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
-            .with_context(|| format!("{} is not an XDP link", path.display()))?;
-        prog.attach_to_link(link)
-            .with_context(|| format!("replacing the program in the pinned link on {interface}"))?;
-        return Ok(format!(
+    match attach_link_pinned(
+        ebpf,
+        programs::BALANCER,
+        interface,
+        &path,
+        mode,
+        StaleLink::Fail,
+    )? {
+        Attached::Replaced => Ok(format!(
             "took over the running datapath on {interface} (program replaced atomically)"
-        ));
+        )),
+        Attached::New(label) => Ok(format!("attached to {interface} ({label} XDP)")),
     }
-    let (id, label) = attach_with_id(prog, programs::BALANCER, interface, mode)?;
+}
+
+/// What [`attach_link_pinned`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// The program replaced the previous one in the pinned link.
+    Replaced,
+    /// A new attachment in the mode named (`native`, `generic`), its link pinned.
+    New(&'static str),
+}
+
+/// What [`attach_link_pinned`] does when a link is pinned but cannot take the new program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleLink {
+    /// Fail: the link is a running datapath that must not be dropped behind the user's back.
+    Fail,
+    /// Remove the pin and attach anew (a link whose interface went away, ENOLINK, or a pin
+    /// that is not a link): for programs whose only state is rewritten anyway.
+    Replace,
+}
+
+/// Attaches the loaded XDP program `name` to `interface` through the link pinned at
+/// `link_path`. If a link is pinned there, the program replaces the old one in it atomically
+/// (`bpf_link_update`): no packet sees the NIC without a program, and `mode` is ignored (the
+/// link keeps its mode). Otherwise the program is attached in `mode` and its link pinned, so it
+/// stays attached after this process exits.
+pub fn attach_link_pinned(
+    ebpf: &mut Ebpf,
+    name: &str,
+    interface: &str,
+    link_path: &Path,
+    mode: config::XdpMode,
+    stale: StaleLink,
+) -> anyhow::Result<Attached> {
+    let prog = program(ebpf, name)?;
+    if link_path.exists() {
+        let update = PinnedLink::from_pin(link_path)
+            .with_context(|| format!("opening pinned link {}", link_path.display()))
+            .and_then(|pinned| {
+                aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+                    .with_context(|| format!("{} is not an XDP link", link_path.display()))
+            })
+            .and_then(|link| {
+                prog.attach_to_link(link).with_context(|| {
+                    format!("replacing the program in the pinned link on {interface}")
+                })
+            });
+        match (update, stale) {
+            (Ok(_), _) => return Ok(Attached::Replaced),
+            (Err(e), StaleLink::Fail) => return Err(e),
+            (Err(e), StaleLink::Replace) => {
+                log::warn!("{e:#}; attaching anew");
+                std::fs::remove_file(link_path)
+                    .with_context(|| format!("removing stale pin {}", link_path.display()))?;
+            }
+        }
+    }
+    let (id, label) = attach_with_id(prog, name, interface, mode)?;
     let link = prog.take_link(id).context("taking the new XDP link")?;
     let fd = FdLink::try_from(link)
         .context("the kernel gave no bpf_link for XDP (kernel older than 5.9?)")?;
-    fd.pin(&path)
-        .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
-    Ok(format!("attached to {interface} ({label} XDP)"))
+    fd.pin(link_path)
+        .with_context(|| format!("pinning the XDP link at {}", link_path.display()))?;
+    Ok(Attached::New(label))
 }
 
 /// Removes the pinned state under `pin_path`: the link (which detaches the program once no

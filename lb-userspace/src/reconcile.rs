@@ -3,11 +3,12 @@
 use std::collections::{HashMap, HashSet};
 
 use lb_common::{
-    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, BACKEND_UNUSED,
+    addr::ip_from_map, AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta,
+    BACKEND_UNUSED,
 };
 
 use crate::{
-    addr::{fmt_addr, from_map},
+    addr::fmt_addr,
     config::{Config, MacAddr},
     desired::{identity_key, Desired, DownSet, Facts, Ids},
     maps::BalancerMaps,
@@ -49,7 +50,7 @@ impl Written {
         let mut w = Written::default();
         let mut macs = HashMap::new();
         for (key, meta) in maps.vips()? {
-            let addr = from_map(key.addr, key.family);
+            let addr = ip_from_map(key.addr, key.family);
             w.ids
                 .vips
                 .insert((addr, u16::from_be_bytes(key.port), key.proto), meta.vip_id);
@@ -57,7 +58,7 @@ impl Written {
             w.vips.insert(key, meta);
         }
         for (id, b) in maps.backends()? {
-            let addr = from_map(b.addr, b.family);
+            let addr = ip_from_map(b.addr, b.family);
             w.ids.backends.insert((b.vip_id, addr), id);
             macs.insert(addr, MacAddr(b.mac));
             w.backends.insert(id, b);

@@ -3,11 +3,11 @@
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use anyhow::Context as _;
-use lb_common::{Counter, BACKEND_ACTIVE, BACKEND_DRAINING};
+use lb_common::{addr::ip_from_map, Counter, BACKEND_ACTIVE, BACKEND_DRAINING};
 use serde::Serialize;
 
 use crate::{
-    addr::{fmt_addr, from_map as addr_from_bytes},
+    addr::fmt_addr,
     api::{HealthState, Status},
     config::Config,
     desired::vip_key,
@@ -65,7 +65,7 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
     let mut entries = maps.vips()?;
     entries.sort_by_key(|(_, m)| m.vip_id);
     for (key, meta) in entries {
-        let address = addr_from_bytes(key.addr, key.family);
+        let address = ip_from_map(key.addr, key.family);
         let port = u16::from_be_bytes(key.port);
         let protocol = if key.proto == lb_common::IPPROTO_TCP {
             "tcp"
@@ -77,7 +77,7 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
         for (id, b) in backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
             let c = maps.backend_counters(*id)?;
             list.push(BackendStats {
-                address: addr_from_bytes(b.addr, b.family),
+                address: ip_from_map(b.addr, b.family),
                 state: match b.state {
                     BACKEND_ACTIVE => "active",
                     BACKEND_DRAINING => "draining",

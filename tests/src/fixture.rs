@@ -4,9 +4,8 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
-use lb_common::{flow_hash, Counter, FlowKey, COUNTER_COUNT};
+use lb_common::{addr::ip_to_map, flow_hash, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
-    addr::to_map as addr_bytes,
     config::Config,
     desired::{vip_key, DownSet},
     loader,
@@ -151,7 +150,7 @@ impl Harness {
     /// Backend id for `addr` in VIP `name`.
     pub fn backend_id(&self, name: &str, addr: &str) -> u32 {
         let vip_id = self.vip_id(name);
-        let (bytes, _) = addr_bytes(addr.parse().unwrap());
+        let (bytes, _) = ip_to_map(addr.parse().unwrap());
         self.maps
             .backends()
             .unwrap()
@@ -208,8 +207,8 @@ pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
 }
 
 pub fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-    let (s, family) = addr_bytes(src);
-    let (d, _) = addr_bytes(dst);
+    let (s, family) = ip_to_map(src);
+    let (d, _) = ip_to_map(dst);
     FlowKey {
         src: s,
         dst: d,

@@ -65,9 +65,9 @@ use etherparse::{
     TcpHeaderSlice, UdpHeaderSlice,
 };
 use lb_common::{
-    flow_hash, AddrKey, Backend, ConnEntry, Counter, FlowKey, Settings, TrafficCounters, VipKey,
-    ADDR_ANSWER_ECHO, AF_INET, AF_INET6, BACKEND_ACTIVE, BACKEND_DRAINING, COUNTER_COUNT,
-    NO_BACKEND, ORIGIN_TTL,
+    flow_hash, AddrKey, Backend, ConnEntry, Counter, Family, FlowKey, Settings, TrafficCounters,
+    VipKey, ADDR_ANSWER_ECHO, BACKEND_ACTIVE, BACKEND_DRAINING, COUNTER_COUNT, NO_BACKEND,
+    ORIGIN_TTL,
 };
 use lb_userspace::{
     config::{Config, Forwarding, HashMode, Prefix, Protocol},
@@ -151,14 +151,14 @@ pub struct Model {
 }
 
 /// An address as the maps hold it: the first 4 or all 16 bytes, and the family.
-fn addr_bytes(address: std::net::IpAddr) -> ([u8; 16], u8) {
+fn addr_bytes(address: std::net::IpAddr) -> ([u8; 16], Family) {
     let mut addr = [0u8; 16];
     match address {
         std::net::IpAddr::V4(a) => {
             addr[..4].copy_from_slice(&a.octets());
-            (addr, AF_INET)
+            (addr, Family::V4)
         }
-        std::net::IpAddr::V6(a) => (a.octets(), AF_INET6),
+        std::net::IpAddr::V6(a) => (a.octets(), Family::V6),
     }
 }
 
@@ -178,7 +178,7 @@ fn config_vip_key(address: std::net::IpAddr, port: u16, protocol: Protocol) -> V
     }
 }
 
-fn addr_key(family: u8, addr: [u8; 16]) -> AddrKey {
+fn addr_key(family: Family, addr: [u8; 16]) -> AddrKey {
     AddrKey {
         addr,
         family,
@@ -412,7 +412,7 @@ impl Model {
             Counter::TxForwarded
         };
         let output = if ipip {
-            let outer = if backend.family == AF_INET { 20 } else { 40 };
+            let outer = if backend.family == Family::V4 { 20 } else { 40 };
             let limit = match self.settings.mtu {
                 0 => NO_MTU_LIMIT,
                 mtu => mtu as usize,
@@ -420,7 +420,7 @@ impl Model {
             if p.ip_len + outer > limit {
                 // The balancer cannot fragment; only a sender that may lower its path MTU is
                 // told to (never about an ICMP error, which must not draw another).
-                if steered || (p.family == AF_INET && !p.df) {
+                if steered || (p.family == Family::V4 && !p.df) {
                     return Err(Counter::DropTooBig);
                 }
                 return Ok(Answer {
@@ -580,7 +580,7 @@ fn echo_reply(frame: &[u8], p: &Packet) -> Vec<u8> {
     out.extend_from_slice(&frame[p.l3..]);
     let ip = p.l3;
     let icmp = p.l3 + p.hlen;
-    if p.family == AF_INET {
+    if p.family == Family::V4 {
         out[ip + 12..ip + 16].copy_from_slice(&frame[ip + 16..ip + 20]);
         out[ip + 16..ip + 20].copy_from_slice(&frame[ip + 12..ip + 16]);
         // TTL shares a checksummed word with the protocol; the swap changes no sum.
@@ -603,7 +603,7 @@ fn echo_reply(frame: &[u8], p: &Packet) -> Vec<u8> {
 fn too_big(frame: &[u8], p: &Packet, mtu: usize) -> Vec<u8> {
     let mut out = l2_back(frame, p.l3);
     let ip = &frame[p.l3..];
-    if p.family == AF_INET {
+    if p.family == Family::V4 {
         // RFC 792: the IP header and the first 8 bytes of its payload.
         let quote = &ip[..p.hlen + 8];
         let icmp = Icmpv4Header::with_checksum(
@@ -664,7 +664,7 @@ fn encapsulate(
 ) -> Vec<u8> {
     // Always the full 5-tuple hash: it only spreads tunnels over the backend's queues.
     let hash = flow_hash(key, false);
-    let inner = if p.family == AF_INET {
+    let inner = if p.family == Family::V4 {
         IpNumber::IPV4
     } else {
         IpNumber::IPV6
@@ -672,7 +672,7 @@ fn encapsulate(
     let mut out = frame[..p.l3].to_vec();
     out[0..6].copy_from_slice(&backend.mac);
     out[6..12].copy_from_slice(&frame[0..6]);
-    let ether_type = if backend.family == AF_INET {
+    let ether_type = if backend.family == Family::V4 {
         let host = u32::from_be_bytes(s.tunnel_src4_host);
         let src = (u32::from_be_bytes(s.tunnel_src4) & !host) | (hash & host);
         let mut h = Ipv4Header::new(
@@ -730,7 +730,7 @@ fn l3_of(frame: &[u8]) -> Result<(usize, EtherType), Counter> {
 
 /// What the IPv4/IPv6 header says, after the checks the datapath documents for it.
 struct Ip {
-    family: u8,
+    family: Family,
     proto: IpNumber,
     src: [u8; 16],
     dst: [u8; 16],
@@ -759,7 +759,7 @@ fn ipv4(ip: &[u8]) -> Result<Ip, Counter> {
     src[..4].copy_from_slice(&h.source());
     dst[..4].copy_from_slice(&h.destination());
     Ok(Ip {
-        family: AF_INET,
+        family: Family::V4,
         proto: h.protocol(),
         src,
         dst,
@@ -779,7 +779,7 @@ fn ipv6(ip: &[u8]) -> Result<Ip, Counter> {
         return Err(Counter::DropMalformed);
     }
     Ok(Ip {
-        family: AF_INET6,
+        family: Family::V6,
         proto: h.next_header(),
         src: h.source(),
         dst: h.destination(),
@@ -815,7 +815,7 @@ fn ports(proto: IpNumber, l4: &[u8]) -> Result<(u16, u16), Counter> {
 /// an error quoting a TCP/UDP packet sent from this packet's destination, or why neither.
 fn icmp(from_ip: &[u8], ip: &Ip) -> Result<Kind, Counter> {
     let msg = &from_ip[ip.hlen..ip.len];
-    let v4 = ip.family == AF_INET;
+    let v4 = ip.family == Family::V4;
     let (icmp_type, code) = if v4 {
         let m = Icmpv4Slice::from_slice(msg).map_err(|_| Counter::PassNotVip)?;
         (m.type_u8(), m.code_u8())
@@ -906,8 +906,8 @@ pub enum Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub kind: Kind,
-    /// [`AF_INET`] or [`AF_INET6`].
-    pub family: u8,
+    /// [`Family::V4`] or [`Family::V6`].
+    pub family: Family,
     /// IP source and destination (IPv4 in the first 4 bytes).
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -946,11 +946,11 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Counter> {
             family: ip.family,
             _pad: [0; 2],
         })
-    } else if (ip.family, ip.proto) == (AF_INET, IpNumber::ICMP)
-        || (ip.family, ip.proto) == (AF_INET6, IpNumber::IPV6_ICMP)
+    } else if (ip.family, ip.proto) == (Family::V4, IpNumber::ICMP)
+        || (ip.family, ip.proto) == (Family::V6, IpNumber::IPV6_ICMP)
     {
         icmp(from_ip, &ip)?
-    } else if ip.family == AF_INET6 && IPV6_EXT_HEADERS.contains(&ip.proto) {
+    } else if ip.family == Family::V6 && IPV6_EXT_HEADERS.contains(&ip.proto) {
         return Err(Counter::PassUnsupported);
     } else {
         return Err(Counter::PassNotVip);

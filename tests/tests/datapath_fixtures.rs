@@ -1,7 +1,7 @@
 //! Packet fixtures through the real XDP program with BPF_PROG_TEST_RUN: input packet (built with etherparse), expected verdict, expected output bytes, expected counters.
 
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
-use lb_common::{Counter, AF_INET6};
+use lb_common::{Counter, Family};
 use lb_userspace::loader;
 use xdplb_tests::fixture::*;
 
@@ -90,15 +90,16 @@ fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
 fn object_has_every_map_and_program_lb_common_names() {
     let ebpf = aya::Ebpf::load(loader::EBPF_OBJECT).expect("object loads");
     let maps: std::collections::BTreeSet<&str> = ebpf.maps().map(|(n, _)| n).collect();
-    for name in lb_common::maps::ALL {
+    for spec in &lb_common::BALANCER_MAPS {
         assert!(
-            maps.contains(name),
-            "map {name} missing from the object: {maps:?}"
+            maps.contains(spec.name),
+            "map {} missing from the object: {maps:?}",
+            spec.name
         );
     }
     assert_eq!(
         maps.len(),
-        lb_common::maps::ALL.len(),
+        lb_common::BALANCER_MAPS.len(),
         "the object has maps lb-common does not name: {maps:?}"
     );
     for name in [lb_common::programs::BALANCER, lb_common::programs::PASS] {
@@ -113,7 +114,7 @@ fn ipv6_udp_to_vip_is_forwarded() {
     let dst: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
     let pkt = udp6(src.octets(), 5353, dst.octets(), 53);
     let f = flow(src.into(), 5353, dst.into(), 53, 17);
-    assert_eq!(f.family, AF_INET6);
+    assert_eq!(f.family, Family::V6);
     let mac = h.expected_mac("web6", &f, false);
     let r = h.run(&pkt);
     assert_eq!(r.action, XDP_TX);

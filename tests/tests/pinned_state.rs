@@ -61,12 +61,17 @@ fn fresh_state_is_created_and_then_adopted() {
     let pins = PinDir::new("adopt");
     let first = loader::load_pinned(&pins.0, 4096).unwrap();
     assert!(!first.adopted);
-    for name in lb_common::maps::ALL {
+    for spec in &lb_common::BALANCER_MAPS {
         assert!(
-            loader::state_dir(&pins.0).join(name).exists(),
-            "{name} pinned"
+            loader::state_dir(&pins.0).join(spec.name).exists(),
+            "{} pinned",
+            spec.name
         );
     }
+    // The object's maps, as the kernel created them, are what lb-common's specs say.
+    let mismatches =
+        loader::check_pinned_layouts(&loader::state_dir(&pins.0), &lb_common::BALANCER_MAPS);
+    assert!(mismatches.is_empty(), "{mismatches:?}");
     let second = loader::load_pinned(&pins.0, 4096).unwrap();
     assert!(second.adopted, "the second load reuses the pinned maps");
     drop((first, second));

@@ -445,7 +445,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
             sport: (i as u16).to_be_bytes(),
             dport: 80u16.to_be_bytes(),
             proto: 6,
-            family: lb_common::AF_INET,
+            family: lb_common::Family::V4,
             _pad: [0; 2],
         };
         let entry = ConnEntry {

@@ -1,0 +1,187 @@
+//! Installing `xdplb_decap` on an interface (maps pinned, address set filled, program attached through a pinned link) and removing it again.
+
+use std::{net::IpAddr, path::Path};
+
+use anyhow::{bail, Context as _};
+use aya::{Ebpf, EbpfLoader};
+use lb_common::decap::{MAPS, PROGRAM};
+
+use super::{
+    addrs::{choose_addrs, interface_addrs},
+    check_interface_name, pin_dir, DecapMaps, LINK_PIN,
+};
+use crate::{
+    config::XdpMode,
+    loader::{self, Attached, StaleLink},
+};
+
+/// `statfs(2)` magic of bpffs (`BPF_FS_MAGIC`, include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The kernel's index of `interface` in the current network namespace, or an error naming it.
+fn ifindex(interface: &str) -> anyhow::Result<u32> {
+    let name = std::ffi::CString::new(interface)
+        .with_context(|| format!("interface name {interface:?} contains a NUL byte"))?;
+    // SAFETY: a valid NUL-terminated string; if_nametoindex only reads it.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("interface {interface} does not exist (in this network namespace)");
+    }
+    Ok(index)
+}
+
+/// Fails unless `pin_path` is (or would be created) on a bpffs: pins elsewhere fail with a
+/// bare EPERM, and a plain directory where bpffs should be mounted is a common set-up slip.
+fn require_bpffs(pin_path: &Path) -> anyhow::Result<()> {
+    let mut existing = pin_path;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .with_context(|| format!("{} contains a NUL byte", existing.display()))?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", existing.display()));
+    }
+    // `f_type` is i64 on x86_64, a narrower integer on some other targets.
+    if fs.f_type as i64 != BPF_FS_MAGIC {
+        bail!(
+            "{} is not on a bpffs, so the program cannot stay attached after this command exits; \
+             mount one (`mount -t bpf bpf /sys/fs/bpf`) or give --pin-path a directory on one",
+            pin_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Loads the decap object (maps not pinned) and verifies its program: for fixtures and tests.
+pub fn load() -> anyhow::Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .load(loader::DECAP_OBJECT)
+        .context("loading the decap eBPF object (maps and BTF) into the kernel")?;
+    loader::program(&mut ebpf, PROGRAM)?
+        .load()
+        .context("the kernel verifier rejected the xdplb_decap program")?;
+    Ok(ebpf)
+}
+
+/// Removes pinned maps whose layout differs from this build's (left by an older xdplb). The
+/// loader would otherwise reuse them as they are; their only state is the address set, which
+/// is rewritten anyway, and counters, which restart. Returns what was replaced.
+fn drop_stale_map_pins(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut replaced = Vec::new();
+    for m in loader::check_pinned_layouts(dir, &MAPS) {
+        std::fs::remove_file(&m.path)
+            .with_context(|| format!("removing stale pin {}", m.path.display()))?;
+        replaced.push(format!("replaced: {m}; its contents restart"));
+    }
+    Ok(replaced)
+}
+
+/// Loads `xdplb_decap` with its maps pinned under `<pin_path>/<interface>`, fills
+/// `DECAP_ADDRS` (with `explicit`, or the interface's global addresses) and attaches the
+/// program through a pinned link, so it stays attached after this process exits. When a link
+/// is already pinned there, the new program replaces the old one in it atomically
+/// (`bpf_link_update`): no packet meets the NIC without a program. Returns what was done.
+pub fn install(
+    pin_path: &Path,
+    interface: &str,
+    explicit: Option<&[IpAddr]>,
+    mode: Option<XdpMode>,
+) -> anyhow::Result<Vec<String>> {
+    check_interface_name(interface)?;
+    ifindex(interface)?;
+    let wanted = choose_addrs(interface, &interface_addrs(interface)?, explicit)?;
+    require_bpffs(pin_path)?;
+    let dir = pin_dir(pin_path, interface);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating pin directory {}", dir.display()))?;
+    let mut report = drop_stale_map_pins(&dir)?;
+
+    let mut loader = EbpfLoader::new();
+    for spec in &MAPS {
+        loader.map_pin_path(spec.name, dir.join(spec.name));
+    }
+    let mut ebpf = loader.load(loader::DECAP_OBJECT).with_context(|| {
+        format!(
+            "loading the decap eBPF object with maps pinned under {}",
+            dir.display()
+        )
+    })?;
+    loader::program(&mut ebpf, PROGRAM)?
+        .load()
+        .context("the kernel verifier rejected the xdplb_decap program")?;
+    // The address set is complete before the program is attached (or replaced): the new
+    // program never sees a tunnel to an address that is still missing.
+    let mut maps = DecapMaps::from_ebpf(&mut ebpf)?;
+    let (added, removed) = maps.set_addrs(&wanted)?;
+
+    let link_path = dir.join(LINK_PIN);
+    let attached = loader::attach_link_pinned(
+        &mut ebpf,
+        PROGRAM,
+        interface,
+        &link_path,
+        mode.unwrap_or_default(),
+        StaleLink::Replace,
+    )?;
+    match attached {
+        Attached::Replaced => {
+            report.push(format!(
+                "replaced the decap program on {interface} atomically (pinned link {})",
+                link_path.display()
+            ));
+            if mode.is_some() {
+                report.push(
+                    "note: --xdp-mode does not change an existing attachment; its mode is kept (`--detach` first to change it)".to_owned(),
+                );
+            }
+        }
+        Attached::New(label) => report.push(format!(
+            "attached {PROGRAM} to {interface} ({label} XDP), pinned link {}",
+            link_path.display()
+        )),
+    }
+    let list = |v: &[IpAddr]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    report.push(format!(
+        "decapsulating IP-in-IP to {} ({} added, {} removed)",
+        list(&wanted),
+        added.len(),
+        removed.len()
+    ));
+    if !removed.is_empty() {
+        report.push(format!("no longer decapsulating for {}", list(&removed)));
+    }
+    report.push(format!(
+        "maps pinned under {}; `xdplb decap --interface {interface} --stats` shows the counters",
+        dir.display()
+    ));
+    Ok(report)
+}
+
+/// Removes the pinned link (which detaches the program once no process holds it) and the maps
+/// of `interface`. Works when the interface is gone too. Returns what was removed.
+pub fn detach(pin_path: &Path, interface: &str) -> anyhow::Result<Vec<String>> {
+    check_interface_name(interface)?;
+    let dir = pin_dir(pin_path, interface);
+    let mut removed = Vec::new();
+    // The link first: the program stops before its maps disappear from bpffs.
+    for name in std::iter::once(LINK_PIN).chain(MAPS.iter().map(|m| m.name)) {
+        let path = dir.join(name);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path.display().to_string());
+        }
+    }
+    // Only if empty: anything else in there is not ours to delete.
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(pin_path);
+    Ok(removed)
+}
