@@ -4,11 +4,8 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::Path,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration, Instant},
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _};
@@ -20,228 +17,16 @@ use tokio::{
 
 use crate::{
     api,
-    config::{Config, MacAddr},
-    control::{Done, Waiting},
-    desired::{Desired, Facts},
+    desired::Desired,
     health, loader,
     maps::BalancerMaps,
     metrics,
     neigh::{self, MacEvent},
     persist::ConfigFile,
-    reconcile::{Report, Written},
+    reconcile::Written,
+    running::{Agent, Shared, Waiting},
     stats,
 };
-
-/// Counters the metrics exporter reads from another thread.
-#[derive(Default)]
-pub(crate) struct Shared {
-    pub cfg: Mutex<Option<Config>>,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
-}
-
-/// The running agent: owns the maps and what was written to them; everything that changes
-/// them goes through its one loop.
-pub(crate) struct Agent {
-    pub cfg: Config,
-    pub file: ConfigFile,
-    pub maps: BalancerMaps,
-    pub written: Written,
-    /// The desired state last written.
-    pub current: Desired,
-    /// Where frames to each backend go, as the resolver last reported (or as adopted).
-    pub macs: HashMap<IpAddr, MacAddr>,
-    /// Why a backend has no MAC, as the resolver last reported.
-    pub mac_errors: HashMap<IpAddr, String>,
-    pub monitor: health::Monitor,
-    pub resolver: neigh::Resolver,
-    pub shared: Arc<Shared>,
-    /// Per backend id: packet count last seen and when it last changed.
-    pub activity: HashMap<u32, (u64, Instant)>,
-    pub attach_note: String,
-    pub adopted: bool,
-    /// API answers held until new backends' MACs are known (or the grace period ends).
-    pub waiting: Vec<Waiting>,
-}
-
-impl Agent {
-    /// The desired state of `cfg` with what the agent knows now.
-    pub fn build(&self, cfg: &Config) -> anyhow::Result<Desired> {
-        let down = self.monitor.view().down();
-        let facts = Facts {
-            down: &down,
-            macs: &self.macs,
-            mtu: neigh::interface_mtu(cfg.interface.as_str()).ok(),
-        };
-        Desired::build(cfg, &facts, &self.written.ids)
-    }
-
-    /// Writes the desired state of the running config.
-    pub fn reconcile(&mut self) -> anyhow::Result<Report> {
-        let desired = self.build(&self.cfg)?;
-        let report = self.written.apply(&desired, &mut self.maps)?;
-        self.current = desired;
-        Ok(report)
-    }
-
-    /// Makes `new` the running config, written as one generation, or refuses it with the
-    /// running one still live.
-    pub fn switch_to(&mut self, new: Config) -> anyhow::Result<Report> {
-        if fixed_part(&new) != fixed_part(&self.cfg) {
-            bail!("interface, xdp_mode, pin_path, flow_table_size, api_socket and metrics cannot change while running; restart the agent for that");
-        }
-        let desired = self.build(&new)?;
-        let report = self.written.apply(&desired, &mut self.maps)?;
-        self.current = desired;
-        self.cfg = new;
-        *self.shared.cfg.lock().unwrap() = Some(self.cfg.clone());
-        self.sync_targets();
-        Ok(report)
-    }
-
-    /// Gives the health monitor and the resolver exactly the running config's backends.
-    fn sync_targets(&mut self) {
-        let mut probes = Vec::new();
-        let mut resolve = Vec::new();
-        for vip in self.cfg.vips.iter() {
-            for b in vip.backends.iter() {
-                if let Some(check) = &vip.health_check {
-                    let target = health::Target {
-                        vip: vip.name.clone(),
-                        backend: b.address,
-                    };
-                    probes.push((target, check.clone()));
-                }
-                if b.mac.is_none() {
-                    resolve.push(neigh::Target {
-                        backend: b.address,
-                        forwarding: vip.forwarding,
-                    });
-                }
-            }
-        }
-        self.monitor.set_targets(probes);
-        self.resolver.set_targets(resolve);
-    }
-
-    /// Re-reads the config file; a bad file is refused and the running config stays live.
-    pub fn reload(&mut self, why: &str) -> anyhow::Result<Report> {
-        let result = match self.file.read() {
-            Ok(text) => self.reload_text(text, why),
-            Err(e) => {
-                self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                Err(e)
-            }
-        };
-        if let Err(e) = &result {
-            log::error!("reload rejected ({why}), the running config stays live: {e:#}");
-        }
-        result
-    }
-
-    fn reload_text(&mut self, text: String, why: &str) -> anyhow::Result<Report> {
-        let result = self.file.parse(&text).and_then(|new| self.switch_to(new));
-        match &result {
-            // Counted and logged once the backends it added are in service (or known not to be).
-            Ok(report) => {
-                let done = Done::Reloaded {
-                    why: why.to_owned(),
-                };
-                let removed = Report {
-                    summary: Vec::new(),
-                    removed: report.removed.clone(),
-                };
-                self.waiting.push(Waiting::new(done, removed));
-            }
-            Err(_) => {
-                self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.file.outcome(text, result.is_ok());
-        result
-    }
-
-    fn on_file_tick(&mut self) {
-        if let Some(text) = self.file.poll() {
-            if let Err(e) = self.reload_text(text, "config file changed") {
-                log::error!(
-                    "reload rejected (config file changed), the running config stays live: {e:#}"
-                );
-            }
-        }
-    }
-
-    fn on_health(&mut self, t: health::Transition) {
-        match self.reconcile() {
-            Ok(_) => log::info!(
-                "VIP {}: backend {} {} ({})",
-                t.target.vip,
-                t.target.backend,
-                if t.health == health::Health::Up {
-                    "back in the ring"
-                } else {
-                    "taken out of the ring, its flows re-steered"
-                },
-                t.reason
-            ),
-            Err(e) => log::error!(
-                "applying health change for {} {}: {e:#}",
-                t.target.vip,
-                t.target.backend
-            ),
-        }
-    }
-
-    fn on_mac(&mut self, event: MacEvent) {
-        match event {
-            MacEvent::Resolved { backend, mac } => {
-                self.mac_errors.remove(&backend);
-                match self.macs.insert(backend, mac) {
-                    Some(old) if old == mac => return,
-                    Some(old) => {
-                        log::info!("backend {backend}: frames now go to {mac} (was {old})")
-                    }
-                    None => log::info!("backend {backend}: frames go to {mac}"),
-                }
-            }
-            MacEvent::Failed { backend, why } => {
-                // A MAC already in use stays in use: the entry may come back (a flapping
-                // neighbour), and sending to the last known MAC beats dropping the flows.
-                if !self.macs.contains_key(&backend) {
-                    log::warn!("backend {backend} is not in service: {why}");
-                }
-                self.mac_errors.insert(backend, why);
-            }
-        }
-        if let Err(e) = self.reconcile() {
-            log::error!("applying a neighbour change: {e:#}");
-        }
-    }
-
-    fn track_activity(&mut self) {
-        let now = Instant::now();
-        for id in self.current.backends.keys() {
-            if let Ok(c) = self.maps.backend_counters(*id) {
-                let e = self.activity.entry(*id).or_insert((c.packets, now));
-                if e.0 != c.packets {
-                    *e = (c.packets, now);
-                }
-            }
-        }
-    }
-}
-
-/// Settings that are fixed while the agent runs (a reload may not change them).
-pub(crate) fn fixed_part(cfg: &Config) -> impl PartialEq + std::fmt::Debug {
-    (
-        cfg.interface.as_str().to_owned(),
-        cfg.xdp_mode,
-        cfg.pin_path.clone(),
-        cfg.flow_table_size.0,
-        cfg.api_socket.clone(),
-        cfg.metrics,
-    )
-}
 
 /// Waits (before the loop starts, so nothing else is held up) for the resolver's first word
 /// on every backend it was given, at most the resolver's grace period and a little more.

@@ -6,50 +6,12 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::oneshot;
 
 use crate::{
-    agent::{fixed_part, Agent},
-    api::{
-        Answer, Applied, BackendStatus, HealthState, Plan, Request, Response, Status, VipStatus,
-    },
+    api::{Answer, BackendStatus, HealthState, Plan, Request, Response, Status, VipStatus},
     config::{BackendConfig, BackendState, Config, Vip, Weight},
-    health, neigh, plan,
+    health, plan,
     reconcile::Report,
+    running::{answer, fixed_part, Agent, Done, Waiting},
 };
-
-/// The end of a change, held until every backend it left out of service has a verdict from
-/// the resolver (its MAC, or why there is none): a change is reported done once what it
-/// added serves, or the CLI can say which backend does not and why.
-pub(crate) struct Waiting {
-    done: Done,
-    deadline: Instant,
-    removed: Vec<String>,
-}
-
-pub(crate) enum Done {
-    /// Answer an API request.
-    Reply {
-        reply: oneshot::Sender<Response>,
-        written_to: Option<PathBuf>,
-    },
-    /// Count and log a reload (SIGHUP, file edit, API) as done.
-    Reloaded { why: String },
-}
-
-impl Waiting {
-    pub(crate) fn new(done: Done, report: Report) -> Waiting {
-        Waiting {
-            done,
-            deadline: Instant::now() + neigh::RESOLVE_GRACE,
-            removed: report.removed,
-        }
-    }
-
-    /// Tells a waiting client the agent is going away.
-    pub(crate) fn abandon(self) {
-        if let Done::Reply { reply, .. } = self.done {
-            answer(reply, Err(anyhow!("the agent is shutting down")));
-        }
-    }
-}
 
 impl Agent {
     /// Answers `req` now, or (for a change that left backends waiting for their MAC) once
@@ -74,50 +36,6 @@ impl Agent {
                 let done = Done::Reply { reply, written_to };
                 self.waiting.push(Waiting::new(done, report));
                 self.answer_waiting(false);
-            }
-        }
-    }
-
-    /// Sends the held answers whose backends all have a verdict, or whose time is up (all of
-    /// them when `now`).
-    pub(crate) fn answer_waiting(&mut self, now: bool) {
-        let pending = self
-            .current
-            .unresolved
-            .iter()
-            .any(|u| !self.mac_errors.contains_key(&u.backend));
-        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|w| now || !pending || Instant::now() >= w.deadline);
-        self.waiting = keep;
-        for w in due {
-            let mut applied = self.current.summary();
-            applied.extend(w.removed);
-            for u in &self.current.unresolved {
-                let why = self
-                    .mac_errors
-                    .get(&u.backend)
-                    .map_or("its MAC is not known yet", String::as_str);
-                applied.push(format!(
-                    "VIP {}: backend {} left out: {why}",
-                    u.vip, u.backend
-                ));
-            }
-            match w.done {
-                Done::Reply { reply, written_to } => {
-                    let a = Applied {
-                        applied,
-                        written_to,
-                    };
-                    answer(reply, Ok(Answer::Applied(a)));
-                }
-                Done::Reloaded { why } => {
-                    self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                    for line in &applied {
-                        log::info!("  {line}");
-                    }
-                    log::info!("reloaded {} ({why})", self.file.path.display());
-                }
             }
         }
     }
@@ -205,22 +123,11 @@ impl Agent {
             datapath: self.attach_note.clone(),
             adopted_previous_state: self.adopted,
             config: self.file.path.clone(),
-            reloads_ok: self
-                .shared
-                .reloads_ok
-                .load(std::sync::atomic::Ordering::Relaxed),
-            reloads_failed: self
-                .shared
-                .reloads_failed
-                .load(std::sync::atomic::Ordering::Relaxed),
+            reloads_ok: self.shared.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: self.shared.reloads_failed.load(Ordering::Relaxed),
             vips,
         }
     }
-}
-
-fn answer(reply: oneshot::Sender<Response>, result: anyhow::Result<Answer>) {
-    // A client that went away needs no answer.
-    let _ = reply.send(Response::from_result(result));
 }
 
 /// The VIP list as `req` wants it.

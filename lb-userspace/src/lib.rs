@@ -18,4 +18,5 @@ pub mod persist;
 pub mod plan;
 pub mod reconcile;
 pub mod replay;
+mod running;
 pub mod stats;
