@@ -312,8 +312,17 @@ fn addresses(cfg: &Config) -> HashMap<AddrKey, AddrMeta> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Facts with no interface MTU (the tests' configs are L2-only unless they say).
+    pub(crate) fn no_mtu<'a>(down: &'a DownSet, macs: &'a HashMap<IpAddr, MacAddr>) -> Facts<'a> {
+        Facts {
+            down,
+            macs,
+            mtu: None,
+        }
+    }
 
     const CONFIG: &str = "
 interface: lo
@@ -337,11 +346,7 @@ vips:
     fn backends_without_a_mac_wait_outside_the_ring() {
         let down = DownSet::new();
         let mut macs = HashMap::new();
-        let facts = Facts {
-            down: &down,
-            macs: &macs,
-            mtu: None,
-        };
+        let facts = no_mtu(&down, &macs);
         let d = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
         assert_eq!(
             d.unresolved,
@@ -358,11 +363,7 @@ vips:
             "10.0.0.2".parse().unwrap(),
             "02:00:00:00:00:02".parse().unwrap(),
         );
-        let facts = Facts {
-            down: &down,
-            macs: &macs,
-            mtu: None,
-        };
+        let facts = no_mtu(&down, &macs);
         let d2 = Desired::build(&cfg(CONFIG), &facts, &d.ids).unwrap();
         assert!(d2.unresolved.is_empty());
         // Ids that existed stay; the new backend takes a free one.
@@ -377,11 +378,7 @@ vips:
         let mut down = DownSet::new();
         down.insert(("web".into(), "10.0.0.1".parse().unwrap()));
         let macs = HashMap::new();
-        let facts = Facts {
-            down: &down,
-            macs: &macs,
-            mtu: None,
-        };
+        let facts = no_mtu(&down, &macs);
         let d = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
         let web = d.vip("web").unwrap();
         assert_eq!(web.down, 1);
@@ -398,11 +395,7 @@ vips:
     fn removed_ids_are_not_reused_in_the_same_change() {
         let down = DownSet::new();
         let macs = HashMap::new();
-        let facts = Facts {
-            down: &down,
-            macs: &macs,
-            mtu: None,
-        };
+        let facts = no_mtu(&down, &macs);
         let before = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
         let changed = CONFIG.replace("10.0.0.1, mac", "10.0.0.9, mac");
         let after = Desired::build(&cfg(&changed), &facts, &before.ids).unwrap();
@@ -416,11 +409,7 @@ vips:
         let text = CONFIG.replace("protocol: tcp", "protocol: tcp\n    forwarding: ipip");
         let down = DownSet::new();
         let macs = HashMap::new();
-        let facts = Facts {
-            down: &down,
-            macs: &macs,
-            mtu: None,
-        };
+        let facts = no_mtu(&down, &macs);
         let e = Desired::build(&cfg(&text), &facts, &Ids::default()).unwrap_err();
         assert!(format!("{e:#}").contains("tunnel.mtu"), "{e:#}");
         let facts = Facts {

@@ -98,7 +98,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::desired::{DownSet, Facts, Ids};
+    use crate::desired::{tests::no_mtu, DownSet, Ids};
 
     const CONFIG: &str = "
 interface: lo
@@ -119,11 +119,7 @@ vips:
     fn draining_one_of_four_moves_about_a_quarter() {
         let down = DownSet::new();
         let macs = HashMap::new();
-        let facts = Facts {
-            down: &down,
-            macs: &macs,
-            mtu: None,
-        };
+        let facts = no_mtu(&down, &macs);
         let a = Config::from_yaml(CONFIG, "a").unwrap();
         let b = Config::from_yaml(
             &CONFIG.replace(

@@ -200,10 +200,12 @@ impl Agent {
             MacEvent::Failed { backend, why } => {
                 // A MAC already in use stays in use: the entry may come back (a flapping
                 // neighbour), and sending to the last known MAC beats dropping the flows.
+                // Either way the desired state is unchanged, so there is nothing to write.
                 if !self.macs.contains_key(&backend) {
                     log::warn!("backend {backend} is not in service: {why}");
                 }
                 self.mac_errors.insert(backend, why);
+                return;
             }
         }
         if let Err(e) = self.reconcile() {
