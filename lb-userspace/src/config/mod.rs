@@ -1,0 +1,204 @@
+//! The YAML config: serde types whose deserialization *is* the validation, so every error carries the field path and line from serde_yaml. The only place YAML becomes lb-common values.
+//!
+//! The top-level settings live here; a VIP's fields, its health check, its backends and the tunnel settings each have a file.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use lb_common::DEFAULT_CONNS;
+
+/// Deserializes a validated scalar inside the visitor, while serde_yaml still points at the
+/// value: that is what puts the field's path and line into the error (a `try_from` check runs
+/// later and is reported at the enclosing mapping).
+macro_rules! checked_scalar {
+    ($ty:ident, str) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a ", stringify!($ty), " string"))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        $ty::try_from(v.to_owned()).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
+            }
+        }
+    };
+    ($ty:ident, u32) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a non-negative integer")
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                        let v =
+                            u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
+                        $ty::try_from(v).map_err(E::custom)
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
+                        let v =
+                            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
+                        self.visit_u64(v)
+                    }
+                }
+                d.deserialize_u32(V)
+            }
+        }
+    };
+}
+
+mod backend;
+mod health_check;
+#[cfg(test)]
+mod tests;
+mod tunnel;
+mod vip;
+
+pub use backend::{BackendConfig, BackendState, Backends, MacAddr, Weight};
+pub use health_check::{HealthCheck, HealthCheckKind};
+pub use tunnel::{Prefix, Tunnel, TunnelMtu};
+pub use vip::{is_prime, Forwarding, HashMode, Protocol, RingSize, Vip, Vips};
+
+/// A whole balancer configuration (one NIC).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The NIC the balancer attaches to.
+    pub interface: InterfaceName,
+    #[serde(default)]
+    pub xdp_mode: XdpMode,
+    /// bpffs directory holding the pinned maps, read by `xdplb stats`.
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    /// Flow-table capacity (LRU); fixed while the agent runs.
+    #[serde(default)]
+    pub flow_table_size: FlowTableSize,
+    /// Unix socket of the agent's local API (root-only); the CLI talks to it.
+    #[serde(default = "default_api_socket")]
+    pub api_socket: PathBuf,
+    /// Prometheus metrics listener; `null` turns it off. Loopback by default: metrics name
+    /// every backend.
+    #[serde(default = "default_metrics")]
+    pub metrics: Option<SocketAddr>,
+    /// Leave the XDP program attached (and its state pinned) when the agent exits, so a restart
+    /// or upgrade does not interrupt forwarding. `xdplb detach` removes it.
+    #[serde(default)]
+    pub keep_attached_on_exit: bool,
+    /// IP-in-IP settings for VIPs with `forwarding: ipip`.
+    #[serde(default)]
+    pub tunnel: Tunnel,
+    pub vips: Vips,
+}
+
+fn default_pin_path() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/xdplb")
+}
+
+fn default_api_socket() -> PathBuf {
+    PathBuf::from("/run/xdplb/xdplb.sock")
+}
+
+fn default_metrics() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9842)))
+}
+
+impl Config {
+    /// Parses and validates a config; the error names the file, the field and the line.
+    pub fn from_yaml(text: &str, origin: &str) -> anyhow::Result<Config> {
+        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+    }
+
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+}
+
+/// `auto` tries native (driver) XDP and falls back to generic (skb) XDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// A Linux interface name: 1 to 15 bytes, no '/', no whitespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for InterfaceName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty()
+            || s.len() > 15
+            || s == "."
+            || s == ".."
+            || s.contains('/')
+            || s.chars().any(char::is_whitespace)
+        {
+            return Err(format!(
+                "invalid interface name {s:?}: 1 to 15 characters, no '/' or spaces"
+            ));
+        }
+        Ok(Self(s))
+    }
+}
+
+impl From<InterfaceName> for String {
+    fn from(n: InterfaceName) -> String {
+        n.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u32")]
+pub struct FlowTableSize(pub u32);
+
+impl Default for FlowTableSize {
+    fn default() -> Self {
+        Self(DEFAULT_CONNS)
+    }
+}
+
+impl TryFrom<u32> for FlowTableSize {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        const MAX: u32 = 64 << 20;
+        if !(1024..=MAX).contains(&n) {
+            return Err(format!("flow_table_size {n} out of range 1024..={MAX}"));
+        }
+        Ok(Self(n))
+    }
+}
+
+impl From<FlowTableSize> for u32 {
+    fn from(n: FlowTableSize) -> u32 {
+        n.0
+    }
+}
+
+checked_scalar!(InterfaceName, str);
+checked_scalar!(FlowTableSize, u32);

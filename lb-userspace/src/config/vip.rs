@@ -1,0 +1,265 @@
+//! A VIP's config: the VIP list's uniqueness rules, a VIP's fields (protocol, forwarding, hash mode, ring size) and the checks across them.
+
+use std::{collections::HashSet, fmt, net::IpAddr};
+
+use serde::{Deserialize, Serialize};
+
+use lb_common::{
+    DEFAULT_RING_SIZE, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS, MAX_RING_SIZE, MAX_VIPS,
+};
+
+use super::{Backends, HealthCheck};
+
+/// The VIP list: unique names, unique (address, port, protocol), at most `MAX_VIPS`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Vip>", into = "Vec<Vip>")]
+pub struct Vips(Vec<Vip>);
+
+impl Vips {
+    pub fn iter(&self) -> std::slice::Iter<'_, Vip> {
+        self.0.iter()
+    }
+    pub fn to_vec(&self) -> Vec<Vip> {
+        self.0.clone()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<Vec<Vip>> for Vips {
+    type Error = String;
+    fn try_from(vips: Vec<Vip>) -> Result<Self, String> {
+        if vips.len() > MAX_VIPS as usize {
+            return Err(format!(
+                "{} VIPs, at most {MAX_VIPS} are supported",
+                vips.len()
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut backends = 0;
+        for v in &vips {
+            if !names.insert(v.name.as_str()) {
+                return Err(format!("duplicate VIP name {:?}", v.name));
+            }
+            if !keys.insert((v.address, v.port, v.protocol)) {
+                return Err(format!(
+                    "VIP {:?} repeats {} port {} {}: each (address, port, protocol) once",
+                    v.name, v.address, v.port, v.protocol
+                ));
+            }
+            backends += v.backends.len();
+        }
+        if backends > MAX_BACKENDS as usize {
+            return Err(format!(
+                "{backends} backends across all VIPs, at most {MAX_BACKENDS} are supported"
+            ));
+        }
+        Ok(Self(vips))
+    }
+}
+
+impl From<Vips> for Vec<Vip> {
+    fn from(v: Vips) -> Self {
+        v.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, try_from = "VipFields")]
+pub struct Vip {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = every port of this address and protocol.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub forwarding: Forwarding,
+    pub hash: HashMode,
+    /// Skip the flow table: every packet goes where the ring says (backend changes move flows).
+    pub stateless: bool,
+    /// The balancer answers ICMP/ICMPv6 echo requests to this VIP's address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub icmp_echo: bool,
+    pub ring_size: RingSize,
+    /// Probes that take a backend out of the ring while it fails them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    pub backends: Backends,
+}
+
+/// What the YAML holds for a VIP, before the checks that span fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VipFields {
+    name: String,
+    address: IpAddr,
+    port: u16,
+    protocol: Protocol,
+    #[serde(default)]
+    forwarding: Forwarding,
+    #[serde(default)]
+    hash: HashMode,
+    #[serde(default)]
+    stateless: bool,
+    #[serde(default)]
+    icmp_echo: bool,
+    #[serde(default)]
+    ring_size: RingSize,
+    #[serde(default)]
+    health_check: Option<HealthCheck>,
+    backends: Backends,
+}
+
+impl TryFrom<VipFields> for Vip {
+    type Error = String;
+    fn try_from(f: VipFields) -> Result<Self, String> {
+        let name_ok = !f.name.is_empty()
+            && f.name.len() <= 64
+            && f.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !name_ok {
+            return Err(format!(
+                "invalid VIP name {:?}: 1 to 64 of A-Z a-z 0-9 - _ .",
+                f.name
+            ));
+        }
+        if f.address.is_unspecified() || f.address.is_multicast() {
+            return Err(format!(
+                "VIP {:?}: address {} cannot be a VIP",
+                f.name, f.address
+            ));
+        }
+        // A backend on the VIP's own address would be this balancer (or a host answering for
+        // the VIP): frames rewritten toward it never reach a server.
+        if let Some(i) = f.backends.iter().position(|b| b.address == f.address) {
+            return Err(format!(
+                "VIP {:?}: backends[{i}].address {} is the VIP's own address; a backend must be another host",
+                f.name, f.address
+            ));
+        }
+        // Maglev spreads well only when the table is much larger than the backend count.
+        let min_ring = f.backends.len() as u64 * 100;
+        if u64::from(f.ring_size.0) < min_ring {
+            return Err(format!(
+                "VIP {:?}: ring_size {} is too small for {} backends (at least 100 per backend)",
+                f.name,
+                f.ring_size.0,
+                f.backends.len()
+            ));
+        }
+        Ok(Vip {
+            name: f.name,
+            address: f.address,
+            port: f.port,
+            protocol: f.protocol,
+            forwarding: f.forwarding,
+            hash: f.hash,
+            stateless: f.stateless,
+            icmp_echo: f.icmp_echo,
+            ring_size: f.ring_size,
+            health_check: f.health_check,
+            backends: f.backends,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How packets reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Backends share the balancer's L2 segment and hold the VIP on `lo`.
+    #[default]
+    L2,
+    /// IP-in-IP to the backend's address, wherever it is routed (through this interface):
+    /// 4in4, 6in6, 4in6 or 6in4 by the VIP's and the backend's families. Backends decapsulate
+    /// (`xdplb decap`, or the kernel's ipip/ip6tnl) and hold the VIP on `lo`.
+    Ipip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum HashMode {
+    #[default]
+    #[serde(rename = "5-tuple")]
+    FiveTuple,
+    #[serde(rename = "source-ip")]
+    SourceIp,
+}
+
+/// Maglev table size: a prime in 3..=`MAX_RING_SIZE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "u32")]
+pub struct RingSize(pub u32);
+
+impl Default for RingSize {
+    fn default() -> Self {
+        Self(DEFAULT_RING_SIZE)
+    }
+}
+
+impl TryFrom<u32> for RingSize {
+    type Error = String;
+    fn try_from(n: u32) -> Result<Self, String> {
+        if !(3..=MAX_RING_SIZE).contains(&n) {
+            return Err(format!("ring_size {n} out of range 3..={MAX_RING_SIZE}"));
+        }
+        if !is_prime(n) {
+            return Err(format!(
+                "ring_size {n} is not prime (Maglev needs a prime; e.g. 65537, 131071, 262139)"
+            ));
+        }
+        Ok(Self(n))
+    }
+}
+
+impl From<RingSize> for u32 {
+    fn from(n: RingSize) -> u32 {
+        n.0
+    }
+}
+
+/// Whether `n` is prime (Maglev ring sizes must be).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while d.saturating_mul(d) <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+checked_scalar!(RingSize, u32);
