@@ -69,7 +69,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             config_path.display()
         );
     }
-    let listener = api::bind(&cfg.api_socket)?;
+    let (listener, _socket_file) = api::bind(&cfg.api_socket)?;
     let loader::Loaded { mut ebpf, adopted } =
         loader::load_pinned(&cfg.pin_path, cfg.flow_table_size.0)?;
     // Logs only exist in debug builds of the object; keep the logger alive with the program.
@@ -173,7 +173,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(t) = metrics_task {
         t.abort();
     }
-    let _ = std::fs::remove_file(&cfg.api_socket);
     if agent.cfg.keep_attached_on_exit {
         log::info!(
             "leaving the datapath attached to {interface} with its last state (keep_attached_on_exit); `xdplb detach` removes it"

@@ -121,6 +121,18 @@ pub struct Applied {
     /// The config file the change was saved to (changes through the API only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_to: Option<PathBuf>,
+    /// Configured backends that are not in service after the change (their MAC is unknown):
+    /// the change is applied, but a script must not take those backends as serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A configured backend kept out of its VIP's ring, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub vip: String,
+    pub backend: IpAddr,
+    pub why: String,
 }
 
 /// The answer to [`Request::Plan`].
@@ -171,11 +183,25 @@ impl Response {
 /// A request with the channel its answer goes back on.
 pub type Call = (Request, oneshot::Sender<Response>);
 
-/// Binds the API socket: the directory is created root-only (0700), a stale socket from a
+/// The API socket's file, removed when this is dropped: on a clean stop and on every error
+/// return of the agent after the bind, so only a killed agent leaves a socket behind (and
+/// `check`, the CLI and the next `bind` know such a socket for what it is).
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Binds the API socket: a directory it creates is root-only (0700), a stale socket from a
 /// dead agent is replaced, the socket itself is 0600.
-pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Only a directory made here is ours to restrict (not /tmp or an operator's choice).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to root", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -189,9 +215,10 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding API socket {}", path.display()))?;
+    let file = SocketFile(path.to_owned());
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
-    Ok(listener)
+    Ok((listener, file))
 }
 
 /// Accepts clients forever, handing every request to the agent's loop through `calls`.
@@ -235,8 +262,13 @@ pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Re
         .build()?;
     let result = rt.block_on(async {
         let stream = UnixStream::connect(socket).await.map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                "nobody listens on it: the agent that made it has stopped"
+            } else {
+                "is `xdplb run` running? does --config/--socket name its api_socket?"
+            };
             anyhow!(
-                "cannot reach the xdplb agent at {}: {e} (is `xdplb run` running? does --config/--socket name its api_socket?)",
+                "cannot reach the xdplb agent at {}: {e} ({hint})",
                 socket.display()
             )
         })?;
@@ -249,13 +281,30 @@ pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Re
         // waits at most a few seconds for new backends' MACs.
         let answer = tokio::time::timeout(ANSWER_TIMEOUT, lines.next_line())
             .await
-            .map_err(|_| anyhow!("the agent at {} did not answer within {} s", socket.display(), ANSWER_TIMEOUT.as_secs()))??
-            .ok_or_else(|| anyhow!("the agent at {} closed the connection without answering", socket.display()))?;
-        let response: Response = serde_json::from_str(&answer).context("the agent's answer is not valid JSON")?;
+            .map_err(|_| {
+                anyhow!(
+                    "the agent at {} did not answer within {} s",
+                    socket.display(),
+                    ANSWER_TIMEOUT.as_secs()
+                )
+            })??
+            .ok_or_else(|| {
+                anyhow!(
+                    "the agent at {} closed the connection without answering",
+                    socket.display()
+                )
+            })?;
+        let response: Response =
+            serde_json::from_str(&answer).context("the agent's answer is not valid JSON")?;
         if response.ok {
             Ok(response.result)
         } else {
-            Err(anyhow!("{}", response.error.unwrap_or_else(|| "the agent refused without a reason".into())))
+            Err(anyhow!(
+                "{}",
+                response
+                    .error
+                    .unwrap_or_else(|| "the agent refused without a reason".into())
+            ))
         }
     })?;
     serde_json::from_value(result)
@@ -265,11 +314,33 @@ pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Re
 /// How long a client waits for an answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The socket a CLI command talks to: `--socket`, else the config's `api_socket`, else the default.
-pub fn socket_for(socket: Option<PathBuf>, config: &Path) -> PathBuf {
-    socket.unwrap_or_else(|| {
-        crate::config::Config::load(config)
+/// Whether an agent answers on `socket`: `Ok(None)` when one does, `Ok(Some(why))` when none
+/// does (no socket, or a socket left behind by an agent that stopped), and an error when the
+/// socket cannot be tried at all (permissions, not a socket).
+pub fn nobody_answers(socket: &Path) -> anyhow::Result<Option<String>> {
+    use std::io::ErrorKind;
+    match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Some("no socket there".into())),
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Some(
+            "the socket was left behind by an agent that stopped".into(),
+        )),
+        Err(e) => Err(anyhow!(
+            "cannot try the agent's socket {}: {e}",
+            socket.display()
+        )),
+    }
+}
+
+/// The socket a CLI command talks to: `--socket`, else the config's `api_socket`. Never a
+/// guess: with two agents on a host, a default could reach the wrong one.
+pub fn socket_for(socket: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
+    match socket {
+        Some(s) => Ok(s),
+        None => crate::config::Config::load(config)
             .map(|c| c.api_socket)
-            .unwrap_or_else(|_| PathBuf::from("/run/xdplb/xdplb.sock"))
-    })
+            .context(
+                "finding the agent's api_socket in its config (or name the socket with --socket)",
+            ),
+    }
 }

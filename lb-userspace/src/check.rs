@@ -46,20 +46,23 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
             by_state
         );
     }
-    if cfg.api_socket.exists() {
-        let plan: Plan = api::call(&cfg.api_socket, &Request::Plan { config: text })?;
-        println!("Against the running agent ({}):", cfg.api_socket.display());
-        if plan.changes.is_empty() {
-            println!("  no changes");
+    // A socket nobody answers on is no agent: a crashed agent's socket must not fail the
+    // check, which systemd runs before every (re)start.
+    match api::nobody_answers(&cfg.api_socket)? {
+        None => {
+            let plan: Plan = api::call(&cfg.api_socket, &Request::Plan { config: text })?;
+            println!("Against the running agent ({}):", cfg.api_socket.display());
+            if plan.changes.is_empty() {
+                println!("  no changes");
+            }
+            for c in plan.changes {
+                println!("  {c}");
+            }
         }
-        for c in plan.changes {
-            println!("  {c}");
-        }
-    } else {
-        println!(
-            "No agent answers on {}: nothing to compare with.",
+        Some(why) => println!(
+            "No agent answers on {} ({why}): nothing to compare with.",
             cfg.api_socket.display()
-        );
+        ),
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent,
-    api::{self, Applied, Request, Status, VipStatus},
+    api::{self, Applied, LeftOut, Request, Status, VipStatus},
     check,
     config::{BackendConfig, Config, Vip},
     loader, stats,
@@ -39,7 +39,7 @@ struct Target {
 
 impl Target {
     fn call<T: DeserializeOwned>(&self, req: &Request) -> anyhow::Result<T> {
-        api::call(&api::socket_for(self.socket.clone(), &self.config), req)
+        api::call(&api::socket_for(self.socket.clone(), &self.config)?, req)
     }
 }
 
@@ -196,13 +196,46 @@ enum BackendCommand {
     },
 }
 
+/// Exit codes, one scheme for every command (the README lists them): 0 done; 1 refused or
+/// failed (nothing changed, the message says why); 2 usage error (clap's own code); 3 applied,
+/// but some configured backend is not in service (named on stderr).
+mod exit {
+    pub const FAILED: i32 = 1;
+    pub const NOT_IN_SERVICE: i32 = 3;
+}
+
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_millis()
         .init();
-    if let Err(e) = real_main() {
-        eprintln!("xdplb: error: {e:#}");
-        std::process::exit(1);
+    match real_main() {
+        Ok(Outcome::Done) => {}
+        Ok(Outcome::NotInService(left_out)) => {
+            for l in &left_out {
+                eprintln!(
+                    "xdplb: VIP {}: backend {} is not in service: {}",
+                    l.vip, l.backend, l.why
+                );
+            }
+            std::process::exit(exit::NOT_IN_SERVICE);
+        }
+        Err(e) => {
+            eprintln!("xdplb: error: {e:#}");
+            std::process::exit(exit::FAILED);
+        }
+    }
+}
+
+/// How a command that did not fail ended.
+enum Outcome {
+    Done,
+    /// A change was applied, but these backends are not in service.
+    NotInService(Vec<LeftOut>),
+}
+
+impl From<()> for Outcome {
+    fn from((): ()) -> Outcome {
+        Outcome::Done
     }
 }
 
@@ -215,12 +248,17 @@ fn from_yaml<T: serde::de::DeserializeOwned>(
     serde_yaml::from_value(yaml).map_err(|e| anyhow!("invalid {what}: {e}"))
 }
 
-fn print_applied(a: &Applied) {
+fn print_applied(a: Applied) -> Outcome {
     for l in &a.applied {
         println!("{l}");
     }
     if let Some(path) = &a.written_to {
         println!("(saved to {})", path.display());
+    }
+    if a.left_out.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::NotInService(a.left_out)
     }
 }
 
@@ -229,8 +267,8 @@ fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn real_main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn real_main() -> anyhow::Result<Outcome> {
+    let done = match Cli::parse().command {
         Command::Run { config } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
@@ -263,10 +301,7 @@ fn real_main() -> anyhow::Result<()> {
             }
         }
         Command::Status { target } => print_json(&target.call::<Status>(&Request::Status)?),
-        Command::Reload { target } => {
-            print_applied(&target.call(&Request::Reload)?);
-            Ok(())
-        }
+        Command::Reload { target } => return Ok(print_applied(target.call(&Request::Reload)?)),
         Command::Replay {
             config,
             pcap,
@@ -335,10 +370,10 @@ fn real_main() -> anyhow::Result<()> {
                 }
             };
             if matches!(req, Request::VipList) {
-                return print_json(&target.call::<Vec<Vip>>(&req)?);
+                print_json(&target.call::<Vec<Vip>>(&req)?)
+            } else {
+                return Ok(print_applied(target.call(&req)?));
             }
-            print_applied(&target.call(&req)?);
-            Ok(())
         }
         Command::Backend { command, target } => {
             let req = match command {
@@ -381,10 +416,13 @@ fn real_main() -> anyhow::Result<()> {
                 },
             };
             if matches!(req, Request::BackendList { .. }) {
-                return print_json(&target.call::<Vec<VipStatus>>(&req)?);
+                print_json(&target.call::<Vec<VipStatus>>(&req)?)
+            } else {
+                return Ok(print_applied(
+                    target.call(&req).context("the agent refused")?,
+                ));
             }
-            print_applied(&target.call(&req).context("the agent refused")?);
-            Ok(())
         }
-    }
+    };
+    done.map(Outcome::from)
 }

@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail};
 use tokio::sync::oneshot;
 
 use crate::{
-    api::{Answer, Applied, Response},
+    api::{Answer, Applied, LeftOut, Response},
     config::{Config, MacAddr},
     desired::{Desired, Facts},
     health,
@@ -290,14 +290,24 @@ impl Agent {
         for w in due {
             let mut applied = self.current.summary();
             applied.extend(w.removed);
-            for u in &self.current.unresolved {
-                let why = self
-                    .mac_errors
-                    .get(&u.backend)
-                    .map_or("its MAC is not known yet", String::as_str);
+            let left_out: Vec<LeftOut> = self
+                .current
+                .unresolved
+                .iter()
+                .map(|u| LeftOut {
+                    vip: u.vip.clone(),
+                    backend: u.backend,
+                    why: self
+                        .mac_errors
+                        .get(&u.backend)
+                        .map_or("its MAC is not known yet", String::as_str)
+                        .to_owned(),
+                })
+                .collect();
+            for l in &left_out {
                 applied.push(format!(
-                    "VIP {}: backend {} left out: {why}",
-                    u.vip, u.backend
+                    "VIP {}: backend {} left out: {}",
+                    l.vip, l.backend, l.why
                 ));
             }
             match w.done {
@@ -305,6 +315,7 @@ impl Agent {
                     let a = Applied {
                         applied,
                         written_to,
+                        left_out,
                     };
                     answer(reply, Ok(Answer::Applied(a)));
                 }

@@ -244,6 +244,12 @@ impl Balancer {
 
     /// Runs `xdplb ARGS --socket <lab socket>` as an operator would; returns (success, output).
     pub fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
+        let (code, out) = Self::cli_code(lab, args);
+        (code == Some(0), out)
+    }
+
+    /// Like [`Balancer::cli`], with the exit code (None when killed by a signal or not run).
+    pub fn cli_code(lab: &Lab, args: &[&str]) -> (Option<i32>, String) {
         let socket = Self::socket(lab);
         let out = std::process::Command::new(tool_path("xdplb"))
             .args(args)
@@ -252,11 +258,11 @@ impl Balancer {
             .output();
         match out {
             Ok(o) => (
-                o.status.success(),
+                o.status.code(),
                 String::from_utf8_lossy(&o.stdout).into_owned()
                     + &String::from_utf8_lossy(&o.stderr),
             ),
-            Err(e) => (false, e.to_string()),
+            Err(e) => (None, e.to_string()),
         }
     }
 

@@ -120,12 +120,17 @@ fn status_and_health_checks_stay_live_while_ten_backends_cannot_be_resolved() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    // One more through the CLI: the answer says it is left out, and why.
+    // One more through the CLI: the answer says it is left out, and why, and the exit code
+    // (3: applied, not in service) tells a script so.
     let ghost = lab.backend_addr4(40).to_string();
-    let (ok, out) = Balancer::cli(&lab, &["backend", "add", "web-tcp", &ghost]);
-    assert!(ok, "{out}");
+    let (code, out) = Balancer::cli_code(&lab, &["backend", "add", "web-tcp", &ghost]);
+    assert_eq!(code, Some(3), "{out}");
     assert!(
         out.contains(&format!("backend {ghost} left out")) && out.contains("no neighbour entry"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("backend {ghost} is not in service")),
         "{out}"
     );
     let (_, s) = health_of(&lab, "web-tcp", &b1);

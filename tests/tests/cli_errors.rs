@@ -5,12 +5,18 @@ use std::process::Command;
 use xdplb_tests::lab::tool_path;
 
 fn xdplb(args: &[&str]) -> (bool, String) {
+    let (code, out) = xdplb_code(args);
+    (code == Some(0), out)
+}
+
+/// Runs `xdplb ARGS`; returns its exit code and its output (stderr, then stdout).
+fn xdplb_code(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(tool_path("xdplb"))
         .args(args)
         .output()
         .expect("run xdplb");
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
 }
@@ -71,9 +77,93 @@ fn stats_without_a_running_agent_says_so() {
 
 #[test]
 fn unknown_subcommand_is_a_usage_error() {
-    let (ok, out) = xdplb(&["stast"]);
-    assert!(!ok);
+    let (code, out) = xdplb_code(&["stast"]);
+    assert_eq!(code, Some(2), "usage errors exit 2: {out}");
     assert!(out.contains("unrecognized subcommand 'stast'"), "{out}");
+}
+
+#[test]
+fn a_backend_on_the_vips_own_address_is_refused() {
+    let path = temp_config(
+        "selfvip.yaml",
+        &VALID.replace("address: 10.200.0.101", "address: 10.201.0.10"),
+    );
+    let (code, out) = xdplb_code(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("backends[0].address 10.201.0.10 is the VIP's own address")
+            && out.contains("line 3"),
+        "{out}"
+    );
+}
+
+/// The API commands find the agent through the config's `api_socket`: a config that does not
+/// parse is reported as such, and no default socket is tried in its place.
+#[test]
+fn api_commands_with_a_broken_config_name_it_and_guess_no_socket() {
+    let path = temp_config("broken.yaml", &VALID.replace("port: 80", "port: http"));
+    for cmd in [&["reload"][..], &["status"], &["backend", "list"]] {
+        let mut args = cmd.to_vec();
+        args.extend(["--config", path.to_str().unwrap()]);
+        let (code, out) = xdplb_code(&args);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(
+            out.contains("broken.yaml") && out.contains("vips[0].port") && out.contains("--socket"),
+            "{args:?}: {out}"
+        );
+        assert!(!out.contains("/run/xdplb/xdplb.sock"), "{args:?}: {out}");
+    }
+}
+
+/// A socket file nobody listens on (what `kill -9` of the agent leaves) is no agent: `check`,
+/// which the systemd unit runs before every start, passes and says what it found.
+#[test]
+fn check_passes_beside_a_socket_left_by_a_dead_agent() {
+    let dir = std::env::temp_dir().join(format!("xdplb-cli-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("xdplb.sock");
+    let _ = std::fs::remove_file(&socket);
+    // Binding and dropping a listener leaves its file behind, as a killed process does.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let path = temp_config(
+        "stale.yaml",
+        &format!("api_socket: {}\n{VALID}", socket.display()),
+    );
+    let (code, out) = xdplb_code(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("No agent answers") && out.contains("left behind by an agent that stopped"),
+        "{out}"
+    );
+    let (code, out) = xdplb_code(&["status", "--socket", socket.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("the agent that made it has stopped"), "{out}");
+}
+
+/// An agent that fails during start-up after binding its API socket removes it again.
+#[test]
+fn an_agent_that_fails_to_start_leaves_no_socket() {
+    let dir = std::env::temp_dir().join(format!("xdplb-cli-nostart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("xdplb.sock");
+    let _ = std::fs::remove_file(&socket);
+    // `lo` exists in every namespace; /proc refuses the pin directory, after the bind.
+    let yaml = VALID.replace("interface: xdplbnone0", "interface: lo");
+    let path = temp_config(
+        "nostart.yaml",
+        &format!(
+            "api_socket: {}\npin_path: /proc/xdplb-test\n{yaml}",
+            socket.display()
+        ),
+    );
+    let (code, out) = xdplb_code(&["run", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("/proc/xdplb-test"), "{out}");
+    assert!(
+        !socket.exists(),
+        "the failed agent left {}",
+        socket.display()
+    );
 }
 
 #[test]

@@ -396,6 +396,25 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
     unsafe { libc::kill(balancer.pid as i32, libc::SIGKILL) };
     lab.wait_exit(balancer.pid, Duration::from_secs(10))
         .unwrap();
+    // What the crash left: a socket nobody answers on. The unit's ExecStartPre (`xdplb check`)
+    // must still pass, or systemd could never restart the agent; the CLI says what it found.
+    assert!(Balancer::socket(&lab).exists(), "kill -9 leaves the socket");
+    let check = std::process::Command::new(tool_path("xdplb"))
+        .args(["check", "--config"])
+        .arg(&balancer.config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.success() && out.contains("left behind by an agent that stopped"),
+        "{out}"
+    );
+    let (ok, out) = Balancer::cli(&lab, &["status"]);
+    assert!(
+        !ok && out.contains("the agent that made it has stopped"),
+        "{out}"
+    );
     balancer.respawn(&mut lab).unwrap();
     let (ok, out) = Balancer::cli(&lab, &["backend", "list", "web-tcp"]);
     assert!(

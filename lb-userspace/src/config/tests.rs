@@ -154,7 +154,11 @@ fn bad_configs_name_the_field_and_line() {
         (
             "address: 2001:db8:1::1",
             "address: ff02::1",
-            &["vips[1].backends[0].address", "backend address ff02::1", "line 22"],
+            &[
+                "vips[1].backends[0].address",
+                "backend address ff02::1",
+                "line 22",
+            ],
         ),
         (
             "interface: eth0",
