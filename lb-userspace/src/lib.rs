@@ -2,6 +2,7 @@
 pub mod addr;
 pub mod agent;
 pub mod api;
+pub mod bpffs;
 pub mod check;
 pub mod config;
 mod control;

@@ -166,11 +166,23 @@ pub struct Loaded {
     pub adopted: bool,
 }
 
+/// Logs a bpffs mount made for the pins: it belongs to this mount namespace, so state pinned
+/// from a shell with its own (`ip netns exec`) is not seen from the host's `/sys/fs/bpf`.
+pub fn mount_note(found: crate::bpffs::Bpffs) {
+    if found == crate::bpffs::Bpffs::MountedNow {
+        log::warn!(
+            "bpffs was not mounted at {0}; mounted it there. Pinned state lives in this mount namespace (a shell from `ip netns exec` has its own {0})",
+            crate::bpffs::DEFAULT_MOUNT
+        );
+    }
+}
+
 /// Loads the balancer with its maps pinned under [`state_dir`]. Maps already pinned there by a
 /// previous agent (still forwarding, or killed) are checked against lb-common's layouts and
 /// reused, so flow table and counters carry over; a layout mismatch or state of another layout
 /// version is refused with the way out named.
 pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Loaded> {
+    mount_note(crate::bpffs::ensure(pin_path)?);
     let dir = state_dir(pin_path);
     if let Ok(entries) = std::fs::read_dir(pin_path) {
         for e in entries.flatten() {
@@ -208,12 +220,8 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
             }
         }
     }
-    std::fs::create_dir_all(&dir).with_context(|| {
-        format!(
-            "creating pin directory {} (is bpffs mounted there?)",
-            dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating pin directory {}", dir.display()))?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(maps::CONNS, conns);
     for spec in &BALANCER_MAPS {

@@ -1,6 +1,9 @@
 //! The balancer inside a lab: writes its config, attaches the veth-peer pass program for native mode, starts `xdplb run`, reloads it and reads `xdplb stats`. Shared by the demo and the end-to-end tests.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 use serde_json::Value;
@@ -119,6 +122,12 @@ impl Balancer {
     /// on a veth only delivers to a peer that runs XDP), starts the agent and waits until it
     /// reports that it is balancing.
     pub fn start(lab: &mut Lab, mode: &str, yaml: &str) -> Result<Balancer> {
+        Self::start_via(lab, mode, yaml, &[])
+    }
+
+    /// Like [`Balancer::start`], with the agent run through `launcher` (a command that execs
+    /// its arguments, such as `ip netns exec NS`), as an operator's shell might run it.
+    pub fn start_via(lab: &mut Lab, mode: &str, yaml: &str, launcher: &[&str]) -> Result<Balancer> {
         let config = lab.dir().join("lb.yaml");
         std::fs::write(&config, yaml)?;
         let peer_pass = if mode == "native" {
@@ -136,7 +145,15 @@ impl Balancer {
             .context("config path is not UTF-8")?
             .to_owned();
         let gw = lab.gateway_ns().to_owned();
-        let pid = lab.spawn(&gw, &xdplb, &["run", "--config", &cfg])?;
+        let pid = match launcher.split_first() {
+            None => lab.spawn(&gw, &xdplb, &["run", "--config", &cfg])?,
+            Some((program, rest)) => {
+                let xdplb = xdplb.to_str().context("xdplb path is not UTF-8")?;
+                let mut args = rest.to_vec();
+                args.extend([xdplb, "run", "--config", &cfg]);
+                lab.spawn(&gw, Path::new(program), &args)?
+            }
+        };
         lab.wait_for_log(pid, "balancing on", Duration::from_secs(30))
             .context("xdplb did not start balancing")?;
         Ok(Balancer {

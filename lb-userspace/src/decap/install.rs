@@ -15,9 +15,6 @@ use crate::{
     loader::{self, Attached, StaleLink},
 };
 
-/// `statfs(2)` magic of bpffs (`BPF_FS_MAGIC`, include/uapi/linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// The kernel's index of `interface` in the current network namespace, or an error naming it.
 fn ifindex(interface: &str) -> anyhow::Result<u32> {
     let name = std::ffi::CString::new(interface)
@@ -28,32 +25,6 @@ fn ifindex(interface: &str) -> anyhow::Result<u32> {
         bail!("interface {interface} does not exist (in this network namespace)");
     }
     Ok(index)
-}
-
-/// Fails unless `pin_path` is (or would be created) on a bpffs: pins elsewhere fail with a
-/// bare EPERM, and a plain directory where bpffs should be mounted is a common set-up slip.
-fn require_bpffs(pin_path: &Path) -> anyhow::Result<()> {
-    let mut existing = pin_path;
-    while !existing.exists() {
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    let path = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
-        .with_context(|| format!("{} contains a NUL byte", existing.display()))?;
-    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut fs) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("statfs {}", existing.display()));
-    }
-    // `f_type` is i64 on x86_64, a narrower integer on some other targets.
-    if fs.f_type as i64 != BPF_FS_MAGIC {
-        bail!(
-            "{} is not on a bpffs, so the program cannot stay attached after this command exits; \
-             mount one (`mount -t bpf bpf /sys/fs/bpf`) or give --pin-path a directory on one",
-            pin_path.display()
-        );
-    }
-    Ok(())
 }
 
 /// Loads the decap object (maps not pinned) and verifies its program: for fixtures and tests.
@@ -94,7 +65,7 @@ pub fn install(
     check_interface_name(interface)?;
     ifindex(interface)?;
     let wanted = choose_addrs(interface, &interface_addrs(interface)?, explicit)?;
-    require_bpffs(pin_path)?;
+    loader::mount_note(crate::bpffs::ensure(pin_path)?);
     let dir = pin_dir(pin_path, interface);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating pin directory {}", dir.display()))?;
