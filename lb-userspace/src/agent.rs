@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     path::Path,
     sync::{atomic::Ordering, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -18,7 +18,9 @@ use tokio::{
 use crate::{
     api,
     desired::Desired,
-    health, loader,
+    health,
+    link::{LinkEvent, LinkWatch},
+    loader,
     maps::BalancerMaps,
     metrics,
     neigh::{self, MacEvent},
@@ -101,6 +103,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shared: shared.clone(),
         activity: HashMap::new(),
         attach_note: String::new(),
+        datapath_down: None,
         adopted,
         waiting: Vec::new(),
     };
@@ -118,6 +121,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         log::error!("VIP {}: backend {} left out: {why}", u.vip, u.backend);
     }
     agent.attach_note = loader::attach_pinned(&mut ebpf, &cfg.pin_path, &interface, cfg.xdp_mode)?;
+    shared.datapath_up.store(true, Ordering::Relaxed);
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    let index = neigh::interface_index(&interface)
+        .with_context(|| format!("interface {interface} went away during start-up"))?;
+    let _link_watch = LinkWatch::spawn(&interface, index, link_tx)?;
+    let mut datapath = Datapath {
+        ebpf,
+        last_attempt: None,
+    };
     log::info!(
         "balancing on {interface}: {}; {} VIP(s), flow table {} entries; state pinned under {}; API on {}",
         agent.attach_note,
@@ -160,7 +172,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 agent.on_mac(m);
                 agent.answer_waiting(false);
             }
+            Some(ev) = link_rx.recv() => datapath.on_link(&mut agent, ev),
             _ = tick.tick() => {
+                datapath.retry(&mut agent);
                 agent.on_file_tick();
                 agent.track_activity();
                 agent.answer_waiting(false);
@@ -179,13 +193,86 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     } else {
         loader::detach(&cfg.pin_path)?;
-        drop(ebpf);
+        drop(datapath);
         log::info!(
             "detached from {interface}; pinned state under {} removed",
             cfg.pin_path.display()
         );
     }
     Ok(())
+}
+
+/// The loaded program and what it takes to put it back on its interface.
+struct Datapath {
+    ebpf: aya::Ebpf,
+    /// When re-attaching was last tried (a failed try is retried every few seconds).
+    last_attempt: Option<Instant>,
+}
+
+/// How long after a failed re-attach the next try comes.
+const REATTACH_EVERY: Duration = Duration::from_secs(5);
+
+impl Datapath {
+    /// Marks the datapath down when the interface goes, and re-attaches when it is back.
+    fn on_link(&mut self, agent: &mut Agent, ev: LinkEvent) {
+        let interface = agent.cfg.interface.as_str().to_owned();
+        match ev {
+            LinkEvent::Gone => {
+                log::error!(
+                    "interface {interface} went away: the kernel detached the balancer, nothing is forwarded until it is back (the maps keep their state)"
+                );
+                agent.datapath_down = Some(format!("interface {interface} is gone"));
+                agent.shared.datapath_up.store(false, Ordering::Relaxed);
+                self.last_attempt = None;
+            }
+            LinkEvent::Back { index } => {
+                log::info!("interface {interface} is back (index {index})");
+                self.last_attempt = None;
+                self.retry(agent);
+            }
+        }
+    }
+
+    /// Re-attaches while the datapath is down and its interface exists (at most every
+    /// [`REATTACH_EVERY`] after a failure).
+    fn retry(&mut self, agent: &mut Agent) {
+        if agent.datapath_down.is_none() {
+            return;
+        }
+        let interface = agent.cfg.interface.as_str().to_owned();
+        if neigh::interface_index(&interface).is_none()
+            || self
+                .last_attempt
+                .is_some_and(|t| t.elapsed() < REATTACH_EVERY)
+        {
+            return;
+        }
+        self.last_attempt = Some(Instant::now());
+        match loader::reattach(
+            &mut self.ebpf,
+            &agent.cfg.pin_path,
+            &interface,
+            agent.cfg.xdp_mode,
+        ) {
+            Ok(note) => {
+                log::info!("{note}: balancing again");
+                agent.attach_note = note;
+                agent.datapath_down = None;
+                agent.shared.datapath_up.store(true, Ordering::Relaxed);
+                // The new interface may differ (MTU); its neighbours are learnt afresh.
+                if let Err(e) = agent.reconcile() {
+                    log::error!("after re-attaching: {e:#}");
+                }
+                agent.sync_targets();
+            }
+            Err(e) => {
+                log::error!("interface {interface} is back, but attaching failed: {e:#}");
+                agent.datapath_down = Some(format!(
+                    "interface {interface} is back, attaching failed: {e:#}"
+                ));
+            }
+        }
+    }
 }
 
 /// What a scrape reads: the pinned maps (from the exporter's own thread), the health view and
@@ -213,6 +300,7 @@ impl MetricsSource {
                 .into_iter()
                 .map(|(t, h)| ((t.vip, t.backend), h == health::Health::Up))
                 .collect(),
+            datapath_up: self.shared.datapath_up.load(Ordering::Relaxed),
             reloads_ok: self.shared.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.shared.reloads_failed.load(Ordering::Relaxed),
             health_transitions_down: down,

@@ -102,8 +102,11 @@ pub struct VipStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub interface: String,
-    /// How the program is attached, e.g. "native XDP (pinned link ...)".
+    /// How the program is attached, e.g. "attached to eth0 (native XDP)", or "down: " and why.
     pub datapath: String,
+    /// The program is attached to the interface; false while the interface is gone.
+    #[serde(default)]
+    pub datapath_up: bool,
     /// True when this agent took over the maps a previous one left pinned.
     pub adopted_previous_state: bool,
     /// The config file the agent runs from.

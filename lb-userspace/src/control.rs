@@ -120,7 +120,11 @@ impl Agent {
             .collect();
         Status {
             interface: self.cfg.interface.as_str().to_owned(),
-            datapath: self.attach_note.clone(),
+            datapath: match &self.datapath_down {
+                Some(why) => format!("down: {why}"),
+                None => self.attach_note.clone(),
+            },
+            datapath_up: self.datapath_down.is_none(),
             adopted_previous_state: self.adopted,
             config: self.file.path.clone(),
             reloads_ok: self.shared.reloads_ok.load(Ordering::Relaxed),

@@ -10,6 +10,7 @@ pub mod decap;
 pub mod desired;
 pub mod health;
 pub mod http;
+pub mod link;
 pub mod loader;
 pub mod maglev;
 pub mod maps;

@@ -284,6 +284,29 @@ pub fn attach_pinned(
     }
 }
 
+/// Attaches the balancer again after its interface went away and came back: the pinned link
+/// still names the old interface (the kernel detached it, `ENOLINK` on update), so it is
+/// replaced by a new one on the interface of that name. The maps, pinned, keep their state.
+pub fn reattach(
+    ebpf: &mut Ebpf,
+    pin_path: &Path,
+    interface: &str,
+    mode: config::XdpMode,
+) -> anyhow::Result<String> {
+    let path = link_pin(&state_dir(pin_path), interface);
+    match attach_link_pinned(
+        ebpf,
+        programs::BALANCER,
+        interface,
+        &path,
+        mode,
+        StaleLink::Replace,
+    )? {
+        Attached::Replaced => Ok(format!("attached to {interface} (the pinned link)")),
+        Attached::New(label) => Ok(format!("re-attached to {interface} ({label} XDP)")),
+    }
+}
+
 /// What [`attach_link_pinned`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {

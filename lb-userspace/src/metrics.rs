@@ -16,6 +16,8 @@ pub struct Snapshot {
     pub stats: StatsReport,
     /// Health of probed backends: (vip name, backend address) -> up?  Unprobed backends are absent.
     pub health: HashMap<(String, IpAddr), bool>,
+    /// The program is attached to the interface.
+    pub datapath_up: bool,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub health_transitions_down: u64,
@@ -202,6 +204,13 @@ fn families(s: &Snapshot) -> Vec<Family> {
         datapath.push(&[("outcome", *name)], *n);
     }
 
+    let mut attached = Family::new(
+        "xdplb_datapath_up",
+        Gauge,
+        "1 while the balancer program is attached to its interface; 0 while the interface is gone",
+    );
+    attached.push(&[], u64::from(s.datapath_up));
+
     let mut reloads = Family::new(
         "xdplb_reloads_total",
         Counter,
@@ -232,6 +241,7 @@ fn families(s: &Snapshot) -> Vec<Family> {
         up,
         transitions,
         datapath,
+        attached,
         reloads,
         entries,
         capacity,
@@ -315,6 +325,7 @@ pub(crate) mod tests {
         Snapshot {
             stats: StatsReport { vips, global },
             health,
+            datapath_up: true,
             reloads_ok: 3,
             reloads_failed: 1,
             health_transitions_down: 4,

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Instant,
@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub cfg: Mutex<Option<Config>>,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// The program is attached to the interface (false while the interface is gone).
+    pub datapath_up: AtomicBool,
 }
 
 /// The running agent: owns the maps and what was written to them; everything that changes
@@ -52,6 +54,8 @@ pub(crate) struct Agent {
     /// Per backend id: packet count last seen and when it last changed.
     pub activity: HashMap<u32, (u64, Instant)>,
     pub attach_note: String,
+    /// Why the datapath is down (its interface went away), or None while it is attached.
+    pub datapath_down: Option<String>,
     pub adopted: bool,
     /// API answers held until new backends' MACs are known (or the grace period ends).
     pub waiting: Vec<Waiting>,

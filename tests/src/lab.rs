@@ -247,6 +247,51 @@ impl Lab {
         Ok(())
     }
 
+    /// Deletes the gateway's link (both veth ends), as a NIC removal or a veth whose peer
+    /// namespace went would; returns the gateway interface's MAC, for [`Lab::replug_gateway`].
+    pub fn unplug_gateway(&self) -> Result<String> {
+        // `ip netns exec` mounts the gateway's own /sys.
+        let mac = self
+            .gateway
+            .run(&["cat", &format!("/sys/class/net/{GATEWAY_IF}/address")])?;
+        self.switch.ip(&["link", "del", GATEWAY_PORT])?;
+        Ok(mac.trim().to_owned())
+    }
+
+    /// Re-creates the gateway's link as the lab made it, with the MAC it had (a NIC that comes
+    /// back keeps its MAC, so the segment's neighbour caches stay right).
+    pub fn replug_gateway(&self, mac: &str) -> Result<()> {
+        let gw = self.gateway.name().to_string();
+        self.switch.ip(&[
+            "link",
+            "add",
+            GATEWAY_PORT,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            GATEWAY_IF,
+            "address",
+            mac,
+            "netns",
+            &gw,
+        ])?;
+        self.switch
+            .ip(&["link", "set", GATEWAY_PORT, "master", BRIDGE, "up"])?;
+        netns::run_root(&["ip", "-n", &gw, "link", "set", GATEWAY_IF, "up"])?;
+        self.add_addrs(
+            &self.gateway,
+            GATEWAY_IF,
+            &[IpAddr::V4(self.gateway_addr4())],
+            &[IpAddr::V6(self.gateway_addr6())],
+        )?;
+        if self.spec.routed {
+            add_route(&self.gateway, "10.202.0.0/24", self.router_addr4().into())?;
+            add_route(&self.gateway, "fd00:202::/64", self.router_addr6().into())?;
+        }
+        Ok(())
+    }
+
     /// The routed lab's router (legs on both segments and toward the far client), the far
     /// client, and the routes that make backends reachable from the gateway and the VIP from
     /// the router.
