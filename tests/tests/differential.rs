@@ -12,7 +12,6 @@ use std::{
     time::Instant,
 };
 
-use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{
     icmpv4::DestUnreachableHeader, Icmpv4Type, IpFragOffset, IpHeaders, IpNumber, Ipv4Dscp,
     Ipv4Ecn, Ipv4Header, Ipv4Options, Ipv6FlowLabel, Ipv6Header, PacketBuilder, PacketBuilderStep,
@@ -25,8 +24,9 @@ use lb_userspace::{
     loader,
     maps::BalancerMaps,
     reconcile::Written,
+    testrun::{self, action_name},
 };
-use xdplb_tests::model::{Expected, Model, XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
+use xdplb_tests::model::{Expected, Model, XDP_ABORTED, XDP_TX};
 
 const DEFAULT_SEED: u64 = 0x0d1f_f5ee_d0c0_ffee;
 const DEFAULT_PACKETS: usize = 100_000;
@@ -1221,30 +1221,12 @@ impl Dut {
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
         let prog = loader::program(&mut self.ebpf, lb_common::programs::BALANCER).unwrap();
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
-        (result.return_value, out)
+        let r = testrun::run(prog, frame).expect("BPF_PROG_TEST_RUN");
+        (r.action, r.out)
     }
 
     fn global(&self) -> [u64; COUNTER_COUNT as usize] {
         self.maps.global_counters().expect("GLOBAL_STATS")
-    }
-}
-
-fn action_name(a: u32) -> &'static str {
-    match a {
-        XDP_ABORTED => "XDP_ABORTED",
-        XDP_DROP => "XDP_DROP",
-        XDP_PASS => "XDP_PASS",
-        XDP_TX => "XDP_TX",
-        _ => "XDP_?",
     }
 }
 

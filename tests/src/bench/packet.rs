@@ -1,13 +1,15 @@
 //! Per-packet cost of the balancer with BPF_PROG_TEST_RUN, against an empty XDP_PASS and a minimal MAC swap measured the same way in the same run, and how that cost grows with backends, VIPs and flow-table fill.
 
 use anyhow::{Context as _, Result};
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::{programs::Xdp, Ebpf};
 use etherparse::PacketBuilder;
 use lb_common::{ConnEntry, FlowKey};
-use lb_userspace::{config::Config, loader, maps::BalancerMaps, replay::verdict_name};
+use lb_userspace::{
+    config::Config,
+    loader,
+    maps::BalancerMaps,
+    testrun::{self, action_name},
+};
 use serde::Serialize;
 
 /// One packet class's cost.
@@ -91,19 +93,10 @@ fn udp6(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
     v
 }
 
-/// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`.
+/// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`, and the verdict.
 fn time_once(prog: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(f64, u32)> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::new()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    // The kernel reports the mean per repetition, in whole nanoseconds.
-    Ok((r.duration.as_nanos() as f64, r.return_value))
+    let t = testrun::timed(prog, packet, repeat).context("BPF_PROG_TEST_RUN")?;
+    Ok((t.per_run.as_nanos() as f64, t.action))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -238,7 +231,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
             ns_per_packet: ns,
             mpps_per_core: 1e3 / ns.max(1.0),
             ratio_to_macswap: ns / swap_ns.max(1.0),
-            verdict: verdict_name(verdict),
+            verdict: action_name(verdict),
             note: note.into(),
         })
     };
@@ -312,7 +305,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         ns_per_packet: new_ns,
         mpps_per_core: 1e3 / new_ns.max(1.0),
         ratio_to_macswap: new_ns / swap1_ns.max(1.0),
-        verdict: verdict_name(verdict),
+        verdict: action_name(verdict),
         note: format!("one packet per run (MAC swap measured the same way: {swap1_ns:.0} ns)"),
     });
     // IP-in-IP: encapsulation grows the buffer in place, and BPF_PROG_TEST_RUN repeats run on
@@ -344,7 +337,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         ns_per_packet: enc_ns,
         mpps_per_core: 1e3 / enc_ns.max(1.0),
         ratio_to_macswap: enc_ns / swap1_ns.max(1.0),
-        verdict: verdict_name(v),
+        verdict: action_name(v),
         note: format!(
             "one packet per run: grow head, outer header + checksum, flow hash for the source (MAC swap the same way: {swap1_ns:.0} ns)"
         ),
