@@ -14,9 +14,7 @@ use lb_userspace::{
 };
 
 pub use lb_userspace::testrun::{Run, XDP_DROP, XDP_PASS, XDP_TX};
-
-pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
 /// Backends 10.202.0.x / fd00:202::x sit behind a router whose MAC is ...:fe; one VIP of each
 /// tunnel pairing (4in4, 6in6, 4in6, 6in4), plus an L2 VIP for ICMP steering without tunnels.

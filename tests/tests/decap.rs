@@ -11,11 +11,11 @@ use lb_userspace::{
     decap::{self, DecapMaps},
     testrun::{XDP_DROP, XDP_PASS},
 };
-use xdplb_tests::{
-    fixture::Run,
+use xdplb_lab::{
     lab::tool_path,
     netns::{self, NetNs},
 };
+use xdplb_tests::fixture::Run;
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];

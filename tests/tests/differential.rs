@@ -26,6 +26,7 @@ use lb_userspace::{
     reconcile::Written,
     testrun::{self, action_name},
 };
+use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use xdplb_tests::model::{Expected, Model, XDP_ABORTED, XDP_TX};
 
 const DEFAULT_SEED: u64 = 0x0d1f_f5ee_d0c0_ffee;
@@ -39,9 +40,6 @@ const COUNTER_SAMPLE: usize = 10;
 fn flow_table_size(packets: usize) -> u32 {
     ((packets / 2).next_power_of_two() as u32).clamp(1 << 16, 1 << 24)
 }
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 /// Phase 1: every kind of VIP the datapath distinguishes: L2 and `ipip` (4in4, 6in6, 4in6,
 /// 6in4 and a VIP with backends of both families), addresses that answer echo requests and

@@ -144,6 +144,8 @@ fn build_release_tools() -> anyhow::Result<()> {
         "-p",
         "lb-userspace",
         "-p",
+        "xdplb-lab",
+        "-p",
         "xdplb-tests",
         "--bins",
     ])

@@ -11,6 +11,7 @@ use lb_userspace::{
     testrun::{self, action_name},
 };
 use serde::Serialize;
+use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
 /// One packet class's cost.
 #[derive(Debug, Clone, Serialize)]
@@ -41,9 +42,6 @@ pub struct Sweep {
     /// Largest over smallest cost across the sweep (goal: at most 1.10).
     pub max_over_min: f64,
 }
-
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
 struct Settings {
     runs: usize,

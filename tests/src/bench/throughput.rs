@@ -29,15 +29,14 @@ use lb_userspace::{
     testrun::{self, XDP_TX},
 };
 use serde::Serialize;
+use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
-use crate::netns::{self, in_netns, NetNs};
+use xdplb_lab::netns::{self, in_netns, NetNs};
 
 /// The veth end the balancer's frames leave by (in the balancer namespace) and its peer (in the
 /// sink namespace). Names are per namespace, so fixed names cannot collide with other labs.
 const LB_IF: &str = "lb0";
 const SINK_IF: &str = "sink0";
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const VIP: [u8; 4] = [10, 201, 0, 1];
 
 /// One program's forwarding rate.
