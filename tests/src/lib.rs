@@ -1,5 +1,4 @@
-//! xdplb's test oracle and fixtures: the reference model of the datapath, the BPF_PROG_TEST_RUN fixture harness, and (for now) the benchmarks; the namespace lab lives in `xdplb-lab`.
+//! xdplb's test oracle and fixtures: the reference model of the datapath and the BPF_PROG_TEST_RUN fixture harness; the namespace lab lives in `xdplb-lab`, the benchmarks in `xdplb-bench`.
 
-pub mod bench;
 pub mod fixture;
 pub mod model;

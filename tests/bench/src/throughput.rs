@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use aya::{programs::Xdp, Ebpf};
+use aya::programs::Xdp;
 use etherparse::PacketBuilder;
 use lb_userspace::{
     config::Config,
@@ -30,8 +30,9 @@ use lb_userspace::{
 };
 use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
-
 use xdplb_lab::netns::{self, in_netns, NetNs};
+
+use crate::baselines;
 
 /// The veth end the balancer's frames leave by (in the balancer namespace) and its peer (in the
 /// sink namespace). Names are per namespace, so fixed names cannot collide with other labs.
@@ -108,17 +109,6 @@ fn settings(quick: bool) -> Settings {
         batch_size: 64,
         rounds: if quick { 5 } else { 7 },
         threads: 4,
-    }
-}
-
-/// Keeps this thread on one CPU: the live-frames run, the transmit and the sink's NAPI (raised
-/// on the sending CPU) then share that CPU, so the rate is that of one core.
-fn pin_to_cpu0() {
-    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -395,17 +385,13 @@ fn generate(prog: &Xdp, frames: &[Vec<u8>], ifindex: u32, s: &Settings) -> Resul
 
 /// The measurement proper, on a thread inside the balancer namespace.
 fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
-    pin_to_cpu0();
+    baselines::pin_to_cpu0();
     let lb_ifindex = ifindex(LB_IF)?;
     let cfg = Config::from_yaml(&config(), "throughput bench config")?;
     let mut bal = loader::load_balancer(1 << 16)?;
     let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
     lb_userspace::reconcile::fill(&cfg, &mut maps)?;
-    let mut baselines =
-        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
-    loader::program(&mut baselines, "baseline_macswap")?
-        .load()
-        .context("loading baseline_macswap")?;
+    let mut base = baselines::load(&[baselines::MACSWAP])?;
     let frames: Vec<Vec<u8>> = (0..s.flows).map(flow_frame).collect();
 
     // Pre-warm: one ordinary (not live) run per flow inserts it into the flow table, and shows
@@ -438,7 +424,7 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
             let prog = if which == 0 {
                 loader::program(&mut bal, lb_common::programs::BALANCER)?
             } else {
-                loader::program(&mut baselines, "baseline_macswap")?
+                loader::program(&mut base, baselines::MACSWAP)?
             };
             let before = sink_rx(sink_ns)?;
             let t = Instant::now();

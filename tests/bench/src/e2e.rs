@@ -527,7 +527,7 @@ pub fn run(quick: bool) -> Result<Vec<E2eResult>> {
         let path = tool_path(tool);
         if !path.is_file() {
             bail!(
-                "{} not found (build with `cargo build -p xdplb-tests --bins`)",
+                "{} not found (build with `cargo build -p lb-userspace -p xdplb-lab --bins`)",
                 path.display()
             );
         }
@@ -658,7 +658,7 @@ mod tests {
     }
 
     /// Runs the quick benchmark in a real lab (root, haproxy, built binaries):
-    /// `cargo test -p xdplb-tests --lib bench::e2e -- --ignored --nocapture`.
+    /// `cargo test -p xdplb-bench --lib e2e -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn quick_run() {

@@ -13,6 +13,8 @@ use lb_userspace::{
 use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
+use crate::baselines;
+
 /// One packet class's cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct PacketCost {
@@ -59,17 +61,6 @@ fn settings(quick: bool) -> Settings {
             runs: 15,
             repeat: 200_000,
         }
-    }
-}
-
-/// Keeps this thread on one CPU: BPF_PROG_TEST_RUN runs the program on the calling CPU, and
-/// per-CPU maps and caches should stay the same across runs.
-fn pin_to_cpu0() {
-    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -205,23 +196,13 @@ fn vip_packet(vips: u32) -> Vec<u8> {
 
 /// Per-packet cost by class, with the baselines.
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
-    pin_to_cpu0();
+    baselines::pin_to_cpu0();
     let s = settings(quick);
-    let mut baselines =
-        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
-    for name in ["baseline_pass", "baseline_macswap"] {
-        loader::program(&mut baselines, name)?
-            .load()
-            .with_context(|| format!("loading {name}"))?;
-    }
+    let mut base = baselines::load(&[baselines::PASS, baselines::MACSWAP])?;
     let mut bal = Balancer::new(&config(1, 3), 1 << 20)?;
     let vip = vip_packet(1);
-    let (pass_ns, _) = median_ns(loader::program(&mut baselines, "baseline_pass")?, &vip, &s)?;
-    let (swap_ns, _) = median_ns(
-        loader::program(&mut baselines, "baseline_macswap")?,
-        &vip,
-        &s,
-    )?;
+    let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
+    let (swap_ns, _) = median_ns(loader::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
     let mut out = Vec::new();
     let mut push = |class: &str, ns: f64, verdict: u32, note: &str| {
         out.push(PacketCost {
@@ -282,7 +263,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let mut swap1 = Vec::new();
     let mut new1 = Vec::new();
     let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
-        Ok(time_once(loader::program(b, "baseline_macswap")?, p, 1)?.0)
+        Ok(time_once(loader::program(b, baselines::MACSWAP)?, p, 1)?.0)
     };
     let mut verdict = 0;
     for i in 0..calls {
@@ -292,7 +273,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
             [10, 201, 0, 0],
             80,
         );
-        swap1.push(swap_prog_ns(&mut baselines, &pkt)?);
+        swap1.push(swap_prog_ns(&mut base, &pkt)?);
         let (ns, v) = time_once(bal.prog()?, &pkt, 1)?;
         verdict = v;
         new1.push(ns);
@@ -449,7 +430,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
 }
 
 pub fn sweeps(quick: bool) -> Result<Vec<Sweep>> {
-    pin_to_cpu0();
+    baselines::pin_to_cpu0();
     let s = settings(quick);
     let mut out = Vec::new();
 
