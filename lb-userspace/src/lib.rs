@@ -22,3 +22,4 @@ pub mod reconcile;
 pub mod replay;
 mod running;
 pub mod stats;
+pub mod testrun;

@@ -9,7 +9,6 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context as _};
-use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
@@ -22,6 +21,7 @@ use crate::{
     loader,
     maps::BalancerMaps,
     neigh,
+    testrun::{self, action_name},
 };
 
 /// One packet's fate.
@@ -34,18 +34,6 @@ pub struct Verdict {
     pub vip: Option<String>,
     /// The backend a forwarded packet was sent to.
     pub backend: Option<IpAddr>,
-}
-
-/// The name of an XDP action, as `replay` prints it.
-pub fn verdict_name(v: u32) -> &'static str {
-    match v {
-        0 => "aborted",
-        1 => "drop",
-        2 => "pass",
-        3 => "tx",
-        4 => "redirect",
-        _ => "unknown",
-    }
 }
 
 /// A backend MAC for replaying without the real network: the neighbour table of the config's
@@ -187,16 +175,9 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
                 frame.len()
             );
         }
-        let mut buf = vec![0u8; frame.len() + 256];
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut buf),
-                ..TestRunOptions::new()
-            })
+        let testrun::Run { action, out: buf } = testrun::run(prog, frame)
             .with_context(|| format!("running packet {index} through the program"))?;
-        buf.truncate(r.data_size_out as usize);
-        let verdict = verdict_name(r.return_value);
+        let verdict = action_name(action);
         let vip = vip_of(&cfg, frame);
         let backend = match (&vip, verdict) {
             (Some(v), "tx") if buf.len() >= 6 => tunnel_destination(&buf).or_else(|| {

@@ -2,7 +2,6 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use lb_common::{addr::ip_to_map, flow_hash, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
@@ -11,14 +10,11 @@ use lb_userspace::{
     loader,
     maps::BalancerMaps,
     reconcile::Written,
+    testrun,
 };
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-
-pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];
-pub const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub use lb_userspace::testrun::{Run, XDP_DROP, XDP_PASS, XDP_TX};
+pub use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
 /// Backends 10.202.0.x / fd00:202::x sit behind a router whose MAC is ...:fe; one VIP of each
 /// tunnel pairing (4in4, 6in6, 4in6, 6in4), plus an L2 VIP for ICMP steering without tunnels.
@@ -77,28 +73,11 @@ pub struct Harness {
     pub cfg: Config,
 }
 
-/// Runs `packet` once through program `name` of `ebpf` with BPF_PROG_TEST_RUN; the output
-/// buffer has room for 256 bytes of growth (encapsulation, ICMP answers).
+/// Runs `packet` once through program `name` of `ebpf` with BPF_PROG_TEST_RUN (see
+/// [`testrun::run`]: room for encapsulation and ICMP answers).
 pub fn run_program(ebpf: &mut aya::Ebpf, name: &str, packet: &[u8]) -> Run {
     let prog = loader::program(ebpf, name).unwrap();
-    let mut out = vec![0u8; packet.len() + 256];
-    let result = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            ..TestRunOptions::new()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(result.data_size_out as usize);
-    Run {
-        action: result.return_value,
-        out,
-    }
-}
-
-pub struct Run {
-    pub action: u32,
-    pub out: Vec<u8>,
+    testrun::run(prog, packet).expect("BPF_PROG_TEST_RUN")
 }
 
 impl Harness {

@@ -1,14 +1,5 @@
-//! xdplb's namespace lab: builds a throw-away L2 segment of network namespaces (clients, a gateway for the balancer, DSR backends) for the demo and the end-to-end tests.
+//! xdplb's test oracle and fixtures: the reference model of the datapath, the BPF_PROG_TEST_RUN fixture harness and the differential test's packet generator; the namespace lab lives in `xdplb-lab`, the benchmarks in `xdplb-bench`.
 
-pub mod bench;
 pub mod fixture;
-pub mod lab;
 pub mod model;
-pub mod netns;
-pub mod reports;
-pub mod scenario;
-pub mod sys;
-pub mod tshark;
-
-pub use lab::{tool_path, DsrCounts, Lab, LabSpec};
-pub use reports::{BurstReport, HoldReport};
+pub mod packets;

@@ -74,11 +74,8 @@ use lb_userspace::{
     maps::BalancerMaps,
 };
 
-/// XDP verdicts (`enum xdp_action` in the kernel UAPI).
-pub const XDP_ABORTED: u32 = 0;
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+/// XDP verdicts (`enum xdp_action` in the kernel UAPI), the ones the program's runs return.
+pub use lb_userspace::testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
 /// IPv6 next-header values the datapath documents as extension headers it does not walk.
 const IPV6_EXT_HEADERS: [IpNumber; 8] = [

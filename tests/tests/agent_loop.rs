@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{Lab, LabSpec},
     netns,
     scenario::{lab_config, Balancer, Member},

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use xdplb_tests::lab::tool_path;
+use xdplb_lab::lab::tool_path;
 
 fn xdplb(args: &[&str]) -> (bool, String) {
     let (code, out) = xdplb_code(args);

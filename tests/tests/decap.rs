@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use etherparse::PacketBuilder;
 use lb_common::decap::{DecapCounter, DECAP_COUNTER_COUNT, PROGRAM};
-use lb_userspace::decap::{self, DecapMaps};
-use xdplb_tests::{
-    fixture::Run,
+use lb_userspace::{
+    decap::{self, DecapMaps},
+    testrun::{XDP_DROP, XDP_PASS},
+};
+use xdplb_lab::{
     lab::tool_path,
     netns::{self, NetNs},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+use xdplb_tests::fixture::Run;
 
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb1];

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{tool_path, Lab, LabSpec},
     netns,
     reports::{parse_last_json, BurstReport, HoldReport},

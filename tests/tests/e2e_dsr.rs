@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{tool_path, Lab, LabSpec},
     reports::{parse_last_json, BurstReport, HoldReport},
     scenario::{lab_config, Balancer, Member},

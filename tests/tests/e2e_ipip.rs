@@ -1,7 +1,7 @@
 //! End to end in `ipip` mode: backends on another subnet behind a router, running `xdplb decap`; real TCP and UDP over IPv4 and IPv6 (the captured tunnels judged by tshark), pings answered by the balancer, and path-MTU discovery in both directions (client → balancer tunnel, backend → narrow far link).
 
 use serde_json::Value;
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{Lab, LabSpec, FAR_LINK_MTU},
     netns,
     reports::BurstReport,
@@ -90,7 +90,7 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     lab.stop(dump).unwrap();
-    let stacks = xdplb_tests::tshark::clean_stacks(&pcap, None)
+    let stacks = xdplb_lab::tshark::clean_stacks(&pcap, None)
         .unwrap_or_else(|e| panic!("tshark on the captured tunnels: {e:#}"));
     for stack in [
         "eth:ethertype:ip:ip:tcp",
@@ -125,7 +125,7 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
         let out = netns::run_shared_mounts(
             lab.backend_ns(i),
             &[
-                &xdplb_tests::tool_path("xdplb").to_string_lossy(),
+                &xdplb_lab::tool_path("xdplb").to_string_lossy(),
                 "decap",
                 "--interface",
                 &lab.backend_if(i),

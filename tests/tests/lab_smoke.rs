@@ -4,8 +4,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use xdplb_tests::netns;
-use xdplb_tests::{tool_path, BurstReport, HoldReport, Lab, LabSpec};
+use xdplb_lab::netns;
+use xdplb_lab::{tool_path, BurstReport, HoldReport, Lab, LabSpec};
 
 fn ns_exists(ns: &str) -> bool {
     Path::new("/run/netns").join(ns).exists()
@@ -131,7 +131,7 @@ fn lab_reaches_backends_counts_and_cleans_up() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     lab.stop(pid).unwrap();
-    let h: HoldReport = xdplb_tests::reports::parse_last_json(&lab.log_of(pid)).unwrap();
+    let h: HoldReport = xdplb_lab::reports::parse_last_json(&lab.log_of(pid)).unwrap();
     assert_eq!((h.opened, h.open_failed, h.broken), (20, 0, 0), "{h:?}");
     assert_eq!(h.backend_changed, 0, "{h:?}");
     assert!(h.rounds >= 3, "{h:?}");
@@ -195,7 +195,7 @@ fn lab_reaches_backends_counts_and_cleans_up() {
         ],
     )
     .unwrap();
-    let r: BurstReport = xdplb_tests::reports::parse_last_json(&out).unwrap();
+    let r: BurstReport = xdplb_lab::reports::parse_last_json(&out).unwrap();
     assert_eq!(r.per_backend.get("b0"), Some(&4), "{r:?}");
     let c = lab.dsr_counts().unwrap();
     assert_eq!(c.to_vip_via_gateway, 5, "{c:?}");

@@ -7,7 +7,7 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
     DataLink,
 };
-use xdplb_tests::lab::tool_path;
+use xdplb_lab::lab::tool_path;
 
 const CONFIG: &str = "\
 interface: xdplbnone0

@@ -9,12 +9,13 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
     DataLink,
 };
-use xdplb_tests::lab::tool_path;
+use xdplb_lab::{
+    frames::{CLIENT_MAC, GW_MAC},
+    lab::tool_path,
+};
 
 use xdplb_tests::fixture::IPIP_CONFIG as CONFIG;
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const C4: [u8; 4] = [10, 200, 0, 11];
 
 fn v6(s: &str) -> [u8; 16] {
@@ -176,7 +177,7 @@ fn tshark_finds_every_emitted_frame_well_formed_with_good_checksums() {
         "every frame is answered or forwarded: {stdout}"
     );
 
-    let stacks = xdplb_tests::tshark::clean_stacks(&output, Some(frames.len()))
+    let stacks = xdplb_lab::tshark::clean_stacks(&output, Some(frames.len()))
         .unwrap_or_else(|e| panic!("{e:#}"));
     // Every tunnel pairing was dissected down to the inner transport.
     for stack in [

@@ -34,12 +34,12 @@ enum Cmd {
         #[arg(long, default_value = "l2")]
         forwarding: String,
     },
-    /// Run the benchmark suite and write bench/results/<date>.{json,md} with SVG plots.
+    /// Run the benchmark suite and write tests/bench/results/<date>.{json,md} with SVG plots.
     Bench {
         /// About two minutes instead of the full run.
         #[arg(long)]
         quick: bool,
-        /// Only these sections: per-packet, growth, e2e, conns, control (comma-separated).
+        /// Only these sections: per-packet, growth, throughput, e2e, conns, control (comma-separated).
         #[arg(long)]
         only: Option<String>,
     },
@@ -87,7 +87,7 @@ fn real_main() -> anyhow::Result<()> {
             forwarding,
         } => {
             setup()?;
-            build_release_tools()?;
+            build_release_tools(false)?;
             let bin = workspace().join("target/release/xdplb-demo");
             run(Command::new(bin).args([
                 "--mode",
@@ -104,10 +104,10 @@ fn real_main() -> anyhow::Result<()> {
             setup()?;
             // The end-to-end comparison runs HAProxy from Debian's package.
             apt_install(&["haproxy".to_owned()])?;
-            build_release_tools()?;
+            build_release_tools(true)?;
             let mut cmd = Command::new(workspace().join("target/release/xdplb-bench"));
             cmd.current_dir(workspace())
-                .args(["--out", "bench/results"]);
+                .args(["--out", "tests/bench/results"]);
             if quick {
                 cmd.arg("--quick");
             }
@@ -121,32 +121,59 @@ fn real_main() -> anyhow::Result<()> {
             if !no_lint {
                 cargo(&["fmt", "--all", "--", "--check"])
                     .context("formatting differs: run `cargo fmt --all`")?;
-                cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+                // The whole workspace but the eBPF crate (built for its own target by
+                // lb-userspace's build.rs), so the benchmarks, not a default member, are linted too.
+                cargo(&[
+                    "clippy",
+                    "--workspace",
+                    "--exclude",
+                    "lb-ebpf",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])?;
             }
-            // The end-to-end tests start the real binaries (xdplb, lab-server, lab-client).
+            // The end-to-end tests start the real binaries (xdplb, lab-server, lab-client):
+            // they belong to other packages than the tests, so cargo test does not build them.
             cargo(&["build", "--bins"])?;
-            let mut args = vec!["test".to_owned(), "--no-fail-fast".to_owned()];
+            let mut filter = Vec::new();
             if !rest.is_empty() {
-                args.push("--".to_owned());
-                args.extend(rest);
+                filter.push("--".to_owned());
+                filter.extend(rest);
             }
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            cargo(&args)
+            let test = |packages: &[&str]| {
+                let mut args = vec!["test", "--no-fail-fast"];
+                args.extend(packages);
+                args.extend(filter.iter().map(String::as_str));
+                cargo(&args)
+            };
+            // Both runs go ahead, so one's failures do not hide the other's.
+            let default_members = test(&[]);
+            // The benchmarks' unit tests (parsers, statistics, generated configs); their
+            // measuring runs are #[ignore]d.
+            let bench = test(&["-p", "xdplb-bench", "--lib"]);
+            default_members.and(bench)
         }
     }
 }
 
-/// Builds the release binaries the demo and the benchmarks run: `xdplb` and the lab tools.
-fn build_release_tools() -> anyhow::Result<()> {
-    cargo(&[
+/// Builds the release binaries the demo and the benchmarks run: `xdplb` and the lab tools, and
+/// with `bench` also `xdplb-bench`.
+fn build_release_tools(bench: bool) -> anyhow::Result<()> {
+    let mut args = vec![
         "build",
         "--release",
         "-p",
         "lb-userspace",
         "-p",
-        "xdplb-tests",
-        "--bins",
-    ])
+        "xdplb-lab",
+    ];
+    if bench {
+        args.extend(["-p", "xdplb-bench"]);
+    }
+    args.push("--bins");
+    cargo(&args)
 }
 
 fn workspace() -> PathBuf {

@@ -1,4 +1,4 @@
-//! The JSON results `lab-client` prints, shared so tests can read them typed.
+//! The JSON results `lab-client` and `lab-load` print: one type per report, which the tool writes and the tests and benchmarks read, so the two sides cannot drift apart.
 
 use std::collections::BTreeMap;
 
@@ -52,6 +52,78 @@ pub struct HoldReport {
     pub errors: Vec<String>,
 }
 
+/// Result of `lab-load hold`: the last line it prints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadReport {
+    pub attempted: u64,
+    /// Connections still open at the end of the hold.
+    pub established: u64,
+    /// Connections that completed the handshake at some point.
+    pub opened: u64,
+    /// Connects that failed or timed out.
+    pub failed: u64,
+    /// Connections that completed the handshake and were later closed or reset.
+    pub broken: u64,
+    /// From the first connect to the end of the last worker's ramp.
+    pub ramp_seconds: f64,
+    pub ramp_per_s: f64,
+    pub hold_seconds: f64,
+    pub probes_sent: u64,
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    pub stop_reason: Option<String>,
+    pub errors: Vec<String>,
+    pub workers: usize,
+    /// The largest worker's peak RSS: the tool's own memory per connection stays small.
+    pub worker_peak_rss_kib: u64,
+}
+
+/// What `lab-client rate` prints (one JSON line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateReport {
+    /// Successful exchanges.
+    pub connections: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// From the first connect to the end of the last exchange, seconds.
+    pub duration_s: f64,
+    pub conn_per_s: f64,
+    /// Latency percentiles of the successful exchanges (connect start to reply), µs.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub per_backend: BTreeMap<String, u64>,
+    pub errors: Vec<String>,
+}
+
+impl RateReport {
+    /// Adds another worker's tally (counts and errors; the rates and percentiles are computed
+    /// once at the end from the merged histogram).
+    pub fn absorb(&mut self, other: RateReport) {
+        self.connections += other.connections;
+        self.failed += other.failed;
+        for (name, n) in other.per_backend {
+            *self.per_backend.entry(name).or_default() += n;
+        }
+        for e in other.errors {
+            note_error(&mut self.errors, e);
+        }
+    }
+
+    /// Counts one exchange: the answering backend's name, or the error.
+    pub fn record(&mut self, result: Result<String, String>) {
+        match result {
+            Ok(name) => {
+                self.connections += 1;
+                *self.per_backend.entry(name).or_default() += 1;
+            }
+            Err(e) => {
+                self.failed += 1;
+                note_error(&mut self.errors, e);
+            }
+        }
+    }
+}
+
 /// Keeps `e` if it is new and there is room.
 pub fn note_error(errors: &mut Vec<String>, e: String) {
     if errors.len() < MAX_ERRORS && !errors.contains(&e) {
@@ -96,6 +168,28 @@ mod tests {
             note_error(&mut errors, format!("e{i}"));
         }
         assert_eq!(errors.len(), MAX_ERRORS);
+    }
+
+    #[test]
+    fn load_report_reads_back_what_lab_load_writes() {
+        let r = LoadReport {
+            attempted: 10,
+            established: 8,
+            opened: 9,
+            failed: 1,
+            broken: 1,
+            ramp_seconds: 1.5,
+            stop_reason: Some("ramp stopped by signal".into()),
+            errors: vec!["connect: timed out".into()],
+            workers: 2,
+            ..LoadReport::default()
+        };
+        // lab-load prints progress lines first and the final report last.
+        let out = format!(
+            "{{\"t\":0.1,\"phase\":\"ramp\"}}\n{}\n",
+            serde_json::to_string(&r).unwrap()
+        );
+        assert_eq!(parse_last_json::<LoadReport>(&out).unwrap(), r);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! `cargo xtask bench [--quick]`: runs every benchmark section, prints a summary and writes bench/results/<date>.{json,md} with SVG plots. Benchmarks report; they never fail a build.
+//! `cargo xtask bench [--quick]`: runs every benchmark section, prints a summary and writes tests/bench/results/<date>.{json,md} with SVG plots (paths relative to the workspace, where `cargo xtask bench` runs it). Benchmarks report; they never fail a build.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use xdplb_tests::bench::{conns, control, e2e, packet, report, throughput};
+use xdplb_bench::{conns, control, e2e, packet, report, throughput};
 
 #[derive(Parser)]
 struct Args {
@@ -11,7 +11,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Where the report goes.
-    #[arg(long, default_value = "bench/results")]
+    #[arg(long, default_value = "tests/bench/results")]
     out: PathBuf,
     /// Run only these sections (per-packet, growth, throughput, e2e, conns, control); default all.
     #[arg(long, value_delimiter = ',')]

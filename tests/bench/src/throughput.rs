@@ -20,25 +20,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use aya::{
-    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::programs::Xdp;
 use etherparse::PacketBuilder;
-use lb_userspace::{config::Config, loader, maps::BalancerMaps};
+use lb_userspace::{
+    config::Config,
+    loader,
+    maps::BalancerMaps,
+    testrun::{self, XDP_TX},
+};
 use serde::Serialize;
+use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
+use xdplb_lab::netns::{self, in_netns, NetNs};
 
-use crate::netns::{self, in_netns, NetNs};
+use crate::baselines;
 
 /// The veth end the balancer's frames leave by (in the balancer namespace) and its peer (in the
 /// sink namespace). Names are per namespace, so fixed names cannot collide with other labs.
 const LB_IF: &str = "lb0";
 const SINK_IF: &str = "sink0";
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const VIP: [u8; 4] = [10, 201, 0, 1];
-/// `XDP_TX`, what both programs must answer for every frame here.
-const XDP_TX: u32 = 3;
 
 /// One program's forwarding rate.
 #[derive(Debug, Clone, Serialize)]
@@ -112,17 +112,6 @@ fn settings(quick: bool) -> Settings {
     }
 }
 
-/// Keeps this thread on one CPU: the live-frames run, the transmit and the sink's NAPI (raised
-/// on the sending CPU) then share that CPU, so the rate is that of one core.
-fn pin_to_cpu0() {
-    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 /// Client `i`'s SYN-less TCP segment to the VIP (distinct source address and port per flow).
 fn flow_frame(i: u32) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
@@ -147,43 +136,6 @@ fn config() -> String {
         y += &format!("      - {{ address: 10.0.0.{b}, mac: '02:00:00:00:01:{b:02x}' }}\n");
     }
     y
-}
-
-/// `struct xdp_md` (include/uapi/linux/bpf.h) as `ctx_in` of a test run, in native byte order.
-/// The kernel insists on `data` = 0 and `data_meta` = 0 (no metadata), `data_end` = the frame
-/// length, `egress_ifindex` = 0, and a `rx_queue_index` the device has.
-fn xdp_md(frame_len: usize, ingress_ifindex: u32) -> [u8; 24] {
-    let fields = [0, frame_len as u32, 0, ingress_ifindex, 0, 0];
-    let mut out = [0u8; 24];
-    for (chunk, f) in out.chunks_exact_mut(4).zip(fields) {
-        chunk.copy_from_slice(&f.to_ne_bytes());
-    }
-    out
-}
-
-/// Runs `prog` on `frames` copies of `frame` in live-frames mode, as if they had arrived on
-/// `ifindex` (of the calling thread's namespace); frames it XDP_TXes go out of that device.
-/// Returns the kernel-measured time per frame. aya 0.14 exposes the mode
-/// (`TestRunAttrs::xdp_live_frames`) and `ctx_in`, so no raw syscall is needed here.
-fn live_frames(
-    prog: &Xdp,
-    frame: &[u8],
-    ifindex: u32,
-    frames: u32,
-    batch: u32,
-) -> Result<Duration> {
-    let ctx = xdp_md(frame.len(), ifindex);
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx),
-            // data_out and ctx_out must stay unset: the kernel rejects them in this mode.
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(batch),
-            ..TestRunOptions::new()
-        })
-        .context("BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (kernel ≥ 5.18)")?;
-    Ok(r.duration)
 }
 
 /// bpf(2) on a zero-padded attribute struct; returns the new fd.
@@ -408,8 +360,16 @@ fn generate(prog: &Xdp, frames: &[Vec<u8>], ifindex: u32, s: &Settings) -> Resul
                 sc.spawn(|| -> Result<Duration> {
                     let mut kernel = Duration::ZERO;
                     while let Some(f) = frames.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        kernel += live_frames(prog, f, ifindex, s.frames_per_call, s.batch_size)?
-                            * s.frames_per_call;
+                        kernel += testrun::live_frames(
+                            prog,
+                            f,
+                            ifindex,
+                            s.frames_per_call,
+                            s.batch_size,
+                        )
+                        .context(
+                            "BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES (kernel ≥ 5.18)",
+                        )? * s.frames_per_call;
                     }
                     Ok(kernel)
                 })
@@ -425,17 +385,13 @@ fn generate(prog: &Xdp, frames: &[Vec<u8>], ifindex: u32, s: &Settings) -> Resul
 
 /// The measurement proper, on a thread inside the balancer namespace.
 fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
-    pin_to_cpu0();
+    baselines::pin_to_cpu0();
     let lb_ifindex = ifindex(LB_IF)?;
     let cfg = Config::from_yaml(&config(), "throughput bench config")?;
     let mut bal = loader::load_balancer(1 << 16)?;
     let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
     lb_userspace::reconcile::fill(&cfg, &mut maps)?;
-    let mut baselines =
-        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
-    loader::program(&mut baselines, "baseline_macswap")?
-        .load()
-        .context("loading baseline_macswap")?;
+    let mut base = baselines::load(&[baselines::MACSWAP])?;
     let frames: Vec<Vec<u8>> = (0..s.flows).map(flow_frame).collect();
 
     // Pre-warm: one ordinary (not live) run per flow inserts it into the flow table, and shows
@@ -443,18 +399,11 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
     {
         let prog = loader::program(&mut bal, lb_common::programs::BALANCER)?;
         for f in &frames {
-            let mut out = vec![0u8; f.len() + 256];
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(f),
-                    data_out: Some(&mut out),
-                    ..TestRunOptions::new()
-                })
-                .context("pre-warming the flow table")?;
-            if r.return_value != XDP_TX {
+            let r = testrun::run(prog, f).context("pre-warming the flow table")?;
+            if r.action != XDP_TX {
                 bail!(
                     "the balancer answered {} instead of XDP_TX for a VIP flow",
-                    r.return_value
+                    r.action
                 );
             }
         }
@@ -475,7 +424,7 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
             let prog = if which == 0 {
                 loader::program(&mut bal, lb_common::programs::BALANCER)?
             } else {
-                loader::program(&mut baselines, "baseline_macswap")?
+                loader::program(&mut base, baselines::MACSWAP)?
             };
             let before = sink_rx(sink_ns)?;
             let t = Instant::now();

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{Lab, LabSpec},
     reports::{BurstReport, HoldReport},
     scenario::{lab_config, Balancer, Member},
@@ -147,7 +147,7 @@ fn demo(args: &Args) -> Result<()> {
         ),
     );
     let hold_per_client = (args.persistent / 2).max(1).to_string();
-    let client_bin = xdplb_tests::lab::tool_path("lab-client");
+    let client_bin = xdplb_lab::lab::tool_path("lab-client");
     let mut holders = Vec::new();
     for c in 0..2 {
         let target = format!("{}:{port}", lab.vip4());
@@ -267,7 +267,7 @@ fn demo(args: &Args) -> Result<()> {
     let mut hold = HoldReport::default();
     for pid in holders {
         lab.stop(pid)?;
-        let r: HoldReport = xdplb_tests::reports::parse_last_json(&lab.log_of(pid))?;
+        let r: HoldReport = xdplb_lab::reports::parse_last_json(&lab.log_of(pid))?;
         hold.opened += r.opened;
         hold.broken += r.broken;
         hold.backend_changed += r.backend_changed;

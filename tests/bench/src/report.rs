@@ -3,15 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use plotters::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{
+use crate::{
     conns::ConnsResult,
     control::ControlResult,
     e2e::E2eResult,
     packet::{PacketCost, Sweep},
+    plots::{bar_chart, line_chart},
     throughput::ThroughputResult,
 };
 
@@ -381,82 +381,4 @@ fn markdown(
         }
     }
     o
-}
-
-fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
-    let root = SVGBackend::new(path, (900, 60 + 40 * bars.len() as u32)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(30)
-        .y_label_area_size(330)
-        .build_cartesian_2d(0.0..max, (0..bars.len()).into_segmented())?;
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .y_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
-            _ => String::new(),
-        })
-        .draw()?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Rectangle::new(
-            [
-                (0.0, SegmentValue::Exact(i)),
-                (*v, SegmentValue::Exact(i + 1)),
-            ],
-            BLUE.mix(0.6).filled(),
-        )
-    }))?;
-    chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-        Text::new(
-            format!("{v:.0}"),
-            (*v, SegmentValue::CenterOf(i)),
-            ("sans-serif", 14),
-        )
-    }))?;
-    root.present()?;
-    Ok(())
-}
-
-fn line_chart(path: &Path, title: &str, x_label: &str, s: &Sweep) -> Result<()> {
-    let root = SVGBackend::new(path, (800, 400)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let max = s.points.iter().map(|p| p.ns_per_packet).fold(1.0, f64::max) * 1.3;
-    let n = s.points.len();
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(10)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0..n.saturating_sub(1).max(1), 0.0..max)?;
-    chart
-        .configure_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|i| {
-            s.points
-                .get(*i)
-                .map(|p| p.x.to_string())
-                .unwrap_or_default()
-        })
-        .x_desc(x_label)
-        .y_desc("ns per packet")
-        .draw()?;
-    chart.draw_series(LineSeries::new(
-        s.points
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (i, p.ns_per_packet)),
-        &BLUE,
-    ))?;
-    chart.draw_series(
-        s.points
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Circle::new((i, p.ns_per_packet), 4, BLUE.filled())),
-    )?;
-    root.present()?;
-    Ok(())
 }

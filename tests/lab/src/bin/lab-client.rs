@@ -16,9 +16,9 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-use xdplb_tests::bench::e2e::{LatencyHistogram, RateReport};
-use xdplb_tests::reports::{note_error, BurstReport, HoldReport};
-use xdplb_tests::sys;
+use xdplb_lab::histogram::LatencyHistogram;
+use xdplb_lab::reports::{note_error, BurstReport, HoldReport, RateReport};
+use xdplb_lab::sys;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(3);

@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
 
-use xdplb_tests::sys;
+use xdplb_lab::sys;
 
 /// A connection silent this long is dropped, so abandoned clients cannot pile up forever.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);

@@ -5,13 +5,13 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
-use crate::lab::{tool_path, Lab, LabSpec};
-use crate::netns;
-use crate::reports::parse_last_json;
-use crate::scenario::Balancer;
+use xdplb_lab::lab::{tool_path, Lab, LabSpec};
+use xdplb_lab::netns;
+use xdplb_lab::reports::{parse_last_json, LoadReport};
+use xdplb_lab::scenario::Balancer;
 
 /// How far one target got.
 #[derive(Debug, Clone, Serialize)]
@@ -89,23 +89,6 @@ const IN_FLIGHT_TOTAL: usize = 2048;
 const SETTLE: Duration = Duration::from_secs(2);
 /// HAProxy as the brief configures it: room for two million connections.
 const HAPROXY_MAXCONN: u64 = 2_000_000;
-
-/// What one `lab-load hold` printed last.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct LoadReport {
-    attempted: u64,
-    established: u64,
-    opened: u64,
-    failed: u64,
-    broken: u64,
-    ramp_seconds: f64,
-    probes_sent: u64,
-    probes_ok: u64,
-    stop_reason: Option<String>,
-    errors: Vec<String>,
-    workers: usize,
-    worker_peak_rss_kib: u64,
-}
 
 /// Runs both targets: 50,000 connections in quick mode, 1,000,000 otherwise (HAProxy ramps
 /// until it stops or reaches the same number).
@@ -1041,7 +1024,7 @@ fn drive(
                 human_bytes(MEM_FLOOR)
             ));
             for &pid in &loaders {
-                crate::sys::signal(pid, libc::SIGUSR1);
+                xdplb_lab::sys::signal(pid, libc::SIGUSR1);
             }
         }
         if mem < MEM_EMERGENCY && !emergency {
@@ -1051,7 +1034,7 @@ fn drive(
                 human_bytes(mem)
             ));
             for &pid in &loaders {
-                crate::sys::signal(pid, libc::SIGINT);
+                xdplb_lab::sys::signal(pid, libc::SIGINT);
             }
         }
         let progress: Vec<Option<Value>> = loaders
@@ -1110,7 +1093,7 @@ fn drive(
             if !released && now >= end + SETTLE + plan.hold {
                 released = true;
                 for &pid in &loaders {
-                    crate::sys::signal(pid, libc::SIGINT);
+                    xdplb_lab::sys::signal(pid, libc::SIGINT);
                 }
             }
         }
@@ -1120,7 +1103,7 @@ fn drive(
         if now > deadline {
             notes.push("run exceeded its time limit; loaders interrupted".into());
             for &pid in &loaders {
-                crate::sys::signal(pid, libc::SIGINT);
+                xdplb_lab::sys::signal(pid, libc::SIGINT);
             }
             break;
         }
@@ -1134,7 +1117,7 @@ fn drive(
         let r: LoadReport =
             parse_last_json(&log).with_context(|| format!("lab-load hold report (pid {pid})"))?;
         for e in &r.errors {
-            crate::reports::note_error(&mut errors, e.clone());
+            xdplb_lab::reports::note_error(&mut errors, e.clone());
         }
         if let Some(s) = &r.stop_reason {
             if !reasons.contains(s) {

@@ -1,14 +1,19 @@
 //! Per-packet cost of the balancer with BPF_PROG_TEST_RUN, against an empty XDP_PASS and a minimal MAC swap measured the same way in the same run, and how that cost grows with backends, VIPs and flow-table fill.
 
 use anyhow::{Context as _, Result};
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
+use aya::{programs::Xdp, Ebpf};
 use etherparse::PacketBuilder;
 use lb_common::{ConnEntry, FlowKey};
-use lb_userspace::{config::Config, loader, maps::BalancerMaps, replay::verdict_name};
+use lb_userspace::{
+    config::Config,
+    loader,
+    maps::BalancerMaps,
+    testrun::{self, action_name},
+};
 use serde::Serialize;
+use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
+
+use crate::baselines;
 
 /// One packet class's cost.
 #[derive(Debug, Clone, Serialize)]
@@ -40,9 +45,6 @@ pub struct Sweep {
     pub max_over_min: f64,
 }
 
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xc1];
-const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-
 struct Settings {
     runs: usize,
     repeat: u32,
@@ -59,17 +61,6 @@ fn settings(quick: bool) -> Settings {
             runs: 15,
             repeat: 200_000,
         }
-    }
-}
-
-/// Keeps this thread on one CPU: BPF_PROG_TEST_RUN runs the program on the calling CPU, and
-/// per-CPU maps and caches should stay the same across runs.
-fn pin_to_cpu0() {
-    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -91,19 +82,10 @@ fn udp6(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
     v
 }
 
-/// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`.
+/// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`, and the verdict.
 fn time_once(prog: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(f64, u32)> {
-    let mut out = vec![0u8; packet.len() + 256];
-    let r = prog
-        .test_run(TestRunOptions {
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            repeat,
-            ..TestRunOptions::new()
-        })
-        .context("BPF_PROG_TEST_RUN")?;
-    // The kernel reports the mean per repetition, in whole nanoseconds.
-    Ok((r.duration.as_nanos() as f64, r.return_value))
+    let t = testrun::timed(prog, packet, repeat).context("BPF_PROG_TEST_RUN")?;
+    Ok((t.per_run.as_nanos() as f64, t.action))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -214,23 +196,13 @@ fn vip_packet(vips: u32) -> Vec<u8> {
 
 /// Per-packet cost by class, with the baselines.
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
-    pin_to_cpu0();
+    baselines::pin_to_cpu0();
     let s = settings(quick);
-    let mut baselines =
-        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
-    for name in ["baseline_pass", "baseline_macswap"] {
-        loader::program(&mut baselines, name)?
-            .load()
-            .with_context(|| format!("loading {name}"))?;
-    }
+    let mut base = baselines::load(&[baselines::PASS, baselines::MACSWAP])?;
     let mut bal = Balancer::new(&config(1, 3), 1 << 20)?;
     let vip = vip_packet(1);
-    let (pass_ns, _) = median_ns(loader::program(&mut baselines, "baseline_pass")?, &vip, &s)?;
-    let (swap_ns, _) = median_ns(
-        loader::program(&mut baselines, "baseline_macswap")?,
-        &vip,
-        &s,
-    )?;
+    let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
+    let (swap_ns, _) = median_ns(loader::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
     let mut out = Vec::new();
     let mut push = |class: &str, ns: f64, verdict: u32, note: &str| {
         out.push(PacketCost {
@@ -238,7 +210,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
             ns_per_packet: ns,
             mpps_per_core: 1e3 / ns.max(1.0),
             ratio_to_macswap: ns / swap_ns.max(1.0),
-            verdict: verdict_name(verdict),
+            verdict: action_name(verdict),
             note: note.into(),
         })
     };
@@ -291,7 +263,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let mut swap1 = Vec::new();
     let mut new1 = Vec::new();
     let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
-        Ok(time_once(loader::program(b, "baseline_macswap")?, p, 1)?.0)
+        Ok(time_once(loader::program(b, baselines::MACSWAP)?, p, 1)?.0)
     };
     let mut verdict = 0;
     for i in 0..calls {
@@ -301,7 +273,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
             [10, 201, 0, 0],
             80,
         );
-        swap1.push(swap_prog_ns(&mut baselines, &pkt)?);
+        swap1.push(swap_prog_ns(&mut base, &pkt)?);
         let (ns, v) = time_once(bal.prog()?, &pkt, 1)?;
         verdict = v;
         new1.push(ns);
@@ -312,7 +284,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         ns_per_packet: new_ns,
         mpps_per_core: 1e3 / new_ns.max(1.0),
         ratio_to_macswap: new_ns / swap1_ns.max(1.0),
-        verdict: verdict_name(verdict),
+        verdict: action_name(verdict),
         note: format!("one packet per run (MAC swap measured the same way: {swap1_ns:.0} ns)"),
     });
     // IP-in-IP: encapsulation grows the buffer in place, and BPF_PROG_TEST_RUN repeats run on
@@ -344,7 +316,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         ns_per_packet: enc_ns,
         mpps_per_core: 1e3 / enc_ns.max(1.0),
         ratio_to_macswap: enc_ns / swap1_ns.max(1.0),
-        verdict: verdict_name(v),
+        verdict: action_name(v),
         note: format!(
             "one packet per run: grow head, outer header + checksum, flow hash for the source (MAC swap the same way: {swap1_ns:.0} ns)"
         ),
@@ -458,7 +430,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
 }
 
 pub fn sweeps(quick: bool) -> Result<Vec<Sweep>> {
-    pin_to_cpu0();
+    baselines::pin_to_cpu0();
     let s = settings(quick);
     let mut out = Vec::new();
 

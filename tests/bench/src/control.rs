@@ -10,7 +10,7 @@ use lb_common::Counter;
 use lb_userspace::{config::Config, loader, maps::BalancerMaps};
 use serde::Serialize;
 
-use crate::{
+use xdplb_lab::{
     lab::{Lab, LabSpec},
     scenario::{churn, lab_config, Balancer, Member},
 };

@@ -77,11 +77,13 @@ fn far6(host: u16) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, host)
 }
 
-/// Finds a binary built by this package (`lab-server`, `lab-client`) or the workspace
-/// (`xdplb`): `$XDPLB_BIN_DIR/<name>` if that variable is set, else next to the current
-/// executable or one directory up (integration tests run from `target/<profile>/deps/`,
+/// Finds a binary built by this package (`lab-server`, `lab-client`, `lab-load`) or the
+/// workspace (`xdplb`): `$XDPLB_BIN_DIR/<name>` if that variable is set, else next to the
+/// current executable or one directory up (integration tests run from `target/<profile>/deps/`,
 /// binaries sit in `target/<profile>/`). When nothing exists it returns the first guess, so
-/// the eventual error names a plausible path.
+/// the eventual error names a plausible path. Cargo builds a package's binaries only for that
+/// package's own integration tests, so the tests of `xdplb-tests` need a `cargo build --bins`
+/// first (`cargo xtask test` runs one).
 pub fn tool_path(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("XDPLB_BIN_DIR") {
         return PathBuf::from(dir).join(name);
@@ -179,7 +181,7 @@ impl Lab {
         let server = tool_path("lab-server");
         if !server.is_file() {
             bail!(
-                "{} not found (build it with `cargo build -p xdplb-tests --bins`, or set XDPLB_BIN_DIR)",
+                "{} not found (build it with `cargo build -p xdplb-lab --bins`, or set XDPLB_BIN_DIR)",
                 server.display()
             );
         }

@@ -1,0 +1,34 @@
+//! The comparison programs every per-packet and throughput figure is a ratio against (an empty XDP_PASS and a minimal MAC swap, from lb-ebpf's baselines object), and pinning the measuring thread to one CPU so both sides of a ratio run alike.
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use lb_userspace::loader;
+
+/// The floor of running any XDP program at all.
+pub const PASS: &str = "baseline_pass";
+/// The least an L2 forwarder does: swap the MACs and XDP_TX.
+pub const MACSWAP: &str = "baseline_macswap";
+
+/// Loads the baselines object and the programs `names` of it into the kernel.
+pub fn load(names: &[&str]) -> Result<Ebpf> {
+    let mut baselines =
+        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
+    for name in names {
+        loader::program(&mut baselines, name)?
+            .load()
+            .with_context(|| format!("loading {name}"))?;
+    }
+    Ok(baselines)
+}
+
+/// Keeps this thread on CPU 0. BPF_PROG_TEST_RUN runs the program on the calling CPU, so
+/// per-CPU maps and caches stay the same across runs; in live-frames mode the transmit and the
+/// sink's NAPI (raised on the sending CPU) share that CPU too, so the rate is that of one core.
+pub fn pin_to_cpu0() {
+    // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
