@@ -1,6 +1,6 @@
 //! `xdplb run` started from a shell of `ip netns exec` (whose fresh `/sys` has no bpffs mounted) mounts one where its pin path needs it and balances, instead of stopping at "creating pin directory".
 
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{Lab, LabSpec},
     reports::BurstReport,
     scenario::{lab_config, Balancer, Member},

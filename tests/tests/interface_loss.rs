@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use xdplb_tests::{
+use xdplb_lab::{
     lab::{Lab, LabSpec},
     netns,
     reports::BurstReport,
