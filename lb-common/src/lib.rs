@@ -120,7 +120,7 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
@@ -245,8 +245,17 @@ pub struct Settings {
     /// Largest IP packet (outer header included) the balancer sends toward a backend in `ipip`
     /// mode. Bigger ones get "fragmentation needed"/"packet too big" back; 0 turns the check off.
     pub mtu: u32,
+    /// The interface's own MAC: only frames addressed to it (or to `virtual_mac`) are balanced,
+    /// and it is the source MAC of every frame the balancer sends. A switch that floods
+    /// unknown unicast delivers other hosts' frames too; bouncing those with their destination
+    /// as our source would teach the switch that host's MAC on our port. All zero (never set)
+    /// balances nothing.
+    pub mac: [u8; 6],
+    /// A second MAC the balancer answers for (a VRRP/keepalived virtual MAC); all zero = none.
+    pub virtual_mac: [u8; 6],
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<Settings>() == 32);
+const _: () = assert!(core::mem::size_of::<Settings>() == 48);
 
 /// Value of `VIPS`.
 #[repr(C)]
@@ -380,6 +389,9 @@ counter_table! {
         TxIcmpSteered = 14, "tx_icmp_steered", Tx;
         /// An ICMP/ICMPv6 echo request to a VIP address answered by the balancer (`icmp_echo`).
         TxIcmpEcho = 15, "tx_icmp_echo", Tx;
+        /// VIP traffic in a unicast frame addressed to another host's MAC (a switch flooding
+        /// unknown unicast): not ours, handed to the stack, which drops it as PACKET_OTHERHOST.
+        PassOtherHost = 16, "pass_other_host", Pass;
     }
     events {
         /// Flow table hit with a live backend.
@@ -451,7 +463,7 @@ mod tests {
     /// is a change of the pinned layout's meaning.
     #[test]
     fn counter_names_and_verdicts() {
-        let names: [&str; 16] = Counter::ALL.map(Counter::name);
+        let names: [&str; 17] = Counter::ALL.map(Counter::name);
         assert_eq!(
             names,
             [
@@ -471,6 +483,7 @@ mod tests {
                 "drop_too_big",
                 "tx_icmp_steered",
                 "tx_icmp_echo",
+                "pass_other_host",
             ]
         );
         for o in Outcome::ALL {
@@ -509,7 +522,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (global.kind, global.value_size, global.max_entries),
-            (MapKind::PerCpuArray, 8, 16)
+            (MapKind::PerCpuArray, 8, 17)
         );
     }
 
@@ -533,7 +546,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (3, [20, 16, 32, 40, 8, 24, 20, 4, 32, 16, 9])
+            (4, [20, 16, 32, 40, 8, 24, 20, 4, 48, 17, 9])
         );
     }
 

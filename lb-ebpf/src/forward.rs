@@ -28,17 +28,13 @@ const PTB_QUOTE6: usize = IPV6_HLEN as usize + 8;
 /// Largest IPv4 quote: a 60-byte header with options plus 8 bytes of L4 (RFC 792).
 const MAX_QUOTE4_WORDS: usize = (60 + 8) / 4;
 
-/// L2 DSR: the frame goes back out of the NIC it came in on, addressed to the backend's MAC.
-/// Source MAC := the destination the client's router used, i.e. this NIC. The IP packet is
-/// untouched, so no checksum changes; the backend holds the VIP on `lo` and answers the client.
+/// L2 DSR: the frame goes back out of the NIC it came in on, addressed to the backend's MAC,
+/// from this NIC's own MAC (`settings.mac`; never a MAC copied from the frame). The IP packet
+/// is untouched, so no checksum changes; the backend holds the VIP on `lo` and answers the
+/// client.
 #[inline(always)]
-pub fn l2(ctx: &XdpContext, backend: &Backend) -> Result<(), Outcome> {
-    let eth = parse::eth_mut(ctx).ok_or(Outcome::DropMalformed)?;
-    unsafe {
-        (*eth).src_addr = (*eth).dst_addr;
-        (*eth).dst_addr = backend.mac;
-    }
-    Ok(())
+pub fn l2(ctx: &XdpContext, backend: &Backend, settings: &Settings) -> Result<(), Outcome> {
+    set_macs(ctx, backend.mac, settings.mac)
 }
 
 /// IP-in-IP: an outer IPv4 (protocol 4 or 41) or IPv6 (next header 4 or 41) header addressed
@@ -62,10 +58,9 @@ pub fn ipip(
     } else {
         IPPROTO_IPV6
     };
-    let our_mac = macs(ctx)?[0];
     grow_head(ctx, outer_len)?;
     move_l2(ctx, outer_len, p.l3)?;
-    set_macs(ctx, backend.mac, our_mac)?;
+    set_macs(ctx, backend.mac, settings.mac)?;
     set_ether_type(ctx, p.l3, if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP })?;
     if outer_v6 {
         let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
@@ -120,8 +115,8 @@ pub fn ipip(
 /// The room for the new IP + ICMP headers is made in front of the old IP header, so the quote
 /// is already where it belongs: only the L2 header moves.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Outcome> {
-    let [our_mac, client_mac] = macs(ctx)?;
+pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32, settings: &Settings) -> Result<(), Outcome> {
+    let client_mac = source_mac(ctx)?;
     let v6 = p.key.family == Family::V6;
     let (new_hdrs, quote) = if v6 {
         (IPV6_HLEN as usize + ICMP_HLEN, PTB_QUOTE6)
@@ -132,7 +127,7 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Outcome> {
     let quote_sum = sum_words(ctx, p.l3, quote / 4).ok_or(Outcome::DropMalformed)?;
     grow_head(ctx, new_hdrs)?;
     move_l2(ctx, new_hdrs, p.l3)?;
-    set_macs(ctx, client_mac, our_mac)?;
+    set_macs(ctx, client_mac, settings.mac)?;
     let icmp_off = p.l3 + new_hdrs - ICMP_HLEN;
     let icmp = ptr_at::<[u8; ICMP_HLEN]>(ctx, icmp_off).ok_or(Outcome::DropMalformed)?;
     let icmp = unsafe { &mut *icmp };
@@ -193,9 +188,9 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32) -> Result<(), Outcome> {
 /// reset, type 8→0 / 128→129 with the checksums updated incrementally (RFC 1624). Swapping
 /// the addresses leaves every checksum as it was, pseudo-header included.
 #[inline(always)]
-pub fn echo_reply(ctx: &XdpContext, p: &Parsed) -> Result<(), Outcome> {
-    let [our_mac, client_mac] = macs(ctx)?;
-    set_macs(ctx, client_mac, our_mac)?;
+pub fn echo_reply(ctx: &XdpContext, p: &Parsed, settings: &Settings) -> Result<(), Outcome> {
+    let client_mac = source_mac(ctx)?;
+    set_macs(ctx, client_mac, settings.mac)?;
     let icmp = ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Outcome::DropMalformed)?;
     let icmp = unsafe { &mut *icmp };
     let old_type = u16::from_be_bytes([icmp[0], icmp[1]]);
@@ -224,11 +219,11 @@ pub fn echo_reply(ctx: &XdpContext, p: &Parsed) -> Result<(), Outcome> {
     Ok(())
 }
 
-/// [destination, source] MAC of the frame as it is now.
+/// The source MAC of the frame as it is now: where an answer to the client goes.
 #[inline(always)]
-fn macs(ctx: &XdpContext) -> Result<[[u8; 6]; 2], Outcome> {
+fn source_mac(ctx: &XdpContext) -> Result<[u8; 6], Outcome> {
     let eth = parse::eth_mut(ctx).ok_or(Outcome::DropMalformed)?;
-    Ok(unsafe { [(*eth).dst_addr, (*eth).src_addr] })
+    Ok(unsafe { (*eth).src_addr })
 }
 
 #[inline(always)]

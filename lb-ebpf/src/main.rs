@@ -52,25 +52,22 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
             if !answer {
                 return Err(Outcome::PassNotVip);
             }
-            if parse::to_group_mac(ctx) {
-                return Err(Outcome::PassNotUnicast);
-            }
-            forward::echo_reply(ctx, &p)?;
+            let settings = lookup::settings().ok_or(Outcome::PassOtherHost)?;
+            parse::addressed_to_us(ctx, settings)?;
+            forward::echo_reply(ctx, &p, settings)?;
             return Ok(Outcome::TxIcmpEcho);
         }
     }
     let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
-    if parse::to_group_mac(ctx) {
-        return Err(Outcome::PassNotUnicast);
-    }
+    let settings = lookup::settings().ok_or(Outcome::PassOtherHost)?;
+    parse::addressed_to_us(ctx, settings)?;
     let icmp_error = p.kind == Kind::IcmpError;
     // An ICMP error only follows its flow; it must not create one.
     let choice = lookup::choose(&p.key, &vip, !icmp_error)?;
     let bytes = parse::frame_len(ctx);
     match vip.forwarding {
-        FORWARD_L2 => forward::l2(ctx, &choice.backend)?,
+        FORWARD_L2 => forward::l2(ctx, &choice.backend, settings)?,
         FORWARD_IPIP => {
-            let settings = lookup::settings();
             let outer = if choice.backend.family == Family::V6 {
                 lb_common::IPV6_HLEN
             } else {
@@ -87,11 +84,11 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
                     return Err(Outcome::DropTooBig);
                 }
                 let mtu = (limit - outer) as u32;
-                forward::too_big(ctx, &p, mtu)?;
+                forward::too_big(ctx, &p, mtu, settings)?;
                 return Ok(Outcome::TxIcmpTooBig);
             }
             let hash = flow_hash(&p.key, false);
-            forward::ipip(ctx, &p, &choice.backend, &settings, hash)?;
+            forward::ipip(ctx, &p, &choice.backend, settings, hash)?;
         }
         // A mode this program does not know: the agent refuses such configs, so this is a
         // mismatch between agent and object; drop rather than send somewhere wrong.

@@ -1,7 +1,9 @@
 //! Packet parsing: what a frame is (a TCP/UDP flow, an ICMP error quoting one, an echo request, a fragment) and where its headers are, or why it is none of those.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Family, FlowKey, Outcome, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    Family, FlowKey, Outcome, Settings, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -42,13 +44,23 @@ pub fn eth_mut(ctx: &XdpContext) -> Option<*mut EthHdr> {
     ptr_at::<EthHdr>(ctx, 0)
 }
 
-/// Whether the frame was sent to a group (broadcast or multicast) MAC address: VIP traffic
-/// reaches us addressed to our unicast MAC; a group frame is not ours to bounce.
+/// Whether the frame is addressed to this balancer: VIP traffic reaches us addressed to our
+/// unicast MAC (or the virtual MAC we answer for). A group frame (broadcast, multicast) is
+/// not ours to bounce, and neither is a frame for another host that a switch flooded to us:
+/// rewriting it would send it on with that host's MAC as our source.
 #[inline(always)]
-pub fn to_group_mac(ctx: &XdpContext) -> bool {
-    match ptr_at::<EthHdr>(ctx, 0) {
-        Some(eth) => (unsafe { (*eth).dst_addr[0] } & 1) == 1,
-        None => false,
+pub fn addressed_to_us(ctx: &XdpContext, s: &Settings) -> Result<(), Outcome> {
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Outcome::DropMalformed)?;
+    let dst = unsafe { (*eth).dst_addr };
+    if dst[0] & 1 == 1 {
+        return Err(Outcome::PassNotUnicast);
+    }
+    // An all-zero MAC is "not set": it never matches, so unset settings balance nothing.
+    let ours = |m: [u8; 6]| m != [0; 6] && m == dst;
+    if ours(s.mac) || ours(s.virtual_mac) {
+        Ok(())
+    } else {
+        Err(Outcome::PassOtherHost)
     }
 }
 

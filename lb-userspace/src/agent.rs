@@ -72,6 +72,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let (listener, _socket_file) = api::bind(&cfg.api_socket)?;
+    // The datapath balances only frames addressed to this MAC; without one, nothing.
+    neigh::interface_mac(&interface)?;
     let loader::Loaded { mut ebpf, adopted } =
         loader::load_pinned(&cfg.pin_path, cfg.flow_table_size.0)?;
     // Logs only exist in debug builds of the object; keep the logger alive with the program.

@@ -35,6 +35,8 @@ pub struct Facts<'a> {
     pub macs: &'a HashMap<IpAddr, MacAddr>,
     /// The interface's MTU, when it could be read (only `ipip` VIPs need it).
     pub mtu: Option<u32>,
+    /// The interface's own MAC: what the datapath balances frames to and sends them from.
+    pub own_mac: MacAddr,
 }
 
 /// Ids in use: every flow-table entry names a VIP id and a backend id, so a change must keep
@@ -124,10 +126,14 @@ fn stable_id<K: std::hash::Hash + Eq>(
         .with_context(|| format!("no free {what} slot (at most {max})"))
 }
 
-/// The `SETTINGS` value: tunnel source prefixes and the MTU (the interface's unless the
-/// config names one).
-fn settings(cfg: &Config, mtu: Option<u32>) -> anyhow::Result<Settings> {
-    let mut s = Settings::default();
+/// The `SETTINGS` value: the MACs frames must be addressed to, tunnel source prefixes and the
+/// MTU (the interface's unless the config names one).
+fn settings(cfg: &Config, mtu: Option<u32>, own_mac: MacAddr) -> anyhow::Result<Settings> {
+    let mut s = Settings {
+        mac: own_mac.0,
+        virtual_mac: cfg.virtual_mac.map_or([0; 6], |m| m.0),
+        ..Settings::default()
+    };
     if let IpAddr::V4(a) = cfg.tunnel.source_v4.addr {
         s.tunnel_src4 = a.octets();
         s.tunnel_src4_host = cfg.tunnel.source_v4.host_mask().to_be_bytes();
@@ -239,7 +245,7 @@ impl Desired {
             vips,
             backends,
             addrs: addresses(cfg),
-            settings: settings(cfg, facts.mtu)?,
+            settings: settings(cfg, facts.mtu, facts.own_mac)?,
             ids,
             unresolved,
         })
@@ -321,6 +327,7 @@ pub(crate) mod tests {
             down,
             macs,
             mtu: None,
+            own_mac: MacAddr([2, 0, 0, 0, 0, 1]),
         }
     }
 

@@ -8,7 +8,7 @@ use lb_userspace::{
     agent,
     api::{self, Applied, LeftOut, Request, Status, VipStatus},
     check,
-    config::{BackendConfig, Config, Vip},
+    config::{BackendConfig, Config, MacAddr, Vip},
     loader, stats,
 };
 use serde::de::DeserializeOwned;
@@ -112,6 +112,11 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// The balancer's MAC in the capture: only frames addressed to it are balanced.
+        /// Default: the config's interface's MAC if it exists here, else the destination of
+        /// the capture's first unicast frame.
+        #[arg(long)]
+        mac: Option<String>,
     },
     /// On a backend: strip the outer header of IP-in-IP (4in4, 6in4, 6in6, 4in6) sent to this
     /// host on an interface (the kernel here has no tunnel driver). Stays attached after the
@@ -307,8 +312,12 @@ fn real_main() -> anyhow::Result<Outcome> {
             pcap,
             out,
             json,
+            mac,
         } => {
-            for v in lb_userspace::replay::replay(&config, &pcap, out.as_deref())? {
+            let mac = mac
+                .map(|m| from_yaml::<MacAddr>("--mac", m.into()))
+                .transpose()?;
+            for v in lb_userspace::replay::replay(&config, &pcap, out.as_deref(), mac)? {
                 if json {
                     println!("{}", serde_json::to_string(&v)?);
                 } else {

@@ -336,12 +336,19 @@ fn interface_name(index: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
-/// The interface's MTU (one `SIOCGIFMTU` ioctl: no process, no waiting).
-pub fn interface_mtu(interface: &str) -> anyhow::Result<u32> {
+/// Runs the interface ioctl `request` (SIOCGIFMTU, SIOCGIFHWADDR, ...) for `interface` and
+/// returns the filled request. A socket ioctl answers for the caller's network namespace,
+/// which `/sys/class/net` (the namespace of whoever mounted /sys) may not.
+fn interface_ioctl(
+    interface: &str,
+    request: libc::Ioctl,
+    what: &str,
+) -> anyhow::Result<libc::ifreq> {
     // SAFETY: a plain datagram socket, closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening a socket for SIOCGIFMTU");
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("opening a socket to read the {what} of {interface}"));
     }
     // SAFETY: ifreq is plain data; all-zero is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -354,16 +361,38 @@ pub fn interface_mtu(interface: &str) -> anyhow::Result<u32> {
     for (d, s) in req.ifr_name.iter_mut().zip(name) {
         *d = *s as libc::c_char;
     }
-    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifr_ifru.ifru_mtu of `req`.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    // SAFETY: interface ioctls read ifr_name and write ifr_ifru of `req`.
+    let r = unsafe { libc::ioctl(fd, request, &mut req) };
     let err = std::io::Error::last_os_error();
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
     if r < 0 {
-        return Err(err).with_context(|| format!("reading the MTU of interface {interface}"));
+        return Err(err).with_context(|| format!("reading the {what} of interface {interface}"));
     }
+    Ok(req)
+}
+
+/// The interface's MTU (one `SIOCGIFMTU` ioctl: no process, no waiting).
+pub fn interface_mtu(interface: &str) -> anyhow::Result<u32> {
+    let req = interface_ioctl(interface, libc::SIOCGIFMTU, "MTU")?;
     // SAFETY: the ioctl succeeded, so the union holds the MTU.
     Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// The interface's own MAC address: the only destination the balancer balances, and the
+/// source of every frame it sends.
+pub fn interface_mac(interface: &str) -> anyhow::Result<MacAddr> {
+    let req = interface_ioctl(interface, libc::SIOCGIFHWADDR, "MAC address")?;
+    // SAFETY: the ioctl succeeded, so the union holds the hardware address.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    if mac == [0; 6] {
+        bail!("interface {interface} has no MAC address (not an Ethernet interface?)");
+    }
+    Ok(MacAddr(mac))
 }
 
 /// Asks the kernel to (re)resolve `addr`'s MAC: a datagram to the discard port makes it send

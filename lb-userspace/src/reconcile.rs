@@ -160,19 +160,21 @@ impl Written {
 
 impl Written {
     /// Makes the maps hold `cfg` with MACs from the config only (backends without one stay
-    /// out of service) and the interface's MTU if it exists here: for `xdplb replay`,
-    /// benchmarks and tests, which run no agent.
+    /// out of service), `own_mac` as the balancer's MAC and the interface's MTU if it exists
+    /// here: for `xdplb replay`, benchmarks and tests, which run no agent.
     pub fn apply_config(
         &mut self,
         cfg: &Config,
         maps: &mut BalancerMaps,
         down: &DownSet,
+        own_mac: MacAddr,
     ) -> anyhow::Result<Desired> {
         let macs = HashMap::new();
         let facts = Facts {
             down,
             macs: &macs,
             mtu: crate::neigh::interface_mtu(cfg.interface.as_str()).ok(),
+            own_mac,
         };
         let desired = Desired::build(cfg, &facts, &self.ids)?;
         self.apply(&desired, maps)?;
@@ -181,6 +183,6 @@ impl Written {
 }
 
 /// Fills fresh maps from `cfg` in one go (see [`Written::apply_config`]).
-pub fn fill(cfg: &Config, maps: &mut BalancerMaps) -> anyhow::Result<Desired> {
-    Written::default().apply_config(cfg, maps, &DownSet::new())
+pub fn fill(cfg: &Config, maps: &mut BalancerMaps, own_mac: MacAddr) -> anyhow::Result<Desired> {
+    Written::default().apply_config(cfg, maps, &DownSet::new(), own_mac)
 }

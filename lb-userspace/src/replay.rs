@@ -93,7 +93,15 @@ fn tunnel_destination(frame: &[u8]) -> Option<IpAddr> {
 
 /// Replays `pcap` through the balancer configured by `config`; writes rewritten packets to
 /// `out` (when given, every packet as the program left it) and returns one verdict per packet.
-pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<Vec<Verdict>> {
+/// `mac` is the balancer's MAC in the capture (frames to any other MAC are not balanced);
+/// without it, the config's interface's MAC when it exists here, else the destination of the
+/// capture's first unicast frame.
+pub fn replay(
+    config: &Path,
+    pcap: &Path,
+    out: Option<&Path>,
+    mac: Option<MacAddr>,
+) -> anyhow::Result<Vec<Verdict>> {
     let mut cfg = Config::load(config)?;
     // Fill in MACs the config leaves to the neighbour table, so replay works off the gateway.
     let mut vips = cfg.vips.to_vec();
@@ -154,20 +162,44 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
         None => None,
     };
 
-    let mut ebpf = loader::load_balancer(cfg.flow_table_size.0)?;
-    let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-    crate::reconcile::fill(&cfg, &mut maps)?;
-    let prog = loader::program(&mut ebpf, lb_common::programs::BALANCER)?;
-    let mut verdicts = Vec::new();
-    let mut index = 0;
+    // Read whole: without --mac, the first frame can name the balancer's MAC.
+    let mut packets = Vec::new();
     while let Some(packet) = reader.next_packet() {
         let packet = packet.map_err(|e| {
             anyhow!(
-                "{}: packet {index} is unreadable (truncated capture?): {e}",
-                pcap.display()
+                "{}: packet {} is unreadable (truncated capture?): {e}",
+                pcap.display(),
+                packets.len()
             )
         })?;
-        let frame = packet.data.as_ref();
+        packets.push((packet.timestamp, packet.data.into_owned()));
+    }
+    let own_mac = match mac {
+        Some(m) => m,
+        None => match neigh::interface_mac(cfg.interface.as_str()) {
+            Ok(m) => m,
+            Err(_) => {
+                // The first unicast destination: broadcasts (ARP) name nobody.
+                let first = packets
+                    .iter()
+                    .find(|(_, f)| f.len() >= 6 && f[0] & 1 == 0)
+                    .map(|(_, f)| MacAddr(f[..6].try_into().expect("6 bytes")))
+                    .unwrap_or(MacAddr([2, 0, 0, 0, 0, 1]));
+                log::info!(
+                    "balancer MAC taken from the capture's first unicast frame: {first} (give --mac to choose)"
+                );
+                first
+            }
+        },
+    };
+
+    let mut ebpf = loader::load_balancer(cfg.flow_table_size.0)?;
+    let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
+    crate::reconcile::fill(&cfg, &mut maps, own_mac)?;
+    let prog = loader::program(&mut ebpf, lb_common::programs::BALANCER)?;
+    let mut verdicts = Vec::new();
+    for (index, (timestamp, frame)) in packets.iter().enumerate() {
+        let frame = frame.as_slice();
         if frame.len() < 14 {
             bail!(
                 "{}: packet {index} has {} bytes, shorter than an Ethernet header",
@@ -188,7 +220,7 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
             _ => None,
         };
         if let Some(w) = writer.as_mut() {
-            let out = PcapPacket::new(packet.timestamp, buf.len() as u32, &buf);
+            let out = PcapPacket::new(*timestamp, buf.len() as u32, &buf);
             w.write_packet(&out)
                 .map_err(|e| anyhow!("writing packet {index}: {e}"))?;
         }
@@ -198,7 +230,6 @@ pub fn replay(config: &Path, pcap: &Path, out: Option<&Path>) -> anyhow::Result<
             vip,
             backend,
         });
-        index += 1;
     }
     Ok(verdicts)
 }

@@ -65,10 +65,13 @@ impl Agent {
     /// The desired state of `cfg` with what the agent knows now.
     pub fn build(&self, cfg: &Config) -> anyhow::Result<Desired> {
         let down = self.monitor.view().down();
+        let interface = cfg.interface.as_str();
         let facts = Facts {
             down: &down,
             macs: &self.macs,
-            mtu: neigh::interface_mtu(cfg.interface.as_str()).ok(),
+            mtu: neigh::interface_mtu(interface).ok(),
+            // Read each time: an interface that went away and came back may have another.
+            own_mac: neigh::interface_mac(interface)?,
         };
         Desired::build(cfg, &facts, &self.written.ids)
     }

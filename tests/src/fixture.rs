@@ -87,7 +87,12 @@ impl Harness {
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
         let mut applied = Written::default();
         let desired = applied
-            .apply_config(&cfg, &mut maps, &DownSet::new())
+            .apply_config(
+                &cfg,
+                &mut maps,
+                &DownSet::new(),
+                lb_userspace::config::MacAddr(GW_MAC),
+            )
             .expect("apply");
         assert!(desired.unresolved.is_empty());
         Harness {
@@ -101,7 +106,12 @@ impl Harness {
     pub fn reconfigure(&mut self, config: &str) {
         self.cfg = Config::from_yaml(config, "fixture").expect("fixture config");
         self.applied
-            .apply_config(&self.cfg, &mut self.maps, &DownSet::new())
+            .apply_config(
+                &self.cfg,
+                &mut self.maps,
+                &DownSet::new(),
+                lb_userspace::config::MacAddr(GW_MAC),
+            )
             .expect("apply");
     }
 

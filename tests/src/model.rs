@@ -28,6 +28,10 @@
 //!
 //! The layout-v3 rules (fragments, ICMP, IP-in-IP), in the order the model applies them:
 //!
+//! - Destination MAC (layout v4): VIP traffic (a flow packet, an ICMP error, an echo request
+//!   to an answering address) is balanced only in a frame addressed to `Settings::mac` or
+//!   `Settings::virtual_mac` (all zero never matches); a group MAC is `PassNotUnicast`, another
+//!   unicast MAC `PassOtherHost`. Every frame the balancer sends has `Settings::mac` as source.
 //! - Fragments (IPv4 MF or offset ≠ 0, checked before the protocol; IPv6 next header 44) to an
 //!   address in `VIP_ADDRS` of the same family are dropped (`DropFragment`), others passed
 //!   (`PassUnsupported`). The destination MAC is not consulted.
@@ -211,6 +215,14 @@ fn check_settings(cfg: &Config, s: &Settings) -> anyhow::Result<()> {
         t.source_v6.addr,
         t.source_v6.len
     );
+    let virtual_mac = cfg.virtual_mac.map_or([0; 6], |m| m.0);
+    ensure!(
+        s.virtual_mac == virtual_mac && s.mac != [0; 6],
+        "SETTINGS MACs {:02x?} / virtual {:02x?}: the own MAC must be set and the virtual one be the config's {:02x?}",
+        s.mac,
+        s.virtual_mac,
+        virtual_mac
+    );
     if let Some(mtu) = t.mtu {
         ensure!(
             s.mtu == mtu.0,
@@ -369,6 +381,24 @@ impl Model {
         }
     }
 
+    /// Whether `frame` is addressed to the balancer: its own MAC or the virtual MAC from
+    /// `SETTINGS` (all zero = unset, never matches); else the outcome of a group frame or of
+    /// another host's frame that a flooding switch delivered.
+    fn addressed_to_us(&self, frame: &[u8]) -> Result<(), Counter> {
+        let dst: [u8; 6] = frame[0..6]
+            .try_into()
+            .expect("parsed frames hold a MAC header");
+        if dst[0] & 1 == 1 {
+            return Err(Counter::PassNotUnicast);
+        }
+        let ours = |m: [u8; 6]| m != [0; 6] && m == dst;
+        if ours(self.settings.mac) || ours(self.settings.virtual_mac) {
+            Ok(())
+        } else {
+            Err(Counter::PassOtherHost)
+        }
+    }
+
     /// What a parsed packet gets: an answer (a rewritten frame to send), or the outcome of a
     /// frame left as it is.
     fn act(
@@ -377,7 +407,7 @@ impl Model {
         p: &Packet,
         lookup: &mut Option<Counter>,
     ) -> Result<Answer, Counter> {
-        let group = frame[0] & 1 == 1;
+        let to_us = self.addressed_to_us(frame);
         let addr = self.addrs.get(&addr_key(p.family, p.dst)).copied();
         let (key, steered) = match p.kind {
             Kind::Fragment => {
@@ -390,19 +420,17 @@ impl Model {
                 if addr != Some(true) {
                     return Err(Counter::PassNotVip);
                 }
-                if group {
-                    return Err(Counter::PassNotUnicast);
-                }
+                to_us?;
                 return Ok(Answer {
                     reason: Counter::TxIcmpEcho,
-                    output: echo_reply(frame, p),
+                    output: echo_reply(frame, p, self.settings.mac),
                     forwarded: None,
                 });
             }
             Kind::Flow(key) => (key, false),
             Kind::IcmpError(key) => (key, true),
         };
-        let (forwarded, backend, ipip) = self.choose(&key, group, !steered, lookup)?;
+        let (forwarded, backend, ipip) = self.choose(&key, to_us, !steered, lookup)?;
         let reason = if steered {
             Counter::TxIcmpSteered
         } else {
@@ -422,17 +450,17 @@ impl Model {
                 }
                 return Ok(Answer {
                     reason: Counter::TxIcmpTooBig,
-                    output: too_big(frame, p, limit - outer),
+                    output: too_big(frame, p, limit - outer, self.settings.mac),
                     forwarded: None,
                 });
             }
             encapsulate(frame, p, &key, &backend, &self.settings)
         } else {
-            // L2 DSR: the frame goes to the backend's MAC, from the MAC the client's router
-            // addressed (this NIC); nothing past the Ethernet addresses changes.
+            // L2 DSR: the frame goes to the backend's MAC, from this NIC's own MAC (never one
+            // copied from the frame); nothing past the Ethernet addresses changes.
             let mut output = frame.to_vec();
-            output.copy_within(0..6, 6);
             output[0..6].copy_from_slice(&backend.mac);
+            output[6..12].copy_from_slice(&self.settings.mac);
             output
         };
         Ok(Answer {
@@ -447,7 +475,7 @@ impl Model {
     fn choose(
         &mut self,
         flow: &FlowKey,
-        to_group_mac: bool,
+        to_us: Result<(), Counter>,
         remember: bool,
         lookup: &mut Option<Counter>,
     ) -> Result<(Forwarded, Backend, bool), Counter> {
@@ -466,10 +494,8 @@ impl Model {
             .get(&exact)
             .or_else(|| self.vips.get(&all_ports))
             .ok_or(Counter::PassNotVip)?;
-        // VIP traffic comes to our unicast MAC; a broadcast/multicast frame is not ours.
-        if to_group_mac {
-            return Err(Counter::PassNotUnicast);
-        }
+        // VIP traffic comes to our unicast MAC; a group frame or another host's is not ours.
+        to_us?;
         let serving = |id: u32| {
             self.backends
                 .get(&id)
@@ -562,18 +588,19 @@ fn set_word(b: &mut [u8], at: usize, new: u16, check: usize) {
     b[check..check + 2].copy_from_slice(&c.to_be_bytes());
 }
 
-/// The Ethernet header of a frame sent back where `frame` came from (VLAN tag kept).
-fn l2_back(frame: &[u8], l3: usize) -> Vec<u8> {
+/// The Ethernet header of a frame sent back where `frame` came from, from `our_mac` (VLAN
+/// tag kept).
+fn l2_back(frame: &[u8], l3: usize, our_mac: [u8; 6]) -> Vec<u8> {
     let mut out = frame[..l3].to_vec();
     out[0..6].copy_from_slice(&frame[6..12]);
-    out[6..12].copy_from_slice(&frame[0..6]);
+    out[6..12].copy_from_slice(&our_mac);
     out
 }
 
 /// An echo request turned into its reply in place: addresses swapped, TTL / hop limit reset,
 /// type changed, checksums updated incrementally; the frame keeps its length (padding too).
-fn echo_reply(frame: &[u8], p: &Packet) -> Vec<u8> {
-    let mut out = l2_back(frame, p.l3);
+fn echo_reply(frame: &[u8], p: &Packet, our_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = l2_back(frame, p.l3, our_mac);
     out.extend_from_slice(&frame[p.l3..]);
     let ip = p.l3;
     let icmp = p.l3 + p.hlen;
@@ -597,8 +624,8 @@ fn echo_reply(frame: &[u8], p: &Packet) -> Vec<u8> {
 
 /// ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" from the VIP to the client,
 /// announcing `mtu`, quoting the start of the packet.
-fn too_big(frame: &[u8], p: &Packet, mtu: usize) -> Vec<u8> {
-    let mut out = l2_back(frame, p.l3);
+fn too_big(frame: &[u8], p: &Packet, mtu: usize, our_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = l2_back(frame, p.l3, our_mac);
     let ip = &frame[p.l3..];
     if p.family == Family::V4 {
         // RFC 792: the IP header and the first 8 bytes of its payload.
@@ -668,7 +695,7 @@ fn encapsulate(
     };
     let mut out = frame[..p.l3].to_vec();
     out[0..6].copy_from_slice(&backend.mac);
-    out[6..12].copy_from_slice(&frame[0..6]);
+    out[6..12].copy_from_slice(&s.mac);
     let ether_type = if backend.family == Family::V4 {
         let host = u32::from_be_bytes(s.tunnel_src4_host);
         let src = (u32::from_be_bytes(s.tunnel_src4) & !host) | (hash & host);

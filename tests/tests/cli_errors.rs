@@ -147,7 +147,8 @@ fn an_agent_that_fails_to_start_leaves_no_socket() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("xdplb.sock");
     let _ = std::fs::remove_file(&socket);
-    // `lo` exists in every namespace; /proc refuses the pin directory, after the bind.
+    // `lo` exists in every namespace and has no MAC, which the agent refuses after the bind
+    // (and /proc would refuse the pin directory next).
     let yaml = VALID.replace("interface: xdplbnone0", "interface: lo");
     let path = temp_config(
         "nostart.yaml",
@@ -158,7 +159,7 @@ fn an_agent_that_fails_to_start_leaves_no_socket() {
     );
     let (code, out) = xdplb_code(&["run", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("/proc/xdplb-test"), "{out}");
+    assert!(out.contains("interface lo has no MAC address"), "{out}");
     assert!(
         !socket.exists(),
         "the failed agent left {}",

@@ -152,6 +152,26 @@ fn traffic_that_is_not_for_a_vip_passes_untouched() {
             },
             Counter::PassNotIp,
         ),
+        (
+            // A switch flooding unknown unicast delivers another host's frames: rewriting one
+            // would send it on with that host's MAC as our source and poison the switch.
+            "VIP traffic addressed to another host's MAC",
+            {
+                let mut v = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
+                v[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0x99, 0x99]);
+                v
+            },
+            Counter::PassOtherHost,
+        ),
+        (
+            "VIP traffic to the broadcast MAC",
+            {
+                let mut v = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
+                v[0..6].copy_from_slice(&[0xff; 6]);
+                v
+            },
+            Counter::PassNotUnicast,
+        ),
         // (BPF_PROG_TEST_RUN refuses XDP input shorter than an Ethernet header, so the
         // shortest frame testable here is a bare header.)
         (
@@ -409,4 +429,36 @@ fn draining_keeps_flows_removal_resteers() {
         assert_eq!(r.action, XDP_TX);
         assert_ne!(r.out[0..6], b101, "new flow sent to a draining backend");
     }
+}
+
+/// A configured `virtual_mac` (a VRRP pair's) is balanced too, and what leaves carries the
+/// interface's own MAC as source, never the virtual one copied from the frame.
+#[test]
+fn a_virtual_mac_is_balanced_and_the_source_is_always_our_own() {
+    const VIRTUAL: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
+    let mut h = Harness::new(&CONFIG.replace(
+        "interface: lo\n",
+        "interface: lo\nvirtual_mac: '00:00:5e:00:01:07'\n",
+    ));
+    let mut pkt = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
+    pkt[0..6].copy_from_slice(&VIRTUAL);
+    let f = flow(
+        "10.200.0.11".parse().unwrap(),
+        40000,
+        "10.201.0.10".parse().unwrap(),
+        80,
+        6,
+    );
+    let mac = h.expected_mac("web", &f, false);
+    let r = h.run(&pkt);
+    assert_eq!(r.action, XDP_TX);
+    assert_eq!(&r.out[0..6], &mac, "to the ring's backend");
+    assert_eq!(&r.out[6..12], &GW_MAC, "from the interface's own MAC");
+    assert_eq!(&r.out[12..], &pkt[12..], "nothing past the MACs changes");
+    // Without it configured, the same frame is another host's.
+    let mut h = Harness::new(CONFIG);
+    let before = h.global();
+    let r = h.run(&pkt);
+    assert_eq!((r.action, &r.out), (XDP_PASS, &pkt));
+    assert_eq!(delta(&h.global(), &before, Counter::PassOtherHost), 1);
 }

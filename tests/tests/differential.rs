@@ -89,7 +89,12 @@ impl Dut {
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
         let mut applied = Written::default();
         let desired = applied
-            .apply_config(cfg, &mut maps, &DownSet::new())
+            .apply_config(
+                cfg,
+                &mut maps,
+                &DownSet::new(),
+                lb_userspace::config::MacAddr(GW_MAC),
+            )
             .expect("apply");
         assert!(desired.unresolved.is_empty(), "{:?}", desired.unresolved);
         Dut {
@@ -204,7 +209,12 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
                 .into_iter()
                 .collect();
             dut.applied
-                .apply_config(&cfg_b, &mut dut.maps, &down)
+                .apply_config(
+                    &cfg_b,
+                    &mut dut.maps,
+                    &down,
+                    lb_userspace::config::MacAddr(GW_MAC),
+                )
                 .expect("apply config B");
             model.refresh(&cfg_b, &dut.maps).expect("model of config B");
         }

@@ -100,6 +100,10 @@ pub struct Config {
     /// IP-in-IP settings for VIPs with `forwarding: ipip`.
     #[serde(default)]
     pub tunnel: Tunnel,
+    /// A second MAC the balancer answers for besides the interface's own, e.g. the virtual MAC
+    /// of a VRRP/keepalived pair. Frames addressed to any other MAC are never balanced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_mac: Option<MacAddr>,
     pub vips: Vips,
 }
 

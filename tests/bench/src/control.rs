@@ -73,10 +73,20 @@ fn apply_timing() -> Result<(f64, f64)> {
     let mut applied = lb_userspace::reconcile::Written::default();
     let healthy = lb_userspace::desired::DownSet::new();
     let t = Instant::now();
-    applied.apply_config(&cfg, &mut maps, &healthy)?;
+    applied.apply_config(
+        &cfg,
+        &mut maps,
+        &healthy,
+        lb_userspace::config::MacAddr(xdplb_lab::frames::GW_MAC),
+    )?;
     let first = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    applied.apply_config(&changed, &mut maps, &healthy)?;
+    applied.apply_config(
+        &changed,
+        &mut maps,
+        &healthy,
+        lb_userspace::config::MacAddr(xdplb_lab::frames::GW_MAC),
+    )?;
     Ok((first, t.elapsed().as_secs_f64()))
 }
 

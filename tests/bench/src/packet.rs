@@ -115,7 +115,7 @@ impl Balancer {
         let cfg = Config::from_yaml(yaml, "bench config")?;
         let mut ebpf = loader::load_balancer(conns)?;
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-        lb_userspace::reconcile::fill(&cfg, &mut maps)?;
+        lb_userspace::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
         Ok(Balancer { ebpf, maps })
     }
 

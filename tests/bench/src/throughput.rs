@@ -390,7 +390,7 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<([Tally; 2], usize)> {
     let cfg = Config::from_yaml(&config(), "throughput bench config")?;
     let mut bal = loader::load_balancer(1 << 16)?;
     let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
-    lb_userspace::reconcile::fill(&cfg, &mut maps)?;
+    lb_userspace::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
     let mut base = baselines::load(&[baselines::MACSWAP])?;
     let frames: Vec<Vec<u8>> = (0..s.flows).map(flow_frame).collect();
 
