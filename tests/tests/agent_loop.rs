@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use xdplb_lab::{
-    lab::{Lab, LabSpec},
+    lab::Lab,
     netns,
-    scenario::{lab_config, Balancer, Member},
+    scenario::{lab_config, small_lab, Balancer, Member},
 };
 
 const MODE: &str = "generic";
@@ -42,13 +42,7 @@ fn in_service(status: &Value, vip: &str, addr: &str) -> Option<bool> {
 
 #[test]
 fn status_and_health_checks_stay_live_while_ten_backends_cannot_be_resolved() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 2,
-        port: 8080,
-        ..Default::default()
-    })
-    .expect("lab");
+    let mut lab = small_lab(2).expect("lab");
     let members = [(0, Member::Active), (1, Member::Active)];
     let yaml = lab_config(&mut lab, MODE, &members).unwrap().replacen(
         "    protocol: tcp\n    backends:",

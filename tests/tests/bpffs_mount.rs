@@ -1,20 +1,10 @@
 //! `xdplb run` started from a shell of `ip netns exec` (whose fresh `/sys` has no bpffs mounted) mounts one where its pin path needs it and balances, instead of stopping at "creating pin directory".
 
-use xdplb_lab::{
-    lab::{Lab, LabSpec},
-    reports::BurstReport,
-    scenario::{lab_config, Balancer, Member},
-};
+use xdplb_lab::scenario::{burst4, lab_config, small_lab, Balancer, Member};
 
 #[test]
 fn run_from_ip_netns_exec_mounts_bpffs_and_balances() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 2,
-        port: 8080,
-        ..Default::default()
-    })
-    .expect("lab");
+    let mut lab = small_lab(2).expect("lab");
     let members: Vec<_> = (0..2).map(|i| (i, Member::Active)).collect();
     let yaml = lab_config(&mut lab, "generic", &members).unwrap();
     // The lab pins on its own bpffs; here the pins go where a real config puts them, under
@@ -41,24 +31,7 @@ fn run_from_ip_netns_exec_mounts_bpffs_and_balances() {
         "{log}"
     );
 
-    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
-    let bind = lab.client_bind4(0);
-    let r: BurstReport = lab
-        .run_client(
-            0,
-            &[
-                "burst",
-                "--target",
-                &target,
-                "--connections",
-                "100",
-                "--parallel",
-                "20",
-                "--bind",
-                &bind,
-            ],
-        )
-        .expect("lab-client burst");
+    let r = burst4(&lab, 100).expect("lab-client burst");
     assert_eq!((r.ok, r.failed), (100, 0), "{:?}", r.errors);
     assert_eq!(r.per_backend.len(), 2, "{:?}", r.per_backend);
     let log = balancer.stop(&mut lab).unwrap();

@@ -12,7 +12,7 @@ use xdplb_lab::{
     lab::{tool_path, Lab, LabSpec},
     netns,
     reports::{parse_last_json, BurstReport, HoldReport},
-    scenario::{churn, lab_config, Balancer, Member},
+    scenario::{burst4, churn, lab_config, Balancer, Member},
 };
 
 const MODE: &str = "native";
@@ -63,22 +63,7 @@ fn finish_hold(lab: &mut Lab, pid: u32) -> HoldReport {
 }
 
 fn burst(lab: &Lab, n: u32) -> BurstReport {
-    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
-    lab.run_client(
-        0,
-        &[
-            "burst",
-            "--target",
-            &target,
-            "--connections",
-            &n.to_string(),
-            "--parallel",
-            "20",
-            "--bind",
-            &lab.client_bind4(0),
-        ],
-    )
-    .unwrap()
+    burst4(lab, n).unwrap()
 }
 
 fn vip_packets(b: &Balancer) -> u64 {
@@ -443,16 +428,7 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
 }
 
 fn metrics_text(lab: &Lab) -> String {
-    netns::in_netns(lab.gateway_ns(), || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9842")?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .unwrap()
+    Balancer::metrics_text(lab).unwrap()
 }
 
 fn backend_up(scrape: &prometheus_parse::Scrape, addr: &str) -> Option<f64> {

@@ -3,32 +3,17 @@
 use std::time::Duration;
 
 use xdplb_lab::{
-    lab::{Lab, LabSpec},
+    lab::Lab,
     netns,
     reports::BurstReport,
-    scenario::{lab_config, Balancer, Member},
+    scenario::{burst4, lab_config, small_lab, Balancer, Member},
 };
 
 /// A MAC no port of the bridge has: frames to it are flooded to every port.
 const NOBODY: &str = "02:00:00:00:99:99";
 
 fn burst(lab: &Lab, n: u32) -> BurstReport {
-    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
-    lab.run_client(
-        0,
-        &[
-            "burst",
-            "--target",
-            &target,
-            "--connections",
-            &n.to_string(),
-            "--parallel",
-            "20",
-            "--bind",
-            &lab.client_bind4(0),
-        ],
-    )
-    .expect("lab-client burst")
+    burst4(lab, n).expect("lab-client burst")
 }
 
 fn global(balancer: &Balancer, counter: &str) -> u64 {
@@ -39,13 +24,7 @@ fn global(balancer: &Balancer, counter: &str) -> u64 {
 
 #[test]
 fn frames_for_another_host_are_not_forwarded_and_do_not_poison_the_switch() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 2,
-        port: 8080,
-        ..Default::default()
-    })
-    .expect("lab");
+    let mut lab = small_lab(2).expect("lab");
     let members: Vec<_> = (0..2).map(|i| (i, Member::Active)).collect();
     let yaml = lab_config(&mut lab, "generic", &members).unwrap();
     let balancer = Balancer::start(&mut lab, "generic", &yaml).expect("xdplb starts");

@@ -3,43 +3,18 @@
 use std::time::{Duration, Instant};
 
 use xdplb_lab::{
-    lab::{Lab, LabSpec},
-    netns,
+    lab::Lab,
     reports::BurstReport,
-    scenario::{lab_config, Balancer, Member},
+    scenario::{burst4, lab_config, small_lab, Balancer, Member},
 };
 
 fn burst(lab: &Lab, n: u32) -> BurstReport {
-    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
-    lab.run_client(
-        0,
-        &[
-            "burst",
-            "--target",
-            &target,
-            "--connections",
-            &n.to_string(),
-            "--parallel",
-            "20",
-            "--bind",
-            &lab.client_bind4(0),
-        ],
-    )
-    .expect("lab-client burst")
+    burst4(lab, n).expect("lab-client burst")
 }
 
 /// `xdplb_datapath_up` from the agent's metrics endpoint (loopback of the gateway namespace).
 fn datapath_up_metric(lab: &Lab) -> f64 {
-    let text = netns::in_netns(lab.gateway_ns(), || {
-        use std::io::{Read as _, Write as _};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9842")?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .unwrap();
+    let text = Balancer::metrics_text(lab).unwrap();
     let line = text
         .lines()
         .find(|l| l.starts_with("xdplb_datapath_up ") || l.starts_with("xdplb_datapath_up{"))
@@ -62,13 +37,7 @@ fn wait_log(lab: &Lab, pid: u32, needle: &str) -> String {
 
 #[test]
 fn interface_loss_is_reported_and_its_return_reattaches() {
-    let mut lab = Lab::new(LabSpec {
-        clients: 1,
-        backends: 2,
-        port: 8080,
-        ..Default::default()
-    })
-    .expect("lab");
+    let mut lab = small_lab(2).expect("lab");
     let members: Vec<_> = (0..2).map(|i| (i, Member::Active)).collect();
     let yaml = lab_config(&mut lab, "generic", &members).unwrap();
     let balancer = Balancer::start(&mut lab, "generic", &yaml).expect("xdplb starts");

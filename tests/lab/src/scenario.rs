@@ -17,7 +17,7 @@ use std::{
 };
 
 use crate::{
-    lab::{tool_path, Lab},
+    lab::{tool_path, Lab, LabSpec},
     netns,
     reports::{parse_last_json, BurstReport},
 };
@@ -105,6 +105,37 @@ pub fn churn(lab: &Lab, client: usize, stop: Arc<AtomicBool>) -> JoinHandle<Burs
         }
         total
     })
+}
+
+/// One client and `backends` backends serving port 8080 on one segment: where most tests
+/// of a single behaviour start.
+pub fn small_lab(backends: usize) -> Result<Lab> {
+    Lab::new(LabSpec {
+        clients: 1,
+        backends,
+        port: 8080,
+        ..Default::default()
+    })
+}
+
+/// `n` new connections from client 0 to the IPv4 VIP, 20 at a time, from the client's own
+/// address.
+pub fn burst4(lab: &Lab, n: u32) -> Result<BurstReport> {
+    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
+    lab.run_client(
+        0,
+        &[
+            "burst",
+            "--target",
+            &target,
+            "--connections",
+            &n.to_string(),
+            "--parallel",
+            "20",
+            "--bind",
+            &lab.client_bind4(0),
+        ],
+    )
 }
 
 /// A running `xdplb run` in the lab's gateway namespace.
@@ -224,6 +255,20 @@ impl Balancer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The agent's metrics page (`GET /metrics` on the gateway's loopback, where
+    /// [`lab_config`] leaves the default listener), headers included.
+    pub fn metrics_text(lab: &Lab) -> Result<String> {
+        netns::in_netns(lab.gateway_ns(), || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9842")?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
     }
 
     /// `xdplb stats --json` as a user script would run it.
