@@ -294,17 +294,18 @@ pub fn reattach(
     mode: config::XdpMode,
 ) -> anyhow::Result<String> {
     let path = link_pin(&state_dir(pin_path), interface);
-    match attach_link_pinned(
+    let attached = attach_link_pinned(
         ebpf,
         programs::BALANCER,
         interface,
         &path,
         mode,
         StaleLink::Replace,
-    )? {
-        Attached::Replaced => Ok(format!("attached to {interface} (the pinned link)")),
-        Attached::New(label) => Ok(format!("re-attached to {interface} ({label} XDP)")),
-    }
+    )?;
+    Ok(match attached {
+        Attached::Replaced => format!("attached to {interface} (the pinned link)"),
+        Attached::New(label) => format!("re-attached to {interface} ({label} XDP)"),
+    })
 }
 
 /// What [`attach_link_pinned`] did.
