@@ -320,6 +320,8 @@ fn real_main() -> anyhow::Result<Outcome> {
             for v in lb_userspace::replay::replay(&config, &pcap, out.as_deref(), mac)? {
                 if json {
                     println!("{}", serde_json::to_string(&v)?);
+                } else if let Some(why) = &v.why {
+                    println!("{:>6}  {:<7} {why}", v.index, v.verdict);
                 } else {
                     println!(
                         "{:>6}  {:<7} vip={:<12} backend={}",

@@ -28,12 +28,15 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Verdict {
     pub index: usize,
-    /// `tx`, `pass`, `drop` or `aborted`.
+    /// `tx`, `pass`, `drop` or `aborted`; `skipped` for a frame the program cannot be given.
     pub verdict: &'static str,
     /// The VIP the packet was addressed to, if any.
     pub vip: Option<String>,
     /// The backend a forwarded packet was sent to.
     pub backend: Option<IpAddr>,
+    /// Why a packet was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// A backend MAC for replaying without the real network: the neighbour table of the config's
@@ -52,16 +55,40 @@ fn placeholder_mac(addr: IpAddr) -> MacAddr {
     MacAddr(b)
 }
 
-/// The VIP a frame is addressed to, by the config (exact port first, then port 0).
+/// The flow an ICMP error quotes, as (VIP address, protocol, VIP port): the quoted packet is
+/// one the VIP sent (VIP → client), so the VIP is its source. `quote` starts at the quoted IP
+/// header, of which only the header and 8 bytes of L4 need be there.
+fn quoted_vip(quote: &[u8]) -> Option<(IpAddr, u8, u16)> {
+    let port = |at: usize| Some(u16::from_be_bytes(quote.get(at..at + 2)?.try_into().ok()?));
+    match quote.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(quote[0] & 0x0f) * 4;
+            let src: [u8; 4] = quote.get(12..16)?.try_into().ok()?;
+            Some((IpAddr::from(src), *quote.get(9)?, port(ihl)?))
+        }
+        6 => {
+            let src: [u8; 16] = quote.get(8..24)?.try_into().ok()?;
+            Some((IpAddr::from(src), *quote.get(6)?, port(40)?))
+        }
+        _ => None,
+    }
+}
+
+/// The VIP a frame is addressed to, by the config (exact port first, then port 0); for an ICMP
+/// error, the VIP of the flow it quotes (the balancer steers it to that flow's backend).
 fn vip_of(cfg: &Config, frame: &[u8]) -> Option<String> {
     let p = SlicedPacket::from_ethernet(frame).ok()?;
     let dst: IpAddr = match p.net? {
         NetSlice::Ipv4(ip) => ip.header().destination_addr().into(),
         NetSlice::Ipv6(ip) => ip.header().destination_addr().into(),
     };
-    let (proto, port) = match p.transport? {
-        TransportSlice::Tcp(t) => (lb_common::IPPROTO_TCP, t.destination_port()),
-        TransportSlice::Udp(u) => (lb_common::IPPROTO_UDP, u.destination_port()),
+    let (dst, proto, port) = match p.transport? {
+        TransportSlice::Tcp(t) => (dst, lb_common::IPPROTO_TCP, t.destination_port()),
+        TransportSlice::Udp(u) => (dst, lb_common::IPPROTO_UDP, u.destination_port()),
+        // Destination unreachable, time exceeded, parameter problem.
+        TransportSlice::Icmpv4(i) if matches!(i.type_u8(), 3 | 11 | 12) => quoted_vip(i.payload())?,
+        // Destination unreachable, packet too big, time exceeded, parameter problem.
+        TransportSlice::Icmpv6(i) if matches!(i.type_u8(), 1..=4) => quoted_vip(i.payload())?,
         _ => return None,
     };
     let matches = |p: u16| {
@@ -201,11 +228,24 @@ pub fn replay(
     for (index, (timestamp, frame)) in packets.iter().enumerate() {
         let frame = frame.as_slice();
         if frame.len() < 14 {
-            bail!(
-                "{}: packet {index} has {} bytes, shorter than an Ethernet header",
-                pcap.display(),
-                frame.len()
-            );
+            // The kernel refuses such input to the program; the rest of the capture still
+            // counts, and the output capture keeps every packet at its index.
+            if let Some(w) = writer.as_mut() {
+                let out = PcapPacket::new(*timestamp, frame.len() as u32, frame);
+                w.write_packet(&out)
+                    .map_err(|e| anyhow!("writing packet {index}: {e}"))?;
+            }
+            verdicts.push(Verdict {
+                index,
+                verdict: "skipped",
+                vip: None,
+                backend: None,
+                why: Some(format!(
+                    "{} bytes, shorter than an Ethernet header",
+                    frame.len()
+                )),
+            });
+            continue;
         }
         let testrun::Run { action, out: buf } = testrun::run(prog, frame)
             .with_context(|| format!("running packet {index} through the program"))?;
@@ -229,6 +269,7 @@ pub fn replay(
             verdict,
             vip,
             backend,
+            why: None,
         });
     }
     Ok(verdicts)

@@ -190,3 +190,82 @@ fn bad_captures_get_clear_errors() {
     assert!(!ok && err.contains("packet 1 is unreadable"), "{out}{err}");
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// Odd captures go on: a frame shorter than an Ethernet header is its own `skipped` line (with
+/// why) and the rest are replayed; a steered ICMP error names the VIP and backend of the flow
+/// it quotes.
+#[test]
+fn short_frames_are_skipped_and_steered_icmp_errors_name_their_flow() {
+    // Not under dir(): another test removes that when it ends.
+    let d = std::env::temp_dir().join(format!("xdplb-replay-odd-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let cfg = d.join("lb.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    // "Fragmentation needed" from a router on the client's path, quoting what the VIP sent
+    // to the client of the first flow: its IPv4 header and the first 8 bytes of TCP.
+    let mut quote = Vec::new();
+    PacketBuilder::ipv4([10, 201, 0, 10], [10, 200, 0, 11], 64)
+        .tcp(80, 40000, 1, 1000)
+        .write(&mut quote, &[])
+        .unwrap();
+    quote.truncate(20 + 8);
+    let mut icmp = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xc1], [2, 0, 0, 0, 0, 1])
+        .ipv4([10, 200, 0, 254], [10, 201, 0, 10], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+        ))
+        .write(&mut icmp, &quote)
+        .unwrap();
+    let frames = [
+        tcp([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80),
+        vec![0xff; 10],
+        icmp,
+        tcp([10, 200, 0, 11], 40001, [10, 201, 0, 10], 80),
+    ];
+    let input = d.join("odd.pcap");
+    let output = d.join("odd-out.pcap");
+    write_pcap(&input, DataLink::ETHERNET, &frames);
+    let (ok, out, err) = xdplb(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pcap",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[1]["verdict"], "skipped", "{out}");
+    assert_eq!(
+        lines[1]["why"], "10 bytes, shorter than an Ethernet header",
+        "{out}"
+    );
+    assert_eq!(lines[2]["verdict"], "tx", "{out}");
+    assert_eq!(lines[2]["vip"], "web", "{out}");
+    assert_eq!(
+        lines[2]["backend"], lines[0]["backend"],
+        "the error follows its flow: {out}"
+    );
+    assert!(lines[2]["backend"].is_string(), "{out}");
+    assert_eq!(lines[3]["verdict"], "tx", "replay went on: {out}");
+    // The output capture keeps every packet at its index.
+    let f = std::fs::File::open(&output).unwrap();
+    let mut r = PcapReader::new(f).unwrap();
+    let mut n = 0;
+    while let Some(p) = r.next_packet() {
+        let p = p.unwrap();
+        if n == 1 {
+            assert_eq!(p.data.as_ref(), &frames[1][..]);
+        }
+        n += 1;
+    }
+    assert_eq!(n, 4);
+    let _ = std::fs::remove_dir_all(d);
+}
