@@ -63,6 +63,7 @@ async fn first_macs(agent: &mut Agent, rx: &mut mpsc::UnboundedReceiver<MacEvent
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    crate::caps::require(&crate::caps::AGENT)?;
     let (file, cfg) = ConfigFile::open(config_path)?;
     let interface = cfg.interface.as_str().to_owned();
     if neigh::interface_index(&interface).is_none() {

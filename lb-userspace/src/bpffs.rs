@@ -75,9 +75,16 @@ pub fn ensure(pin_path: &Path) -> anyhow::Result<Bpffs> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| {
+        let err = std::io::Error::last_os_error();
+        let hint = match crate::caps::effective() {
+            Ok(eff) if !crate::caps::missing(eff, &[crate::caps::MOUNT]).is_empty() => {
+                " (mounting needs CAP_SYS_ADMIN, which this process lacks)"
+            }
+            _ => "",
+        };
+        return Err(err).with_context(|| {
             format!(
-                "bpffs is not mounted at {DEFAULT_MOUNT} and mounting it failed; \
+                "bpffs is not mounted at {DEFAULT_MOUNT} and mounting it failed{hint}; \
                  run `mount -t bpf bpf {DEFAULT_MOUNT}` as root"
             )
         });

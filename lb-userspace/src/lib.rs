@@ -3,6 +3,7 @@ pub mod addr;
 pub mod agent;
 pub mod api;
 pub mod bpffs;
+pub mod caps;
 pub mod check;
 pub mod config;
 mod control;

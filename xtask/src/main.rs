@@ -58,7 +58,9 @@ enum Cmd {
 const BPF_TOOLCHAIN: &str = "xdplb-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Run-time tools: labs (iproute2, ethtool, nftables, ping), debugging (bpftool, tcpdump),
-/// and tshark, the third-party dissector the tests check the balancer's output packets with.
+/// tshark, the third-party dissector the tests check the balancer's output packets with, and
+/// what the privilege tests use: setpriv/runuser (util-linux), useradd (passwd),
+/// systemd-analyze (systemd).
 const TOOL_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -68,6 +70,9 @@ const TOOL_PACKAGES: &[&str] = &[
     "procps",
     "iputils-ping",
     "tshark",
+    "util-linux",
+    "passwd",
+    "systemd",
 ];
 
 fn main() {
