@@ -10,7 +10,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
@@ -224,6 +224,10 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, SocketFile)> {
     Ok((listener, file))
 }
 
+/// Longest request line accepted. The largest real one, a `plan` carrying a whole config, is
+/// bounded by the config's own limit.
+pub const MAX_REQUEST: usize = crate::config::MAX_CONFIG_BYTES as usize + (64 << 10);
+
 /// Accepts clients forever, handing every request to the agent's loop through `calls`.
 pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     loop {
@@ -233,9 +237,24 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
         let calls = calls.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let response = match serde_json::from_str::<Request>(&line) {
+            let mut reader = BufReader::new(read);
+            loop {
+                // One request per line, each at most MAX_REQUEST bytes: a client cannot make the
+                // agent buffer without bound. A slow client only holds its own task.
+                let mut line = Vec::new();
+                match (&mut reader)
+                    .take(MAX_REQUEST as u64 + 1)
+                    .read_until(b'\n', &mut line)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let too_long = line.len() > MAX_REQUEST;
+                let response = match serde_json::from_slice::<Request>(&line) {
+                    _ if too_long => Response::from_result(Err(anyhow!(
+                        "bad request: longer than {MAX_REQUEST} bytes"
+                    ))),
                     Err(e) => Response::from_result(Err(anyhow!("bad request: {e}"))),
                     Ok(req) => {
                         let (tx, rx) = oneshot::channel();
@@ -249,7 +268,8 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
                 };
                 let mut out = serde_json::to_string(&response).unwrap_or_default();
                 out.push('\n');
-                if write.write_all(out.as_bytes()).await.is_err() {
+                // After an oversized request the rest of its line is unread: close.
+                if write.write_all(out.as_bytes()).await.is_err() || too_long {
                     break;
                 }
             }

@@ -2,8 +2,6 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::Context as _;
-
 use crate::{
     addr::fmt_addr,
     api::{self, Plan, Request},
@@ -11,8 +9,7 @@ use crate::{
 };
 
 pub fn check(path: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = crate::config::read_text(path)?;
     let cfg = Config::from_yaml(&text, &path.display().to_string())?;
     println!("{}: valid", path.display());
     println!(

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::config::Config;
+use crate::config::{read_text, Config};
 
 /// The file the agent runs from, and what it last saw in it.
 pub struct ConfigFile {
@@ -15,27 +15,29 @@ pub struct ConfigFile {
     rejected: Option<String>,
     /// A changed text seen once, offered when the next read agrees.
     pending: Option<String>,
+    /// Why the file last could not be read, and whether that was reported (once, not every
+    /// second).
+    unreadable: Option<(String, bool)>,
 }
 
 impl ConfigFile {
     /// Reads and validates the file the agent starts from.
     pub fn open(path: &Path) -> anyhow::Result<(ConfigFile, Config)> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = read_text(path)?;
         let cfg = Config::from_yaml(&text, &path.display().to_string())?;
         let file = ConfigFile {
             path: path.to_path_buf(),
             text,
             rejected: None,
             pending: None,
+            unreadable: None,
         };
         Ok((file, cfg))
     }
 
     /// The file's current text, to re-apply (SIGHUP, `xdplb reload`).
     pub fn read(&self) -> anyhow::Result<String> {
-        std::fs::read_to_string(&self.path)
-            .with_context(|| format!("cannot read config {}", self.path.display()))
+        read_text(&self.path)
     }
 
     /// Parses `text` as read from this file.
@@ -46,8 +48,30 @@ impl ConfigFile {
     /// A changed text to try, when someone edited the file. Editors and `echo >` truncate
     /// before they write, so a read can catch a half-written file: a changed text is offered
     /// only once two reads a tick apart agree. Call once per tick.
-    pub fn poll(&mut self) -> Option<String> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
+    /// A file that cannot be read (gone, too big, not text) is reported once per cause, when
+    /// two reads agree (an editor may remove the file for a moment).
+    pub fn poll(&mut self) -> Option<anyhow::Result<String>> {
+        let text = match read_text(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("{e:#}");
+                self.pending = None;
+                return match &self.unreadable {
+                    Some((seen, reported)) if *seen == why => {
+                        if *reported {
+                            return None;
+                        }
+                        self.unreadable = Some((why, true));
+                        Some(Err(e))
+                    }
+                    _ => {
+                        self.unreadable = Some((why, false));
+                        None
+                    }
+                };
+            }
+        };
+        self.unreadable = None;
         if text == self.text || self.rejected.as_deref() == Some(text.as_str()) {
             self.pending = None;
             return None;
@@ -57,7 +81,7 @@ impl ConfigFile {
             return None;
         }
         self.pending = None;
-        Some(text)
+        Some(Ok(text))
     }
 
     /// Records the outcome of applying `text`: accepted texts become the file's known state,
@@ -94,6 +118,7 @@ impl ConfigFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::MAX_CONFIG_BYTES;
 
     const CONFIG: &str = "interface: lo\nvips: []\n";
 
@@ -104,15 +129,21 @@ mod tests {
         let path = dir.join("lb.yaml");
         std::fs::write(&path, CONFIG).unwrap();
         let (mut file, cfg) = ConfigFile::open(&path).unwrap();
-        assert_eq!(file.poll(), None);
+        assert!(file.poll().is_none());
         std::fs::write(&path, "interface: lo\nvips: [").unwrap();
-        assert_eq!(file.poll(), None, "first read of a change is held back");
-        let broken = file.poll().unwrap();
+        assert!(file.poll().is_none(), "first read of a change is held back");
+        let broken = file.poll().unwrap().unwrap();
         file.outcome(broken, false);
-        assert_eq!(file.poll(), None, "a refused text is not offered again");
+        assert!(file.poll().is_none(), "a refused text is not offered again");
         file.write(&cfg).unwrap();
-        assert_eq!(file.poll(), None, "our own write is no edit");
+        assert!(file.poll().is_none(), "our own write is no edit");
         assert_eq!(file.parse(&file.read().unwrap()).unwrap(), cfg);
+        // A file that cannot be read is reported once two reads agree, and then not again.
+        std::fs::write(&path, vec![b'#'; MAX_CONFIG_BYTES as usize + 1]).unwrap();
+        assert!(file.poll().is_none());
+        let err = file.poll().unwrap().unwrap_err();
+        assert!(format!("{err:#}").contains("larger than 4 MiB"), "{err:#}");
+        assert!(file.poll().is_none(), "reported once");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

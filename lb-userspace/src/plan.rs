@@ -36,6 +36,23 @@ pub fn changes(
             ));
             continue;
         };
+        let lines_before = lines.len();
+        for (what, differs) in [
+            ("hash", old.hash != vip.hash),
+            ("ring_size", old.ring_size != vip.ring_size),
+            ("forwarding", old.forwarding != vip.forwarding),
+            ("stateless", old.stateless != vip.stateless),
+            ("icmp_echo", old.icmp_echo != vip.icmp_echo),
+            ("health_check", old.health_check != vip.health_check),
+            (
+                "address, port or protocol",
+                (old.address, old.port, old.protocol) != (vip.address, vip.port, vip.protocol),
+            ),
+        ] {
+            if differs {
+                lines.push(format!("VIP {}: {what} changes", vip.name));
+            }
+        }
         let old_b: HashMap<_, _> = old.backends.iter().map(|b| (b.address, b)).collect();
         let new_b: HashSet<_> = vip.backends.iter().map(|b| b.address).collect();
         for b in vip.backends.iter() {
@@ -68,11 +85,14 @@ pub fn changes(
             &by_address(current, &before.ring),
             &by_address(proposed, &after.ring),
         );
-        lines.push(format!(
-            "VIP {}: {:.1}% of new flows would go to another backend",
-            vip.name,
-            moved * 100.0
-        ));
+        // A VIP that does not change says nothing, so "no changes" means none.
+        if moved > 0.0 || lines.len() > lines_before {
+            lines.push(format!(
+                "VIP {}: {:.1}% of new flows would go to another backend",
+                vip.name,
+                moved * 100.0
+            ));
+        }
     }
     lines
 }
@@ -143,9 +163,9 @@ vips:
             .parse()
             .unwrap();
         assert!((20.0..30.0).contains(&share), "{lines:?}");
-        assert_eq!(
-            changes(&a, &da, &a, &da),
-            vec!["VIP web: 0.0% of new flows would go to another backend"]
+        assert!(
+            changes(&a, &da, &a, &da).is_empty(),
+            "the same config changes nothing"
         );
     }
 }

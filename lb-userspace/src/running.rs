@@ -162,12 +162,18 @@ impl Agent {
     }
 
     pub fn on_file_tick(&mut self) {
-        if let Some(text) = self.file.poll() {
-            if let Err(e) = self.reload_text(text, "config file changed") {
-                log::error!(
-                    "reload rejected (config file changed), the running config stays live: {e:#}"
-                );
+        let result = match self.file.poll() {
+            None => return,
+            Some(Ok(text)) => self.reload_text(text, "config file changed").map(|_| ()),
+            Some(Err(e)) => {
+                self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                Err(e)
             }
+        };
+        if let Err(e) = result {
+            log::error!(
+                "reload rejected (config file changed), the running config stays live: {e:#}"
+            );
         }
     }
 

@@ -1,6 +1,6 @@
 //! A VIP's backends: the list's uniqueness rule, one backend's address, weight, state and MAC.
 
-use std::{collections::HashSet, fmt, net::IpAddr, str::FromStr};
+use std::{collections::HashMap, fmt, net::IpAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
@@ -27,10 +27,13 @@ impl Backends {
 impl TryFrom<Vec<BackendConfig>> for Backends {
     type Error = String;
     fn try_from(list: Vec<BackendConfig>) -> Result<Self, String> {
-        let mut seen = HashSet::new();
-        for b in &list {
-            if !seen.insert(b.address) {
-                return Err(format!("backend {} is listed twice", b.address));
+        let mut seen = HashMap::new();
+        for (i, b) in list.iter().enumerate() {
+            if let Some(first) = seen.insert(b.address, i) {
+                return Err(format!(
+                    "backends[{i}].address {} is listed twice (also backends[{first}])",
+                    b.address
+                ));
             }
         }
         Ok(Self(list))

@@ -126,10 +126,39 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = read_text(path)?;
         Self::from_yaml(&text, &path.display().to_string())
     }
+}
+
+/// Largest config file read. The largest config the datapath can hold (512 VIPs, 16384
+/// backends) is about 1 MiB of YAML; a bigger file is a mistake, not a config.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
+/// The text of a config file, refused (naming the file) when it is larger than
+/// [`MAX_CONFIG_BYTES`] or not UTF-8. Never reads more than that limit.
+pub fn read_text(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        anyhow::bail!(
+            "config {} is larger than {} MiB, which no config needs (512 VIPs with 16384 backends take about 1 MiB)",
+            path.display(),
+            MAX_CONFIG_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "config {} is not text: invalid UTF-8 at byte {}",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// `auto` tries native (driver) XDP and falls back to generic (skb) XDP.

@@ -131,7 +131,11 @@ fn bad_configs_name_the_field_and_line() {
         (
             "address: 10.0.0.12,",
             "address: 10.0.0.11,",
-            &["vips[0]", "backend 10.0.0.11 is listed twice", "line 4"],
+            &[
+                "vips[0]",
+                "backends[1].address 10.0.0.11 is listed twice (also backends[0])",
+                "line 4",
+            ],
         ),
         ("name: dns6", "name: web", &["duplicate VIP name \"web\""]),
         (

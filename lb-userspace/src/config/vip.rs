@@ -142,6 +142,26 @@ impl TryFrom<VipFields> for Vip {
                 f.name, f.address
             ));
         }
+        // In l2 the backend gets the client's packet as it is: it answers as the VIP in the
+        // VIP's family, found on the segment by its address in that family. (ipip can mix:
+        // the outer header is the backend's family.)
+        if f.forwarding == Forwarding::L2 {
+            if let Some((i, b)) = f
+                .backends
+                .iter()
+                .enumerate()
+                .find(|(_, b)| b.address.is_ipv4() != f.address.is_ipv4())
+            {
+                let fam = |a: &IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(format!(
+                    "VIP {:?}: backends[{i}].address {} is {}, the VIP is {}: an l2 backend must be of the VIP's family (forwarding: ipip can mix them)",
+                    f.name,
+                    b.address,
+                    fam(&b.address),
+                    fam(&f.address)
+                ));
+            }
+        }
         // Maglev spreads well only when the table is much larger than the backend count.
         let min_ring = f.backends.len() as u64 * 100;
         if u64::from(f.ring_size.0) < min_ring {
