@@ -11,8 +11,8 @@ use std::{
 use xdplb_lab::{
     lab::{tool_path, Lab, LabSpec},
     netns,
-    reports::{parse_last_json, BurstReport, HoldReport},
-    scenario::{burst4, churn, lab_config, Balancer, Member},
+    reports::{BurstReport, HoldReport},
+    scenario::{burst4, churn, hold_finish, hold_start, lab_config, Balancer, Member},
 };
 
 const MODE: &str = "native";
@@ -28,38 +28,12 @@ fn small_lab() -> Lab {
     .expect("lab")
 }
 
-/// Persistent connections pinging every 50 ms; returns the process id once they are open.
 fn hold(lab: &mut Lab, client: usize, n: u32) -> u32 {
-    let ns = lab.client_ns(client).to_owned();
-    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
-    let bind = lab.client_bind4(client);
-    let pid = lab
-        .spawn(
-            &ns,
-            &tool_path("lab-client"),
-            &[
-                "hold",
-                "--target",
-                &target,
-                "--connections",
-                &n.to_string(),
-                "--bind",
-                &bind,
-                "--interval-ms",
-                "50",
-                "--duration-s",
-                "170",
-            ],
-        )
-        .unwrap();
-    lab.wait_for_log(pid, "READY", Duration::from_secs(30))
-        .unwrap();
-    pid
+    hold_start(lab, client, n).unwrap()
 }
 
 fn finish_hold(lab: &mut Lab, pid: u32) -> HoldReport {
-    lab.stop(pid).unwrap();
-    parse_last_json(&lab.log_of(pid)).unwrap()
+    hold_finish(lab, pid).unwrap()
 }
 
 fn burst(lab: &Lab, n: u32) -> BurstReport {

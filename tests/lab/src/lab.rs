@@ -158,6 +158,8 @@ pub struct Lab {
     procs: HashMap<u32, Child>,
     logs: HashMap<u32, PathBuf>,
     spawned: usize,
+    /// The `lab-server` process of each backend.
+    servers: Vec<u32>,
     // Fields drop in declaration order, after `Drop::drop` has stopped the processes: the
     // namespaces go next, the directory holding the logs last.
     switch: NetNs,
@@ -205,6 +207,7 @@ impl Lab {
             procs: HashMap::new(),
             logs: HashMap::new(),
             spawned: 0,
+            servers: Vec::new(),
             switch,
             gateway,
             clients: Vec::new(),
@@ -477,12 +480,31 @@ impl Lab {
             .with_context(|| format!("xdplb decap on backend {dev}"))?;
         }
         self.backends.push(ns);
+        self.servers.push(0);
+        self.start_server(i)?;
+        Ok(i)
+    }
+
+    /// Starts backend `i`'s `lab-server` (named `b<i>`) and waits until it listens.
+    pub fn start_server(&mut self, i: usize) -> Result<()> {
+        let name = self.backend_ns(i).to_owned();
+        let dev = self.backend_if(i);
         let server = self.server.clone();
         let port = self.spec.port.to_string();
         let pid = self.spawn(&name, &server, &["--name", &dev, "--port", &port])?;
         self.wait_for_log(pid, "READY", SERVER_READY_TIMEOUT)
             .with_context(|| format!("lab-server {dev} did not start"))?;
-        Ok(i)
+        self.servers[i] = pid;
+        Ok(())
+    }
+
+    /// Kills backend `i`'s `lab-server` with SIGKILL, as a crash would: its connections are
+    /// reset by the kernel, its port refuses new ones.
+    pub fn kill_server(&mut self, i: usize) -> Result<()> {
+        let pid = self.servers[i];
+        signal(pid, libc::SIGKILL);
+        self.wait_exit(pid, Duration::from_secs(10))?;
+        Ok(())
     }
 
     /// The name prefix shared by all this lab's namespaces (`xl<pid>n<k>`).

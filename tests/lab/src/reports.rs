@@ -49,6 +49,13 @@ pub struct HoldReport {
     pub rounds: u64,
     /// Backend each established connection landed on first.
     pub per_backend: BTreeMap<String, u64>,
+    /// Broken connections by the backend they were on.
+    #[serde(default)]
+    pub broken_per_backend: BTreeMap<String, u64>,
+    /// The slowest ping round trip of any connection, in ms: packets lost on the way show as
+    /// TCP's retransmission waits (200 ms and more).
+    #[serde(default)]
+    pub slowest_ping_ms: u64,
     pub errors: Vec<String>,
 }
 

@@ -19,7 +19,7 @@ use std::{
 use crate::{
     lab::{tool_path, Lab, LabSpec},
     netns,
-    reports::{parse_last_json, BurstReport},
+    reports::{parse_last_json, BurstReport, HoldReport},
 };
 
 /// How a backend appears in the lab config.
@@ -136,6 +136,39 @@ pub fn burst4(lab: &Lab, n: u32) -> Result<BurstReport> {
             &lab.client_bind4(0),
         ],
     )
+}
+
+/// Starts `n` persistent connections from client `client` to the IPv4 VIP, each pinging every
+/// 50 ms for at most 170 s; returns the process id once they are open.
+pub fn hold_start(lab: &mut Lab, client: usize, n: u32) -> Result<u32> {
+    let ns = lab.client_ns(client).to_owned();
+    let target = format!("{}:{}", lab.vip4(), lab.spec().port);
+    let bind = lab.client_bind4(client);
+    let pid = lab.spawn(
+        &ns,
+        &tool_path("lab-client"),
+        &[
+            "hold",
+            "--target",
+            &target,
+            "--connections",
+            &n.to_string(),
+            "--bind",
+            &bind,
+            "--interval-ms",
+            "50",
+            "--duration-s",
+            "170",
+        ],
+    )?;
+    lab.wait_for_log(pid, "READY", Duration::from_secs(30))?;
+    Ok(pid)
+}
+
+/// Ends a [`hold_start`] and returns its report.
+pub fn hold_finish(lab: &mut Lab, pid: u32) -> Result<HoldReport> {
+    lab.stop(pid)?;
+    parse_last_json(&lab.log_of(pid))
 }
 
 /// A running `xdplb run` in the lab's gateway namespace.

@@ -445,8 +445,12 @@ async fn rate(
 /// What a held connection's task reports when it ends.
 #[derive(Default)]
 struct HeldOutcome {
+    /// The backend the connection landed on.
+    name: String,
     broken: bool,
     changed: bool,
+    /// The slowest ping's round trip: a lost packet shows as a retransmission's wait.
+    slowest: Duration,
     error: Option<String>,
 }
 
@@ -509,9 +513,15 @@ async fn hold(
     for (mut stream, name) in held {
         let mut rounds = round_rx.clone();
         conns.spawn(async move {
-            let mut out = HeldOutcome::default();
+            let mut out = HeldOutcome {
+                name: name.clone(),
+                ..HeldOutcome::default()
+            };
             while rounds.changed().await.is_ok() {
-                match exchange(&mut stream, b"ping\n").await {
+                let sent = Instant::now();
+                let answer = exchange(&mut stream, b"ping\n").await;
+                out.slowest = out.slowest.max(sent.elapsed());
+                match answer {
                     Ok(now) if now == name => {}
                     Ok(now) => {
                         if !out.changed {
@@ -551,7 +561,14 @@ async fn hold(
             Ok(Some(res)) => {
                 let out = res.expect("connection task panicked");
                 report.broken += out.broken as u64;
+                if out.broken {
+                    *report
+                        .broken_per_backend
+                        .entry(out.name.clone())
+                        .or_default() += 1;
+                }
                 report.backend_changed += out.changed as u64;
+                report.slowest_ping_ms = report.slowest_ping_ms.max(out.slowest.as_millis() as u64);
                 if let Some(e) = out.error {
                     note_error(&mut report.errors, e);
                 }
