@@ -1,6 +1,6 @@
 //! The gateway's checks, from its config: the interface and its XDP support, MTU against the tunnel overhead, rp_filter, bpffs and the pinned state at `pin_path`, the kernel (program load, BTF, JIT), privileges and memlock, and the agent's socket.
 
-use std::{collections::BTreeSet, net::IpAddr, path::Path};
+use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Context as _;
 use aya::{programs::XdpMode as AyaXdpMode, Ebpf, EbpfLoader};
@@ -12,7 +12,7 @@ use super::{
     Finding,
 };
 use crate::{
-    config::{Config, Forwarding, XdpMode},
+    config::{Config, Forwarding, Vip, XdpMode},
     loader,
 };
 
@@ -283,13 +283,7 @@ fn mtu(cfg: &Config, link: &Link, config_path: &Path) -> Finding {
             ),
         );
     }
-    // The outer header is the backend's family: 20 bytes for IPv4, 40 for IPv6.
-    let overhead = ipip
-        .iter()
-        .flat_map(|v| v.backends.iter())
-        .map(|b| if b.address.is_ipv4() { 20 } else { 40 })
-        .max()
-        .unwrap_or(20);
+    let overhead = outer_header(&ipip);
     let config = config_path.display();
     if let Some(t) = cfg.tunnel.mtu.map(|m| m.0) {
         if t > link.mtu {
@@ -311,32 +305,26 @@ fn mtu(cfg: &Config, link: &Link, config_path: &Path) -> Finding {
             format!("ipip: a {CLIENT_PACKET}-byte client packet plus the {overhead}-byte outer header ({needed}) fits the tunnel MTU {tunnel_mtu} ({source})"),
         );
     }
-    // TCP MSS that fits: the tunnel MTU less the outer header, the inner IP header (20 or 40)
-    // and the TCP header (20).
-    let families: BTreeSet<bool> = ipip.iter().map(|v| v.address.is_ipv4()).collect();
-    let clamp = |v4: bool| {
-        let vips: BTreeSet<IpAddr> = ipip
-            .iter()
-            .filter(|v| v.address.is_ipv4() == v4)
-            .map(|v| v.address)
-            .collect();
-        let list = vips
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let (tool, inner) = if v4 {
-            ("iptables", 20)
-        } else {
-            ("ip6tables", 40)
-        };
-        let mss = tunnel_mtu - overhead - inner - 20;
-        format!("{tool} -t mangle -A FORWARD -p tcp -d {list} --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {mss}")
-    };
-    let clamps = families
-        .iter()
-        .rev()
-        .map(|v4| clamp(*v4))
+    // Per VIP family, the TCP MSS that fits: the tunnel MTU less the outer header of that
+    // family's backends, the inner IP header (20 or 40) and the TCP header (20).
+    let clamps = [true, false]
+        .into_iter()
+        .filter_map(|v4| {
+            let vips: Vec<&Vip> = ipip
+                .iter()
+                .copied()
+                .filter(|v| v.address.is_ipv4() == v4)
+                .collect();
+            let overhead = outer_header(&vips);
+            if vips.is_empty() || CLIENT_PACKET + overhead <= tunnel_mtu {
+                return None;
+            }
+            let list: BTreeSet<String> = vips.iter().map(|v| v.address.to_string()).collect();
+            let list = list.into_iter().collect::<Vec<_>>().join(",");
+            let (tool, inner) = if v4 { ("iptables", 20) } else { ("ip6tables", 40) };
+            let mss = tunnel_mtu - overhead - inner - 20;
+            Some(format!("{tool} -t mangle -A FORWARD -p tcp -d {list} --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {mss}"))
+        })
         .collect::<Vec<_>>()
         .join("; ");
     Finding::warn(
@@ -344,6 +332,16 @@ fn mtu(cfg: &Config, link: &Link, config_path: &Path) -> Finding {
         format!("ipip: a {CLIENT_PACKET}-byte client packet plus the {overhead}-byte outer header is {needed} bytes, above the tunnel MTU {tunnel_mtu} ({source}): full-size packets are answered with ICMP \"too big\", so clients must lower their path MTU (connections stall where that ICMP is filtered)"),
         format!("raise the MTU to {needed} on {ifname} and on the path to the backends (`ip link set dev {ifname} mtu {needed}`; set `tunnel.mtu:` in {config} to the path's smallest MTU if it is below the interface's), or clamp the TCP MSS of the VIPs on the router in front: {clamps}"),
     )
+}
+
+/// The largest outer header the balancer puts on packets of `vips`: it is the backend's
+/// family, 20 bytes for IPv4 and 40 for IPv6.
+fn outer_header(vips: &[&Vip]) -> u32 {
+    vips.iter()
+        .flat_map(|v| v.backends.iter())
+        .map(|b| if b.address.is_ipv4() { 20 } else { 40 })
+        .max()
+        .unwrap_or(20)
 }
 
 /// bpffs at the pin path. Nothing is mounted here: only the command that would be run.
@@ -466,7 +464,7 @@ fn pinned_state(pin_path: &Path, interface: Option<&str>) -> Finding {
     Finding::ok(
         CHECK,
         format!(
-            "state of layout {ours} pinned under {}{}: the agent adopts it (flows and counters kept)",
+            "state of layout {ours} pinned under {}{} (a running or kept datapath): an agent starting on it adopts it, flows and counters kept",
             dir.display(),
             if links.is_empty() { String::new() } else { format!(", link on {}", links.join(", ")) }
         ),

@@ -126,7 +126,7 @@ pub fn render(findings: &[Finding]) -> String {
     }
     let count = |s| findings.iter().filter(|f| f.status == s).count();
     out += &format!(
-        "{} ok, {} warnings, {} failed\n",
+        "{} ok, {} warn, {} fail\n",
         count(Status::Ok),
         count(Status::Warn),
         count(Status::Fail)
@@ -188,7 +188,7 @@ mod tests {
             lines[2],
             "                 fix: sysctl -w net.ipv4.conf.eth0.rp_filter=2"
         );
-        assert_eq!(lines[3], "1 ok, 1 warnings, 0 failed");
+        assert_eq!(lines[3], "1 ok, 1 warn, 0 fail");
     }
 
     #[test]
