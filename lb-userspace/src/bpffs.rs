@@ -21,7 +21,7 @@ pub enum Bpffs {
 
 /// The nearest ancestor of `path` (or `path` itself) that exists: where a created directory
 /// would live.
-fn existing_ancestor(path: &Path) -> PathBuf {
+pub fn existing_ancestor(path: &Path) -> PathBuf {
     let mut p = path;
     while !p.exists() {
         match p.parent() {
@@ -32,7 +32,8 @@ fn existing_ancestor(path: &Path) -> PathBuf {
     p.to_owned()
 }
 
-fn on_bpffs(path: &Path) -> anyhow::Result<bool> {
+/// Whether `path` (which must exist) is on a bpffs (`statfs` says so).
+pub fn on_bpffs(path: &Path) -> anyhow::Result<bool> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .with_context(|| format!("{} contains a NUL byte", path.display()))?;
     // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.

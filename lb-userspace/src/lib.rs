@@ -9,6 +9,7 @@ pub mod config;
 mod control;
 pub mod decap;
 pub mod desired;
+pub mod doctor;
 pub mod health;
 pub mod http;
 pub mod link;

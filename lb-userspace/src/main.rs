@@ -122,6 +122,10 @@ enum Command {
     /// host on an interface (the kernel here has no tunnel driver). Stays attached after the
     /// command exits; re-running it replaces the program and refreshes the address set.
     Decap(lb_userspace::decap::DecapArgs),
+    /// Preflight: check a gateway (its config, interface, kernel, privileges, pinned state)
+    /// or, with --backend, a DSR backend; every finding names its fix. Exit code 1 when a
+    /// check fails (warnings alone exit 0).
+    Doctor(lb_userspace::doctor::DoctorArgs),
     /// Remove the pinned datapath left by an agent with keep_attached_on_exit (stops forwarding).
     Detach {
         #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "pin_path")]
@@ -335,6 +339,7 @@ fn real_main() -> anyhow::Result<Outcome> {
             Ok(())
         }
         Command::Decap(args) => lb_userspace::decap::run(&args),
+        Command::Doctor(args) => lb_userspace::doctor::run(&args),
         Command::Detach { config, pin_path } => {
             let pin = match pin_path {
                 Some(p) => p,

@@ -1,0 +1,712 @@
+//! The gateway's checks, from its config: the interface and its XDP support, MTU against the tunnel overhead, rp_filter, bpffs and the pinned state at `pin_path`, the kernel (program load, BTF, JIT), privileges and memlock, and the agent's socket.
+
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::Context as _;
+use aya::{programs::XdpMode as AyaXdpMode, Ebpf, EbpfLoader};
+use lb_common::{maps, programs, BALANCER_MAPS, LAYOUT_VERSION};
+
+use super::{
+    interface::{self, NamedBy},
+    system::{self, cap, Link},
+    Finding,
+};
+use crate::{
+    config::{Config, Forwarding, Vip, XdpMode},
+    loader,
+};
+
+/// The size of the client packets the MTU check assumes: a full Ethernet payload.
+const CLIENT_PACKET: u32 = 1500;
+
+/// What strict reverse-path filtering costs on the gateway.
+const GATEWAY_STRICT_DROPS: &str = "XDP balances before the filter, but what is passed to the kernel (health-check replies, ICMP, the host's own traffic) is dropped when its source is not routed back through this interface, as in routed set-ups with asymmetric paths";
+
+/// Every gateway check, in the order they are printed. `interface` overrides the config's;
+/// `attach_probe` allows a native XDP attachment (detached at once) to test the driver.
+pub fn checks(config_path: &Path, interface: Option<&str>, attach_probe: bool) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let cfg = match Config::load(config_path) {
+        Ok(cfg) => {
+            out.push(Finding::ok(
+                "config",
+                format!(
+                    "{} is valid: interface {}, xdp_mode {}, {} VIPs",
+                    config_path.display(),
+                    cfg.interface.as_str(),
+                    mode_word(cfg.xdp_mode),
+                    cfg.vips.len()
+                ),
+            ));
+            Some(cfg)
+        }
+        Err(e) => {
+            out.push(Finding::fail(
+                "config",
+                format!("{e:#}"),
+                format!(
+                    "write a valid config at {} (deploy/lb.example.yaml; `xdplb check --config {0}` validates it), or name it with --config",
+                    config_path.display()
+                ),
+            ));
+            None
+        }
+    };
+    // The kernel's verdict on the real program, loaded once (not attached) and shared by the
+    // native-XDP probe and the JIT check.
+    let mut ebpf = load_programs();
+    out.push(match &ebpf {
+        Ok(_) => Finding::ok(
+            "program",
+            "the kernel loads the xdplb object and its verifier accepts the balancer",
+        ),
+        Err(e) => Finding::fail(
+            "program",
+            format!("{e:#}"),
+            "run as root (see `privileges`); as root, the kernel's message says what it refuses",
+        ),
+    });
+
+    let named = interface.map_or_else(
+        || {
+            cfg.as_ref()
+                .map(|c| (c.interface.as_str(), NamedBy::Config(config_path)))
+        },
+        |i| Some((i, NamedBy::Flag)),
+    );
+    if let Some((name, named_by)) = &named {
+        let (finding, link) = interface::present(name, named_by, true);
+        out.push(finding);
+        if let Some(link) = link {
+            let mode = cfg.as_ref().map_or(XdpMode::Auto, |c| c.xdp_mode);
+            let pin_path = cfg.as_ref().map(|c| c.pin_path.as_path());
+            out.push(xdp(
+                &link,
+                mode,
+                config_path,
+                pin_path,
+                ebpf.as_mut().ok(),
+                attach_probe,
+            ));
+            if let Some(cfg) = &cfg {
+                out.push(mtu(cfg, &link, config_path));
+            }
+        }
+        out.push(interface::rp_filter(name, GATEWAY_STRICT_DROPS));
+    }
+    if let Some(cfg) = &cfg {
+        out.push(bpffs(&cfg.pin_path, config_path));
+        out.push(pinned_state(&cfg.pin_path, named.as_ref().map(|(n, _)| *n)));
+    }
+    out.push(btf());
+    out.push(jit(ebpf.as_mut().ok()));
+    out.push(privileges());
+    out.push(memlock(
+        cfg.as_ref()
+            .map_or(lb_common::DEFAULT_CONNS, |c| c.flow_table_size.0),
+    ));
+    if let Some(cfg) = &cfg {
+        out.push(agent_socket(&cfg.api_socket));
+    }
+    out
+}
+
+fn mode_word(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Auto => "auto",
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
+    }
+}
+
+/// Loads the xdplb object with a small flow table and verifies the balancer and the pass
+/// program, without attaching anything: proof that this kernel takes the real datapath.
+fn load_programs() -> anyhow::Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::CONNS, 1024)
+        .load(loader::EBPF_OBJECT)
+        .context("loading the xdplb eBPF object (maps and BTF) into the kernel")?;
+    loader::program(&mut ebpf, programs::BALANCER)?
+        .load()
+        .context("the kernel verifier rejected the xdplb program")?;
+    loader::program(&mut ebpf, programs::PASS)?
+        .load()
+        .context("loading xdplb_pass")?;
+    Ok(ebpf)
+}
+
+/// Native XDP: what is attached to the interface already, or else whether a native
+/// attachment takes (the only reliable answer: drivers do not advertise it).
+fn xdp(
+    link: &Link,
+    mode: XdpMode,
+    config_path: &Path,
+    pin_path: Option<&Path>,
+    ebpf: Option<&mut Ebpf>,
+    attach_probe: bool,
+) -> Finding {
+    const CHECK: &str = "xdp";
+    let ifname = link.ifname.as_str();
+    let driver = match system::driver(ifname) {
+        Ok(d) if !d.is_empty() => d,
+        _ => "unknown".to_owned(),
+    };
+    let attached = link.xdp_programs();
+    if !attached.is_empty() {
+        return already_attached(link, &attached, &driver, mode, pin_path);
+    }
+    if !attach_probe {
+        return Finding::ok(
+            CHECK,
+            format!("nothing attached to {ifname} (driver {driver}); native XDP not tried (--no-attach-probe)"),
+        );
+    }
+    let Some(ebpf) = ebpf else {
+        return Finding::warn(
+            CHECK,
+            format!("driver {driver}; native XDP not tried: the xdplb object did not load (see `program`)"),
+            "run `xdplb doctor` as root",
+        );
+    };
+    let native = loader::program(ebpf, programs::PASS).and_then(|prog| {
+        let id = prog
+            .attach(ifname, AyaXdpMode::Driver)
+            .with_context(|| format!("attaching in native mode to {ifname}"))?;
+        // Detached at once: the probe must leave the interface as it found it.
+        prog.detach(id)
+            .with_context(|| format!("detaching the probe from {ifname}"))
+    });
+    let config = config_path.display();
+    match (native, mode) {
+        (Ok(()), XdpMode::Generic) => Finding::ok(
+            CHECK,
+            format!("driver {driver} supports native XDP (a test program attached and detached), but xdp_mode is generic: slower than it could be"),
+        ),
+        (Ok(()), _) => Finding::ok(
+            CHECK,
+            format!("driver {driver} supports native XDP (a test program attached in native mode and detached)"),
+        ),
+        (Err(e), XdpMode::Auto) => Finding::warn(
+            CHECK,
+            format!("driver {driver} of {ifname} has no native XDP ({e:#}): xdp_mode auto falls back to generic, which runs after the kernel has built an skb (most of XDP's speed lost)"),
+            format!("use a NIC whose driver has native XDP (mlx5, ice, i40e, ixgbe, bnxt, virtio_net, veth, ...), or set `xdp_mode: generic` in {config} to make the choice explicit"),
+        ),
+        (Err(e), XdpMode::Native) => Finding::fail(
+            CHECK,
+            format!("driver {driver} of {ifname} has no native XDP ({e:#}): xdp_mode native cannot attach"),
+            format!("set `xdp_mode: auto` (or generic) in {config}, or use a NIC whose driver has native XDP"),
+        ),
+        (Err(e), XdpMode::Generic) => Finding::ok(
+            CHECK,
+            format!("driver {driver} of {ifname} has no native XDP ({e:#}); xdp_mode is generic, which works everywhere"),
+        ),
+    }
+}
+
+/// The XDP finding when programs are attached already: the running (or kept) xdplb is fine in
+/// the mode the config asks for; anything else keeps the agent from attaching.
+fn already_attached(
+    link: &Link,
+    attached: &[(system::XdpProg, u8)],
+    driver: &str,
+    mode: XdpMode,
+    pin_path: Option<&Path>,
+) -> Finding {
+    const CHECK: &str = "xdp";
+    let ifname = link.ifname.as_str();
+    let describe = |p: &system::XdpProg, m: u8| {
+        format!(
+            "{} (program id {}) in {} mode",
+            p.name.as_deref().unwrap_or("a program without a name"),
+            p.id,
+            system::xdp_mode_name(m)
+        )
+    };
+    let list = attached
+        .iter()
+        .map(|(p, m)| describe(p, *m))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let [(prog, m)] = attached else {
+        return Finding::fail(
+            CHECK,
+            format!("{ifname} has several XDP programs attached: {list}"),
+            format!(
+                "`bpftool net show dev {ifname}` names them; remove the ones that are not xdplb's"
+            ),
+        );
+    };
+    if prog.name.as_deref() != Some(programs::BALANCER) {
+        return Finding::fail(
+            CHECK,
+            format!("{ifname} already has another XDP program attached: {list}; xdplb cannot attach next to it"),
+            format!("find its owner (`bpftool net show dev {ifname}`) and remove it (`ip link set dev {ifname} xdp off` for a netlink attachment, or delete its pinned link), or use another interface"),
+        );
+    }
+    let detach = pin_path.map_or_else(
+        || "xdplb detach".to_owned(),
+        |p| format!("xdplb detach --pin-path {}", p.display()),
+    );
+    let running = format!(
+        "xdplb is attached to {ifname}: {list}, driver {driver} (a running or kept datapath)"
+    );
+    match (mode, *m) {
+        (XdpMode::Auto, 2) => Finding::warn(
+            CHECK,
+            format!("{running}; xdp_mode auto fell back to generic, which runs after the kernel has built an skb"),
+            "use a NIC whose driver has native XDP, or set `xdp_mode: generic` to make the choice explicit",
+        ),
+        (XdpMode::Native, 2) | (XdpMode::Generic, 1) => Finding::warn(
+            CHECK,
+            format!("{running}, but the config asks for xdp_mode {}: a pinned link keeps the mode it was made in", mode_word(mode)),
+            format!("`{detach}` (stops forwarding), then start the agent again: it attaches in the configured mode"),
+        ),
+        _ => Finding::ok(CHECK, running),
+    }
+}
+
+/// `ipip` VIPs: a full-size client packet plus the outer header against the tunnel MTU.
+fn mtu(cfg: &Config, link: &Link, config_path: &Path) -> Finding {
+    const CHECK: &str = "mtu";
+    let ifname = link.ifname.as_str();
+    let ipip: Vec<_> = cfg
+        .vips
+        .iter()
+        .filter(|v| v.forwarding == Forwarding::Ipip)
+        .collect();
+    if ipip.is_empty() {
+        return Finding::ok(
+            CHECK,
+            format!(
+                "no ipip VIPs: packets leave {ifname} (MTU {}) the size they came in",
+                link.mtu
+            ),
+        );
+    }
+    let overhead = outer_header(&ipip);
+    let config = config_path.display();
+    if let Some(t) = cfg.tunnel.mtu.map(|m| m.0) {
+        if t > link.mtu {
+            return Finding::warn(
+                CHECK,
+                format!("tunnel.mtu {t} is above {ifname}'s MTU {}: tunnelled packets between the two sizes are dropped by the NIC instead of answered with ICMP \"too big\"", link.mtu),
+                format!("set `tunnel.mtu: {}` in {config}, or raise the interface's MTU: ip link set dev {ifname} mtu {t}", link.mtu),
+            );
+        }
+    }
+    let (tunnel_mtu, source) = match cfg.tunnel.mtu {
+        Some(t) => (t.0, "tunnel.mtu".to_owned()),
+        None => (link.mtu, format!("{ifname}'s MTU; tunnel.mtu unset")),
+    };
+    let needed = CLIENT_PACKET + overhead;
+    if tunnel_mtu >= needed {
+        return Finding::ok(
+            CHECK,
+            format!("ipip: a {CLIENT_PACKET}-byte client packet plus the {overhead}-byte outer header ({needed}) fits the tunnel MTU {tunnel_mtu} ({source})"),
+        );
+    }
+    // Per VIP family, the TCP MSS that fits: the tunnel MTU less the outer header of that
+    // family's backends, the inner IP header (20 or 40) and the TCP header (20).
+    let clamps = [true, false]
+        .into_iter()
+        .filter_map(|v4| {
+            let vips: Vec<&Vip> = ipip
+                .iter()
+                .copied()
+                .filter(|v| v.address.is_ipv4() == v4)
+                .collect();
+            let overhead = outer_header(&vips);
+            if vips.is_empty() || CLIENT_PACKET + overhead <= tunnel_mtu {
+                return None;
+            }
+            let list: BTreeSet<String> = vips.iter().map(|v| v.address.to_string()).collect();
+            let list = list.into_iter().collect::<Vec<_>>().join(",");
+            let (tool, inner) = if v4 { ("iptables", 20) } else { ("ip6tables", 40) };
+            let mss = tunnel_mtu - overhead - inner - 20;
+            Some(format!("{tool} -t mangle -A FORWARD -p tcp -d {list} --tcp-flags SYN,RST SYN -j TCPMSS --set-mss {mss}"))
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Finding::warn(
+        CHECK,
+        format!("ipip: a {CLIENT_PACKET}-byte client packet plus the {overhead}-byte outer header is {needed} bytes, above the tunnel MTU {tunnel_mtu} ({source}): full-size packets are answered with ICMP \"too big\", so clients must lower their path MTU (connections stall where that ICMP is filtered)"),
+        format!("raise the MTU to {needed} on {ifname} and on the path to the backends (`ip link set dev {ifname} mtu {needed}`; set `tunnel.mtu:` in {config} to the path's smallest MTU if it is below the interface's), or clamp the TCP MSS of the VIPs on the router in front: {clamps}"),
+    )
+}
+
+/// The largest outer header the balancer puts on packets of `vips`: it is the backend's
+/// family, 20 bytes for IPv4 and 40 for IPv6.
+fn outer_header(vips: &[&Vip]) -> u32 {
+    vips.iter()
+        .flat_map(|v| v.backends.iter())
+        .map(|b| if b.address.is_ipv4() { 20 } else { 40 })
+        .max()
+        .unwrap_or(20)
+}
+
+/// bpffs at the pin path. Nothing is mounted here: only the command that would be run.
+fn bpffs(pin_path: &Path, config_path: &Path) -> Finding {
+    const CHECK: &str = "bpffs";
+    let at = crate::bpffs::existing_ancestor(pin_path);
+    let where_ = if at == pin_path {
+        pin_path.display().to_string()
+    } else {
+        format!("{} (created in {})", pin_path.display(), at.display())
+    };
+    match crate::bpffs::on_bpffs(&at) {
+        Ok(true) => Finding::ok(CHECK, format!("pin_path {where_} is on a bpffs")),
+        Ok(false) if pin_path.starts_with(crate::bpffs::DEFAULT_MOUNT) => Finding::ok(
+            CHECK,
+            format!(
+                "bpffs is not mounted at {0}: the agent mounts it there when it starts (in its own mount namespace)",
+                crate::bpffs::DEFAULT_MOUNT
+            ),
+        ),
+        Ok(false) => {
+            let mount = format!("mount -t bpf bpf {}", pin_path.display());
+            let fix = if pin_path.exists() {
+                mount
+            } else {
+                format!("mkdir -p {} && {mount}", pin_path.display())
+            };
+            Finding::fail(
+                CHECK,
+                format!("pin_path {where_} is not on a bpffs: nothing can be pinned there, so the agent refuses to start"),
+                format!(
+                    "{fix}, or set `pin_path:` in {} under {}",
+                    config_path.display(),
+                    crate::bpffs::DEFAULT_MOUNT
+                ),
+            )
+        }
+        Err(e) => Finding::warn(
+            CHECK,
+            format!("cannot tell whether {where_} is on a bpffs: {e:#}"),
+            "run `xdplb doctor` as root",
+        ),
+    }
+}
+
+/// The state pinned under `pin_path`: layout versions, the interface its link is on, map
+/// layouts: what `xdplb run` would refuse (loader.rs), said before it does.
+fn pinned_state(pin_path: &Path, interface: Option<&str>) -> Finding {
+    const CHECK: &str = "pinned-state";
+    let detach = format!("xdplb detach --pin-path {}", pin_path.display());
+    let versions: Vec<String> = match std::fs::read_dir(pin_path) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                n.strip_prefix('v')
+                    .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Finding::warn(
+                CHECK,
+                format!("cannot read {}: {e}", pin_path.display()),
+                "run `xdplb doctor` as root",
+            )
+        }
+    };
+    let ours = format!("v{LAYOUT_VERSION}");
+    let others: Vec<&String> = versions.iter().filter(|v| **v != ours).collect();
+    if !others.is_empty() {
+        let list = others
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Finding::fail(
+            CHECK,
+            format!(
+                "{} holds datapath state of layout {list}; this xdplb uses {ours} and refuses to start over it",
+                pin_path.display()
+            ),
+            format!("{detach} (stops forwarding until the new agent attaches), or run the xdplb that matches"),
+        );
+    }
+    let dir = loader::state_dir(pin_path);
+    if !versions.contains(&ours) {
+        return Finding::ok(
+            CHECK,
+            format!("nothing pinned under {} yet", pin_path.display()),
+        );
+    }
+    let links: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .strip_prefix("link-")
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(other) = links.iter().find(|l| Some(l.as_str()) != interface) {
+        return Finding::fail(
+            CHECK,
+            format!(
+                "the datapath pinned under {} is attached to {other}, the config names {}",
+                dir.display(),
+                interface.unwrap_or("no interface")
+            ),
+            format!("{detach} first (stops forwarding on {other})"),
+        );
+    }
+    if let Some(m) = loader::check_pinned_layouts(&dir, &BALANCER_MAPS).first() {
+        return Finding::fail(CHECK, format!("{m}: the agent refuses to reuse it"), detach);
+    }
+    Finding::ok(
+        CHECK,
+        format!(
+            "state of layout {ours} pinned under {}{} (a running or kept datapath): an agent starting on it adopts it, flows and counters kept",
+            dir.display(),
+            if links.is_empty() { String::new() } else { format!(", link on {}", links.join(", ")) }
+        ),
+    )
+}
+
+fn btf() -> Finding {
+    const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+    if Path::new(VMLINUX).exists() {
+        Finding::ok("btf", format!("kernel BTF at {VMLINUX}"))
+    } else {
+        Finding::warn(
+            "btf",
+            format!("no kernel BTF at {VMLINUX}: programs that need CO-RE relocations cannot load, and bpftool cannot show kernel types"),
+            "boot a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's, Ubuntu's and Fedora's are)",
+        )
+    }
+}
+
+/// JIT: the loaded balancer's own info is the answer (`net.core.bpf_jit_enable` is only
+/// visible from the initial network namespace); the sysctl is the fallback and the fix.
+fn jit(ebpf: Option<&mut Ebpf>) -> Finding {
+    const CHECK: &str = "jit";
+    const ENABLE: &str = "sysctl -w net.core.bpf_jit_enable=1 (from the initial network namespace)";
+    let sysctl = system::read_number("/proc/sys/net/core/bpf_jit_enable");
+    let jitted = ebpf
+        .and_then(|e| loader::program(e, programs::BALANCER).ok())
+        .and_then(|p| p.info().ok())
+        .map(|info| info.size_jitted());
+    match (jitted, sysctl) {
+        (_, Some(2)) => Finding::warn(
+            CHECK,
+            "net.core.bpf_jit_enable is 2: JIT on, with every compiled image dumped to the kernel log",
+            ENABLE,
+        ),
+        (Some(0), _) | (None, Some(0)) => Finding::warn(
+            CHECK,
+            "the BPF JIT is off: the balancer runs interpreted, several times slower",
+            ENABLE,
+        ),
+        (Some(n), _) => Finding::ok(
+            CHECK,
+            format!("the balancer is JIT-compiled ({n} bytes of machine code)"),
+        ),
+        (None, Some(_)) => Finding::ok(CHECK, "net.core.bpf_jit_enable is 1"),
+        (None, None) => Finding::warn(
+            CHECK,
+            "cannot tell whether the BPF JIT is on: the program did not load, and net.core.bpf_jit_enable is only visible from the initial network namespace",
+            "run `xdplb doctor` as root",
+        ),
+    }
+}
+
+/// The capabilities the agent needs: CAP_BPF (or CAP_SYS_ADMIN) to load, CAP_NET_ADMIN to
+/// attach, CAP_PERFMON so the verifier allows what the program does without Spectre
+/// restrictions, CAP_SYS_ADMIN to mount bpffs.
+fn privileges() -> Finding {
+    const CHECK: &str = "privileges";
+    const GRANT: &str = "run it as root (sudo), or grant the capabilities: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN in the unit (deploy/xdplb.service)";
+    let Some(caps) = system::effective_capabilities() else {
+        return Finding::warn(
+            CHECK,
+            "cannot read this process's capabilities (no /proc/self/status)",
+            "mount procfs at /proc",
+        );
+    };
+    let has = |c: u32| caps & (1 << c) != 0;
+    let names = [
+        (cap::BPF, "CAP_BPF"),
+        (cap::NET_ADMIN, "CAP_NET_ADMIN"),
+        (cap::PERFMON, "CAP_PERFMON"),
+        (cap::SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ];
+    let held: Vec<&str> = names
+        .iter()
+        .filter(|(c, _)| has(*c))
+        .map(|(_, n)| *n)
+        .collect();
+    let held = if held.is_empty() {
+        "none of CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN".to_owned()
+    } else {
+        held.join(", ")
+    };
+    let load = has(cap::BPF) || has(cap::SYS_ADMIN);
+    if !load || !has(cap::NET_ADMIN) {
+        return Finding::fail(
+            CHECK,
+            format!("effective capabilities: {held}; loading needs CAP_BPF (or CAP_SYS_ADMIN), attaching CAP_NET_ADMIN"),
+            GRANT,
+        );
+    }
+    if !has(cap::PERFMON) && !has(cap::SYS_ADMIN) {
+        return Finding::warn(
+            CHECK,
+            format!("effective capabilities: {held}; without CAP_PERFMON the verifier applies Spectre mitigations and may reject the program"),
+            GRANT,
+        );
+    }
+    let note = if has(cap::SYS_ADMIN) {
+        ""
+    } else {
+        " (without CAP_SYS_ADMIN bpffs must be mounted already)"
+    };
+    Finding::ok(CHECK, format!("effective capabilities: {held}{note}"))
+}
+
+/// RLIMIT_MEMLOCK: since Linux 5.11 BPF memory is charged to the memory cgroup and the limit
+/// no longer applies (Roman Gushchin's series "bpf: switch to memcg-based memory accounting",
+/// merged for 5.11); before, every map counts against it.
+fn memlock(flow_table_size: u32) -> Finding {
+    const CHECK: &str = "memlock";
+    let release = system::kernel_release();
+    let limit = system::memlock_limit();
+    let shown = limit.map_or("unlimited".to_owned(), |l| format!("{} KiB", l / 1024));
+    if system::kernel_version(&release).is_some_and(|v| v >= (5, 11)) {
+        return Finding::ok(
+            CHECK,
+            format!("kernel {release} charges BPF maps to the memory cgroup (5.11 and later): RLIMIT_MEMLOCK ({shown}) does not limit them"),
+        );
+    }
+    match limit {
+        None => Finding::ok(
+            CHECK,
+            format!("kernel {release} counts BPF maps against RLIMIT_MEMLOCK, which is unlimited"),
+        ),
+        Some(_) => Finding::warn(
+            CHECK,
+            format!(
+                "kernel {release} (before 5.11) counts BPF maps against RLIMIT_MEMLOCK, which is {shown}: the flow table alone takes about {} MiB",
+                (u64::from(flow_table_size) * 100) >> 20
+            ),
+            "`ulimit -l unlimited` in the shell that starts the agent, or LimitMEMLOCK=infinity in its unit (deploy/xdplb.service has it)",
+        ),
+    }
+}
+
+/// The agent's API socket: answered, left behind by an agent that stopped, or absent.
+fn agent_socket(socket: &Path) -> Finding {
+    const CHECK: &str = "agent-socket";
+    let shown = socket.display();
+    match crate::api::nobody_answers(socket) {
+        Ok(None) => Finding::ok(CHECK, format!("an agent answers on {shown}")),
+        Ok(Some(_)) if !socket.exists() => {
+            Finding::ok(CHECK, format!("no agent running (no socket at {shown})"))
+        }
+        Ok(Some(why)) => Finding::warn(
+            CHECK,
+            format!("{shown}: {why}; nobody manages the datapath it may have left attached"),
+            "start the agent (`systemctl start xdplb`): it replaces the socket and adopts the pinned state",
+        ),
+        Err(e) => Finding::warn(CHECK, format!("{e:#}"), "run `xdplb doctor` as root"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::doctor::Status;
+
+    fn link(mtu: u32) -> Link {
+        system::parse_links(format!(r#"[{{"ifname":"eth0","flags":["UP","LOWER_UP"],"mtu":{mtu},"link_type":"ether","address":"02:00:00:00:00:01"}}]"#).as_bytes())
+            .unwrap()
+            .remove(0)
+    }
+
+    fn config(forwarding: &str, backend: &str, tunnel_mtu: Option<u32>) -> Config {
+        let tunnel = tunnel_mtu.map_or(String::new(), |m| format!("tunnel:\n  mtu: {m}\n"));
+        Config::from_yaml(
+            &format!(
+                "interface: eth0\n{tunnel}vips:\n  - name: web\n    address: 203.0.113.1\n    port: 80\n    protocol: tcp\n    forwarding: {forwarding}\n    backends:\n      - address: '{backend}'\n        mac: '02:00:00:00:00:02'\n"
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn ipip_over_a_1500_byte_link_warns_with_mtu_and_mss_fixes() {
+        let path = Path::new("/etc/xdplb/lb.yaml");
+        let f = mtu(&config("ipip", "10.0.0.2", None), &link(1500), path);
+        assert_eq!(f.status, Status::Warn, "{f:?}");
+        assert!(
+            f.found
+                .contains("20-byte outer header is 1520 bytes, above the tunnel MTU 1500"),
+            "{f:?}"
+        );
+        let fix = f.fix.unwrap();
+        assert!(fix.contains("ip link set dev eth0 mtu 1520"), "{fix}");
+        // 1500 - 20 outer - 20 inner IPv4 - 20 TCP.
+        assert!(fix.contains("iptables -t mangle -A FORWARD -p tcp -d 203.0.113.1 --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1440"), "{fix}");
+        // An IPv6 backend means a 40-byte outer header.
+        let f = mtu(&config("ipip", "fd00::2", None), &link(1500), path);
+        assert!(
+            f.found.contains("40-byte outer header is 1540 bytes"),
+            "{f:?}"
+        );
+        assert!(f.fix.unwrap().contains("--set-mss 1420"));
+    }
+
+    #[test]
+    fn mtu_is_fine_with_room_for_the_header_or_without_ipip() {
+        let path = Path::new("lb.yaml");
+        assert_eq!(
+            mtu(&config("ipip", "10.0.0.2", None), &link(1520), path).status,
+            Status::Ok
+        );
+        assert_eq!(
+            mtu(&config("l2", "10.0.0.2", None), &link(1500), path).status,
+            Status::Ok
+        );
+        // tunnel.mtu above the NIC's: the NIC drops what the balancer thinks fits.
+        let f = mtu(&config("ipip", "10.0.0.2", Some(9000)), &link(1500), path);
+        assert_eq!(f.status, Status::Warn);
+        assert!(f
+            .fix
+            .unwrap()
+            .starts_with("set `tunnel.mtu: 1500` in lb.yaml"));
+    }
+
+    #[test]
+    fn pinned_state_of_another_layout_fails_with_detach() {
+        let dir = std::env::temp_dir().join(format!("xdplb-doctor-unit-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("v1")).unwrap();
+        let f = pinned_state(&dir, Some("eth0"));
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(f.found.contains("layout v1"), "{f:?}");
+        assert_eq!(
+            f.fix.as_deref(),
+            Some(format!("xdplb detach --pin-path {} (stops forwarding until the new agent attaches), or run the xdplb that matches", dir.display()).as_str())
+        );
+        // Our own layout, linked to another interface than the config's.
+        std::fs::remove_dir(dir.join("v1")).unwrap();
+        let ours = loader::state_dir(&dir);
+        std::fs::create_dir_all(&ours).unwrap();
+        std::fs::write(ours.join("link-eth1"), b"").unwrap();
+        let f = pinned_state(&dir, Some("eth0"));
+        assert_eq!(f.status, Status::Fail, "{f:?}");
+        assert!(
+            f.found.contains("attached to eth1, the config names eth0"),
+            "{f:?}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(pinned_state(&dir, Some("eth0")).status, Status::Ok);
+    }
+}
