@@ -8,7 +8,7 @@ use lb_common::{maps, programs, BALANCER_MAPS, LAYOUT_VERSION};
 
 use super::{
     interface::{self, NamedBy},
-    system::{self, cap, Link},
+    system::{self, Link},
     Finding,
 };
 use crate::{
@@ -518,57 +518,40 @@ fn jit(ebpf: Option<&mut Ebpf>) -> Finding {
     }
 }
 
-/// The capabilities the agent needs: CAP_BPF (or CAP_SYS_ADMIN) to load, CAP_NET_ADMIN to
-/// attach, CAP_PERFMON so the verifier allows what the program does without Spectre
-/// restrictions, CAP_SYS_ADMIN to mount bpffs.
+/// The capabilities `xdplb run` checks for at start (`crate::caps::AGENT`), and whether it
+/// could mount bpffs itself (`crate::caps::MOUNT`).
 fn privileges() -> Finding {
+    use crate::caps;
     const CHECK: &str = "privileges";
-    const GRANT: &str = "run it as root (sudo), or grant the capabilities: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_SYS_ADMIN in the unit (deploy/xdplb.service)";
-    let Some(caps) = system::effective_capabilities() else {
+    let Ok(eff) = caps::effective() else {
         return Finding::warn(
             CHECK,
             "cannot read this process's capabilities (no /proc/self/status)",
             "mount procfs at /proc",
         );
     };
-    let has = |c: u32| caps & (1 << c) != 0;
-    let names = [
-        (cap::BPF, "CAP_BPF"),
-        (cap::NET_ADMIN, "CAP_NET_ADMIN"),
-        (cap::PERFMON, "CAP_PERFMON"),
-        (cap::SYS_ADMIN, "CAP_SYS_ADMIN"),
-    ];
-    let held: Vec<&str> = names
-        .iter()
-        .filter(|(c, _)| has(*c))
-        .map(|(_, n)| *n)
-        .collect();
-    let held = if held.is_empty() {
-        "none of CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN".to_owned()
-    } else {
-        held.join(", ")
-    };
-    let load = has(cap::BPF) || has(cap::SYS_ADMIN);
-    if !load || !has(cap::NET_ADMIN) {
+    let names = |list: &[caps::Cap]| list.iter().map(|c| c.name).collect::<Vec<_>>().join(", ");
+    let lacking = caps::missing(eff, &caps::AGENT);
+    if !lacking.is_empty() {
+        let why: Vec<String> = lacking
+            .iter()
+            .map(|c| format!("{} ({})", c.name, c.why))
+            .collect();
         return Finding::fail(
             CHECK,
-            format!("effective capabilities: {held}; loading needs CAP_BPF (or CAP_SYS_ADMIN), attaching CAP_NET_ADMIN"),
-            GRANT,
+            format!("missing: {}", why.join(", ")),
+            format!(
+                "run it as root, or grant {} (AmbientCapabilities= in deploy/xdplb.service)",
+                names(&caps::AGENT)
+            ),
         );
     }
-    if !has(cap::PERFMON) && !has(cap::SYS_ADMIN) {
-        return Finding::warn(
-            CHECK,
-            format!("effective capabilities: {held}; without CAP_PERFMON the verifier applies Spectre mitigations and may reject the program"),
-            GRANT,
-        );
-    }
-    let note = if has(cap::SYS_ADMIN) {
+    let note = if caps::missing(eff, &[caps::MOUNT]).is_empty() {
         ""
     } else {
         " (without CAP_SYS_ADMIN bpffs must be mounted already)"
     };
-    Finding::ok(CHECK, format!("effective capabilities: {held}{note}"))
+    Finding::ok(CHECK, format!("has {}{note}", names(&caps::AGENT)))
 }
 
 /// RLIMIT_MEMLOCK: since Linux 5.11 BPF memory is charged to the memory cgroup and the limit

@@ -208,23 +208,6 @@ pub fn driver(interface: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
-/// Capability numbers (include/uapi/linux/capability.h).
-pub mod cap {
-    pub const NET_ADMIN: u32 = 12;
-    pub const SYS_ADMIN: u32 = 21;
-    pub const PERFMON: u32 = 38;
-    pub const BPF: u32 = 39;
-}
-
-/// This process's effective capability set (`CapEff` of /proc/self/status), `None` without procfs.
-pub fn effective_capabilities() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-}
-
 /// RLIMIT_MEMLOCK's soft limit in bytes, `None` for unlimited.
 pub fn memlock_limit() -> Option<u64> {
     // SAFETY: getrlimit writes into the struct we own.
