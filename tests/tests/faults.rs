@@ -371,6 +371,13 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
             "{}: connections to healthy backends broke\n{t}",
             r.fault
         );
+        // A dead backend costs at most its share of new connections (one of three), and only
+        // until the health check takes it out.
+        assert!(
+            r.new_failed * 3 <= r.new_total,
+            "{}: more than the dead backend's share failed\n{t}",
+            r.fault
+        );
         if r.fault.starts_with("agent")
             || r.fault.contains("reloads")
             || r.fault.contains("SIGHUP")
