@@ -34,6 +34,12 @@ enum Cmd {
         #[arg(long, default_value = "l2")]
         forwarding: String,
     },
+    /// Soak the agent: load, reloads and backend churn for N minutes while its memory, file
+    /// descriptors and flow-table fill are sampled; fails if anything grows without bound.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Run the benchmark suite and write tests/bench/results/<date>.{json,md} with SVG plots.
     Bench {
         /// About two minutes instead of the full run.
@@ -104,6 +110,12 @@ fn real_main() -> anyhow::Result<()> {
                 "--forwarding",
                 &forwarding,
             ]))
+        }
+        Cmd::Soak { minutes } => {
+            setup()?;
+            build_release_tools(false)?;
+            let bin = workspace().join("target/release/xdplb-soak");
+            run(Command::new(bin).args(["--minutes", &minutes.to_string()]))
         }
         Cmd::Bench { quick, only } => {
             setup()?;

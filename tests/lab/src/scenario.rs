@@ -141,6 +141,11 @@ pub fn burst4(lab: &Lab, n: u32) -> Result<BurstReport> {
 /// Starts `n` persistent connections from client `client` to the IPv4 VIP, each pinging every
 /// 50 ms for at most 170 s; returns the process id once they are open.
 pub fn hold_start(lab: &mut Lab, client: usize, n: u32) -> Result<u32> {
+    hold_start_for(lab, client, n, 170)
+}
+
+/// [`hold_start`] for at most `seconds`.
+pub fn hold_start_for(lab: &mut Lab, client: usize, n: u32, seconds: u64) -> Result<u32> {
     let ns = lab.client_ns(client).to_owned();
     let target = format!("{}:{}", lab.vip4(), lab.spec().port);
     let bind = lab.client_bind4(client);
@@ -158,7 +163,7 @@ pub fn hold_start(lab: &mut Lab, client: usize, n: u32) -> Result<u32> {
             "--interval-ms",
             "50",
             "--duration-s",
-            "170",
+            &seconds.to_string(),
         ],
     )?;
     lab.wait_for_log(pid, "READY", Duration::from_secs(30))?;
