@@ -18,7 +18,7 @@ fn the_unit_verifies_cleanly() {
     let xdplb = tool_path("xdplb");
     std::fs::write(
         &path,
-        unit().replace("/usr/local/bin/xdplb", xdplb.to_str().unwrap()),
+        unit().replace("/usr/sbin/xdplb", xdplb.to_str().unwrap()),
     )
     .unwrap();
     let out = Command::new("systemd-analyze")
@@ -60,5 +60,5 @@ fn the_unit_grants_exactly_what_the_agent_checks_for() {
     ] {
         assert!(unit.lines().any(|l| l == hardening), "{hardening} missing");
     }
-    assert!(unit.contains("ExecStartPre=/usr/local/bin/xdplb check"));
+    assert!(unit.contains("ExecStartPre=/usr/sbin/xdplb check"));
 }

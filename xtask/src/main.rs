@@ -8,6 +8,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
+mod deb;
+
 #[derive(Parser)]
 #[command(about = "xdplb orchestration")]
 struct Cli {
@@ -40,6 +42,8 @@ enum Cmd {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
+    /// Build the Debian package (release build) into target/debian/.
+    Deb,
     /// Run the benchmark suite and write tests/bench/results/<date>.{json,md} with SVG plots.
     Bench {
         /// About two minutes instead of the full run.
@@ -111,6 +115,14 @@ fn real_main() -> anyhow::Result<()> {
                 &forwarding,
             ]))
         }
+        Cmd::Deb => {
+            setup()?;
+            cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
+            let deb = deb::package("release", &workspace().join("target/debian"))?;
+            deb::check(&deb)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Cmd::Soak { minutes } => {
             setup()?;
             build_release_tools(false)?;
@@ -170,7 +182,10 @@ fn real_main() -> anyhow::Result<()> {
             // The benchmarks' unit tests (parsers, statistics, generated configs); their
             // measuring runs are #[ignore]d.
             let bench = test(&["-p", "xdplb-bench", "--lib"]);
-            default_members.and(bench)
+            // The package, from the debug binary just built: installs and holds its files.
+            let deb = deb::package("dev", &workspace().join("target/deb-test"))
+                .and_then(|d| deb::check(&d));
+            default_members.and(bench).and(deb)
         }
     }
 }
@@ -281,6 +296,21 @@ fn setup() -> anyhow::Result<()> {
                 &format!("llvm-{llvm}"),
             ])
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))?;
+    }
+
+    let have_deb = output(Command::new("cargo-deb").arg("--version"))
+        .or_else(|| output(Command::new(home_cargo_bin("cargo-deb")).arg("--version")))
+        .is_some_and(|v| v.contains(deb::CARGO_DEB_VERSION));
+    if !have_deb {
+        println!("setup: installing cargo-deb {}", deb::CARGO_DEB_VERSION);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            deb::CARGO_DEB_VERSION,
+        ]))?;
     }
 
     let linked = output(Command::new("rustup").args(["toolchain", "list"])).is_some_and(|l| {
