@@ -11,6 +11,7 @@ use serde::Serialize;
 
 mod backend;
 mod gateway;
+mod host;
 mod interface;
 mod system;
 
