@@ -3,7 +3,9 @@
 //! Only *data* comes from the running balancer: the Maglev rings, the backend table and the
 //! `SETTINGS` value, read back from the maps after the agent applied a config (the ring is
 //! computed by userspace Maglev, not by the datapath; the settings are cross-checked against
-//! the config's `tunnel:` section). `VIP_ADDRS` is derived from the config here and must match
+//! the config's `tunnel:` section). Where no kernel is at hand (the fuzz targets in
+//! `tests/fuzz`), the same data comes from the [`Desired`] value the agent would write to the
+//! maps: both are [`Tables`], and the model's cross-checks run on either. `VIP_ADDRS` is derived from the config here and must match
 //! the map. Everything the XDP program decides per packet is re-derived here from the
 //! documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/lookup.rs`, the `Counter` and
 //! `Settings` docs in lb-common and the README, parsing and building headers with etherparse
@@ -69,12 +71,13 @@ use etherparse::{
     TcpHeaderSlice, UdpHeaderSlice,
 };
 use lb_common::{
-    flow_hash, AddrKey, Backend, ConnEntry, Counter, Family, FlowKey, Settings, TrafficCounters,
-    VipKey, ADDR_ANSWER_ECHO, BACKEND_ACTIVE, BACKEND_DRAINING, COUNTER_COUNT, NO_BACKEND,
-    ORIGIN_TTL,
+    flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Counter, Family, FlowKey, Settings,
+    TrafficCounters, VipKey, VipMeta, ADDR_ANSWER_ECHO, BACKEND_ACTIVE, BACKEND_DRAINING,
+    COUNTER_COUNT, NO_BACKEND, ORIGIN_TTL,
 };
 use lb_userspace::{
     config::{Config, Forwarding, HashMode, Prefix, Protocol},
+    desired::Desired,
     maps::BalancerMaps,
 };
 
@@ -136,8 +139,61 @@ struct ModelVip {
     ring: Vec<u32>,
 }
 
+/// The map contents the model takes as data: read back from a loaded program's maps, or
+/// taken from the [`Desired`] value that would be written to them.
+pub trait Tables {
+    fn vips(&self) -> anyhow::Result<Vec<(VipKey, VipMeta)>>;
+    fn ring(&self, vip_id: u32) -> anyhow::Result<Vec<u32>>;
+    fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>>;
+    fn settings(&self) -> anyhow::Result<Settings>;
+    /// Every used backend slot, with its id.
+    fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>>;
+}
+
+impl Tables for BalancerMaps {
+    fn vips(&self) -> anyhow::Result<Vec<(VipKey, VipMeta)>> {
+        BalancerMaps::vips(self)
+    }
+    fn ring(&self, vip_id: u32) -> anyhow::Result<Vec<u32>> {
+        BalancerMaps::ring(self, vip_id)
+    }
+    fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>> {
+        BalancerMaps::vip_addrs(self)
+    }
+    fn settings(&self) -> anyhow::Result<Settings> {
+        BalancerMaps::settings(self)
+    }
+    fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
+        BalancerMaps::backends(self)
+    }
+}
+
+impl Tables for Desired {
+    fn vips(&self) -> anyhow::Result<Vec<(VipKey, VipMeta)>> {
+        Ok(self.vips.iter().map(|v| (v.key, v.meta)).collect())
+    }
+    fn ring(&self, vip_id: u32) -> anyhow::Result<Vec<u32>> {
+        self.vips
+            .iter()
+            .find(|v| v.meta.vip_id == vip_id)
+            .map(|v| v.ring.clone())
+            .with_context(|| format!("no desired VIP has id {vip_id}"))
+    }
+    fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>> {
+        Ok(self.addrs.iter().map(|(k, m)| (*k, *m)).collect())
+    }
+    fn settings(&self) -> anyhow::Result<Settings> {
+        Ok(self.settings)
+    }
+    fn backends(&self) -> anyhow::Result<Vec<(u32, Backend)>> {
+        Ok(self.backends.iter().map(|(id, b)| (*id, *b)).collect())
+    }
+}
+
 /// The reference datapath: VIPs, rings and backends of the applied config, plus its own flow
 /// table (never evicts: tests keep their flow count well below the real table's capacity).
+/// `Clone` gives a fuzz target a fresh copy per input without rebuilding the rings.
+#[derive(Clone)]
 pub struct Model {
     vips: HashMap<VipKey, ModelVip>,
     /// `VIP_ADDRS` as the config defines it: every VIP address, and whether any VIP on it
@@ -259,7 +315,7 @@ fn verdict(reason: Counter) -> u32 {
 impl Model {
     /// A model of the datapath `maps` describe after `cfg` was applied, with an empty flow
     /// table and zero counters.
-    pub fn new(cfg: &Config, maps: &BalancerMaps) -> anyhow::Result<Model> {
+    pub fn new(cfg: &Config, maps: &impl Tables) -> anyhow::Result<Model> {
         let mut model = Model {
             vips: HashMap::new(),
             addrs: HashMap::new(),
@@ -276,7 +332,7 @@ impl Model {
 
     /// Re-reads VIPs, rings, backends, VIP addresses and settings after `cfg` was applied (a
     /// reload). The flow table and the tallies carry over, as the real ones do.
-    pub fn refresh(&mut self, cfg: &Config, maps: &BalancerMaps) -> anyhow::Result<()> {
+    pub fn refresh(&mut self, cfg: &Config, maps: &impl Tables) -> anyhow::Result<()> {
         let ids: HashMap<VipKey, u32> = maps
             .vips()?
             .into_iter()

@@ -1,4 +1,4 @@
-//! `cargo xtask setup|demo|test`: installs what a fresh machine lacks (idempotently), runs the namespace demo, runs every test.
+//! `cargo xtask setup|demo|test|bench|soak|deb|fuzz|diff-long`: installs what a fresh machine lacks (idempotently), runs the namespace demo, every test, the benchmarks, the soak, the package build, and the long fuzz and differential runs.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod deb;
+mod fuzz;
 
 #[derive(Parser)]
 #[command(about = "xdplb orchestration")]
@@ -19,7 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain and lab tools if missing (Debian packages, bpf-linker, rustup link).
+    /// Install the eBPF toolchain, cargo-fuzz and lab tools if missing (Debian packages,
+    /// bpf-linker, cargo-fuzz, rustup link).
     Setup,
     /// Build a namespace lab, balance real TCP connections across backends, show DSR, clean up.
     Demo {
@@ -53,16 +55,44 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Run formatting and lint checks and the whole test suite (unit, fixtures, end-to-end).
+    /// Run formatting and lint checks, the whole test suite (unit, fixtures, end-to-end) and a
+    /// bounded fuzz run of every target.
     Test {
         /// Skip `cargo fmt --check` and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the bounded fuzz run (its first build takes several minutes).
+        #[arg(long)]
+        no_fuzz: bool,
         /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
         #[arg(last = true)]
         rest: Vec<String>,
     },
+    /// Coverage-guided fuzzing (cargo-fuzz, no sanitizer) of the targets in tests/fuzz, one
+    /// after the other; a crash stops the run and is kept in tests/fuzz/regressions/<target>/.
+    Fuzz {
+        /// Only this target (config, api_request, model_packet); default all.
+        #[arg(long)]
+        target: Option<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
+    /// The differential test (real XDP program against the reference model) over a long
+    /// packet stream; a failure prints the seed that reproduces it.
+    DiffLong {
+        #[arg(long, default_value_t = 10_000_000)]
+        packets: u64,
+        /// The stream's seed (decimal or 0x-hex); default the test's own.
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
+
+/// Seconds per target of the fuzz run inside `cargo xtask test`: three targets stay under
+/// two minutes, and a run this short still finds what a new parser bug usually is (a panic
+/// a few mutations away from a seed).
+const BOUNDED_FUZZ_SECONDS: u64 = 25;
 
 /// rustup toolchain name for Debian's rustc-web; lb-userspace/build.rs uses the same name.
 const BPF_TOOLCHAIN: &str = "xdplb-bpf";
@@ -145,7 +175,45 @@ fn real_main() -> anyhow::Result<()> {
             }
             run(&mut cmd)
         }
-        Cmd::Test { no_lint, rest } => {
+        Cmd::Fuzz { target, seconds } => {
+            setup()?;
+            let all = fuzz::targets(&workspace())?;
+            let targets = match target {
+                None => all,
+                Some(t) if all.contains(&t) => vec![t],
+                Some(t) => bail!("no fuzz target {t:?}; the targets are {}", all.join(", ")),
+            };
+            fuzz::run(&workspace(), &targets, seconds)
+        }
+        Cmd::DiffLong { packets, seed } => {
+            setup()?;
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            // The debug build `cargo xtask test` already made: 100,000 packets take about
+            // 4 s with it, so 10 million about 7 minutes, less than a release build of the
+            // tests would take to compile.
+            cmd.current_dir(workspace())
+                .args([
+                    "test",
+                    "-p",
+                    "xdplb-tests",
+                    "--test",
+                    "differential",
+                    "--",
+                    "--nocapture",
+                    "--exact",
+                    "real_program_matches_the_model_on_generated_and_mutated_frames",
+                ])
+                .env("XDPLB_DIFF_PACKETS", packets.to_string());
+            if let Some(seed) = seed {
+                cmd.env("XDPLB_DIFF_SEED", seed);
+            }
+            run(&mut cmd)
+        }
+        Cmd::Test {
+            no_lint,
+            no_fuzz,
+            rest,
+        } => {
             setup()?;
             if !no_lint {
                 cargo(&["fmt", "--all", "--", "--check"])
@@ -179,13 +247,29 @@ fn real_main() -> anyhow::Result<()> {
             };
             // Both runs go ahead, so one's failures do not hide the other's.
             let default_members = test(&[]);
-            // The benchmarks' unit tests (parsers, statistics, generated configs); their
-            // measuring runs are #[ignore]d.
-            let bench = test(&["-p", "xdplb-bench", "--lib"]);
+            // The benchmarks' unit tests (parsers, statistics, generated configs; their
+            // measuring runs are #[ignore]d) and the fuzz crate's, which replay its seed
+            // corpus and every kept crash without the fuzzer.
+            let bench_fuzz = test(&["-p", "xdplb-bench", "-p", "xdplb-fuzz", "--lib"]);
+            let fuzzed = if no_fuzz {
+                Ok(())
+            } else {
+                let started = std::time::Instant::now();
+                let r = fuzz::run(
+                    &workspace(),
+                    &fuzz::targets(&workspace())?,
+                    BOUNDED_FUZZ_SECONDS,
+                );
+                println!(
+                    "bounded fuzz run: {:.0} s including the build",
+                    started.elapsed().as_secs_f64()
+                );
+                r
+            };
             // The package, from the debug binary just built: installs and holds its files.
             let deb = deb::package("dev", &workspace().join("target/deb-test"))
                 .and_then(|d| deb::check(&d));
-            default_members.and(bench).and(deb)
+            default_members.and(bench_fuzz).and(fuzzed).and(deb)
         }
     }
 }
@@ -320,6 +404,20 @@ fn setup() -> anyhow::Result<()> {
     if !linked {
         println!("setup: linking Debian's rustc as rustup toolchain {BPF_TOOLCHAIN}");
         run(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
+    }
+
+    // cargo-fuzz drives libFuzzer, whose C++ runtime libfuzzer-sys compiles.
+    apt_install(&["g++".to_owned()])?;
+    if !fuzz::cargo_fuzz_installed() {
+        println!("setup: installing cargo-fuzz {}", fuzz::CARGO_FUZZ_VERSION);
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        run(Command::new(cargo).args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            fuzz::CARGO_FUZZ_VERSION,
+            "--locked",
+        ]))?;
     }
 
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
