@@ -69,6 +69,31 @@ fn xdplb(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `xdplb replay --json` of `input` with `cfg`, writing `output`: the verdict lines, parsed,
+/// and the raw output for messages.
+fn replay_json(
+    cfg: &std::path::Path,
+    input: &std::path::Path,
+    output: &std::path::Path,
+) -> (Vec<serde_json::Value>, String) {
+    let (ok, out, err) = xdplb(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pcap",
+        input.to_str().unwrap(),
+        "--out",
+        output.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let lines = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (lines, out)
+}
+
 #[test]
 fn replay_prints_a_verdict_per_packet_and_writes_the_rewritten_capture() {
     let d = dir();
@@ -86,21 +111,7 @@ fn replay_prints_a_verdict_per_packet_and_writes_the_rewritten_capture() {
     let input = d.join("in.pcap");
     let output = d.join("out.pcap");
     write_pcap(&input, DataLink::ETHERNET, &frames);
-    let (ok, out, err) = xdplb(&[
-        "replay",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--pcap",
-        input.to_str().unwrap(),
-        "--out",
-        output.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (lines, _) = replay_json(&cfg, &input, &output);
     assert_eq!(lines.len(), frames.len());
     for (i, l) in lines.iter().enumerate().take(21) {
         assert_eq!(l["index"], i);
@@ -226,21 +237,7 @@ fn short_frames_are_skipped_and_steered_icmp_errors_name_their_flow() {
     let input = d.join("odd.pcap");
     let output = d.join("odd-out.pcap");
     write_pcap(&input, DataLink::ETHERNET, &frames);
-    let (ok, out, err) = xdplb(&[
-        "replay",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--pcap",
-        input.to_str().unwrap(),
-        "--out",
-        output.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (lines, out) = replay_json(&cfg, &input, &output);
     assert_eq!(lines.len(), 4, "{out}");
     assert_eq!(lines[1]["verdict"], "skipped", "{out}");
     assert_eq!(
