@@ -52,15 +52,13 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
             if !answer {
                 return Err(Outcome::PassNotVip);
             }
-            let settings = lookup::settings().ok_or(Outcome::PassOtherHost)?;
-            parse::addressed_to_us(ctx, settings)?;
+            let settings = parse::addressed_to_us(ctx)?;
             forward::echo_reply(ctx, &p, settings)?;
             return Ok(Outcome::TxIcmpEcho);
         }
     }
     let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
-    let settings = lookup::settings().ok_or(Outcome::PassOtherHost)?;
-    parse::addressed_to_us(ctx, settings)?;
+    let settings = parse::addressed_to_us(ctx)?;
     let icmp_error = p.kind == Kind::IcmpError;
     // An ICMP error only follows its flow; it must not create one.
     let choice = lookup::choose(&p.key, &vip, !icmp_error)?;

@@ -48,8 +48,11 @@ pub fn eth_mut(ctx: &XdpContext) -> Option<*mut EthHdr> {
 /// unicast MAC (or the virtual MAC we answer for). A group frame (broadcast, multicast) is
 /// not ours to bounce, and neither is a frame for another host that a switch flooded to us:
 /// rewriting it would send it on with that host's MAC as our source.
+///
+/// Returns the settings it read them from, which the rewrite then uses for our source MAC.
 #[inline(always)]
-pub fn addressed_to_us(ctx: &XdpContext, s: &Settings) -> Result<(), Outcome> {
+pub fn addressed_to_us(ctx: &XdpContext) -> Result<&'static Settings, Outcome> {
+    let s = crate::lookup::settings().ok_or(Outcome::PassOtherHost)?;
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Outcome::DropMalformed)?;
     let dst = unsafe { (*eth).dst_addr };
     if dst[0] & 1 == 1 {
@@ -58,7 +61,7 @@ pub fn addressed_to_us(ctx: &XdpContext, s: &Settings) -> Result<(), Outcome> {
     // An all-zero MAC is "not set": it never matches, so unset settings balance nothing.
     let ours = |m: [u8; 6]| m != [0; 6] && m == dst;
     if ours(s.mac) || ours(s.virtual_mac) {
-        Ok(())
+        Ok(s)
     } else {
         Err(Outcome::PassOtherHost)
     }
