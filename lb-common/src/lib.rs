@@ -120,7 +120,7 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
@@ -300,7 +300,10 @@ pub struct Backend {
     pub state: u8,
     /// The VIP this backend entry serves (a server behind two VIPs has two entries).
     pub vip_id: u32,
-    pub _pad: u32,
+    /// A hash of (VIP, backend address), copied into the flow-table entries pinned to it: ids
+    /// are a function of the config's set, so a slot can change owner under a live flow, and
+    /// an entry whose tag no longer matches is re-steered instead of sent to the new owner.
+    pub tag: u32,
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 32);
 
@@ -323,7 +326,8 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnEntry {
     pub backend_id: u32,
-    pub vip_id: u32,
+    /// `Backend::tag` of the backend when the flow was pinned to it.
+    pub tag: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
 
@@ -546,7 +550,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (4, [20, 16, 32, 40, 8, 24, 20, 4, 48, 17, 9])
+            (5, [20, 16, 32, 40, 8, 24, 20, 4, 48, 17, 9])
         );
     }
 

@@ -73,8 +73,10 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, O
     let mut resteer = false;
     if stateful {
         if let Some(entry) = CONNS.get_ptr(flow) {
-            let id = unsafe { (*entry).backend_id };
-            if let Some(b) = backend(id) {
+            let (id, tag) = unsafe { ((*entry).backend_id, (*entry).tag) };
+            // A tag that no longer matches: the slot changed owner (ids follow the config's
+            // set), so the backend this flow was pinned to is gone.
+            if let Some(b) = backend(id).filter(|b| b.tag == tag) {
                 event(Event::ConnHit);
                 return Ok(Choice {
                     backend_id: id,
@@ -108,7 +110,7 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, O
     if stateful && remember {
         let entry = ConnEntry {
             backend_id: id,
-            vip_id: vip.vip_id,
+            tag: b.tag,
         };
         if CONNS.insert(flow, &entry, 0).is_err() {
             event(Event::ConnInsertFailed);

@@ -87,8 +87,11 @@ impl Agent {
                     .backends
                     .iter()
                     .map(|b| {
-                        let id =
-                            vip_id.and_then(|vid| ids.backends.get(&(vid, b.address)).copied());
+                        // Written to the maps: a backend waiting for its MAC has an id already
+                        // (ids follow the config) but no entry yet.
+                        let id = vip_id
+                            .and_then(|vid| ids.backends.get(&(vid, b.address)).copied())
+                            .filter(|i| self.current.backends.contains_key(i));
                         let target = health::Target {
                             vip: v.name.clone(),
                             backend: b.address,

@@ -5,7 +5,6 @@ use std::{
     net::IpAddr,
 };
 
-use anyhow::Context as _;
 use lb_common::{
     addr::{ip_from_map, ip_to_map},
     AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, ADDR_ANSWER_ECHO,
@@ -16,14 +15,12 @@ use lb_common::{
 use crate::{
     addr::fmt_addr,
     config::{BackendState, Config, Forwarding, HashMode, MacAddr, Vip},
+    ids::{self, Ids, VipIdentity},
     maglev,
 };
 
 /// Backends held out of service by failed health checks: (VIP name, backend address).
 pub type DownSet = HashSet<(String, IpAddr)>;
-
-/// Identity of a VIP across reloads: (address, port, protocol number).
-pub type VipIdentity = (IpAddr, u16, u8);
 
 /// What the agent knows besides the config, as of now.
 #[derive(Clone, Copy)]
@@ -37,14 +34,6 @@ pub struct Facts<'a> {
     pub mtu: Option<u32>,
     /// The interface's own MAC: what the datapath balances frames to and sends them from.
     pub own_mac: MacAddr,
-}
-
-/// Ids in use: every flow-table entry names a VIP id and a backend id, so a change must keep
-/// the ids of everything that stays.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ids {
-    pub vips: HashMap<VipIdentity, u32>,
-    pub backends: HashMap<(u32, IpAddr), u32>,
 }
 
 /// One VIP as the maps should hold it.
@@ -107,25 +96,6 @@ pub fn identity_key(identity: &VipIdentity) -> VipKey {
     }
 }
 
-/// The id `key` had before (`prior`), or else the lowest id below `max` that is neither held
-/// in `prior` (ids of removed entries are freed only once the change is written) nor already
-/// given out in this build (`taken`).
-fn stable_id<K: std::hash::Hash + Eq>(
-    prior: &HashMap<K, u32>,
-    taken: &HashMap<K, u32>,
-    key: &K,
-    max: u32,
-    what: &str,
-) -> anyhow::Result<u32> {
-    if let Some(id) = prior.get(key) {
-        return Ok(*id);
-    }
-    let used: HashSet<u32> = prior.values().chain(taken.values()).copied().collect();
-    (0..max)
-        .find(|i| !used.contains(i))
-        .with_context(|| format!("no free {what} slot (at most {max})"))
-}
-
 /// The `SETTINGS` value: the MACs frames must be addressed to, tunnel source prefixes and the
 /// MTU (the interface's unless the config names one).
 fn settings(cfg: &Config, mtu: Option<u32>, own_mac: MacAddr) -> anyhow::Result<Settings> {
@@ -158,17 +128,28 @@ fn settings(cfg: &Config, mtu: Option<u32>, own_mac: MacAddr) -> anyhow::Result<
 }
 
 impl Desired {
-    /// What the maps must hold for `cfg` given `facts`, keeping every id `prior` (what is
-    /// written now) gives to a VIP or backend that stays.
-    pub fn build(cfg: &Config, facts: &Facts, prior: &Ids) -> anyhow::Result<Desired> {
-        let mut ids = Ids::default();
+    /// What the maps must hold for `cfg` given `facts`. Ids come from the config's set of
+    /// VIPs and backends alone ([`ids::assign`]), so two balancers agree byte for byte.
+    pub fn build(cfg: &Config, facts: &Facts) -> anyhow::Result<Desired> {
+        let ids = ids::assign(
+            &cfg.vips
+                .iter()
+                .map(|v| {
+                    (
+                        vip_identity(v),
+                        v.backends.iter().map(|b| b.address).collect(),
+                    )
+                })
+                .collect::<Vec<_>>(),
+            MAX_VIPS,
+            MAX_BACKENDS,
+        )?;
         let mut backends = BTreeMap::new();
         let mut vips = Vec::new();
         let mut unresolved = Vec::new();
         for vip in cfg.vips.iter() {
             let identity = vip_identity(vip);
-            let vip_id = stable_id(&prior.vips, &ids.vips, &identity, MAX_VIPS, "VIP")?;
-            ids.vips.insert(identity, vip_id);
+            let vip_id = ids.vips[&identity];
             let mut members = Vec::new();
             let (mut active, mut draining, mut down) = (0, 0, 0);
             for b in vip.backends.iter() {
@@ -179,15 +160,7 @@ impl Desired {
                     });
                     continue;
                 };
-                let key = (vip_id, b.address);
-                let id = stable_id(
-                    &prior.backends,
-                    &ids.backends,
-                    &key,
-                    MAX_BACKENDS,
-                    "backend",
-                )?;
-                ids.backends.insert(key, id);
+                let id = ids.backends[&(vip_id, b.address)];
                 let (addr, family) = ip_to_map(b.address);
                 let state = if facts.down.contains(&(vip.name.clone(), b.address)) {
                     down += 1;
@@ -212,7 +185,7 @@ impl Desired {
                         family,
                         state,
                         vip_id,
-                        _pad: 0,
+                        tag: ids::backend_tag(&identity, b.address),
                     },
                 );
             }
@@ -354,7 +327,7 @@ vips:
         let down = DownSet::new();
         let mut macs = HashMap::new();
         let facts = no_mtu(&down, &macs);
-        let d = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
+        let d = Desired::build(&cfg(CONFIG), &facts).unwrap();
         assert_eq!(
             d.unresolved,
             vec![Unresolved {
@@ -364,14 +337,15 @@ vips:
         );
         let web = d.vip("web").unwrap();
         assert_eq!((web.active, web.draining), (1, 1));
-        assert!(web.ring.iter().all(|s| *s == 0), "{:?}", web.ring);
+        let only = d.ids.backends[&(web.meta.vip_id, "10.0.0.1".parse().unwrap())];
+        assert!(web.ring.iter().all(|s| *s == only), "{:?}", web.ring);
 
         macs.insert(
             "10.0.0.2".parse().unwrap(),
             "02:00:00:00:00:02".parse().unwrap(),
         );
         let facts = no_mtu(&down, &macs);
-        let d2 = Desired::build(&cfg(CONFIG), &facts, &d.ids).unwrap();
+        let d2 = Desired::build(&cfg(CONFIG), &facts).unwrap();
         assert!(d2.unresolved.is_empty());
         // Ids that existed stay; the new backend takes a free one.
         for (k, id) in &d.ids.backends {
@@ -386,7 +360,7 @@ vips:
         down.insert(("web".into(), "10.0.0.1".parse().unwrap()));
         let macs = HashMap::new();
         let facts = no_mtu(&down, &macs);
-        let d = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
+        let d = Desired::build(&cfg(CONFIG), &facts).unwrap();
         let web = d.vip("web").unwrap();
         assert_eq!(web.down, 1);
         assert!(web.ring.iter().all(|s| *s == NO_BACKEND));
@@ -399,16 +373,38 @@ vips:
     }
 
     #[test]
-    fn removed_ids_are_not_reused_in_the_same_change() {
+    fn the_same_set_in_another_order_builds_the_same_maps() {
         let down = DownSet::new();
         let macs = HashMap::new();
         let facts = no_mtu(&down, &macs);
-        let before = Desired::build(&cfg(CONFIG), &facts, &Ids::default()).unwrap();
-        let changed = CONFIG.replace("10.0.0.1, mac", "10.0.0.9, mac");
-        let after = Desired::build(&cfg(&changed), &facts, &before.ids).unwrap();
-        let old_ids: HashSet<u32> = before.ids.backends.values().copied().collect();
-        let new_id = after.ids.backends[&(0, "10.0.0.9".parse().unwrap())];
-        assert!(!old_ids.contains(&new_id));
+        let api = "
+  - name: api
+    address: 10.0.0.11
+    port: 443
+    protocol: tcp
+    ring_size: 307
+    backends:
+      - { address: 10.0.0.1, mac: '02:00:00:00:00:01' }
+      - { address: 10.0.0.4, mac: '02:00:00:00:00:04' }
+";
+        let a = Desired::build(&cfg(&format!("{CONFIG}{api}")), &facts).unwrap();
+        // The VIPs swapped and each VIP's backends reversed.
+        let b = format!(
+            "interface: lo\nvips:{}{}",
+            api.replace("10.0.0.1, mac: '02:00:00:00:00:01' }\n      - { address: 10.0.0.4, mac: '02:00:00:00:00:04'",
+                        "10.0.0.4, mac: '02:00:00:00:00:04' }\n      - { address: 10.0.0.1, mac: '02:00:00:00:00:01'"),
+            CONFIG
+                .replace("interface: lo\nvips:", "")
+                .replace("      - { address: 10.0.0.1, mac: '02:00:00:00:00:01' }\n", "")
+                + "      - { address: 10.0.0.1, mac: '02:00:00:00:00:01' }\n"
+        );
+        assert_ne!(b, format!("{CONFIG}{api}"));
+        let b = Desired::build(&cfg(&b), &facts).unwrap();
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.backends, b.backends);
+        for v in &a.vips {
+            assert_eq!(Some(v), b.vip(&v.name));
+        }
     }
 
     #[test]
@@ -417,13 +413,13 @@ vips:
         let down = DownSet::new();
         let macs = HashMap::new();
         let facts = no_mtu(&down, &macs);
-        let e = Desired::build(&cfg(&text), &facts, &Ids::default()).unwrap_err();
+        let e = Desired::build(&cfg(&text), &facts).unwrap_err();
         assert!(format!("{e:#}").contains("tunnel.mtu"), "{e:#}");
         let facts = Facts {
             mtu: Some(1500),
             ..facts
         };
-        let d = Desired::build(&cfg(&text), &facts, &Ids::default()).unwrap();
+        let d = Desired::build(&cfg(&text), &facts).unwrap();
         assert_eq!(d.settings.mtu, 1500);
     }
 }

@@ -12,6 +12,7 @@ pub mod desired;
 pub mod doctor;
 pub mod health;
 pub mod http;
+pub mod ids;
 pub mod link;
 pub mod loader;
 pub mod maglev;

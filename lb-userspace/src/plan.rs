@@ -118,7 +118,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::desired::{tests::no_mtu, DownSet, Ids};
+    use crate::desired::{tests::no_mtu, DownSet};
 
     const CONFIG: &str = "
 interface: lo
@@ -149,8 +149,8 @@ vips:
             "b",
         )
         .unwrap();
-        let da = Desired::build(&a, &facts, &Ids::default()).unwrap();
-        let db = Desired::build(&b, &facts, &da.ids).unwrap();
+        let da = Desired::build(&a, &facts).unwrap();
+        let db = Desired::build(&b, &facts).unwrap();
         let lines = changes(&a, &da, &b, &db);
         assert!(
             lines[0].contains("10.0.0.4 Active -> Draining"),

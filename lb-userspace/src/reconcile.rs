@@ -10,7 +10,8 @@ use lb_common::{
 use crate::{
     addr::fmt_addr,
     config::{Config, MacAddr},
-    desired::{identity_key, Desired, DownSet, Facts, Ids},
+    desired::{identity_key, Desired, DownSet, Facts},
+    ids::Ids,
     maps::BalancerMaps,
 };
 
@@ -139,7 +140,9 @@ impl Written {
                 identity.1
             ));
         }
-        let still: HashSet<u32> = desired.ids.backends.values().copied().collect();
+        // By what is written, not by id: an id may now belong to another backend (it was
+        // written above) or to one waiting for its MAC (not written yet).
+        let still: HashSet<u32> = desired.backends.keys().copied().collect();
         for ((_, addr), id) in &self.ids.backends {
             if still.contains(id) {
                 continue;
@@ -176,7 +179,7 @@ impl Written {
             mtu: crate::neigh::interface_mtu(cfg.interface.as_str()).ok(),
             own_mac,
         };
-        let desired = Desired::build(cfg, &facts, &self.ids)?;
+        let desired = Desired::build(cfg, &facts)?;
         self.apply(&desired, maps)?;
         Ok(desired)
     }

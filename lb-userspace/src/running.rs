@@ -73,7 +73,7 @@ impl Agent {
             // Read each time: an interface that went away and came back may have another.
             own_mac: neigh::interface_mac(interface)?,
         };
-        Desired::build(cfg, &facts, &self.written.ids)
+        Desired::build(cfg, &facts)
     }
 
     /// Writes the desired state of the running config.

@@ -561,7 +561,7 @@ impl Model {
         if !vip.stateless {
             *lookup = Some(Counter::ConnMiss);
             if let Some(entry) = self.flows.get(flow) {
-                if let Some(b) = serving(entry.backend_id) {
+                if let Some(b) = serving(entry.backend_id).filter(|b| b.tag == entry.tag) {
                     *lookup = Some(Counter::ConnHit);
                     let forwarded = Forwarded {
                         vip_id: vip.vip_id,
@@ -570,7 +570,8 @@ impl Model {
                     };
                     return Ok((forwarded, b, vip.ipip));
                 }
-                // Its backend was removed or is down: re-steered, not black-holed.
+                // Its backend was removed, is down, or its slot has a new owner (the tag
+                // differs): re-steered, not black-holed.
                 *lookup = Some(Counter::ConnResteer);
             }
         }
@@ -590,7 +591,7 @@ impl Model {
                 *flow,
                 ConnEntry {
                     backend_id: id,
-                    vip_id,
+                    tag: backend.tag,
                 },
             );
         }

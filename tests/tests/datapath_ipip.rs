@@ -297,7 +297,7 @@ fn icmp_errors_about_a_flow_go_to_the_flows_backend_and_create_no_flow() {
             &f,
             &lb_common::ConnEntry {
                 backend_id: other.0,
-                vip_id: h.vip_id("web4"),
+                tag: other.1.tag,
             },
         )
         .unwrap();

@@ -422,7 +422,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
         };
         let entry = ConnEntry {
             backend_id: 0,
-            vip_id: 0,
+            tag: 0,
         };
         bal.maps.insert_conn(&key, &entry)?;
     }

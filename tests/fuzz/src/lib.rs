@@ -9,7 +9,7 @@ use std::{
 use lb_userspace::{
     api::Request,
     config::{Config, MacAddr},
-    desired::{Desired, DownSet, Facts, Ids},
+    desired::{Desired, DownSet, Facts},
 };
 use xdplb_lab::frames::GW_MAC;
 use xdplb_tests::{model::Model, packets::CONFIG_A};
@@ -92,7 +92,7 @@ pub fn model_of_config_a() -> Model {
         mtu: None,
         own_mac: MacAddr(GW_MAC),
     };
-    let desired = Desired::build(&cfg, &facts, &Ids::default()).expect("config A builds");
+    let desired = Desired::build(&cfg, &facts).expect("config A builds");
     assert!(desired.unresolved.is_empty(), "config A names every MAC");
     Model::new(&cfg, &desired).expect("model of config A")
 }
