@@ -69,9 +69,12 @@ vips:
       - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
 ";
 
+/// `VIPS` entries, `BACKENDS` entries, and (VIP id, ring) pairs, each as the maps hold them.
+type MapState = (Vec<String>, Vec<String>, Vec<(u32, Vec<u32>)>);
+
 /// Everything a balancer's maps say about where packets go, in a comparable form: the
 /// `VIPS` entries, every `BACKENDS` entry in use, and every VIP's ring.
-fn state(h: &Harness) -> (Vec<String>, Vec<String>, Vec<(u32, Vec<u32>)>) {
+fn state(h: &Harness) -> MapState {
     let mut vips: Vec<String> = h
         .maps
         .vips()
