@@ -16,6 +16,7 @@ use tokio::{
 };
 
 use crate::{
+    announce::Announcer,
     api,
     desired::Desired,
     health,
@@ -108,6 +109,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         attach_note: String::new(),
         datapath_down: None,
         adopted,
+        announcer: cfg.announce.as_ref().map(Announcer::from_config),
+        announce_error: None,
         waiting: Vec::new(),
     };
     agent.sync_targets();
@@ -179,6 +182,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 datapath.retry(&mut agent);
                 agent.on_file_tick();
+                agent.announce();
                 agent.track_activity();
                 agent.answer_waiting(false);
             }
@@ -195,6 +199,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "leaving the datapath attached to {interface} with its last state (keep_attached_on_exit); `xdplb detach` removes it"
         );
     } else {
+        if let Some(a) = agent.cfg.announce.clone() {
+            // A stop that takes the datapath away: withdraw first, and keep forwarding while
+            // the routers move the flows elsewhere.
+            agent.announce_exactly(&Default::default());
+            log::info!(
+                "VIPs withdrawn; forwarding for {:?} more before detaching (announce.withdraw_delay)",
+                a.withdraw_delay
+            );
+            tokio::time::sleep(a.withdraw_delay).await;
+        }
         loader::detach(&cfg.pin_path)?;
         drop(datapath);
         log::info!(

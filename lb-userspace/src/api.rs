@@ -113,6 +113,13 @@ pub struct Status {
     pub config: PathBuf,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
+    /// With `announce:`: the addresses BIRD was last told to announce (empty: all withdrawn),
+    /// or null until BIRD has taken the first list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<Vec<std::net::IpAddr>>,
+    /// Why the last attempt to tell BIRD failed, while it keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_error: Option<String>,
     pub vips: Vec<VipStatus>,
 }
 

@@ -132,6 +132,12 @@ impl Agent {
             config: self.file.path.clone(),
             reloads_ok: self.shared.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.shared.reloads_failed.load(Ordering::Relaxed),
+            announced: self
+                .announcer
+                .as_ref()
+                .and_then(|a| a.announced())
+                .map(|set| set.iter().copied().collect()),
+            announce_error: self.announce_error.clone(),
             vips,
         }
     }

@@ -1,6 +1,7 @@
 //! xdplb's userspace as a library: the `xdplb` binary is a thin CLI over these modules, and the tests drive them directly.
 pub mod addr;
 pub mod agent;
+pub mod announce;
 pub mod api;
 pub mod bpffs;
 pub mod caps;

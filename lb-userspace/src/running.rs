@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail};
 use tokio::sync::oneshot;
 
 use crate::{
+    announce::{self, Announcer},
     api::{Answer, Applied, LeftOut, Response},
     config::{Config, MacAddr},
     desired::{Desired, Facts},
@@ -57,6 +58,10 @@ pub(crate) struct Agent {
     /// Why the datapath is down (its interface went away), or None while it is attached.
     pub datapath_down: Option<String>,
     pub adopted: bool,
+    /// With `announce:` in the config: what BIRD is told to announce.
+    pub announcer: Option<Announcer>,
+    /// Why telling BIRD last failed (retried every second), while it fails.
+    pub announce_error: Option<String>,
     /// API answers held until new backends' MACs are known (or the grace period ends).
     pub waiting: Vec<Waiting>,
 }
@@ -76,6 +81,40 @@ impl Agent {
         Desired::build(cfg, &facts)
     }
 
+    /// Tells BIRD what to announce now: every address with a servable VIP while the datapath
+    /// is attached, nothing while it is down. Cheap when nothing changed (called every second
+    /// and after each change); a failure is logged once and retried.
+    pub fn announce(&mut self) {
+        let want = if self.datapath_down.is_some() {
+            Default::default()
+        } else {
+            announce::servable(&self.current)
+        };
+        self.announce_exactly(&want);
+    }
+
+    /// Tells BIRD to announce `want` (see [`Agent::announce`]).
+    pub fn announce_exactly(&mut self, want: &std::collections::BTreeSet<IpAddr>) {
+        let Some(a) = self.announcer.as_mut() else {
+            return;
+        };
+        match a.update(want) {
+            Ok(true) => {
+                let list: Vec<String> = want.iter().map(|a| a.to_string()).collect();
+                log::info!("BIRD now announces: [{}]", list.join(", "));
+                self.announce_error = None;
+            }
+            Ok(false) => self.announce_error = None,
+            Err(e) => {
+                let why = format!("{e:#}");
+                if self.announce_error.as_deref() != Some(why.as_str()) {
+                    log::error!("announcing through BIRD: {why} (retried every second)");
+                }
+                self.announce_error = Some(why);
+            }
+        }
+    }
+
     /// Writes the desired state of the running config.
     pub fn reconcile(&mut self) -> anyhow::Result<Report> {
         let desired = self.build(&self.cfg)?;
@@ -93,6 +132,9 @@ impl Agent {
         let desired = self.build(&new)?;
         let report = self.written.apply(&desired, &mut self.maps)?;
         self.current = desired;
+        if new.announce != self.cfg.announce {
+            self.announcer = new.announce.as_ref().map(Announcer::from_config);
+        }
         self.cfg = new;
         *self.shared.cfg.lock().unwrap() = Some(self.cfg.clone());
         self.sync_targets();

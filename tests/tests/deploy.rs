@@ -62,3 +62,30 @@ fn the_unit_grants_exactly_what_the_agent_checks_for() {
     }
     assert!(unit.contains("ExecStartPre=/usr/sbin/xdplb check"));
 }
+
+/// The BIRD configurations in `deploy/bird/` are what BIRD 2 accepts (`bird -p` parses a
+/// config and exits), with the balancer's include pointed at a directory that exists.
+#[test]
+fn the_bird_examples_parse() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/bird");
+    let scratch = std::env::temp_dir().join(format!("xdplb-bird-parse-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    for name in ["balancer.conf", "router.conf"] {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        let text = text.replace("/var/lib/xdplb/bird", &scratch.display().to_string());
+        let file = scratch.join(format!("{name}.main"));
+        std::fs::write(&file, text).unwrap();
+        let out = Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .expect("bird2 installed (cargo xtask setup)");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -100,7 +100,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Run-time tools: labs (iproute2, ethtool, nftables, ping), debugging (bpftool, tcpdump),
 /// tshark, the third-party dissector the tests check the balancer's output packets with, and
 /// what the privilege tests use: setpriv/runuser (util-linux), useradd (passwd),
-/// systemd-analyze (systemd).
+/// systemd-analyze (systemd), and BIRD 2 (bird2), which announces the VIPs.
 const TOOL_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -113,6 +113,7 @@ const TOOL_PACKAGES: &[&str] = &[
     "util-linux",
     "passwd",
     "systemd",
+    "bird2",
 ];
 
 fn main() {

@@ -60,6 +60,7 @@ macro_rules! checked_scalar {
     };
 }
 
+mod announce;
 mod backend;
 mod health_check;
 #[cfg(test)]
@@ -67,6 +68,7 @@ mod tests;
 mod tunnel;
 mod vip;
 
+pub use announce::Announce;
 pub use backend::{BackendConfig, BackendState, Backends, MacAddr, Weight};
 pub use health_check::{HealthCheck, HealthCheckKind};
 pub use tunnel::{Prefix, Tunnel, TunnelMtu};
@@ -104,6 +106,9 @@ pub struct Config {
     /// of a VRRP/keepalived pair. Frames addressed to any other MAC are never balanced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_mac: Option<MacAddr>,
+    /// Announce the VIPs to the routers through BIRD (`announce:`); absent, nothing is announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Announce>,
     pub vips: Vips,
 }
 
