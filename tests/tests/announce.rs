@@ -78,7 +78,7 @@ fn the_agent_announces_servable_vips_and_withdraws_them_before_it_detaches() {
     let yaml = lab_config(&mut lab, "generic", &members).unwrap();
     let dir = lab.dir().join("bird");
     let socket = dir.join("bird.ctl");
-    let mut bird = start_bird(&lab.gateway_ns().to_owned(), &dir);
+    let mut bird = start_bird(lab.gateway_ns(), &dir);
     let yaml = yaml.replacen(
         "flow_table_size: 65536\n",
         &format!(
