@@ -111,6 +111,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         adopted,
         announcer: cfg.announce.as_ref().map(Announcer::from_config),
         announce_error: None,
+        drained: false,
         waiting: Vec::new(),
     };
     agent.sync_targets();
@@ -301,6 +302,26 @@ struct MetricsSource {
 }
 
 impl MetricsSource {
+    /// Per VIP address of the config: whether BIRD was last told to announce it (None
+    /// without `announce:`).
+    fn announced_by_address(
+        &self,
+        cfg: Option<&crate::config::Config>,
+    ) -> Option<Vec<(IpAddr, bool)>> {
+        let cfg = cfg?;
+        cfg.announce.as_ref()?;
+        let told = self
+            .shared
+            .announced
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+        let addrs: std::collections::BTreeSet<IpAddr> =
+            cfg.vips.iter().map(|v| v.address).collect();
+        Some(addrs.into_iter().map(|a| (a, told.contains(&a))).collect())
+    }
+
     fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
         let cfg = self.shared.cfg.lock().unwrap().clone();
         let stats = stats::collect(&self.pin_path, cfg.as_ref())?;
@@ -318,6 +339,8 @@ impl MetricsSource {
                 .map(|(t, h)| ((t.vip, t.backend), h == health::Health::Up))
                 .collect(),
             datapath_up: self.shared.datapath_up.load(Ordering::Relaxed),
+            announced: self.announced_by_address(cfg.as_ref()),
+            balancer_drained: self.shared.drained.load(Ordering::Relaxed),
             reloads_ok: self.shared.reloads_ok.load(Ordering::Relaxed),
             reloads_failed: self.shared.reloads_failed.load(Ordering::Relaxed),
             health_transitions_down: down,

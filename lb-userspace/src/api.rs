@@ -59,6 +59,11 @@ pub enum Request {
     },
     /// Re-read the config file.
     Reload,
+    /// Withdraw every VIP from the routers and keep forwarding what still arrives, until
+    /// `BalancerResume`: takes this balancer out of the ECMP group without breaking a flow.
+    BalancerDrain,
+    /// Announce the servable VIPs again after a drain.
+    BalancerResume,
     /// What applying this config text would change, without applying it.
     Plan {
         config: String,
@@ -120,7 +125,20 @@ pub struct Status {
     /// Why the last attempt to tell BIRD failed, while it keeps failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announce_error: Option<String>,
+    /// `xdplb drain-balancer` holds every VIP withdrawn (until `resume-balancer`).
+    #[serde(default)]
+    pub balancer_drained: bool,
     pub vips: Vec<VipStatus>,
+}
+
+/// The answer to [`Request::BalancerDrain`] and [`Request::BalancerResume`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BalancerState {
+    pub drained: bool,
+    /// What BIRD announces now.
+    pub announced: Vec<IpAddr>,
+    /// `announce.withdraw_delay`: how long the routers get to move flows after a withdrawal.
+    pub withdraw_delay_ms: u64,
 }
 
 /// The answer to a change (`vip add`, `backend drain`, `reload`, ...).
@@ -161,6 +179,7 @@ pub enum Answer {
     Backends(Vec<VipStatus>),
     Applied(Applied),
     Plan(Plan),
+    Balancer(BalancerState),
 }
 
 /// One line on the wire: `ok`, and the answer or the error.

@@ -6,7 +6,10 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::oneshot;
 
 use crate::{
-    api::{Answer, BackendStatus, HealthState, Plan, Request, Response, Status, VipStatus},
+    api::{
+        Answer, BackendStatus, BalancerState, HealthState, Plan, Request, Response, Status,
+        VipStatus,
+    },
     config::{BackendConfig, BackendState, Config, Vip, Weight},
     health, plan,
     reconcile::Report,
@@ -28,6 +31,8 @@ impl Agent {
             }
             Request::Plan { config } => return answer(reply, self.plan(&config).map(Answer::Plan)),
             Request::Reload => self.reload("API request").map(|r| (r, None)),
+            Request::BalancerDrain => return answer(reply, self.set_drained(true)),
+            Request::BalancerResume => return answer(reply, self.set_drained(false)),
             change => self.change(change),
         };
         match changed {
@@ -138,8 +143,44 @@ impl Agent {
                 .and_then(|a| a.announced())
                 .map(|set| set.iter().copied().collect()),
             announce_error: self.announce_error.clone(),
+            balancer_drained: self.drained,
             vips,
         }
+    }
+
+    /// `xdplb drain-balancer` / `resume-balancer`: withdraw every VIP (or announce the
+    /// servable ones again) and answer once BIRD has taken it. A drain BIRD refuses stays
+    /// set and is retried every second, so it is never lost, but the answer says it failed.
+    fn set_drained(&mut self, drained: bool) -> anyhow::Result<Answer> {
+        let Some(announce) = self.cfg.announce.clone() else {
+            bail!("this agent announces nothing (its config has no announce: section), so there is nothing to withdraw; stop it instead");
+        };
+        if self.drained != drained {
+            log::info!(
+                "{}",
+                if drained {
+                    "balancer drained (API request): withdrawing every VIP, still forwarding"
+                } else {
+                    "balancer resumed (API request): announcing servable VIPs again"
+                }
+            );
+        }
+        self.drained = drained;
+        self.shared.drained.store(drained, Ordering::Relaxed);
+        self.announce();
+        if let Some(e) = &self.announce_error {
+            bail!("BIRD did not take the change ({e}); retried every second");
+        }
+        Ok(Answer::Balancer(BalancerState {
+            drained,
+            announced: self
+                .announcer
+                .as_ref()
+                .and_then(|a| a.announced())
+                .map(|set| set.iter().copied().collect())
+                .unwrap_or_default(),
+            withdraw_delay_ms: announce.withdraw_delay.as_millis() as u64,
+        }))
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{anyhow, Context as _};
 use clap::{Args, Parser, Subcommand};
 use lb_userspace::{
     agent,
-    api::{self, Applied, LeftOut, Request, Status, VipStatus},
+    api::{self, Applied, BalancerState, LeftOut, Request, Status, VipStatus},
     check,
     config::{BackendConfig, Config, MacAddr, Vip},
     loader, stats,
@@ -126,7 +126,24 @@ enum Command {
     /// or, with --backend, a DSR backend; every finding names its fix. Exit code 1 when a
     /// check fails (warnings alone exit 0).
     Doctor(lb_userspace::doctor::DoctorArgs),
+    /// Take this balancer out of the routers' ECMP group: withdraw every VIP through BIRD,
+    /// keep forwarding, and wait announce.withdraw_delay for the routers to move the flows.
+    /// Then stopping or detaching breaks no connection. Until `resume-balancer` (or a restart).
+    DrainBalancer {
+        #[command(flatten)]
+        target: Target,
+        /// Return once BIRD has withdrawn, without waiting the delay.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Announce the servable VIPs again after `drain-balancer`.
+    ResumeBalancer {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Remove the pinned datapath left by an agent with keep_attached_on_exit (stops forwarding).
+    /// With --config and an announce: section, the VIPs are withdrawn through BIRD first and
+    /// the datapath forwards for announce.withdraw_delay more.
     Detach {
         #[arg(long, short, default_value = DEFAULT_CONFIG, conflicts_with = "pin_path")]
         config: PathBuf,
@@ -271,6 +288,41 @@ fn print_applied(a: Applied) -> Outcome {
     }
 }
 
+/// Addresses as `a, b`, or `none`.
+fn addr_list(addrs: &[IpAddr]) -> String {
+    if addrs.is_empty() {
+        return "none".to_owned();
+    }
+    addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Before `xdplb detach` takes the datapath away: have BIRD withdraw the VIPs and keep
+/// forwarding for `withdraw_delay`, as a graceful stop does. When BIRD cannot be reached it
+/// is most likely not running, and then the routers have dropped its routes already: say so
+/// and detach anyway.
+fn withdraw_before_detach(cfg: &Config) {
+    let Some(a) = &cfg.announce else {
+        return;
+    };
+    let mut announcer = lb_userspace::announce::Announcer::from_config(a);
+    match announcer.update(&Default::default()) {
+        Ok(_) => {
+            println!(
+                "VIPs withdrawn through BIRD; forwarding for {:?} more (announce.withdraw_delay)",
+                a.withdraw_delay
+            );
+            std::thread::sleep(a.withdraw_delay);
+        }
+        Err(e) => eprintln!(
+            "xdplb: warning: could not withdraw the VIPs through BIRD ({e:#}); if BIRD runs, routers still send traffic here"
+        ),
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -311,6 +363,27 @@ fn real_main() -> anyhow::Result<Outcome> {
         }
         Command::Status { target } => print_json(&target.call::<Status>(&Request::Status)?),
         Command::Reload { target } => return Ok(print_applied(target.call(&Request::Reload)?)),
+        Command::DrainBalancer { target, no_wait } => {
+            let s: BalancerState = target.call(&Request::BalancerDrain)?;
+            println!(
+                "balancer drained: every VIP withdrawn through BIRD (announced now: {}); still forwarding",
+                addr_list(&s.announced)
+            );
+            if !no_wait {
+                let delay = Duration::from_millis(s.withdraw_delay_ms);
+                println!(
+                    "waiting {delay:?} (announce.withdraw_delay) for the routers to move the flows"
+                );
+                std::thread::sleep(delay);
+            }
+            println!("no router should send new flows here now: stop or detach the agent, or `xdplb resume-balancer`");
+            Ok(())
+        }
+        Command::ResumeBalancer { target } => {
+            let s: BalancerState = target.call(&Request::BalancerResume)?;
+            println!("balancer resumed: announcing {}", addr_list(&s.announced));
+            Ok(())
+        }
         Command::Replay {
             config,
             pcap,
@@ -343,7 +416,11 @@ fn real_main() -> anyhow::Result<Outcome> {
         Command::Detach { config, pin_path } => {
             let pin = match pin_path {
                 Some(p) => p,
-                None => Config::load(&config)?.pin_path,
+                None => {
+                    let cfg = Config::load(&config)?;
+                    withdraw_before_detach(&cfg);
+                    cfg.pin_path
+                }
             };
             let removed = loader::detach(&pin)?;
             if removed.is_empty() {

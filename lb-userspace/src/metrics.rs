@@ -18,6 +18,10 @@ pub struct Snapshot {
     pub health: HashMap<(String, IpAddr), bool>,
     /// The program is attached to the interface.
     pub datapath_up: bool,
+    /// With `announce:`: each VIP address and whether BIRD is told to announce it.
+    pub announced: Option<Vec<(IpAddr, bool)>>,
+    /// `xdplb drain-balancer` holds every VIP withdrawn.
+    pub balancer_drained: bool,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub health_transitions_down: u64,
@@ -211,6 +215,21 @@ fn families(s: &Snapshot) -> Vec<Family> {
     );
     attached.push(&[], u64::from(s.datapath_up));
 
+    let mut announced = Family::new(
+        "xdplb_vip_announced",
+        Gauge,
+        "1 while this balancer has BIRD announce the VIP address to the routers, 0 while it is withdrawn (no servable VIP, datapath down, or balancer drained); only with announce:",
+    );
+    for (addr, on) in s.announced.iter().flatten() {
+        announced.push(&[("address", &addr.to_string())], u64::from(*on));
+    }
+    let mut drained = Family::new(
+        "xdplb_balancer_drained",
+        Gauge,
+        "1 while `xdplb drain-balancer` holds every VIP withdrawn (the datapath keeps forwarding)",
+    );
+    drained.push(&[], u64::from(s.balancer_drained));
+
     let mut reloads = Family::new(
         "xdplb_reloads_total",
         Counter,
@@ -242,6 +261,8 @@ fn families(s: &Snapshot) -> Vec<Family> {
         transitions,
         datapath,
         attached,
+        announced,
+        drained,
         reloads,
         entries,
         capacity,
@@ -326,6 +347,11 @@ pub(crate) mod tests {
             stats: StatsReport { vips, global },
             health,
             datapath_up: true,
+            announced: Some(vec![
+                ("10.0.0.10".parse().unwrap(), true),
+                ("2001:db8::10".parse().unwrap(), false),
+            ]),
+            balancer_drained: false,
             reloads_ok: 3,
             reloads_failed: 1,
             health_transitions_down: 4,

@@ -34,6 +34,11 @@ pub(crate) struct Shared {
     pub reloads_failed: AtomicU64,
     /// The program is attached to the interface (false while the interface is gone).
     pub datapath_up: AtomicBool,
+    /// What BIRD was last told to announce (None without `announce:`, or before BIRD took a
+    /// first list).
+    pub announced: Mutex<Option<Vec<IpAddr>>>,
+    /// `xdplb drain-balancer` holds every VIP withdrawn.
+    pub drained: AtomicBool,
 }
 
 /// The running agent: owns the maps and what was written to them; everything that changes
@@ -62,6 +67,8 @@ pub(crate) struct Agent {
     pub announcer: Option<Announcer>,
     /// Why telling BIRD last failed (retried every second), while it fails.
     pub announce_error: Option<String>,
+    /// `xdplb drain-balancer`: announce nothing, keep forwarding.
+    pub drained: bool,
     /// API answers held until new backends' MACs are known (or the grace period ends).
     pub waiting: Vec<Waiting>,
 }
@@ -85,7 +92,7 @@ impl Agent {
     /// is attached, nothing while it is down. Cheap when nothing changed (called every second
     /// and after each change); a failure is logged once and retried.
     pub fn announce(&mut self) {
-        let want = if self.datapath_down.is_some() {
+        let want = if self.datapath_down.is_some() || self.drained {
             Default::default()
         } else {
             announce::servable(&self.current)
@@ -104,15 +111,21 @@ impl Agent {
                 log::info!("BIRD now announces: [{}]", list.join(", "));
                 self.announce_error = None;
             }
-            Ok(false) => self.announce_error = None,
+            Ok(false) => {
+                self.announce_error = None;
+                return;
+            }
             Err(e) => {
                 let why = format!("{e:#}");
                 if self.announce_error.as_deref() != Some(why.as_str()) {
                     log::error!("announcing through BIRD: {why} (retried every second)");
                 }
                 self.announce_error = Some(why);
+                return;
             }
         }
+        *self.shared.announced.lock().unwrap() =
+            a.announced().map(|set| set.iter().copied().collect());
     }
 
     /// Writes the desired state of the running config.

@@ -1,4 +1,6 @@
-//! The lab topology: a bridged L2 segment joining a gateway (where the balancer runs), clients and DSR backends, or (routed) backends on a second segment behind a router with a far client on a narrow link; each host in its own network namespace, all torn down on drop.
+//! The lab topology: a bridged L2 segment joining a gateway (where the balancer runs), clients and DSR backends, or (routed) backends on a second segment behind a router with a far client on a narrow link, or (ECMP, in `ecmp.rs`) several balancers behind a BIRD router; each host in its own network namespace, all torn down on drop.
+
+mod ecmp;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -112,6 +114,10 @@ pub struct LabSpec {
     /// Backends on their own segment behind a router (for `forwarding: ipip`), each running
     /// `xdplb decap`, plus a far client behind a link of [`FAR_LINK_MTU`].
     pub routed: bool,
+    /// With N > 0: N balancers (the gateway is balancer 0) on the backends' segment behind a
+    /// router that learns the VIP from each over BGP (BIRD on every one) and spreads flows
+    /// with L4-hash ECMP; clients sit on a segment of their own in front of the router.
+    pub ecmp_balancers: usize,
 }
 
 impl Default for LabSpec {
@@ -121,6 +127,7 @@ impl Default for LabSpec {
             backends: 3,
             port: 8080,
             routed: false,
+            ecmp_balancers: 0,
         }
     }
 }
@@ -164,6 +171,8 @@ pub struct Lab {
     // namespaces go next, the directory holding the logs last.
     switch: NetNs,
     gateway: NetNs,
+    /// ECMP labs: balancers 1.. (the gateway is balancer 0).
+    more_balancers: Vec<NetNs>,
     clients: Vec<NetNs>,
     backends: Vec<NetNs>,
     /// Routed labs: the router and the far client.
@@ -179,6 +188,12 @@ impl Lab {
         }
         if spec.backends > MAX_BACKENDS {
             bail!("at most {MAX_BACKENDS} backends");
+        }
+        if spec.ecmp_balancers > ecmp::MAX_BALANCERS || (spec.ecmp_balancers > 0 && spec.routed) {
+            bail!(
+                "an ECMP lab has 1 to {} balancers and is not routed",
+                ecmp::MAX_BALANCERS
+            );
         }
         let server = tool_path("lab-server");
         if !server.is_file() {
@@ -210,6 +225,7 @@ impl Lab {
             servers: Vec::new(),
             switch,
             gateway,
+            more_balancers: Vec::new(),
             clients: Vec::new(),
             backends: Vec::new(),
             router: None,
@@ -224,6 +240,12 @@ impl Lab {
             &[IpAddr::V4(lab.gateway_addr4())],
             &[IpAddr::V6(lab.gateway_addr6())],
         )?;
+        if spec.ecmp_balancers > 0 {
+            lab.add_ecmp_router()?;
+            for k in 1..spec.ecmp_balancers {
+                lab.add_balancer(k)?;
+            }
+        }
         for i in 0..spec.clients {
             lab.add_client(i)?;
         }
@@ -255,46 +277,48 @@ impl Lab {
     /// Deletes the gateway's link (both veth ends), as a NIC removal or a veth whose peer
     /// namespace went would; returns the gateway interface's MAC, for [`Lab::replug_gateway`].
     pub fn unplug_gateway(&self) -> Result<String> {
-        // `ip netns exec` mounts the gateway's own /sys.
-        let mac = self
-            .gateway
-            .run(&["cat", &format!("/sys/class/net/{GATEWAY_IF}/address")])?;
-        self.switch.ip(&["link", "del", GATEWAY_PORT])?;
+        self.unplug_balancer(0)
+    }
+
+    /// [`Lab::unplug_gateway`] for balancer `k` of an ECMP lab (0 is the gateway).
+    pub fn unplug_balancer(&self, k: usize) -> Result<String> {
+        // `ip netns exec` mounts the namespace's own /sys.
+        let mac = netns::run(
+            self.balancer_ns(k),
+            &["cat", &format!("/sys/class/net/{GATEWAY_IF}/address")],
+        )?;
+        self.switch.ip(&["link", "del", &balancer_port(k)])?;
         Ok(mac.trim().to_owned())
     }
 
     /// Re-creates the gateway's link as the lab made it, with the MAC it had (a NIC that comes
     /// back keeps its MAC, so the segment's neighbour caches stay right).
     pub fn replug_gateway(&self, mac: &str) -> Result<()> {
-        let gw = self.gateway.name().to_string();
-        self.switch.ip(&[
-            "link",
-            "add",
-            GATEWAY_PORT,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            GATEWAY_IF,
-            "address",
-            mac,
-            "netns",
-            &gw,
-        ])?;
-        self.switch
-            .ip(&["link", "set", GATEWAY_PORT, "master", BRIDGE, "up"])?;
-        netns::run_root(&["ip", "-n", &gw, "link", "set", GATEWAY_IF, "up"])?;
-        self.add_addrs(
-            &self.gateway,
-            GATEWAY_IF,
-            &[IpAddr::V4(self.gateway_addr4())],
-            &[IpAddr::V6(self.gateway_addr6())],
-        )?;
+        self.replug_balancer(0, mac)?;
         if self.spec.routed {
             add_route(&self.gateway, "10.202.0.0/24", self.router_addr4().into())?;
             add_route(&self.gateway, "fd00:202::/64", self.router_addr6().into())?;
         }
         Ok(())
+    }
+
+    /// [`Lab::replug_gateway`] for balancer `k` of an ECMP lab.
+    pub fn replug_balancer(&self, k: usize, mac: &str) -> Result<()> {
+        let ns = self.balancer_ns(k).to_string();
+        let port = balancer_port(k);
+        self.switch.ip(&[
+            "link", "add", &port, "type", "veth", "peer", "name", GATEWAY_IF, "address", mac,
+            "netns", &ns,
+        ])?;
+        self.switch
+            .ip(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        netns::run_root(&["ip", "-n", &ns, "link", "set", GATEWAY_IF, "up"])?;
+        self.add_addrs(
+            self.balancer(k),
+            GATEWAY_IF,
+            &[IpAddr::V4(self.balancer_addr4(k))],
+            &[IpAddr::V6(self.balancer_addr6(k))],
+        )
     }
 
     /// The routed lab's router (legs on both segments and toward the far client), the far
@@ -392,7 +416,12 @@ impl Lab {
     fn add_client(&mut self, i: usize) -> Result<()> {
         let ns = new_host_ns(&format!("{}-c{i}", self.prefix))?;
         let dev = format!("c{i}");
-        self.attach(ns.name().to_string(), &dev, &format!("s-c{i}"))?;
+        let bridge = if self.is_ecmp() {
+            ecmp::FRONT_BRIDGE
+        } else {
+            BRIDGE
+        };
+        self.attach_to(bridge, ns.name().to_string(), &dev, &format!("s-c{i}"))?;
         let v4: Vec<IpAddr> = std::iter::once(self.client_addr4(i))
             .chain(self.client_extra_addrs4(i))
             .map(IpAddr::V4)
@@ -404,12 +433,13 @@ impl Lab {
         self.add_addrs(&ns, &dev, &v4, &v6)?;
         // An explicit source keeps unbound connections on the client's main address; with
         // several addresses in the /64 IPv6 source selection would otherwise pick any of them.
+        let (via4, via6) = self.clients_next_hop();
         ns.ip(&[
             "route",
             "add",
             &format!("{VIP4}/32"),
             "via",
-            &self.gateway_addr4().to_string(),
+            &via4.to_string(),
             "src",
             &self.client_addr4(i).to_string(),
         ])?;
@@ -419,7 +449,7 @@ impl Lab {
             "add",
             &format!("{VIP6}/128"),
             "via",
-            &self.gateway_addr6().to_string(),
+            &via6.to_string(),
             "src",
             &self.client_addr6(i).to_string(),
         ])?;
@@ -479,6 +509,12 @@ impl Lab {
             )
             .with_context(|| format!("xdplb decap on backend {dev}"))?;
         }
+        if self.is_ecmp() {
+            // Clients are on the front segment: replies go straight to them through the
+            // router, never back through a balancer.
+            add_route(&ns, "default", self.router_addr4().into())?;
+            add_route(&ns, "default", self.router_addr6().into())?;
+        }
         self.backends.push(ns);
         self.servers.push(0);
         self.start_server(i)?;
@@ -528,6 +564,7 @@ impl Lab {
     pub fn namespaces(&self) -> Vec<&str> {
         [&self.switch, &self.gateway]
             .into_iter()
+            .chain(&self.more_balancers)
             .chain(&self.clients)
             .chain(&self.backends)
             .chain(&self.router)
@@ -594,6 +631,11 @@ impl Lab {
         (self.switch.name(), GATEWAY_PORT)
     }
 
+    /// The switch port of balancer `k` (0 is the gateway's, [`Lab::gateway_peer`]).
+    pub fn balancer_peer(&self, k: usize) -> (&str, String) {
+        (self.switch.name(), balancer_port(k))
+    }
+
     pub fn client_ns(&self, i: usize) -> &str {
         self.clients[i].name()
     }
@@ -621,24 +663,41 @@ impl Lab {
     }
 
     pub fn client_addr4(&self, i: usize) -> Ipv4Addr {
-        seg4(11 + i)
+        self.client_side4(11 + i)
     }
 
     pub fn client_addr6(&self, i: usize) -> Ipv6Addr {
-        seg6(0x11 + i as u16)
+        self.client_side6(0x11 + i as u16)
+    }
+
+    /// Host `host` of the clients' segment: the backends' segment, or an ECMP lab's front.
+    fn client_side4(&self, host: usize) -> Ipv4Addr {
+        if self.is_ecmp() {
+            ecmp::front4(host)
+        } else {
+            seg4(host)
+        }
+    }
+
+    fn client_side6(&self, host: u16) -> Ipv6Addr {
+        if self.is_ecmp() {
+            ecmp::front6(host)
+        } else {
+            seg6(host)
+        }
     }
 
     /// The client's extra IPv4 source addresses, 10.200.0.(150+8i+k).
     pub fn client_extra_addrs4(&self, i: usize) -> Vec<Ipv4Addr> {
         (0..CLIENT_EXTRA_ADDRS)
-            .map(|k| seg4(150 + CLIENT_EXTRA_ADDRS * i + k))
+            .map(|k| self.client_side4(150 + CLIENT_EXTRA_ADDRS * i + k))
             .collect()
     }
 
     /// The client's extra IPv6 source addresses, fd00:200::(0x150+8i+k).
     pub fn client_extra_addrs6(&self, i: usize) -> Vec<Ipv6Addr> {
         (0..CLIENT_EXTRA_ADDRS)
-            .map(|k| seg6((0x150 + CLIENT_EXTRA_ADDRS * i + k) as u16))
+            .map(|k| self.client_side6((0x150 + CLIENT_EXTRA_ADDRS * i + k) as u16))
             .collect()
     }
 
@@ -991,6 +1050,15 @@ impl Lab {
                 eprintln!("{l}");
             }
         }
+    }
+}
+
+/// The switch port of balancer `k`: the gateway's for 0.
+fn balancer_port(k: usize) -> String {
+    if k == 0 {
+        GATEWAY_PORT.to_owned()
+    } else {
+        format!("{GATEWAY_PORT}{k}")
     }
 }
 

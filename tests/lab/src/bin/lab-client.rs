@@ -23,8 +23,8 @@ use xdplb_lab::sys;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const READ_TIMEOUT: Duration = Duration::from_secs(3);
 const UDP_TIMEOUT: Duration = Duration::from_secs(2);
-/// After the last round, how long connections get to finish an exchange in flight.
-const DRAIN_TIMEOUT: Duration = READ_TIMEOUT.saturating_add(Duration::from_secs(2));
+/// After the last round, how long past the ping timeout connections get to finish an exchange.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
 #[command(about = "Lab traffic generator; prints one JSON object (the last line of stdout)")]
@@ -67,6 +67,11 @@ enum Cmd {
         /// Connection attempts in flight at once while opening.
         #[arg(long, default_value_t = 64)]
         parallel: usize,
+        /// A ping unanswered this long breaks the connection. Failover tests raise it: a
+        /// connection an application would keep through a few seconds of retransmission
+        /// while a router withdraws a dead balancer is not broken.
+        #[arg(long, default_value_t = 3)]
+        ping_timeout_s: u64,
     },
     /// N UDP exchanges, each from a fresh socket (so a fresh source port).
     Udp {
@@ -163,6 +168,7 @@ async fn main() -> Result<()> {
             interval_ms,
             duration_s,
             parallel,
+            ping_timeout_s,
         } => {
             check_binds(target, &bind)?;
             let r = hold(
@@ -172,6 +178,7 @@ async fn main() -> Result<()> {
                 bind,
                 Duration::from_millis(interval_ms.max(1)),
                 Duration::from_secs(duration_s),
+                Duration::from_secs(ping_timeout_s.max(1)),
             )
             .await?;
             print(&r, cli.human)
@@ -339,13 +346,22 @@ async fn tcp_connect(target: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStre
 
 /// Sends `msg` and reads one line: the name of the backend that answered.
 async fn exchange(stream: &mut BufReader<TcpStream>, msg: &[u8]) -> Result<String, String> {
+    exchange_within(stream, msg, READ_TIMEOUT).await
+}
+
+/// [`exchange`] waiting up to `wait` for the reply.
+async fn exchange_within(
+    stream: &mut BufReader<TcpStream>,
+    msg: &[u8],
+    wait: Duration,
+) -> Result<String, String> {
     stream
         .get_mut()
         .write_all(msg)
         .await
         .map_err(|e| format!("write: {e}"))?;
     let mut line = String::new();
-    let n = timeout(READ_TIMEOUT, stream.read_line(&mut line))
+    let n = timeout(wait, stream.read_line(&mut line))
         .await
         .map_err(|_| "read: timed out".to_string())?
         .map_err(|e| format!("read: {e}"))?;
@@ -461,6 +477,7 @@ async fn hold(
     binds: Vec<IpAddr>,
     interval: Duration,
     duration: Duration,
+    ping_timeout: Duration,
 ) -> Result<HoldReport> {
     let deadline = Instant::now() + duration;
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -519,7 +536,7 @@ async fn hold(
             };
             while rounds.changed().await.is_ok() {
                 let sent = Instant::now();
-                let answer = exchange(&mut stream, b"ping\n").await;
+                let answer = exchange_within(&mut stream, b"ping\n", ping_timeout).await;
                 out.slowest = out.slowest.max(sent.elapsed());
                 match answer {
                     Ok(now) if now == name => {}
@@ -555,7 +572,7 @@ async fn hold(
     }
     drop(round_tx);
 
-    let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+    let drain_deadline = Instant::now() + ping_timeout + DRAIN_GRACE;
     loop {
         match tokio::time::timeout_at(drain_deadline, conns.join_next()).await {
             Ok(Some(res)) => {
