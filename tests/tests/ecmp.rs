@@ -503,10 +503,27 @@ fn flows_keep_their_backend_across_balancers_through_failover() {
         .collect();
     let spread = xdplb_lab::scenario::burst4_from(&lab, 1, 400).unwrap();
     assert_eq!(spread.failed, 0, "{spread:?}");
+    // IPv6 VIPs are announced over the same sessions and spread the same way.
+    let target6 = format!("[{}]:{}", lab.vip6(), lab.spec().port);
+    let spread6: BurstReport = lab
+        .run_client(
+            1,
+            &[
+                "burst",
+                "--target",
+                &target6,
+                "--connections",
+                "200",
+                "--parallel",
+                "20",
+            ],
+        )
+        .unwrap();
+    assert_eq!((spread6.ok, spread6.failed), (200, 0), "{spread6:?}");
     let carried: Vec<u64> = (0..balancers)
         .map(|k| fleet.forwarded(k).unwrap() - before[k])
         .collect();
-    eprintln!("400 connections: packets forwarded per balancer {carried:?}");
+    eprintln!("400 IPv4 + 200 IPv6 connections: packets forwarded per balancer {carried:?}");
     for (k, n) in carried.iter().enumerate() {
         assert!(*n > 0, "balancer {k} carried nothing: {carried:?}");
     }

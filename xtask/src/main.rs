@@ -37,6 +37,9 @@ enum Cmd {
         /// l2, or ipip (backends behind a router, tunnelled; path-MTU discovery shown).
         #[arg(long, default_value = "l2")]
         forwarding: String,
+        /// Balancers: 2 to 8 puts them behind an ECMP router running BIRD.
+        #[arg(long, default_value_t = 1)]
+        balancers: usize,
     },
     /// Soak the agent: load, reloads and backend churn for N minutes while its memory, file
     /// descriptors and flow-table fill are sampled; fails if anything grows without bound.
@@ -131,6 +134,7 @@ fn real_main() -> anyhow::Result<()> {
             connections,
             persistent,
             forwarding,
+            balancers,
         } => {
             setup()?;
             build_release_tools(false)?;
@@ -144,6 +148,8 @@ fn real_main() -> anyhow::Result<()> {
                 &persistent.to_string(),
                 "--forwarding",
                 &forwarding,
+                "--balancers",
+                &balancers.to_string(),
             ]))
         }
         Cmd::Deb => {

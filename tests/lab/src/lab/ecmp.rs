@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{
     add_bridge, balancer_port, new_host_ns, seg4, seg6, tool_path, Lab, BRIDGE, GATEWAY_IF, VIP4,
+    VIP6,
 };
 use crate::netns;
 
@@ -25,8 +26,9 @@ pub const FRONT_BRIDGE: &str = "brf";
 /// The router's legs: toward the balancers and backends, toward the clients.
 const ROUTER_BACK: &str = "rb";
 const ROUTER_FRONT: &str = "rf";
-/// What the lab's router accepts from the balancers: host routes in the VIP range.
+/// What the lab's router accepts from the balancers: host routes in the VIP ranges.
 const VIP_RANGE: &str = "10.201.0.0/24";
+const VIP_RANGE6: &str = "fd00:201::/64";
 
 const ROUTER_CONF: &str = include_str!("../../../../deploy/bird/router.conf");
 const BALANCER_CONF: &str = include_str!("../../../../deploy/bird/balancer.conf");
@@ -185,6 +187,7 @@ impl Lab {
         )?;
         conf = substitute(&conf, "local 192.0.2.1 as", &format!("local {router} as"))?;
         conf = substitute(&conf, "198.51.100.0/24", VIP_RANGE)?;
+        conf = substitute(&conf, "2001:db8:100::/48", VIP_RANGE6)?;
         let sessions: String = (0..self.balancers())
             .map(|k| {
                 format!(
@@ -212,6 +215,11 @@ impl Lab {
             &format!("router id {me};"),
         )?;
         conf = substitute(&conf, "local 192.0.2.11 as", &format!("local {me} as"))?;
+        conf = substitute(
+            &conf,
+            "next hop address 2001:db8::11;",
+            &format!("next hop address {};", self.balancer_addr6(k)),
+        )?;
         conf = substitute(
             &conf,
             "neighbor 192.0.2.1 as",
@@ -247,47 +255,54 @@ impl Lab {
         Ok(pid)
     }
 
-    /// The balancers the router's kernel sends the IPv4 VIP to now (its ECMP next hops),
-    /// by balancer index, sorted; empty when it has no route.
+    /// The balancers the router's kernel sends the IPv4 VIP to now (the next hops of the
+    /// route BIRD installed), by balancer index, sorted; empty when it has no route.
     pub fn vip_next_hops(&self) -> Result<Vec<usize>> {
+        self.vip_next_hops_of(false)
+    }
+
+    /// [`Lab::vip_next_hops`] for the IPv4 or the IPv6 VIP.
+    pub fn vip_next_hops_of(&self, v6: bool) -> Result<Vec<usize>> {
         let ns = self.router_ns().context("not an ECMP lab")?;
+        let (family, vip) = if v6 {
+            ("-6", format!("{VIP6}/128"))
+        } else {
+            ("-4", format!("{VIP4}/32"))
+        };
         let out = netns::run_root(&[
-            "ip",
-            "-n",
-            ns,
-            "-j",
-            "-4",
-            "route",
-            "show",
-            "exact",
-            &format!("{VIP4}/32"),
+            "ip", "-n", ns, "-j", family, "route", "show", "exact", &vip, "proto", "bird",
         ])?;
         let routes: Value = serde_json::from_str(&out).context("parse `ip -j route`")?;
-        let mut gateways = Vec::new();
+        let mut gateways: Vec<IpAddr> = Vec::new();
         for r in routes.as_array().into_iter().flatten() {
-            if let Some(g) = r["gateway"].as_str() {
-                gateways.push(g.to_owned());
-            }
-            for h in r["nexthops"].as_array().into_iter().flatten() {
-                if let Some(g) = h["gateway"].as_str() {
-                    gateways.push(g.to_owned());
+            let hops = r["nexthops"].as_array().cloned().unwrap_or_default();
+            for g in std::iter::once(&r["gateway"]).chain(hops.iter().map(|h| &h["gateway"])) {
+                if let Some(g) = g.as_str().and_then(|g| g.parse().ok()) {
+                    gateways.push(g);
                 }
             }
         }
         let mut hops: Vec<usize> = (0..self.balancers())
-            .filter(|&k| gateways.contains(&self.balancer_addr4(k).to_string()))
+            .filter(|&k| {
+                let addr: IpAddr = if v6 {
+                    self.balancer_addr6(k).into()
+                } else {
+                    self.balancer_addr4(k).into()
+                };
+                gateways.contains(&addr)
+            })
             .collect();
         hops.sort_unstable();
         Ok(hops)
     }
 
-    /// Waits until the router's next hops for the VIP are exactly `want`; returns how long
-    /// that took.
+    /// Waits until the router's next hops for both VIPs are exactly `want`; returns how
+    /// long that took.
     pub fn wait_next_hops(&self, want: &[usize], timeout: Duration) -> Result<Duration> {
         let start = Instant::now();
         loop {
             let have = self.vip_next_hops()?;
-            if have == want {
+            if have == want && self.vip_next_hops_of(true)? == want {
                 return Ok(start.elapsed());
             }
             if start.elapsed() > timeout {

@@ -1,4 +1,6 @@
-//! `cargo xtask demo [--forwarding ipip]`: a namespace lab with clients, an xdplb gateway and three backends (on the segment, or tunnelled to behind a router); real TCP/UDP through the VIP, per-backend counters, and proof that replies bypass the balancer.
+//! `cargo xtask demo [--forwarding ipip] [--balancers N]`: a namespace lab with clients, an xdplb gateway and three backends (on the segment, or tunnelled to behind a router); real TCP/UDP through the VIP, per-backend counters, and proof that replies bypass the balancer. With several balancers, `fleet.rs`.
+
+mod fleet;
 
 use std::time::{Duration, Instant};
 
@@ -11,25 +13,41 @@ use xdplb_lab::{
 };
 
 #[derive(Parser)]
-struct Args {
+pub(crate) struct Args {
     /// XDP mode of the balancer: native or generic.
     #[arg(long, default_value = "native")]
-    mode: String,
+    pub mode: String,
     /// Short TCP connections per client (IPv4); a quarter as many again over IPv6.
     #[arg(long, default_value_t = 400)]
-    connections: u32,
+    pub connections: u32,
     /// Persistent connections held open (split over the clients).
     #[arg(long, default_value_t = 120)]
-    persistent: u32,
+    pub persistent: u32,
     /// l2 (backends on the clients' segment) or ipip (backends behind a router, tunnelled to
     /// and unwrapped by `xdplb decap`).
     #[arg(long, default_value = "l2", value_parser = ["l2", "ipip"])]
-    forwarding: String,
+    pub forwarding: String,
+    /// Balancers: 1, or 2 to 8 behind an ECMP router running BIRD (l2 only).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub balancers: u8,
 }
 
 fn main() {
     let args = Args::parse();
-    match demo(&args) {
+    let result = if args.balancers > 1 {
+        if args.forwarding != "l2" {
+            eprintln!("xdplb-demo: --balancers works with --forwarding l2");
+            std::process::exit(2);
+        }
+        fleet::demo(&args)
+    } else {
+        demo(&args)
+    };
+    match result {
+        Ok(()) if args.balancers > 1 => println!(
+            "\nRESULT: PASS — flows spread over {} balancers, and none changed backend when its balancer left or returned.",
+            args.balancers
+        ),
         Ok(()) => println!(
             "\nRESULT: PASS — every backend served traffic and no reply went through the balancer."
         ),
@@ -41,7 +59,7 @@ fn main() {
 }
 
 /// Prints one traffic result and fails the demo if anything went unanswered.
-fn report(what: &str, r: &BurstReport) -> Result<()> {
+pub(crate) fn report(what: &str, r: &BurstReport) -> Result<()> {
     println!(
         "      {what}: {} ok, {} failed, by backend {:?}",
         r.ok, r.failed, r.per_backend
