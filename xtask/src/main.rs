@@ -90,6 +90,10 @@ enum Cmd {
         #[arg(long)]
         seed: Option<String>,
     },
+    /// The full failover table: three balancers behind the BIRD router, every way of losing
+    /// one under load, with hash-threshold routes and with a resilient next-hop group (about
+    /// 4 minutes; CI runs two balancers with hash-threshold routes).
+    Failover,
 }
 
 /// Seconds per target of the fuzz run inside `cargo xtask test`: three targets stay under
@@ -212,6 +216,23 @@ fn real_main() -> anyhow::Result<()> {
             if let Some(seed) = seed {
                 cmd.env("XDPLB_DIFF_SEED", seed);
             }
+            run(&mut cmd)
+        }
+        Cmd::Failover => {
+            setup()?;
+            cargo(&["build", "--bins"])?;
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.current_dir(workspace())
+                .args([
+                    "test",
+                    "--test",
+                    "ecmp",
+                    "--",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("XDPLB_FAILOVER_FULL", "1");
             run(&mut cmd)
         }
         Cmd::Test {
