@@ -252,6 +252,8 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         ),
         (&["vip", "remove", "nope"], "no VIP named \"nope\""),
         (&["backnd", "list"], "unrecognized subcommand 'backnd'"),
+        // This agent announces nothing itself: draining it would withdraw nothing.
+        (&["drain-balancer"], "no announce: section"),
     ];
     for (args, needle) in cases {
         let (ok, out) = Balancer::cli(&lab, args);
