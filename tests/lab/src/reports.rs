@@ -59,6 +59,27 @@ pub struct HoldReport {
     pub errors: Vec<String>,
 }
 
+impl HoldReport {
+    /// Adds another holder's tally (several clients holding connections at once).
+    pub fn absorb(&mut self, other: HoldReport) {
+        self.opened += other.opened;
+        self.open_failed += other.open_failed;
+        self.broken += other.broken;
+        self.backend_changed += other.backend_changed;
+        self.rounds = self.rounds.max(other.rounds);
+        self.slowest_ping_ms = self.slowest_ping_ms.max(other.slowest_ping_ms);
+        for (k, v) in other.per_backend {
+            *self.per_backend.entry(k).or_default() += v;
+        }
+        for (k, v) in other.broken_per_backend {
+            *self.broken_per_backend.entry(k).or_default() += v;
+        }
+        for e in other.errors {
+            note_error(&mut self.errors, e);
+        }
+    }
+}
+
 /// Result of `lab-load hold`: the last line it prints.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {

@@ -140,11 +140,7 @@ pub fn demo(args: &Args) -> Result<()> {
     step(5, "Stopping the persistent connections.");
     let mut hold = HoldReport::default();
     for pid in holders {
-        let r = hold_finish(&mut lab, pid)?;
-        hold.opened += r.opened;
-        hold.broken += r.broken;
-        hold.backend_changed += r.backend_changed;
-        hold.rounds = hold.rounds.max(r.rounds);
+        hold.absorb(hold_finish(&mut lab, pid)?);
     }
     println!(
         "      persistent: {} held ({} ping rounds), {} broken, {} moved to another backend while their balancer changed",

@@ -284,12 +284,7 @@ fn demo(args: &Args) -> Result<()> {
     );
     let mut hold = HoldReport::default();
     for pid in holders {
-        lab.stop(pid)?;
-        let r: HoldReport = xdplb_lab::reports::parse_last_json(&lab.log_of(pid))?;
-        hold.opened += r.opened;
-        hold.broken += r.broken;
-        hold.backend_changed += r.backend_changed;
-        hold.rounds = hold.rounds.max(r.rounds);
+        hold.absorb(xdplb_lab::scenario::hold_finish(&mut lab, pid)?);
     }
     println!(
         "      persistent: {} held for {:.0} s ({} ping rounds), {} broken, {} moved to another backend",
