@@ -300,29 +300,6 @@ fn addr_list(addrs: &[IpAddr]) -> String {
         .join(", ")
 }
 
-/// Before `xdplb detach` takes the datapath away: have BIRD withdraw the VIPs and keep
-/// forwarding for `withdraw_delay`, as a graceful stop does. When BIRD cannot be reached it
-/// is most likely not running, and then the routers have dropped its routes already: say so
-/// and detach anyway.
-fn withdraw_before_detach(cfg: &Config) {
-    let Some(a) = &cfg.announce else {
-        return;
-    };
-    let mut announcer = lb_userspace::announce::Announcer::from_config(a);
-    match announcer.update(&Default::default()) {
-        Ok(_) => {
-            println!(
-                "VIPs withdrawn through BIRD; forwarding for {:?} more (announce.withdraw_delay)",
-                a.withdraw_delay
-            );
-            std::thread::sleep(a.withdraw_delay);
-        }
-        Err(e) => eprintln!(
-            "xdplb: warning: could not withdraw the VIPs through BIRD ({e:#}); if BIRD runs, routers still send traffic here"
-        ),
-    }
-}
-
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -418,7 +395,7 @@ fn real_main() -> anyhow::Result<Outcome> {
                 Some(p) => p,
                 None => {
                     let cfg = Config::load(&config)?;
-                    withdraw_before_detach(&cfg);
+                    lb_userspace::announce::withdraw_before_detach(&cfg);
                     cfg.pin_path
                 }
             };

@@ -113,6 +113,29 @@ impl Announcer {
     }
 }
 
+/// Before `xdplb detach` takes the datapath away: have BIRD withdraw the VIPs and keep
+/// forwarding for `withdraw_delay`, as a graceful stop does. When BIRD cannot be reached it
+/// is most likely not running, and then the routers have dropped its routes already: say so
+/// and detach anyway.
+pub fn withdraw_before_detach(cfg: &crate::config::Config) {
+    let Some(a) = &cfg.announce else {
+        return;
+    };
+    let mut announcer = Announcer::from_config(a);
+    match announcer.update(&Default::default()) {
+        Ok(_) => {
+            println!(
+                "VIPs withdrawn through BIRD; forwarding for {:?} more (announce.withdraw_delay)",
+                a.withdraw_delay
+            );
+            std::thread::sleep(a.withdraw_delay);
+        }
+        Err(e) => eprintln!(
+            "xdplb: warning: could not withdraw the VIPs through BIRD ({e:#}); if BIRD runs, routers still send traffic here"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
