@@ -337,11 +337,41 @@ fn table(rows: &[Row]) -> String {
     t
 }
 
-/// The events, in order; each leaves the fleet whole again.
-fn run_events(lab: &mut Lab, fleet: &mut Fleet, routes: Routes) -> Vec<Row> {
+/// The events, in order (only the abrupt deaths with `abrupt_only`); each leaves the fleet
+/// whole again.
+fn run_events(lab: &mut Lab, fleet: &mut Fleet, routes: Routes, abrupt_only: bool) -> Vec<Row> {
     let v = victim(lab);
     let mac = std::cell::RefCell::new(String::new());
     let mut rows = Vec::new();
+    if !abrupt_only {
+        graceful_events(lab, fleet, routes, &mut rows);
+    }
+    rows.push(event(
+        lab,
+        fleet,
+        routes,
+        "link cut; restored",
+        true,
+        |lab, _| *mac.borrow_mut() = lab.unplug_balancer(v).unwrap(),
+        |lab, _| lab.replug_balancer(v, &mac.borrow()).unwrap(),
+    ));
+    if v > 0 {
+        rows.push(event(
+            lab,
+            fleet,
+            routes,
+            "host deleted; replaced",
+            true,
+            |lab, f| f.delete_host(lab, v).unwrap(),
+            |lab, f| f.replace_host(lab, v).unwrap(),
+        ));
+    }
+    rows
+}
+
+/// The events that take the balancer out on purpose, or kill only its agent.
+fn graceful_events(lab: &mut Lab, fleet: &mut Fleet, routes: Routes, rows: &mut Vec<Row>) {
+    let v = victim(lab);
     rows.push(event(
         lab,
         fleet,
@@ -375,27 +405,6 @@ fn run_events(lab: &mut Lab, fleet: &mut Fleet, routes: Routes) -> Vec<Row> {
         },
         |lab, f| f.start_agent(lab, v).unwrap(),
     ));
-    rows.push(event(
-        lab,
-        fleet,
-        routes,
-        "link cut; restored",
-        true,
-        |lab, _| *mac.borrow_mut() = lab.unplug_balancer(v).unwrap(),
-        |lab, _| lab.replug_balancer(v, &mac.borrow()).unwrap(),
-    ));
-    if v > 0 {
-        rows.push(event(
-            lab,
-            fleet,
-            routes,
-            "host deleted; replaced",
-            true,
-            |lab, f| f.delete_host(lab, v).unwrap(),
-            |lab, f| f.replace_host(lab, v).unwrap(),
-        ));
-    }
-    rows
 }
 
 /// Every query of the shipped Grafana dashboard names metrics, and labels, that a running
@@ -473,15 +482,18 @@ fn one_lab() -> std::sync::MutexGuard<'static, ()> {
     ONE_LAB.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn ecmp_lab(balancers: usize) -> Lab {
-    Lab::new(LabSpec {
+fn spec(balancers: usize) -> LabSpec {
+    LabSpec {
         clients: 2,
         backends: 3,
         port: 8080,
         ecmp_balancers: balancers,
         ..Default::default()
-    })
-    .expect("ECMP lab")
+    }
+}
+
+fn ecmp_lab(balancers: usize) -> Lab {
+    Lab::new(spec(balancers)).expect("ECMP lab")
 }
 
 #[test]
@@ -540,10 +552,29 @@ fn flows_keep_their_backend_across_balancers_through_failover() {
         assert!(*n > 0, "balancer {k} carried nothing: {carried:?}");
     }
 
-    let mut rows = run_events(&mut lab, &mut fleet, Routes::HashThreshold);
+    let mut rows = run_events(&mut lab, &mut fleet, Routes::HashThreshold, false);
     if full {
         let _mirror = ResilientMirror::start(&lab);
-        rows.extend(run_events(&mut lab, &mut fleet, Routes::Resilient));
+        rows.extend(run_events(&mut lab, &mut fleet, Routes::Resilient, false));
+    }
+    if full {
+        // Detection by BFD instead of the hold timer, for the abrupt deaths.
+        drop(fleet);
+        drop(lab);
+        let mut lab = Lab::new(LabSpec {
+            bfd: true,
+            ..spec(balancers)
+        })
+        .expect("ECMP lab with BFD");
+        let mut fleet = Fleet::start(&mut lab, MODE).expect("fleet");
+        rows.extend(
+            run_events(&mut lab, &mut fleet, Routes::HashThreshold, true)
+                .into_iter()
+                .map(|r| Row {
+                    routes: "hash-threshold, BFD",
+                    ..r
+                }),
+        );
     }
     let t = table(&rows);
     println!("{t}");

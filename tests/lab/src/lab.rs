@@ -118,6 +118,9 @@ pub struct LabSpec {
     /// router that learns the VIP from each over BGP (BIRD on every one) and spreads flows
     /// with L4-hash ECMP; clients sit on a segment of their own in front of the router.
     pub ecmp_balancers: usize,
+    /// ECMP labs: BFD on every BGP session (100 ms × 3), as the BIRD examples suggest for
+    /// sub-second detection of a dead balancer.
+    pub bfd: bool,
 }
 
 impl Default for LabSpec {
@@ -128,6 +131,7 @@ impl Default for LabSpec {
             port: 8080,
             routed: false,
             ecmp_balancers: 0,
+            bfd: false,
         }
     }
 }

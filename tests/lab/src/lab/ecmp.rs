@@ -30,6 +30,9 @@ const ROUTER_FRONT: &str = "rf";
 const VIP_RANGE: &str = "10.201.0.0/24";
 const VIP_RANGE6: &str = "fd00:201::/64";
 
+/// BFD for `LabSpec::bfd`: a session is down after 3 missed 100 ms hellos.
+const BFD: &str = "protocol bfd {\n  interface \"*\" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };\n}\n";
+
 const ROUTER_CONF: &str = include_str!("../../../../deploy/bird/router.conf");
 const BALANCER_CONF: &str = include_str!("../../../../deploy/bird/balancer.conf");
 
@@ -238,6 +241,15 @@ impl Lab {
         let dir = self.bird_dir(balancer);
         std::fs::create_dir_all(&dir)?;
         let file = dir.join("bird.conf");
+        let conf = if self.spec.bfd {
+            // What the examples' comment says to add, on both sides of every session.
+            format!(
+                "{}{BFD}",
+                substitute(conf, "  hold time 3;\n", "  hold time 3;\n  bfd on;\n")?
+            )
+        } else {
+            conf.to_owned()
+        };
         // Logged to stderr, so the lab's log of the process shows sessions going up and down.
         std::fs::write(&file, format!("log stderr all;\n{conf}"))?;
         let socket = self.bird_socket(balancer);
