@@ -107,6 +107,35 @@ pub fn ipip(
     Ok(())
 }
 
+/// Whether `p` fits a tunnel to `backend` within `settings.mtu` (0: no limit). `Ok(None)`: it
+/// fits. `Ok(Some(mtu))`: it does not, and the client may be told to send inner packets of at
+/// most `mtu` bytes ([`too_big`]). `Err(DropTooBig)`: it does not and the client may not be
+/// told: it asked for fragmentation (IPv4 without DF), or this is already an ICMP error.
+#[inline(always)]
+pub fn too_big_for_tunnel(
+    p: &Parsed,
+    backend: &Backend,
+    settings: &Settings,
+    icmp_error: bool,
+) -> Result<Option<u32>, Outcome> {
+    let outer = if backend.family == Family::V6 {
+        IPV6_HLEN
+    } else {
+        IPV4_HLEN
+    } as usize;
+    let limit = match settings.mtu {
+        0 => 0xffff,
+        mtu => mtu as usize,
+    };
+    if p.ip_len + outer <= limit {
+        return Ok(None);
+    }
+    if icmp_error || !p.df {
+        return Err(Outcome::DropTooBig);
+    }
+    Ok(Some((limit - outer) as u32))
+}
+
 /// Turns a packet too big to encapsulate into the ICMP error that makes the client lower its
 /// path MTU to `mtu` (the largest inner packet that fits), sent back out of this NIC to the
 /// MAC it came from. The error comes from the VIP, quotes the start of the packet (RFC 792:

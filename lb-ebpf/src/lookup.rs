@@ -1,4 +1,4 @@
-//! VIP lookup, flow table and Maglev ring: which backend gets this flow.
+//! Which backend gets this flow: the flow table first (an established flow needs nothing else), then on a miss the VIP and its Maglev ring.
 
 use lb_common::{
     backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Event, FlowKey, Outcome,
@@ -12,13 +12,14 @@ use crate::{
 
 /// Whether the flow's destination address has any VIP, and its per-address flags.
 #[inline(always)]
-pub fn vip_addr(flow: &FlowKey) -> Option<AddrMeta> {
+pub fn vip_addr(flow: &FlowKey) -> Option<&'static AddrMeta> {
     let key = AddrKey {
         addr: flow.dst,
         family: flow.family,
         _pad: [0; 3],
     };
-    VIP_ADDRS.get_ptr(&key).map(|meta| unsafe { *meta })
+    // SAFETY: a hash map value stays valid for the program run (RCU); it is only read.
+    unsafe { VIP_ADDRS.get(&key) }
 }
 
 /// The balancer-wide settings the agent wrote (all zero before it did), read in place. The
@@ -29,66 +30,84 @@ pub fn settings() -> Option<&'static Settings> {
 }
 
 /// The VIP this flow is addressed to: exact (address, port, protocol) first, then the
-/// all-ports entry of the address.
+/// all-ports entry of the address. Read in place, not copied.
 #[inline(always)]
-pub fn vip(flow: &FlowKey) -> Option<VipMeta> {
+pub fn vip(flow: &FlowKey) -> Option<&'static VipMeta> {
     let mut key = VipKey {
         addr: flow.dst,
         port: flow.dport,
         proto: flow.proto,
         family: flow.family,
     };
-    if let Some(meta) = VIPS.get_ptr(&key) {
-        return Some(unsafe { *meta });
+    // SAFETY (both): hash map values stay valid for the program run (RCU); they are only read.
+    if let Some(meta) = unsafe { VIPS.get(&key) } {
+        return Some(meta);
     }
     key.port = ALL_PORTS;
-    VIPS.get_ptr(&key).map(|meta| unsafe { *meta })
+    unsafe { VIPS.get(&key) }
 }
 
-/// A backend chosen for a flow.
-pub struct Choice {
-    pub backend_id: u32,
-    pub backend: Backend,
-    /// True when the ring decided (flow-table miss): counts as a new flow.
-    pub new_flow: bool,
-}
-
+/// The backend in slot `id` if it takes packets (active or draining), read in place.
 #[inline(always)]
-fn backend(id: u32) -> Option<Backend> {
+fn serving(id: u32) -> Option<&'static Backend> {
     // verifier: BACKENDS is an array map; the kernel bounds-checks `id` and returns None past
     // MAX_BACKENDS, so a stale or corrupt id cannot reach outside the map.
-    let b = unsafe { *BACKENDS.get_ptr(id)? };
+    let b = BACKENDS.get(id)?;
     // Removed (unused) and health-check-failed backends take no packets at all.
-    if !backend_serves(b.state) {
-        return None;
-    }
-    Some(b)
+    backend_serves(b.state).then_some(b)
 }
 
-/// The flow's backend: the remembered one if it still exists (draining included), else the
-/// Maglev ring's choice, which is then remembered if `remember` (ICMP errors only look).
+/// What the flow table says about a flow.
+pub enum Remembered {
+    /// Pinned to a backend that still serves it: everything the packet needs is here (the
+    /// backend carries its VIP's id and forwarding mode).
+    Hit(u32, &'static Backend),
+    /// Pinned to a backend that is gone, down, or whose slot has a new owner (the tag
+    /// differs); or its VIP became stateless. The VIP decides again.
+    Stale,
+    Miss,
+}
+
+/// The flow table's answer for `flow`, before any VIP lookup: the key is the whole 5-tuple,
+/// VIP address and port included, so a hit needs nothing else. A VIP that left the config
+/// leaves its backends' slots unused (the agent clears them), so its flows turn `Stale`, and
+/// then the VIP lookup finds nothing.
 #[inline(always)]
-pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, Outcome> {
+pub fn remembered(flow: &FlowKey) -> Remembered {
+    // SAFETY: the LRU value stays valid for the program run (RCU); it is only read.
+    let Some(entry) = (unsafe { CONNS.get(flow) }) else {
+        return Remembered::Miss;
+    };
+    let (id, tag) = (entry.backend_id, entry.tag);
+    match serving(id) {
+        // A tag that no longer matches: the slot changed owner (ids follow the config's set),
+        // so the backend this flow was pinned to is gone.
+        Some(b) if b.tag == tag && b.vip_flags & VIP_STATELESS == 0 => Remembered::Hit(id, b),
+        _ => Remembered::Stale,
+    }
+}
+
+/// A backend chosen by the ring for a flow the table did not answer for.
+pub struct Choice {
+    pub backend_id: u32,
+    pub backend: &'static Backend,
+}
+
+/// The ring's choice for `flow` to `vip`, remembered if the VIP is stateful and `remember`
+/// (ICMP errors only look). `stale` says the table held an entry that no longer serves: the
+/// lookup counts as a re-steer rather than a miss.
+#[inline(always)]
+pub fn choose(
+    flow: &FlowKey,
+    vip: &VipMeta,
+    stale: bool,
+    remember: bool,
+) -> Result<Choice, Outcome> {
     let stateful = vip.flags & VIP_STATELESS == 0;
-    let mut resteer = false;
     if stateful {
-        if let Some(entry) = CONNS.get_ptr(flow) {
-            let (id, tag) = unsafe { ((*entry).backend_id, (*entry).tag) };
-            // A tag that no longer matches: the slot changed owner (ids follow the config's
-            // set), so the backend this flow was pinned to is gone.
-            if let Some(b) = backend(id).filter(|b| b.tag == tag) {
-                event(Event::ConnHit);
-                return Ok(Choice {
-                    backend_id: id,
-                    backend: b,
-                    new_flow: false,
-                });
-            }
-            // The backend it was pinned to is gone or down: its connection is dead anyway, so steer
-            // the packet where a new connection would go instead of black-holing it.
-            resteer = true;
-        }
-        event(if resteer {
+        // The backend it was pinned to is gone or down: its connection is dead anyway, so
+        // steer the packet where a new connection would go instead of black-holing it.
+        event(if stale {
             Event::ConnResteer
         } else {
             Event::ConnMiss
@@ -106,7 +125,7 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, O
     if id == NO_BACKEND {
         return Err(Outcome::DropNoBackend);
     }
-    let b = backend(id).ok_or(Outcome::DropNoBackend)?;
+    let b = serving(id).ok_or(Outcome::DropNoBackend)?;
     if stateful && remember {
         let entry = ConnEntry {
             backend_id: id,
@@ -119,6 +138,5 @@ pub fn choose(flow: &FlowKey, vip: &VipMeta, remember: bool) -> Result<Choice, O
     Ok(Choice {
         backend_id: id,
         backend: b,
-        new_flow: true,
     })
 }
