@@ -1,9 +1,12 @@
-//! Which backend gets this flow: the flow table first (an established flow needs nothing else), then on a miss the VIP and its Maglev ring.
+//! Whether a frame is ours, and which backend gets its flow: the flow table first (an established flow needs nothing else), then on a miss the VIP and its Maglev ring.
 
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Event, FlowKey, Outcome,
     Settings, VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
+
+use lb_ebpf::wire::{eth, ptr_at};
 
 use crate::{
     maps::{BACKENDS, CONNS, RINGS, SETTINGS, VIPS, VIP_ADDRS},
@@ -25,8 +28,32 @@ pub fn vip_addr(flow: &FlowKey) -> Option<&'static AddrMeta> {
 /// The balancer-wide settings the agent wrote (all zero before it did), read in place. The
 /// one-entry array always has index 0; `None` only satisfies the verifier.
 #[inline(always)]
-pub fn settings() -> Option<&'static Settings> {
+fn settings() -> Option<&'static Settings> {
     SETTINGS.get(0)
+}
+
+/// Whether the frame is addressed to this balancer: VIP traffic reaches us addressed to our
+/// unicast MAC (or the virtual MAC we answer for). A group frame (broadcast, multicast) is
+/// not ours to bounce, and neither is a frame for another host that a switch flooded to us:
+/// rewriting it would send it on with that host's MAC as our source.
+///
+/// Returns the settings it read them from, which the rewrite then uses for our source MAC.
+#[inline(always)]
+pub fn addressed_to_us(ctx: &XdpContext) -> Result<&'static Settings, Outcome> {
+    let s = settings().ok_or(Outcome::PassOtherHost)?;
+    let h = ptr_at::<[u8; eth::HLEN]>(ctx, 0).ok_or(Outcome::DropMalformed)?;
+    let h = unsafe { &*h };
+    let dst = [h[0], h[1], h[2], h[3], h[4], h[5]];
+    if dst[0] & 1 == 1 {
+        return Err(Outcome::PassNotUnicast);
+    }
+    // An all-zero MAC is "not set": it never matches, so unset settings balance nothing.
+    let ours = |m: [u8; 6]| m != [0; 6] && m == dst;
+    if ours(s.mac) || ours(s.virtual_mac) {
+        Ok(s)
+    } else {
+        Err(Outcome::PassOtherHost)
+    }
 }
 
 /// The VIP this flow is addressed to: exact (address, port, protocol) first, then the
@@ -74,7 +101,8 @@ pub enum Remembered {
 /// then the VIP lookup finds nothing.
 #[inline(always)]
 pub fn remembered(flow: &FlowKey) -> Remembered {
-    // SAFETY: the LRU value stays valid for the program run (RCU); it is only read.
+    // SAFETY: an LRU value reference is good until the next insert or remove on the map
+    // (which may recycle its element); id and tag are copied out here, before any insert.
     let Some(entry) = (unsafe { CONNS.get(flow) }) else {
         return Remembered::Miss;
     };

@@ -1,17 +1,19 @@
-//! Entry points of xdplb's XDP programs: the balancer and the plain pass program for veth peers.
+//! Entry points of xdplb's XDP programs: the balancer and the plain pass program for veth peers. Parsing, encapsulation and ICMP come from the lb-ebpf library; the balancer's own maps, lookups and counters are its modules.
 #![no_std]
 #![no_main]
 
-mod forward;
 mod lookup;
 mod maps;
-mod parse;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{flow_hash, Event, Outcome, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
-use lookup::Remembered;
-use parse::Kind;
+use lb_ebpf::{
+    encap, icmp,
+    parse::{self, Kind},
+    wire,
+};
+use lookup::{addressed_to_us, Remembered};
 
 /// The balancer. Every packet ends in exactly one outcome, counted here and nowhere else, and
 /// the outcome's verdict is the action: the counters and what the NIC did cannot disagree.
@@ -56,8 +58,8 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
             if !answer {
                 return Err(Outcome::PassNotVip);
             }
-            let settings = parse::addressed_to_us(ctx)?;
-            forward::echo_reply(ctx, &p, settings)?;
+            let settings = addressed_to_us(ctx)?;
+            icmp::echo_reply(ctx, &p, settings)?;
             return Ok(Outcome::TxIcmpEcho);
         }
     }
@@ -66,28 +68,28 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
         Remembered::Hit(id, backend) => {
             // Only VIP flows are in the table, so this is VIP traffic: ours only if addressed
             // to us, as on the miss path below.
-            let settings = parse::addressed_to_us(ctx)?;
+            let settings = addressed_to_us(ctx)?;
             stats::event(Event::ConnHit);
             (id, backend, false, settings)
         }
         remembered => {
             let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
-            let settings = parse::addressed_to_us(ctx)?;
+            let settings = addressed_to_us(ctx)?;
             let stale = matches!(remembered, Remembered::Stale);
             // An ICMP error only follows its flow; it must not create one.
             let choice = lookup::choose(&p.key, vip, stale, !icmp_error)?;
             (choice.backend_id, choice.backend, true, settings)
         }
     };
-    let bytes = parse::frame_len(ctx);
+    let bytes = wire::frame_len(ctx) as u64;
     match backend.vip_forwarding {
-        FORWARD_L2 => forward::l2(ctx, backend, settings)?,
+        FORWARD_L2 => encap::l2(ctx, backend, settings)?,
         FORWARD_IPIP => {
-            if let Some(mtu) = forward::too_big_for_tunnel(&p, backend, settings, icmp_error)? {
-                forward::too_big(ctx, &p, mtu, settings)?;
+            if let Some(mtu) = encap::too_big_for_tunnel(&p, backend, settings, icmp_error)? {
+                icmp::too_big(ctx, &p, mtu, settings)?;
                 return Ok(Outcome::TxIcmpTooBig);
             }
-            forward::ipip(ctx, &p, backend, settings, flow_hash(&p.key, false))?;
+            encap::ipip(ctx, &p, backend, settings, flow_hash(&p.key, false))?;
         }
         // A mode this program does not know: the agent refuses such configs, so this is a
         // mismatch between agent and object; drop rather than send somewhere wrong.
