@@ -128,8 +128,8 @@ pub const MAX_VIPS: u32 = 512;
 /// `BACKEND_STATS` is 24 B per CPU each: 384 KiB per CPU.
 pub const MAX_BACKENDS: u32 = 16384;
 /// Default flow-table capacity (`flow_table_size` in the config overrides it at load time).
-/// An LRU hash entry costs its key and value (48 B) plus ~56 B of kernel bookkeeping: ~100 MiB
-/// for 1Mi flows. Stateless VIPs do not use it.
+/// An LRU hash entry costs its key and value (40 + 12 B, the value rounded up to 16) plus ~56 B
+/// of kernel bookkeeping: ~110 MiB for 1Mi flows. Stateless VIPs do not use it.
 pub const DEFAULT_CONNS: u32 = 1 << 20;
 /// Maglev table size the config uses when it names none; must be prime.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
@@ -333,8 +333,11 @@ pub struct ConnEntry {
     pub backend_id: u32,
     /// `Backend::tag` of the backend when the flow was pinned to it.
     pub tag: u32,
+    /// `flow_hash(key, false)`, computed when the flow was pinned: the tunnel source's host
+    /// bits and the IPv6 flow label of its `ipip` packets, so a hit does not hash again.
+    pub hash: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 12);
 
 /// Value of `VIP_STATS` and `BACKEND_STATS` (per CPU; readers sum the CPUs).
 #[repr(C)]
@@ -523,7 +526,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (conns.key_size, conns.value_size, conns.max_entries),
-            (40, 8, 0)
+            (40, 12, 0)
         );
         let global = BALANCER_MAPS
             .iter()
@@ -555,7 +558,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (6, [20, 16, 40, 40, 8, 24, 20, 4, 48, 17, 9])
+            (6, [20, 16, 40, 40, 12, 24, 20, 4, 48, 17, 9])
         );
     }
 

@@ -88,7 +88,7 @@ fn serving(id: u32) -> Option<&'static Backend> {
 pub enum Remembered {
     /// Pinned to a backend that still serves it: everything the packet needs is here (the
     /// backend carries its VIP's id and forwarding mode).
-    Hit(u32, &'static Backend),
+    Hit(Choice),
     /// Pinned to a backend that is gone, down, or whose slot has a new owner (the tag
     /// differs); or its VIP became stateless. The VIP decides again.
     Stale,
@@ -102,23 +102,29 @@ pub enum Remembered {
 #[inline(always)]
 pub fn remembered(flow: &FlowKey) -> Remembered {
     // SAFETY: an LRU value reference is good until the next insert or remove on the map
-    // (which may recycle its element); id and tag are copied out here, before any insert.
+    // (which may recycle its element); its fields are copied out here, before any insert.
     let Some(entry) = (unsafe { CONNS.get(flow) }) else {
         return Remembered::Miss;
     };
-    let (id, tag) = (entry.backend_id, entry.tag);
+    let (id, tag, hash) = (entry.backend_id, entry.tag, entry.hash);
     match serving(id) {
         // A tag that no longer matches: the slot changed owner (ids follow the config's set),
         // so the backend this flow was pinned to is gone.
-        Some(b) if b.tag == tag && b.vip_flags & VIP_STATELESS == 0 => Remembered::Hit(id, b),
+        Some(b) if b.tag == tag && b.vip_flags & VIP_STATELESS == 0 => Remembered::Hit(Choice {
+            backend_id: id,
+            backend: b,
+            hash,
+        }),
         _ => Remembered::Stale,
     }
 }
 
-/// A backend chosen by the ring for a flow the table did not answer for.
+/// The backend a flow goes to.
 pub struct Choice {
     pub backend_id: u32,
     pub backend: &'static Backend,
+    /// `flow_hash(flow, false)`, for an `ipip` outer header.
+    pub hash: u32,
 }
 
 /// The ring's choice for `flow` to `vip`, remembered if the VIP is stateful and `remember`
@@ -144,7 +150,15 @@ pub fn choose(
     if vip.ring_size == 0 {
         return Err(Outcome::DropNoBackend);
     }
-    let slot = flow_hash(flow, vip.flags & VIP_HASH_SOURCE_IP != 0) % vip.ring_size;
+    // The ring's hash is the tunnel's too, unless the VIP hashes the source only. The entry
+    // keeps the tunnel's even for an `l2` VIP: the VIP's mode may change under its flows.
+    let hash = flow_hash(flow, false);
+    let ring_hash = if vip.flags & VIP_HASH_SOURCE_IP != 0 {
+        flow_hash(flow, true)
+    } else {
+        hash
+    };
+    let slot = ring_hash % vip.ring_size;
     // verifier: RINGS' inner arrays are bounds-checked by the kernel; a slot past a ring's
     // size returns None.
     let id = *RINGS
@@ -158,6 +172,7 @@ pub fn choose(
         let entry = ConnEntry {
             backend_id: id,
             tag: b.tag,
+            hash,
         };
         if CONNS.insert(flow, &entry, 0).is_err() {
             event(Event::ConnInsertFailed);
@@ -166,5 +181,6 @@ pub fn choose(
     Ok(Choice {
         backend_id: id,
         backend: b,
+        hash,
     })
 }

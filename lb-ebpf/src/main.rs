@@ -7,7 +7,7 @@ mod maps;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{flow_hash, Event, Outcome, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
+use lb_common::{Event, Outcome, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
 use lb_ebpf::{
     encap, icmp,
     parse::{self, Kind},
@@ -64,13 +64,13 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
         }
     }
     let icmp_error = p.kind == Kind::IcmpError;
-    let (backend_id, backend, new_flow, settings) = match lookup::remembered(&p.key) {
-        Remembered::Hit(id, backend) => {
+    let (choice, new_flow, settings) = match lookup::remembered(&p.key) {
+        Remembered::Hit(choice) => {
             // Only VIP flows are in the table, so this is VIP traffic: ours only if addressed
             // to us, as on the miss path below.
             let settings = addressed_to_us(ctx)?;
             stats::event(Event::ConnHit);
-            (id, backend, false, settings)
+            (choice, false, settings)
         }
         remembered => {
             let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
@@ -78,9 +78,10 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
             let stale = matches!(remembered, Remembered::Stale);
             // An ICMP error only follows its flow; it must not create one.
             let choice = lookup::choose(&p.key, vip, stale, !icmp_error)?;
-            (choice.backend_id, choice.backend, true, settings)
+            (choice, true, settings)
         }
     };
+    let backend = choice.backend;
     let bytes = wire::frame_len(ctx) as u64;
     match backend.vip_forwarding {
         FORWARD_L2 => encap::l2(ctx, backend, settings)?,
@@ -89,14 +90,14 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
                 icmp::too_big(ctx, &p, mtu, settings)?;
                 return Ok(Outcome::TxIcmpTooBig);
             }
-            encap::ipip(ctx, &p, backend, settings, flow_hash(&p.key, false))?;
+            encap::ipip(ctx, &p, backend, settings, choice.hash)?;
         }
         // A mode this program does not know: the agent refuses such configs, so this is a
         // mismatch between agent and object; drop rather than send somewhere wrong.
         _ => return Err(Outcome::DropNoBackend),
     }
     stats::traffic(&maps::VIP_STATS, backend.vip_id, bytes, new_flow);
-    stats::traffic(&maps::BACKEND_STATS, backend_id, bytes, new_flow);
+    stats::traffic(&maps::BACKEND_STATS, choice.backend_id, bytes, new_flow);
     Ok(if icmp_error {
         Outcome::TxIcmpSteered
     } else {

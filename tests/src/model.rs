@@ -515,7 +515,7 @@ impl Model {
             Kind::Flow(key) => (key, false),
             Kind::IcmpError(key) => (key, true),
         };
-        let (forwarded, backend, ipip) = self.choose(&key, to_us, !steered, lookup)?;
+        let (forwarded, backend, ipip, hash) = self.choose(&key, to_us, !steered, lookup)?;
         let reason = if steered {
             Counter::TxIcmpSteered
         } else {
@@ -539,7 +539,7 @@ impl Model {
                     forwarded: None,
                 });
             }
-            encapsulate(frame, p, &key, &backend, &self.settings)
+            encapsulate(frame, p, hash, &backend, &self.settings)
         } else {
             // L2 DSR: the frame goes to the backend's MAC, from this NIC's own MAC (never one
             // copied from the frame); nothing past the Ethernet addresses changes.
@@ -555,8 +555,9 @@ impl Model {
         })
     }
 
-    /// Flow table, then (when it does not answer) VIP lookup and ring: the backend for `flow`
-    /// (and whether it tunnels), or why there is none. A ring decision is remembered only if
+    /// Flow table, then (when it does not answer) VIP lookup and ring: the backend for `flow`,
+    /// whether it tunnels and the tunnel's hash (the entry's on a hit: it keeps the one computed
+    /// when the flow was pinned), or why there is none. A ring decision is remembered only if
     /// `remember`.
     fn choose(
         &mut self,
@@ -564,7 +565,7 @@ impl Model {
         to_us: Result<(), Counter>,
         remember: bool,
         lookup: &mut Option<Counter>,
-    ) -> Result<(Forwarded, Backend, bool), Counter> {
+    ) -> Result<(Forwarded, Backend, bool, u32), Counter> {
         let serving = |id: u32| {
             self.backends
                 .get(&id)
@@ -588,7 +589,7 @@ impl Model {
                         backend_id: entry.backend_id,
                         new_flow: false,
                     };
-                    return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP));
+                    return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP, entry.hash));
                 }
                 // Its backend was removed (its VIP too, perhaps), is down, or its slot has a
                 // new owner (the tag differs), or its VIP became stateless: the VIP decides
@@ -636,6 +637,7 @@ impl Model {
                 ConnEntry {
                     backend_id: id,
                     tag: backend.tag,
+                    hash: flow_hash(flow, false),
                 },
             );
         }
@@ -644,7 +646,7 @@ impl Model {
             backend_id: id,
             new_flow: true,
         };
-        Ok((forwarded, backend, ipip))
+        Ok((forwarded, backend, ipip, flow_hash(flow, false)))
     }
 
     /// The model's flow table (stateful VIPs' remembered choices).
@@ -780,15 +782,9 @@ fn too_big(frame: &[u8], p: &Packet, mtu: usize, our_mac: [u8; 6]) -> Vec<u8> {
 
 /// The frame as `ipip` sends it: L2 header toward the next hop (tag kept, EtherType of the
 /// outer family), the outer header, then everything from the IP header to the frame's end.
-fn encapsulate(
-    frame: &[u8],
-    p: &Packet,
-    key: &FlowKey,
-    backend: &Backend,
-    s: &Settings,
-) -> Vec<u8> {
-    // Always the full 5-tuple hash: it only spreads tunnels over the backend's queues.
-    let hash = flow_hash(key, false);
+fn encapsulate(frame: &[u8], p: &Packet, hash: u32, backend: &Backend, s: &Settings) -> Vec<u8> {
+    // `hash` is always the full 5-tuple's (`flow_hash(key, false)`, remembered with the flow):
+    // it only spreads tunnels over the backend's queues.
     let inner = if p.family == Family::V4 {
         IpNumber::IPV4
     } else {

@@ -518,6 +518,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
         let entry = ConnEntry {
             backend_id: 0,
             tag: 0,
+            hash: 0,
         };
         bal.maps.insert_conn(&key, &entry)?;
     }
