@@ -120,16 +120,16 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
-/// How many backends in all (a backend of two VIPs counts twice). `BACKENDS` is 32 B each: 512 KiB;
+/// How many backends in all (a backend of two VIPs counts twice). `BACKENDS` is 40 B each: 640 KiB;
 /// `BACKEND_STATS` is 24 B per CPU each: 384 KiB per CPU.
 pub const MAX_BACKENDS: u32 = 16384;
 /// Default flow-table capacity (`flow_table_size` in the config overrides it at load time).
-/// An LRU hash entry costs its key and value (48 B) plus ~56 B of kernel bookkeeping: ~100 MiB
-/// for 1Mi flows. Stateless VIPs do not use it.
+/// An LRU hash entry costs its key and value (40 + 12 B, the value rounded up to 16) plus ~56 B
+/// of kernel bookkeeping: ~110 MiB for 1Mi flows. Stateless VIPs do not use it.
 pub const DEFAULT_CONNS: u32 = 1 << 20;
 /// Maglev table size the config uses when it names none; must be prime.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
@@ -304,8 +304,13 @@ pub struct Backend {
     /// are a function of the config's set, so a slot can change owner under a live flow, and
     /// an entry whose tag no longer matches is re-steered instead of sent to the new owner.
     pub tag: u32,
+    /// Its VIP's `VipMeta::flags`, and below its `VipMeta::forwarding`: a flow-table hit reads
+    /// this entry anyway (state and tag), so it learns here how to forward, without the VIP
+    /// lookup. A hit on a backend whose VIP became stateless is not used.
+    pub vip_flags: u32,
+    pub vip_forwarding: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 /// Key of `CONNS`: the packet's 5-tuple as it arrived (destination = the VIP).
 #[repr(C)]
@@ -328,8 +333,11 @@ pub struct ConnEntry {
     pub backend_id: u32,
     /// `Backend::tag` of the backend when the flow was pinned to it.
     pub tag: u32,
+    /// `flow_hash(key, false)`, computed when the flow was pinned: the tunnel source's host
+    /// bits and the IPv6 flow label of its `ipip` packets, so a hit does not hash again.
+    pub hash: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 12);
 
 /// Value of `VIP_STATS` and `BACKEND_STATS` (per CPU; readers sum the CPUs).
 #[repr(C)]
@@ -518,7 +526,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (conns.key_size, conns.value_size, conns.max_entries),
-            (40, 8, 0)
+            (40, 12, 0)
         );
         let global = BALANCER_MAPS
             .iter()
@@ -550,7 +558,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (5, [20, 16, 32, 40, 8, 24, 20, 4, 48, 17, 9])
+            (6, [20, 16, 40, 40, 12, 24, 20, 4, 48, 17, 9])
         );
     }
 
@@ -559,6 +567,7 @@ mod tests {
         use core::mem::{align_of, offset_of};
         assert_eq!(offset_of!(VipKey, proto), 18);
         assert_eq!(offset_of!(Backend, vip_id), 24);
+        assert_eq!(offset_of!(Backend, vip_forwarding), 36);
         assert_eq!(offset_of!(FlowKey, proto), 36);
         assert_eq!(offset_of!(FlowKey, family), 37);
         assert_eq!(offset_of!(Backend, family), 22);

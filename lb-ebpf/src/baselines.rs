@@ -3,6 +3,7 @@
 #![no_main]
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_ebpf::wire::ptr_at;
 
 /// Does nothing: the cost of running any XDP program at all.
 #[xdp]
@@ -13,12 +14,10 @@ pub fn baseline_pass(_ctx: XdpContext) -> u32 {
 /// Swaps source and destination MAC and bounces the frame: the least an L2 forwarder does.
 #[xdp]
 pub fn baseline_macswap(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    if start + 12 > ctx.data_end() {
+    let Some(macs) = ptr_at::<[u8; 12]>(&ctx, 0) else {
         return xdp_action::XDP_PASS;
-    }
-    let macs = start as *mut [u8; 12];
-    // SAFETY: 12 bytes checked against data_end above.
+    };
+    // SAFETY: ptr_at checked the 12 bytes against data_end.
     unsafe {
         let m = *macs;
         let mut swapped = [0u8; 12];

@@ -11,7 +11,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     decap::{DecapAddr, DecapOutcome, DECAP_COUNTER_COUNT, MAX_DECAP_ADDRS},
-    Verdict,
+    Verdict, IPPROTO_IPIP, IPPROTO_IPV6,
+};
+use lb_ebpf::{
+    counters::increment,
+    wire::{
+        eth::{self, P_8021Q as ETH_P_8021Q, P_IP as ETH_P_IP, P_IPV6 as ETH_P_IPV6},
+        ipv4::{MF as IP_MF, OFFSET as IP_OFFSET},
+        ipv6::EXT_FRAGMENT as IPPROTO_FRAGMENT,
+        ptr_at,
+    },
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
@@ -23,19 +32,9 @@ static DECAP_ADDRS: HashMap<DecapAddr, u32, { MAX_DECAP_ADDRS as usize }> = Hash
 #[btf_map]
 static DECAP_STATS: PerCpuArray<u64, { DECAP_COUNTER_COUNT as usize }> = PerCpuArray::new();
 
-const ETH_HLEN: usize = 14;
+const ETH_HLEN: usize = eth::HLEN;
 /// Ethernet header plus one 802.1Q tag.
-const VLAN_ETH_HLEN: usize = 18;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-/// Outer protocol / next header of IPv4-in-IP (RFC 2003) and IPv6-in-IP (RFC 2473, RFC 4213).
-const IPPROTO_IPIP: u8 = 4;
-const IPPROTO_IPV6: u8 = 41;
-const IPPROTO_FRAGMENT: u8 = 44;
-/// IPv4 "more fragments" flag and fragment-offset mask in the host-order `frags` field.
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
+const VLAN_ETH_HLEN: usize = eth::HLEN + eth::VLAN_HLEN;
 
 /// The decapsulation program. Every packet ends in exactly one outcome, counted here, whose
 /// verdict is the action; except a failed `bpf_xdp_adjust_head` after all checks passed
@@ -63,23 +62,7 @@ pub fn xdplb_decap(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn count(outcome: DecapOutcome) {
-    // verifier: DECAP_STATS has `DecapOutcome::COUNT` slots; the kernel bounds-checks anyway.
-    if let Some(slot) = DECAP_STATS.get_ptr_mut(outcome.counter() as u32) {
-        // Per-CPU slot: no other CPU writes it, a plain add is enough.
-        unsafe { *slot += 1 };
-    }
-}
-
-/// A pointer to a `T` at `off` bytes into the frame, or `None` if the frame is shorter.
-/// The explicit `data_end` comparison is what the verifier needs before any packet access.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
+    increment(&DECAP_STATS, outcome.counter() as u32);
 }
 
 /// What [`apply`] does to a tunnel packet that passed every check.

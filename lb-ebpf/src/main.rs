@@ -1,16 +1,19 @@
-//! Entry points of xdplb's XDP programs: the balancer and the plain pass program for veth peers.
+//! Entry points of xdplb's XDP programs: the balancer and the plain pass program for veth peers. Parsing, encapsulation and ICMP come from the lb-ebpf library; the balancer's own maps, lookups and counters are its modules.
 #![no_std]
 #![no_main]
 
-mod forward;
 mod lookup;
 mod maps;
-mod parse;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{flow_hash, Family, Outcome, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
-use parse::Kind;
+use lb_common::{Event, Outcome, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
+use lb_ebpf::{
+    encap, icmp,
+    parse::{self, Kind},
+    wire,
+};
+use lookup::{addressed_to_us, Remembered};
 
 /// The balancer. Every packet ends in exactly one outcome, counted here and nowhere else, and
 /// the outcome's verdict is the action: the counters and what the NIC did cannot disagree.
@@ -36,6 +39,9 @@ fn action_for(verdict: Verdict) -> u32 {
 
 /// Classifies the packet and sends it on. `Ok` is the `Tx*` outcome of a frame rewritten for
 /// `XDP_TX`; `Err` the outcome of a packet that goes no further.
+///
+/// An established flow takes one hash lookup (the flow table, keyed by the whole 5-tuple); only
+/// a flow the table cannot answer for looks up its VIP and the VIP's ring.
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
     let p = parse::parse(ctx)?;
@@ -52,53 +58,46 @@ fn balance(ctx: &XdpContext) -> Result<Outcome, Outcome> {
             if !answer {
                 return Err(Outcome::PassNotVip);
             }
-            let settings = parse::addressed_to_us(ctx)?;
-            forward::echo_reply(ctx, &p, settings)?;
+            let settings = addressed_to_us(ctx)?;
+            icmp::echo_reply(ctx, &p, settings)?;
             return Ok(Outcome::TxIcmpEcho);
         }
     }
-    let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
-    let settings = parse::addressed_to_us(ctx)?;
     let icmp_error = p.kind == Kind::IcmpError;
-    // An ICMP error only follows its flow; it must not create one.
-    let choice = lookup::choose(&p.key, &vip, !icmp_error)?;
-    let bytes = parse::frame_len(ctx);
-    match vip.forwarding {
-        FORWARD_L2 => forward::l2(ctx, &choice.backend, settings)?,
+    let (choice, new_flow, settings) = match lookup::remembered(&p.key) {
+        Remembered::Hit(choice) => {
+            // Only VIP flows are in the table, so this is VIP traffic: ours only if addressed
+            // to us, as on the miss path below.
+            let settings = addressed_to_us(ctx)?;
+            stats::event(Event::ConnHit);
+            (choice, false, settings)
+        }
+        remembered => {
+            let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
+            let settings = addressed_to_us(ctx)?;
+            let stale = matches!(remembered, Remembered::Stale);
+            // An ICMP error only follows its flow; it must not create one.
+            let choice = lookup::choose(&p.key, vip, stale, !icmp_error)?;
+            (choice, true, settings)
+        }
+    };
+    let backend = choice.backend;
+    let bytes = wire::frame_len(ctx) as u64;
+    match backend.vip_forwarding {
+        FORWARD_L2 => encap::l2(ctx, backend, settings)?,
         FORWARD_IPIP => {
-            let outer = if choice.backend.family == Family::V6 {
-                lb_common::IPV6_HLEN
-            } else {
-                lb_common::IPV4_HLEN
-            } as usize;
-            let limit = match settings.mtu {
-                0 => 0xffff,
-                mtu => mtu as usize,
-            };
-            if p.ip_len + outer > limit {
-                // The client may be told to send smaller packets, unless it asked for
-                // fragmentation (IPv4 without DF) or this is already an ICMP error.
-                if icmp_error || !p.df {
-                    return Err(Outcome::DropTooBig);
-                }
-                let mtu = (limit - outer) as u32;
-                forward::too_big(ctx, &p, mtu, settings)?;
+            if let Some(mtu) = encap::too_big_for_tunnel(&p, backend, settings, icmp_error)? {
+                icmp::too_big(ctx, &p, mtu, settings)?;
                 return Ok(Outcome::TxIcmpTooBig);
             }
-            let hash = flow_hash(&p.key, false);
-            forward::ipip(ctx, &p, &choice.backend, settings, hash)?;
+            encap::ipip(ctx, &p, backend, settings, choice.hash)?;
         }
         // A mode this program does not know: the agent refuses such configs, so this is a
         // mismatch between agent and object; drop rather than send somewhere wrong.
         _ => return Err(Outcome::DropNoBackend),
     }
-    stats::traffic(&maps::VIP_STATS, vip.vip_id, bytes, choice.new_flow);
-    stats::traffic(
-        &maps::BACKEND_STATS,
-        choice.backend_id,
-        bytes,
-        choice.new_flow,
-    );
+    stats::traffic(&maps::VIP_STATS, backend.vip_id, bytes, new_flow);
+    stats::traffic(&maps::BACKEND_STATS, choice.backend_id, bytes, new_flow);
     Ok(if icmp_error {
         Outcome::TxIcmpSteered
     } else {

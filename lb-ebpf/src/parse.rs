@@ -1,77 +1,17 @@
 //! Packet parsing: what a frame is (a TCP/UDP flow, an ICMP error quoting one, an echo request, a fragment) and where its headers are, or why it is none of those.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    Family, FlowKey, Outcome, Settings, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-};
+use lb_common::{Family, FlowKey, Outcome, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const VLAN_HLEN: usize = 4;
-const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
-/// IPv4 "more fragments" flag and fragment-offset mask in the host-order `frags` field.
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1fff;
-
-/// IPv4 "don't fragment" flag in the host-order `frags` field.
-const IP_DF: u16 = 0x4000;
-const ICMP_HLEN: usize = 8;
-const ICMP_ECHO_REQUEST: u8 = 8;
-const ICMPV6_ECHO_REQUEST: u8 = 128;
-const IPV6_FRAGMENT: u8 = 44;
-
-/// A pointer to a `T` at `off` bytes into the frame, or `None` if the frame is shorter.
-/// The explicit `data_end` comparison is what the verifier needs before any packet access.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some((start + off) as *mut T)
-}
-
-/// The Ethernet header, for rewriting. `None` only if the frame is shorter than 14 bytes.
-#[inline(always)]
-pub fn eth_mut(ctx: &XdpContext) -> Option<*mut EthHdr> {
-    ptr_at::<EthHdr>(ctx, 0)
-}
-
-/// Whether the frame is addressed to this balancer: VIP traffic reaches us addressed to our
-/// unicast MAC (or the virtual MAC we answer for). A group frame (broadcast, multicast) is
-/// not ours to bounce, and neither is a frame for another host that a switch flooded to us:
-/// rewriting it would send it on with that host's MAC as our source.
-///
-/// Returns the settings it read them from, which the rewrite then uses for our source MAC.
-#[inline(always)]
-pub fn addressed_to_us(ctx: &XdpContext) -> Result<&'static Settings, Outcome> {
-    let s = crate::lookup::settings().ok_or(Outcome::PassOtherHost)?;
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Outcome::DropMalformed)?;
-    let dst = unsafe { (*eth).dst_addr };
-    if dst[0] & 1 == 1 {
-        return Err(Outcome::PassNotUnicast);
-    }
-    // An all-zero MAC is "not set": it never matches, so unset settings balance nothing.
-    let ours = |m: [u8; 6]| m != [0; 6] && m == dst;
-    if ours(s.mac) || ours(s.virtual_mac) {
-        Ok(s)
-    } else {
-        Err(Outcome::PassOtherHost)
-    }
-}
-
-/// Length of the whole frame as received, for byte counters.
-#[inline(always)]
-pub fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
-}
+use crate::wire::{
+    eth, frame_len, icmp,
+    ipv4::{DF as IP_DF, MF as IP_MF, OFFSET as IP_OFFSET},
+    ipv6, ptr_at, transport,
+};
 
 /// What kind of packet [`parse`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -120,13 +60,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
     // `ether_type` holds the wire bytes; compare in host order.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3 = EthHdr::LEN;
-    if ether_type == ETH_P_8021Q {
+    if ether_type == eth::P_8021Q {
         let inner = ptr_at::<[u8; 4]>(ctx, l3).ok_or(Outcome::PassNotIp)?;
         let tag = unsafe { *inner };
         ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 += VLAN_HLEN;
+        l3 += eth::VLAN_HLEN;
     }
-    let frame = ctx.data_end() - ctx.data();
+    let frame = frame_len(ctx);
     let mut p = Parsed {
         kind: Kind::Flow,
         key: FlowKey::default(),
@@ -138,7 +78,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
     };
     let proto;
     match ether_type {
-        ETH_P_IP => {
+        eth::P_IP => {
             let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Outcome::DropMalformed)?;
             let ip = unsafe { &*ip };
             let ihl = (ip.vihl & 0x0f) as usize * 4;
@@ -162,7 +102,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
             p.l4 = l3 + ihl;
             proto = ip.proto;
         }
-        ETH_P_IPV6 => {
+        eth::P_IPV6 => {
             let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Outcome::DropMalformed)?;
             let ip = unsafe { &*ip };
             let payload = u16::from_be_bytes(ip.payload_len) as usize;
@@ -175,13 +115,19 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
             p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
             match ip.next_hdr {
                 IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {}
-                IPV6_FRAGMENT => {
+                ipv6::EXT_FRAGMENT => {
                     p.kind = Kind::Fragment;
                     return Ok(p);
                 }
                 // Hop-by-hop, routing, destination options, AH, mobility, HIP, shim6: the
                 // ports are further in; this version does not walk extension headers.
-                0 | 43 | 60 | 51 | 135 | 139 | 140 => return Err(Outcome::PassUnsupported),
+                ipv6::EXT_HOP_BY_HOP
+                | ipv6::EXT_ROUTING
+                | ipv6::EXT_DEST_OPTIONS
+                | ipv6::EXT_AH
+                | ipv6::EXT_MOBILITY
+                | ipv6::EXT_HIP
+                | ipv6::EXT_SHIM6 => return Err(Outcome::PassUnsupported),
                 _ => return Err(Outcome::PassNotVip),
             }
             p.key.src = ip.src_addr;
@@ -216,26 +162,29 @@ fn ports(
     dport: &mut [u8; 2],
 ) -> Option<()> {
     if proto == IPPROTO_TCP {
-        if l4 + TCP_MIN_HLEN > l3_end {
+        if l4 + transport::TCP_MIN_HLEN > l3_end {
             return None;
         }
-        let tcp = unsafe { &*ptr_at::<[u8; TCP_MIN_HLEN]>(ctx, l4)? };
+        let tcp = unsafe { &*ptr_at::<[u8; transport::TCP_MIN_HLEN]>(ctx, l4)? };
         // Data offset below 5 words is not a TCP header; one past the IP packet contradicts
         // the IP length (the kernel drops both).
-        let doff = (tcp[12] >> 4) as usize * 4;
-        if doff < TCP_MIN_HLEN || l4 + doff > l3_end {
+        let doff = (tcp[transport::TCP_DOFF] >> 4) as usize * 4;
+        if doff < transport::TCP_MIN_HLEN || l4 + doff > l3_end {
             return None;
         }
         *sport = [tcp[0], tcp[1]];
         *dport = [tcp[2], tcp[3]];
     } else {
-        if l4 + UDP_HLEN > l3_end {
+        if l4 + transport::UDP_HLEN > l3_end {
             return None;
         }
-        let udp = unsafe { &*ptr_at::<[u8; UDP_HLEN]>(ctx, l4)? };
+        let udp = unsafe { &*ptr_at::<[u8; transport::UDP_HLEN]>(ctx, l4)? };
         // The UDP length must cover its own header and stay inside the IP packet.
-        let len = u16::from_be_bytes([udp[4], udp[5]]) as usize;
-        if len < UDP_HLEN || l4 + len > l3_end {
+        let len = u16::from_be_bytes([
+            udp[transport::UDP_LEN.start],
+            udp[transport::UDP_LEN.start + 1],
+        ]) as usize;
+        if len < transport::UDP_HLEN || l4 + len > l3_end {
             return None;
         }
         *sport = [udp[0], udp[1]];
@@ -250,19 +199,19 @@ fn ports(
 /// quoted TCP header is not checked further.
 #[inline(always)]
 fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Outcome> {
-    if p.l4 + ICMP_HLEN > l3_end {
+    if p.l4 + icmp::HLEN > l3_end {
         return Err(Outcome::PassNotVip);
     }
-    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Outcome::PassNotVip)? };
-    match (icmp[0], icmp[1]) {
-        (ICMP_ECHO_REQUEST, 0) => {
+    let message = unsafe { &*ptr_at::<[u8; icmp::HLEN]>(ctx, p.l4).ok_or(Outcome::PassNotVip)? };
+    match (message[icmp::TYPE], message[icmp::CODE]) {
+        (icmp::V4_ECHO_REQUEST, 0) => {
             p.kind = Kind::EchoRequest;
             return Ok(());
         }
-        (3 | 11 | 12, _) => {}
+        (icmp::V4_DEST_UNREACH | icmp::V4_TIME_EXCEEDED | icmp::V4_PARAMETER_PROBLEM, _) => {}
         _ => return Err(Outcome::PassNotVip),
     }
-    let q = p.l4 + ICMP_HLEN;
+    let q = p.l4 + icmp::HLEN;
     let qip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, q).ok_or(Outcome::PassNotVip)? };
     let qihl = (qip.vihl & 0x0f) as usize * 4;
     if qip.vihl >> 4 != 4 || qihl < Ipv4Hdr::LEN {
@@ -283,19 +232,25 @@ fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Outcome>
 /// this packet's destination. Neighbour discovery and MLD are `PassNotVip`.
 #[inline(always)]
 fn icmp6(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Outcome> {
-    if p.l4 + ICMP_HLEN > l3_end {
+    if p.l4 + icmp::HLEN > l3_end {
         return Err(Outcome::PassNotVip);
     }
-    let icmp = unsafe { &*ptr_at::<[u8; ICMP_HLEN]>(ctx, p.l4).ok_or(Outcome::PassNotVip)? };
-    match (icmp[0], icmp[1]) {
-        (ICMPV6_ECHO_REQUEST, 0) => {
+    let message = unsafe { &*ptr_at::<[u8; icmp::HLEN]>(ctx, p.l4).ok_or(Outcome::PassNotVip)? };
+    match (message[icmp::TYPE], message[icmp::CODE]) {
+        (icmp::V6_ECHO_REQUEST, 0) => {
             p.kind = Kind::EchoRequest;
             return Ok(());
         }
-        (1..=4, _) => {}
+        (
+            icmp::V6_DEST_UNREACH
+            | icmp::V6_PACKET_TOO_BIG
+            | icmp::V6_TIME_EXCEEDED
+            | icmp::V6_PARAMETER_PROBLEM,
+            _,
+        ) => {}
         _ => return Err(Outcome::PassNotVip),
     }
-    let q = p.l4 + ICMP_HLEN;
+    let q = p.l4 + icmp::HLEN;
     let qip = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, q).ok_or(Outcome::PassNotVip)? };
     if qip.vcf[0] >> 4 != 6 || qip.src_addr != p.key.dst {
         return Err(Outcome::PassNotVip);

@@ -150,6 +150,17 @@ impl Desired {
         for vip in cfg.vips.iter() {
             let identity = vip_identity(vip);
             let vip_id = ids.vips[&identity];
+            let mut flags = 0;
+            if vip.hash == HashMode::SourceIp {
+                flags |= VIP_HASH_SOURCE_IP;
+            }
+            if vip.stateless {
+                flags |= VIP_STATELESS;
+            }
+            let forwarding = match vip.forwarding {
+                Forwarding::L2 => FORWARD_L2,
+                Forwarding::Ipip => FORWARD_IPIP,
+            };
             let mut members = Vec::new();
             let (mut active, mut draining, mut down) = (0, 0, 0);
             for b in vip.backends.iter() {
@@ -186,15 +197,13 @@ impl Desired {
                         state,
                         vip_id,
                         tag: ids::backend_tag(&identity, b.address),
+                        // A flow-table hit forwards by these, without the VIP lookup; a change
+                        // of the VIP's mode rewrites its backends (they differ from what is
+                        // written).
+                        vip_flags: flags,
+                        vip_forwarding: forwarding,
                     },
                 );
-            }
-            let mut flags = 0;
-            if vip.hash == HashMode::SourceIp {
-                flags |= VIP_HASH_SOURCE_IP;
-            }
-            if vip.stateless {
-                flags |= VIP_STATELESS;
             }
             vips.push(DesiredVip {
                 name: vip.name.clone(),
@@ -203,10 +212,7 @@ impl Desired {
                     vip_id,
                     ring_size: vip.ring_size.0,
                     flags,
-                    forwarding: match vip.forwarding {
-                        Forwarding::L2 => FORWARD_L2,
-                        Forwarding::Ipip => FORWARD_IPIP,
-                    },
+                    forwarding,
                 },
                 ring: maglev::build(&members, vip.ring_size.0),
                 active,

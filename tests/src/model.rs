@@ -60,6 +60,14 @@
 //!   IPv4 packet without DF is dropped (`DropTooBig`) and the others are answered with ICMP
 //!   "fragmentation needed" / ICMPv6 "packet too big" (`TxIcmpTooBig`, not accounted to the
 //!   VIP or backend; a miss's flow-table entry is still written first).
+//!
+//! Flow table first (layout v6): a flow-table entry is used if its backend serves (active or
+//! draining), has the entry's tag and its VIP (the flags the backend entry carries) is not
+//! stateless; then the frame must be addressed to us, and it is forwarded by the mode the
+//! backend entry carries and accounted to the backend's VIP, with no VIP lookup. Otherwise the
+//! VIP is looked up (none: `PassNotVip`, whatever the table held, so the flows of a removed VIP
+//! stop with it), and an entry that was there but unusable makes a stateful VIP's lookup a
+//! `ConnResteer` rather than a `ConnMiss`.
 
 use std::collections::HashMap;
 
@@ -73,7 +81,8 @@ use etherparse::{
 use lb_common::{
     flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Counter, Family, FlowKey, Settings,
     TrafficCounters, VipKey, VipMeta, ADDR_ANSWER_ECHO, BACKEND_ACTIVE, BACKEND_DRAINING,
-    COUNTER_COUNT, NO_BACKEND, ORIGIN_TTL,
+    BACKEND_UNUSED, COUNTER_COUNT, FORWARD_IPIP, FORWARD_L2, NO_BACKEND, ORIGIN_TTL,
+    VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 use lb_userspace::{
     config::{Config, Forwarding, HashMode, Prefix, Protocol},
@@ -385,6 +394,26 @@ impl Model {
         self.settings = maps.settings()?;
         check_settings(cfg, &self.settings)?;
         self.backends = maps.backends()?.into_iter().collect();
+        // A flow-table hit forwards by what the backend entry carries of its VIP: it must be
+        // what the VIP is.
+        for (id, b) in &self.backends {
+            let Some(vip) = self.vips.values().find(|v| v.vip_id == b.vip_id) else {
+                continue;
+            };
+            let flags = if vip.source_only {
+                VIP_HASH_SOURCE_IP
+            } else {
+                0
+            } | if vip.stateless { VIP_STATELESS } else { 0 };
+            let forwarding = if vip.ipip { FORWARD_IPIP } else { FORWARD_L2 };
+            ensure!(
+                b.state == BACKEND_UNUSED || (b.vip_flags, b.vip_forwarding) == (flags, forwarding),
+                "backend {id} carries VIP flags {:#x} and forwarding {} for VIP id {} (flags {flags:#x}, forwarding {forwarding})",
+                b.vip_flags,
+                b.vip_forwarding,
+                b.vip_id
+            );
+        }
         for vip in self.vips.values() {
             for id in vip.ring.iter().filter(|id| **id != NO_BACKEND) {
                 match self.backends.get(id) {
@@ -486,7 +515,7 @@ impl Model {
             Kind::Flow(key) => (key, false),
             Kind::IcmpError(key) => (key, true),
         };
-        let (forwarded, backend, ipip) = self.choose(&key, to_us, !steered, lookup)?;
+        let (forwarded, backend, ipip, hash) = self.choose(&key, to_us, !steered, lookup)?;
         let reason = if steered {
             Counter::TxIcmpSteered
         } else {
@@ -510,7 +539,7 @@ impl Model {
                     forwarded: None,
                 });
             }
-            encapsulate(frame, p, &key, &backend, &self.settings)
+            encapsulate(frame, p, hash, &backend, &self.settings)
         } else {
             // L2 DSR: the frame goes to the backend's MAC, from this NIC's own MAC (never one
             // copied from the frame); nothing past the Ethernet addresses changes.
@@ -526,15 +555,48 @@ impl Model {
         })
     }
 
-    /// VIP lookup, flow table and ring: the backend for `flow` (and whether its VIP tunnels),
-    /// or why there is none. A ring decision is remembered only if `remember`.
+    /// Flow table, then (when it does not answer) VIP lookup and ring: the backend for `flow`,
+    /// whether it tunnels and the tunnel's hash (the entry's on a hit: it keeps the one computed
+    /// when the flow was pinned), or why there is none. A ring decision is remembered only if
+    /// `remember`.
     fn choose(
         &mut self,
         flow: &FlowKey,
         to_us: Result<(), Counter>,
         remember: bool,
         lookup: &mut Option<Counter>,
-    ) -> Result<(Forwarded, Backend, bool), Counter> {
+    ) -> Result<(Forwarded, Backend, bool, u32), Counter> {
+        let serving = |id: u32| {
+            self.backends
+                .get(&id)
+                .filter(|b| b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING)
+                .copied()
+        };
+        // The flow table first: its key is the whole 5-tuple, and the backend entry carries
+        // its VIP's id, flags and forwarding mode, so a hit needs no VIP lookup.
+        let mut stale = false;
+        if let Some(entry) = self.flows.get(flow) {
+            let usable = serving(entry.backend_id)
+                .filter(|b| b.tag == entry.tag && b.vip_flags & VIP_STATELESS == 0);
+            match usable {
+                Some(b) => {
+                    // VIP traffic comes to our unicast MAC; a group frame or another host's is
+                    // not ours.
+                    to_us?;
+                    *lookup = Some(Counter::ConnHit);
+                    let forwarded = Forwarded {
+                        vip_id: b.vip_id,
+                        backend_id: entry.backend_id,
+                        new_flow: false,
+                    };
+                    return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP, entry.hash));
+                }
+                // Its backend was removed (its VIP too, perhaps), is down, or its slot has a
+                // new owner (the tag differs), or its VIP became stateless: the VIP decides
+                // again; a stateful one re-steers rather than black-holes.
+                None => stale = true,
+            }
+        }
         let exact = VipKey {
             addr: flow.dst,
             port: flow.dport,
@@ -550,30 +612,13 @@ impl Model {
             .get(&exact)
             .or_else(|| self.vips.get(&all_ports))
             .ok_or(Counter::PassNotVip)?;
-        // VIP traffic comes to our unicast MAC; a group frame or another host's is not ours.
         to_us?;
-        let serving = |id: u32| {
-            self.backends
-                .get(&id)
-                .filter(|b| b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING)
-                .copied()
-        };
         if !vip.stateless {
-            *lookup = Some(Counter::ConnMiss);
-            if let Some(entry) = self.flows.get(flow) {
-                if let Some(b) = serving(entry.backend_id).filter(|b| b.tag == entry.tag) {
-                    *lookup = Some(Counter::ConnHit);
-                    let forwarded = Forwarded {
-                        vip_id: vip.vip_id,
-                        backend_id: entry.backend_id,
-                        new_flow: false,
-                    };
-                    return Ok((forwarded, b, vip.ipip));
-                }
-                // Its backend was removed, is down, or its slot has a new owner (the tag
-                // differs): re-steered, not black-holed.
-                *lookup = Some(Counter::ConnResteer);
-            }
+            *lookup = Some(if stale {
+                Counter::ConnResteer
+            } else {
+                Counter::ConnMiss
+            });
         }
         let ring = &vip.ring;
         if ring.is_empty() {
@@ -592,6 +637,7 @@ impl Model {
                 ConnEntry {
                     backend_id: id,
                     tag: backend.tag,
+                    hash: flow_hash(flow, false),
                 },
             );
         }
@@ -600,7 +646,7 @@ impl Model {
             backend_id: id,
             new_flow: true,
         };
-        Ok((forwarded, backend, ipip))
+        Ok((forwarded, backend, ipip, flow_hash(flow, false)))
     }
 
     /// The model's flow table (stateful VIPs' remembered choices).
@@ -736,15 +782,9 @@ fn too_big(frame: &[u8], p: &Packet, mtu: usize, our_mac: [u8; 6]) -> Vec<u8> {
 
 /// The frame as `ipip` sends it: L2 header toward the next hop (tag kept, EtherType of the
 /// outer family), the outer header, then everything from the IP header to the frame's end.
-fn encapsulate(
-    frame: &[u8],
-    p: &Packet,
-    key: &FlowKey,
-    backend: &Backend,
-    s: &Settings,
-) -> Vec<u8> {
-    // Always the full 5-tuple hash: it only spreads tunnels over the backend's queues.
-    let hash = flow_hash(key, false);
+fn encapsulate(frame: &[u8], p: &Packet, hash: u32, backend: &Backend, s: &Settings) -> Vec<u8> {
+    // `hash` is always the full 5-tuple's (`flow_hash(key, false)`, remembered with the flow):
+    // it only spreads tunnels over the backend's queues.
     let inner = if p.family == Family::V4 {
         IpNumber::IPV4
     } else {

@@ -181,6 +181,7 @@ fn a_flow_entry_whose_slot_changed_owner_is_re_steered() {
             &lb_common::ConnEntry {
                 backend_id: other_id,
                 tag: other.tag ^ 1,
+                hash: lb_common::flow_hash(&flow, false),
             },
         )
         .unwrap();
@@ -195,6 +196,7 @@ fn a_flow_entry_whose_slot_changed_owner_is_re_steered() {
             &lb_common::ConnEntry {
                 backend_id: other_id,
                 tag: other.tag,
+                hash: lb_common::flow_hash(&flow, false),
             },
         )
         .unwrap();

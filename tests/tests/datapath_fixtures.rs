@@ -462,3 +462,67 @@ fn a_virtual_mac_is_balanced_and_the_source_is_always_our_own() {
     assert_eq!((r.action, &r.out), (XDP_PASS, &pkt));
     assert_eq!(delta(&h.global(), &before, Counter::PassOtherHost), 1);
 }
+
+/// The flow table is looked up before the VIP, so a VIP that leaves the config must not keep
+/// forwarding its established flows through the entries they left: the agent clears the
+/// removed VIP's backend slots, the entries stop serving, and the VIP lookup then finds
+/// nothing.
+#[test]
+fn a_removed_vip_stops_forwarding_its_established_flows() {
+    let mut h = Harness::new(CONFIG);
+    let flows: Vec<Vec<u8>> = (0..20u16)
+        .map(|i| tcp4([10, 200, 0, 11], 31000 + i, [10, 201, 0, 10], 80))
+        .collect();
+    for pkt in &flows {
+        assert_eq!(h.run(pkt).action, XDP_TX);
+    }
+    let before = h.global();
+    for pkt in &flows {
+        assert_eq!(h.run(pkt).action, XDP_TX);
+    }
+    assert_eq!(delta(&h.global(), &before, Counter::ConnHit), 20, "pinned");
+
+    let web = CONFIG
+        .split_once("  - name: web\n")
+        .and_then(|(head, rest)| Some((head, rest.split_once("  - name: any-port\n")?.1)))
+        .map(|(head, tail)| format!("{head}  - name: any-port\n{tail}"))
+        .unwrap();
+    assert!(
+        !web.contains("10.201.0.10\n"),
+        "the VIP is gone from the config"
+    );
+    h.reconfigure(&web);
+    let before = h.global();
+    for pkt in &flows {
+        let r = h.run(pkt);
+        assert_eq!(r.action, XDP_PASS, "a removed VIP's flow was forwarded");
+        assert_eq!(&r.out, pkt, "passed untouched");
+    }
+    let after = h.global();
+    assert_eq!(delta(&after, &before, Counter::PassNotVip), 20);
+    for c in [Counter::ConnHit, Counter::ConnResteer, Counter::TxForwarded] {
+        assert_eq!(delta(&after, &before, c), 0, "{}", c.name());
+    }
+}
+
+/// A VIP made stateless stops using the flow table at once, although its flows' entries are
+/// still there and their backends still serve: the backend entries carry the VIP's flags.
+#[test]
+fn a_vip_made_stateless_ignores_its_old_flow_entries() {
+    let mut h = Harness::new(CONFIG);
+    let pkt = tcp4([10, 200, 0, 11], 32000, [10, 201, 0, 10], 80);
+    assert_eq!(h.run(&pkt).action, XDP_TX);
+    let stateless = CONFIG.replacen(
+        "    port: 80\n    protocol: tcp\n    backends:\n",
+        "    port: 80\n    protocol: tcp\n    stateless: true\n    backends:\n",
+        1,
+    );
+    h.reconfigure(&stateless);
+    let before = h.global();
+    assert_eq!(h.run(&pkt).action, XDP_TX);
+    let after = h.global();
+    assert_eq!(delta(&after, &before, Counter::TxForwarded), 1);
+    for c in [Counter::ConnHit, Counter::ConnMiss, Counter::ConnResteer] {
+        assert_eq!(delta(&after, &before, c), 0, "{}", c.name());
+    }
+}

@@ -57,6 +57,9 @@ enum Cmd {
         /// Only these sections: per-packet, growth, throughput, e2e, conns, control (comma-separated).
         #[arg(long)]
         only: Option<String>,
+        /// Where the report goes (relative paths from the workspace).
+        #[arg(long, default_value = "tests/bench/results")]
+        out: PathBuf,
     },
     /// Run formatting and lint checks, the whole test suite (unit, fixtures, end-to-end) and a
     /// bounded fuzz run of every target.
@@ -170,14 +173,13 @@ fn real_main() -> anyhow::Result<()> {
             let bin = workspace().join("target/release/xdplb-soak");
             run(Command::new(bin).args(["--minutes", &minutes.to_string()]))
         }
-        Cmd::Bench { quick, only } => {
+        Cmd::Bench { quick, only, out } => {
             setup()?;
             // The end-to-end comparison runs HAProxy from Debian's package.
             apt_install(&["haproxy".to_owned()])?;
             build_release_tools(true)?;
             let mut cmd = Command::new(workspace().join("target/release/xdplb-bench"));
-            cmd.current_dir(workspace())
-                .args(["--out", "tests/bench/results"]);
+            cmd.current_dir(workspace()).arg("--out").arg(&out);
             if quick {
                 cmd.arg("--quick");
             }

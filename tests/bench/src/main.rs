@@ -13,13 +13,31 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value = "tests/bench/results")]
     out: PathBuf,
-    /// Run only these sections (per-packet, growth, throughput, e2e, conns, control); default all.
+    /// Run only these sections (see `SECTIONS`); default all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
 
+/// The sections `--only` may name, in the order they run.
+const SECTIONS: [&str; 6] = [
+    "per-packet",
+    "growth",
+    "throughput",
+    "e2e",
+    "conns",
+    "control",
+];
+
 fn main() {
     let args = Args::parse();
+    // A misspelt section would silently run nothing and write an empty report.
+    if let Some(bad) = args.only.iter().find(|o| !SECTIONS.contains(&o.as_str())) {
+        eprintln!(
+            "xdplb bench: no section {bad:?}; the sections are {}",
+            SECTIONS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let want = |s: &str| args.only.is_empty() || args.only.iter().any(|o| o == s);
     let machine = report::Machine::read();
     eprintln!(

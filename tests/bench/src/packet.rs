@@ -1,9 +1,11 @@
 //! Per-packet cost of the balancer with BPF_PROG_TEST_RUN, against an empty XDP_PASS and a minimal MAC swap measured the same way in the same run, and how that cost grows with backends, VIPs and flow-table fill.
 
-use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
+
+use anyhow::{ensure, Context as _, Result};
 use aya::{programs::Xdp, Ebpf};
 use etherparse::PacketBuilder;
-use lb_common::{ConnEntry, FlowKey};
+use lb_common::{ConnEntry, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
     loader,
@@ -27,6 +29,10 @@ pub struct PacketCost {
     pub ratio_to_macswap: f64,
     pub verdict: &'static str,
     pub note: String,
+    /// `GLOBAL_STATS` slots the timed runs moved, per program run (the balancer's classes
+    /// only): shows which path was timed, e.g. `conn_hit` 1 and `tx_forwarded` 1 for an
+    /// established flow.
+    pub counters_per_run: BTreeMap<&'static str, f64>,
 }
 
 /// One point of a cost-growth sweep.
@@ -104,6 +110,57 @@ fn median_ns(prog: &mut Xdp, packet: &[u8], s: &Settings) -> Result<(f64, u32)> 
     Ok((median(v), verdict))
 }
 
+/// The balancer's counters moved between `before` and now, divided by `runs` program runs.
+fn per_run(
+    bal: &Balancer,
+    before: &[u64; COUNTER_COUNT as usize],
+    runs: u64,
+) -> Result<BTreeMap<&'static str, f64>> {
+    let now = bal.maps.global_counters()?;
+    Ok(Counter::ALL
+        .iter()
+        .filter(|c| now[**c as usize] != before[**c as usize])
+        .map(|c| {
+            let moved = now[*c as usize] - before[*c as usize];
+            (c.name(), moved as f64 / runs as f64)
+        })
+        .collect())
+}
+
+/// Fails unless every timed run took the path `expected` names: exactly one count of each of
+/// those counters per run, and no other counter moved. A figure of another path than the one
+/// its class names is worse than no figure.
+fn check_path(
+    class: &str,
+    counted: &BTreeMap<&'static str, f64>,
+    expected: &[Counter],
+) -> Result<()> {
+    let want: BTreeMap<&'static str, f64> = expected.iter().map(|c| (c.name(), 1.0)).collect();
+    ensure!(
+        *counted == want,
+        "{class}: the timed runs counted {counted:?} per run, not {want:?}: the timed path is not the one the class names"
+    );
+    Ok(())
+}
+
+/// [`median_ns`] on the balancer, with the counters its timed runs moved (per run). The
+/// first run (which puts a new flow in the table) is not among them.
+fn median_ns_counted(
+    bal: &mut Balancer,
+    packet: &[u8],
+    s: &Settings,
+) -> Result<(f64, u32, BTreeMap<&'static str, f64>)> {
+    let (_, verdict) = time_once(bal.prog()?, packet, 1)?;
+    let before = bal.maps.global_counters()?;
+    time_once(bal.prog()?, packet, s.repeat)?;
+    let mut v = Vec::new();
+    for _ in 0..s.runs {
+        v.push(time_once(bal.prog()?, packet, s.repeat)?.0);
+    }
+    let runs = u64::from(s.repeat) * (s.runs as u64 + 1);
+    Ok((median(v), verdict, per_run(bal, &before, runs)?))
+}
+
 /// The balancer, loaded with `yaml` (backends need `mac:`), flow table of `conns` entries.
 struct Balancer {
     ebpf: Ebpf,
@@ -126,6 +183,11 @@ impl Balancer {
 
 /// A config of `vips` VIPs (10.201.x.y:80/tcp, plus fd00:201::10:53/udp) with `backends` each.
 fn config(vips: u32, backends: u32) -> String {
+    let gw_mac = GW_MAC
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
     let ring = next_prime((backends * 100).max(65_537));
     let mut y = String::from("interface: lo\nvips:\n");
     let list = |y: &mut String, v6: bool| {
@@ -135,12 +197,11 @@ fn config(vips: u32, backends: u32) -> String {
             } else {
                 format!("10.{}.{}.{}", 100 + b / 65536, (b / 256) % 256, b % 256)
             };
-            y.push_str(&format!(
-                "      - {{ address: {addr}, mac: '02:00:00:{:02x}:{:02x}:{:02x}' }}\n",
-                b >> 16 & 0xff,
-                b >> 8 & 0xff,
-                b & 0xff
-            ));
+            // Every backend sits behind the balancer's own MAC. BPF_PROG_TEST_RUN repeats run
+            // on the buffer the previous run rewrote; with any other MAC the second run on
+            // would see a frame for another host and time the `pass_other_host` path instead
+            // of the hit path. The IP packet is left as it was (l2), so it stays the same flow.
+            y.push_str(&format!("      - {{ address: {addr}, mac: '{gw_mac}' }}\n"));
         }
     };
     // VIPs without backends get the smallest table: their rings are never read by the timed
@@ -194,7 +255,8 @@ fn vip_packet(vips: u32) -> Vec<u8> {
     )
 }
 
-/// Per-packet cost by class, with the baselines.
+/// Per-packet cost by class, with the baselines. Every balancer class shows, through the
+/// counters its timed runs moved, that it timed the path it names.
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     baselines::pin_to_cpu0();
     let s = settings(quick);
@@ -204,68 +266,79 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
     let (swap_ns, _) = median_ns(loader::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
     let mut out = Vec::new();
-    let mut push = |class: &str, ns: f64, verdict: u32, note: &str| {
-        out.push(PacketCost {
-            class: class.into(),
-            ns_per_packet: ns,
-            mpps_per_core: 1e3 / ns.max(1.0),
-            ratio_to_macswap: ns / swap_ns.max(1.0),
-            verdict: action_name(verdict),
-            note: note.into(),
-        })
-    };
+    let mut push =
+        |class: &str, ns: f64, verdict: u32, note: &str, counted: BTreeMap<&'static str, f64>| {
+            out.push(PacketCost {
+                class: class.into(),
+                ns_per_packet: ns,
+                mpps_per_core: 1e3 / ns.max(1.0),
+                ratio_to_macswap: ns / swap_ns.max(1.0),
+                verdict: action_name(verdict),
+                note: note.into(),
+                counters_per_run: counted,
+            })
+        };
     push(
         "baseline: empty XDP_PASS",
         pass_ns,
         2,
         "floor of running any XDP program",
+        BTreeMap::new(),
     );
     push(
         "baseline: MAC swap + XDP_TX",
         swap_ns,
         3,
         "least an L2 forwarder does",
+        BTreeMap::new(),
     );
     let non_vip = tcp4([10, 200, 0, 11], 40000, [10, 200, 0, 1], 22);
-    let (ns, v) = median_ns(bal.prog()?, &non_vip, &s)?;
+    let class = "non-VIP TCP (passed to the stack)";
+    let (ns, v, counted) = median_ns_counted(&mut bal, &non_vip, &s)?;
+    check_path(class, &counted, &[Counter::PassNotVip])?;
     push(
-        "non-VIP TCP (passed to the stack)",
+        class,
         ns,
         v,
-        "parse + 2 VIP lookups",
+        "parse, flow-table miss, 2 VIP lookups",
+        counted,
     );
-    let (ns, v) = median_ns(bal.prog()?, &vip, &s)?;
+    let hit = [Counter::ConnHit, Counter::TxForwarded];
+    let class = "VIP established flow (flow-table hit)";
+    let (ns, v, counted) = median_ns_counted(&mut bal, &vip, &s)?;
+    check_path(class, &counted, &hit)?;
     push(
-        "VIP established flow (flow-table hit)",
+        class,
         ns,
         v,
-        "parse, VIP lookup, flow-table hit, MAC rewrite, counters",
+        "parse, flow-table hit, backend check, MAC rewrite, counters",
+        counted,
     );
     let v6 = udp6(
         "fd00:200::11".parse::<std::net::Ipv6Addr>()?.octets(),
         "fd00:201::10".parse::<std::net::Ipv6Addr>()?.octets(),
         53,
     );
-    let (ns, v) = median_ns(bal.prog()?, &v6, &s)?;
-    push("IPv6 VIP established flow", ns, v, "");
+    let class = "IPv6 VIP established flow";
+    let (ns, v, counted) = median_ns_counted(&mut bal, &v6, &s)?;
+    check_path(class, &counted, &hit)?;
+    push(class, ns, v, "", counted);
     let malformed = vip[..14 + 20 + 10].to_vec();
-    let (ns, v) = median_ns(bal.prog()?, &malformed, &s)?;
-    push(
-        "malformed (truncated TCP header)",
-        ns,
-        v,
-        "dropped and counted",
-    );
+    let class = "malformed (truncated TCP header)";
+    let (ns, v, counted) = median_ns_counted(&mut bal, &malformed, &s)?;
+    check_path(class, &counted, &[Counter::DropMalformed])?;
+    push(class, ns, v, "dropped and counted", counted);
 
     // New flows: each packet must miss the flow table, so each run is a fresh 5-tuple with
     // repeat 1; the MAC swap is re-measured with repeat 1 so the ratio compares like with like.
-    let calls = if quick { 2_000 } else { 20_000 };
+    let calls: u32 = if quick { 2_000 } else { 20_000 };
     let mut swap1 = Vec::new();
     let mut new1 = Vec::new();
     let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
         Ok(time_once(loader::program(b, baselines::MACSWAP)?, p, 1)?.0)
     };
     let mut verdict = 0;
+    let before = bal.maps.global_counters()?;
     for i in 0..calls {
         let pkt = tcp4(
             [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
@@ -278,14 +351,18 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         verdict = v;
         new1.push(ns);
     }
+    let class = "VIP new flow (miss + Maglev + insert)";
+    let counted = per_run(&bal, &before, u64::from(calls))?;
+    check_path(class, &counted, &[Counter::ConnMiss, Counter::TxForwarded])?;
     let (new_ns, swap1_ns) = (median(new1), median(swap1));
     out.push(PacketCost {
-        class: "VIP new flow (miss + Maglev + insert)".into(),
+        class: class.into(),
         ns_per_packet: new_ns,
         mpps_per_core: 1e3 / new_ns.max(1.0),
         ratio_to_macswap: new_ns / swap1_ns.max(1.0),
         verdict: action_name(verdict),
         note: format!("one packet per run (MAC swap measured the same way: {swap1_ns:.0} ns)"),
+        counters_per_run: counted,
     });
     // IP-in-IP: encapsulation grows the buffer in place, and BPF_PROG_TEST_RUN repeats run on
     // the same buffer, so each run is one packet (like the new-flow class) on an established
@@ -306,13 +383,17 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     if v != 3 {
         anyhow::bail!("the ipip VIP did not forward the bench packet (verdict {v})");
     }
+    let before = tunnel.maps.global_counters()?;
     let mut enc = Vec::new();
     for _ in 0..calls {
         enc.push(time_once(tunnel.prog()?, &vip, 1)?.0);
     }
+    let class = "IPIP encapsulation (4in4, established flow)";
+    let counted = per_run(&tunnel, &before, u64::from(calls))?;
+    check_path(class, &counted, &hit)?;
     let enc_ns = median(enc);
     out.push(PacketCost {
-        class: "IPIP encapsulation (4in4, established flow)".into(),
+        class: class.into(),
         ns_per_packet: enc_ns,
         mpps_per_core: 1e3 / enc_ns.max(1.0),
         ratio_to_macswap: enc_ns / swap1_ns.max(1.0),
@@ -320,6 +401,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         note: format!(
             "one packet per run: grow head, outer header + checksum, flow hash for the source (MAC swap the same way: {swap1_ns:.0} ns)"
         ),
+        counters_per_run: counted,
     });
     Ok(out)
 }
@@ -384,12 +466,25 @@ fn interleaved(name: &str, points: &mut [Point], s: &Settings) -> Result<Vec<Swe
             time_once(p.bal.prog()?, packet, s.repeat)?;
         }
     }
+    let before = points
+        .iter()
+        .map(|p| p.bal.maps.global_counters())
+        .collect::<Result<Vec<_>>>()?;
     for _ in 0..s.runs {
         for (p, t) in points.iter_mut().zip(&mut times) {
             for (packet, tf) in p.packets.iter().zip(t.iter_mut()) {
                 tf.push(time_once(p.bal.prog()?, packet, s.repeat)?.0);
             }
         }
+    }
+    for (p, before) in points.iter().zip(&before) {
+        let runs = s.runs as u64 * u64::from(s.repeat) * p.packets.len() as u64;
+        let counted = per_run(&p.bal, before, runs)?;
+        check_path(
+            &format!("{name} {}", p.x),
+            &counted,
+            &[Counter::ConnHit, Counter::TxForwarded],
+        )?;
     }
     Ok(points
         .iter()
@@ -423,6 +518,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
         let entry = ConnEntry {
             backend_id: 0,
             tag: 0,
+            hash: 0,
         };
         bal.maps.insert_conn(&key, &entry)?;
     }
