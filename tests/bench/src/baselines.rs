@@ -5,9 +5,9 @@ use aya::Ebpf;
 use lb_userspace::loader;
 
 /// The floor of running any XDP program at all.
-pub const PASS: &str = "baseline_pass";
+pub const PASS: &str = lb_common::baselines::PASS;
 /// The least an L2 forwarder does: swap the MACs and XDP_TX.
-pub const MACSWAP: &str = "baseline_macswap";
+pub const MACSWAP: &str = lb_common::baselines::MACSWAP;
 
 /// Loads the baselines object and the programs `names` of it into the kernel.
 pub fn load(names: &[&str]) -> Result<Ebpf> {
@@ -25,10 +25,15 @@ pub fn load(names: &[&str]) -> Result<Ebpf> {
 /// per-CPU maps and caches stay the same across runs; in live-frames mode the transmit and the
 /// sink's NAPI (raised on the sending CPU) share that CPU too, so the rate is that of one core.
 pub fn pin_to_cpu0() {
+    pin_to_cpu(0);
+}
+
+/// Keeps this thread on `cpu` (the throughput bench spreads its generator threads this way).
+pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: plain sched_setaffinity(2) on the calling thread with a zeroed, then set, mask.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
