@@ -61,6 +61,10 @@ pub struct ProgramThroughput {
     pub frames_received: u64,
     /// 1 - received / sent.
     pub loss: f64,
+    /// Median over rounds of the bench process's CPU time (user + system of all its threads,
+    /// which is where the test runs execute) / wall time: how many CPUs the generator got. On
+    /// a machine shared with other jobs a two-CPU case may get much less than 2.
+    pub cpus_used: f64,
 }
 
 /// One case (a flow set on a number of CPUs), both programs measured in interleaved rounds.
@@ -94,6 +98,15 @@ pub struct Scaling {
     pub two_cpu_mpps: f64,
     /// two_cpu_mpps / one_cpu_mpps.
     pub scaling: f64,
+    /// CPUs the generator got in each case (see `ProgramThroughput::cpus_used`). A scaling
+    /// measured with much less than two CPUs' worth says what the machine had spare, not what
+    /// the program does with two CPUs.
+    pub one_cpu_cpus_used: f64,
+    pub two_cpu_cpus_used: f64,
+    /// Frames per CPU-second on two CPUs / the same on one: 1.0 when a frame costs as much CPU
+    /// with two CPUs sending as with one (no contention between them, as per-CPU state should
+    /// give). Not a rate: it says what two free CPUs would give (2 × this), not what was seen.
+    pub per_cpu_efficiency: f64,
 }
 
 /// The section's figures. The top-level fields are the few-flows one-CPU case, as before the
@@ -320,6 +333,16 @@ fn sink_rx(sink_ns: &str) -> Result<u64> {
         .with_context(|| format!("no rx packet count for {SINK_IF} in {out}"))
 }
 
+/// User + system CPU time of this process (every thread), seconds.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage fills a zeroed local struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -377,6 +400,7 @@ impl Topology {
 struct Tally {
     round_mpps: Vec<f64>,
     kernel_ns: Vec<f64>,
+    cpus_used: Vec<f64>,
     sent: u64,
     received: u64,
 }
@@ -388,6 +412,7 @@ impl Tally {
             mpps: median(self.round_mpps.clone()),
             round_mpps: self.round_mpps,
             kernel_ns_per_frame: median(self.kernel_ns),
+            cpus_used: median(self.cpus_used),
             frames_sent: self.sent,
             frames_received: self.received,
             loss: 1.0 - self.received as f64 / (self.sent as f64).max(1.0),
@@ -464,11 +489,15 @@ pub fn run(quick: bool) -> Result<ThroughputResult> {
     let scaling_of = |i: usize| -> Scaling {
         let one = &cases[0].programs[i];
         let two = &cases[1].programs[i];
+        let per_cpu = |p: &ProgramThroughput| p.mpps / p.cpus_used.max(f64::MIN_POSITIVE);
         Scaling {
             program: one.program.clone(),
             one_cpu_mpps: one.mpps,
             two_cpu_mpps: two.mpps,
             scaling: two.mpps / one.mpps.max(f64::MIN_POSITIVE),
+            one_cpu_cpus_used: one.cpus_used,
+            two_cpu_cpus_used: two.cpus_used,
+            per_cpu_efficiency: per_cpu(two) / per_cpu(one).max(f64::MIN_POSITIVE),
         }
     };
     let two_cpu_scaling = vec![scaling_of(0), scaling_of(1)];
@@ -489,7 +518,7 @@ pub fn run(quick: bool) -> Result<ThroughputResult> {
             "one CPU: every generator thread on CPU 0, which runs the program, the transmit of its frames and the sink's NAPI (raised on the sending CPU); two CPUs: the threads pinned alternately to CPU 0 and CPU 1, twice as many. The sink drops frames in native XDP and counts them in its rx_packets".into(),
             format!("every case runs with {} flows in the balancer's flow table, pre-filled by one ordinary test run each before any timed frame (the counters per frame show the timed frames were flow-table hits)", s.many_flows),
             format!("each call repeats one flow's frame ({} frames per call with few flows, {} with many) and flows change from call to call: consecutive frames hit the same flow-table entry, so the many-flows cases spread the calls over the whole table ({} calls per round, a different set each round) but do not make every frame a cache miss; the per-packet growth section times the fill itself", s.frames_per_call, s.many_frames_per_call, s.many_calls),
-            "live frames recycle pages without rewriting them: after a call's first batch the balancer sees the frame it rewrote (destination = the backend's MAC), which takes the same path".into(),
+            "live frames recycle pages without rewriting them: after a call's first batch the balancer sees the frame it rewrote (destination = the backend's MAC, which this config sets to the balancer's own, so the frame is balanced again and takes the same path; the counters show it)".into(),
             "kernel ns/frame also holds the generator's own per-frame work, the veth transmit and the sink's XDP_DROP, alike for both programs; the difference is the balancer's extra cost".into(),
             "the machine's 2 cores were shared with other jobs; a two-CPU case competes with them for the second core, so its scaling is a lower bound of what two idle cores give".into(),
         ],
@@ -594,9 +623,11 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<(Vec<CaseResult>, usize)> {
                 };
                 let counters_before = maps.global_counters()?;
                 let before = sink_rx(sink_ns)?;
+                let cpu_before = process_cpu_s();
                 let t = Instant::now();
                 let kernel = generate(prog, &frames, flows, lb_ifindex, &case, s)?;
                 let elapsed = t.elapsed().as_secs_f64();
+                let cpus_used = (process_cpu_s() - cpu_before) / elapsed;
                 let received = sink_rx(sink_ns)? - before;
                 if round == 0 {
                     if received == 0 {
@@ -614,13 +645,14 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<(Vec<CaseResult>, usize)> {
                 let mpps = received as f64 / elapsed / 1e6;
                 let ns = kernel.as_nanos() as f64 / sent as f64;
                 eprintln!(
-                    "bench throughput: {} round {round} {}: {mpps:.2} Mpps, kernel {ns:.0} ns/frame ({received} of {sent} frames)",
+                    "bench throughput: {} round {round} {}: {mpps:.2} Mpps, kernel {ns:.0} ns/frame, {cpus_used:.2} CPUs ({received} of {sent} frames)",
                     case.name,
                     if which == 0 { "xdplb" } else { "macswap" }
                 );
                 let t = &mut tallies[which];
                 t.round_mpps.push(mpps);
                 t.kernel_ns.push(ns);
+                t.cpus_used.push(cpus_used);
                 t.sent += sent;
                 t.received += received;
             }
