@@ -471,7 +471,7 @@ fn cases(s: &Settings) -> Vec<Case> {
 /// interleaved rounds.
 pub fn run(quick: bool) -> Result<ThroughputResult> {
     let s = settings(quick);
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = baselines::online_cpus();
     if cpus < 2 {
         bail!("the two-CPU cases need 2 CPUs, this machine has {cpus}");
     }
