@@ -5,6 +5,7 @@
 mod table;
 
 pub mod addr;
+pub mod baselines;
 pub mod decap;
 pub mod hash;
 

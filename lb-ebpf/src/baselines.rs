@@ -1,9 +1,19 @@
-//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS and a minimal MAC swap with XDP_TX). Not part of the balancer object.
+//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS, a minimal MAC swap with XDP_TX, a fixed-backend forwarder). Not part of the balancer object; names and layouts are in `lb_common::baselines`.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::Array,
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use lb_common::baselines::ForwardTarget;
 use lb_ebpf::wire::ptr_at;
+
+/// Where `baseline_fixed_forward` sends frames (`lb_common::baselines::FORWARD_TARGET`).
+#[btf_map]
+static FORWARD_TARGET: Array<ForwardTarget, 1> = Array::new();
 
 /// Does nothing: the cost of running any XDP program at all.
 #[xdp]
@@ -24,6 +34,33 @@ pub fn baseline_macswap(ctx: XdpContext) -> u32 {
         swapped[..6].copy_from_slice(&m[6..]);
         swapped[6..].copy_from_slice(&m[..6]);
         *macs = swapped;
+    }
+    xdp_action::XDP_TX
+}
+
+/// Sends every frame to the one backend in `FORWARD_TARGET`: destination MAC := the backend's,
+/// source MAC := the frame's old destination (the receiving interface's own), `XDP_TX`. What
+/// a DSR balancer must do at least, without parsing, choosing or remembering anything: the
+/// end-to-end bench puts it where xdplb sits to measure the on-path floor.
+#[xdp]
+pub fn baseline_fixed_forward(ctx: XdpContext) -> u32 {
+    let Some(macs) = ptr_at::<[u8; 12]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(target) = FORWARD_TARGET.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // Not configured yet: forwarding to 00:..:00 would blackhole the lab.
+    if target.mac == [0; 6] {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: ptr_at checked the 12 bytes against data_end.
+    unsafe {
+        let m = *macs;
+        let mut out = [0u8; 12];
+        out[..6].copy_from_slice(&target.mac);
+        out[6..].copy_from_slice(&m[..6]);
+        *macs = out;
     }
     xdp_action::XDP_TX
 }

@@ -1,4 +1,4 @@
-//! End-to-end connection rate and latency of short TCP exchanges in the namespace lab, through xdplb, directly to a backend, through HAProxy and through nftables DNAT, interleaved in rounds.
+//! End-to-end connection rate, latency and CPU per connection of short TCP exchanges in the namespace lab, through xdplb, through a fixed-backend XDP forwarder in xdplb's place (the on-path floor), directly to a backend, through HAProxy and through nftables DNAT, interleaved in rounds.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 
+use crate::baselines;
+use crate::cpu::{self, CpuPerConn, CpuProbe, CpuSample};
 use xdplb_lab::lab::{tool_path, Lab, LabSpec};
 use xdplb_lab::netns;
 use xdplb_lab::reports::RateReport;
@@ -29,7 +31,7 @@ const WARMUP_SECS: f64 = 0.5;
 /// One setup's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct E2eResult {
-    /// "xdplb", "direct", "haproxy" or "nftables".
+    /// "xdplb", "onpath-floor", "direct", "haproxy" or "nftables".
     pub setup: String,
     /// Successful exchanges (connect, request, reply), summed over the rounds.
     pub connections: u64,
@@ -57,23 +59,42 @@ pub struct E2eResult {
     pub errors: Vec<String>,
     /// Observations that help read the figures (for `nftables`: its conntrack occupancy).
     pub notes: Vec<String>,
+    /// CPU per connection over the loaded runs (see `cpu.rs` for what each part holds).
+    pub cpu: CpuPerConn,
 }
 
-/// The four setups, in their base order (each round starts one further along).
+/// The six setups, in their base order (each round starts one further along).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Setup {
     Xdplb,
+    /// xdplb with backend 0 its only backend: the floor's exact traffic pattern (one server
+    /// process busy instead of three on the shared cores), so the two differ only in what the
+    /// XDP program does.
+    XdplbOneBackend,
+    /// `baseline_fixed_forward` on the gateway's interface in native mode, where xdplb sits:
+    /// the same hops and the same DSR return path, every connection to backend 0, no parsing,
+    /// choice or state. What no balancer on this path can beat.
+    OnpathFloor,
     Direct,
     Haproxy,
     Nftables,
 }
 
-const SETUPS: [Setup; 4] = [Setup::Xdplb, Setup::Direct, Setup::Haproxy, Setup::Nftables];
+const SETUPS: [Setup; 6] = [
+    Setup::Xdplb,
+    Setup::XdplbOneBackend,
+    Setup::OnpathFloor,
+    Setup::Direct,
+    Setup::Haproxy,
+    Setup::Nftables,
+];
 
 impl Setup {
     fn name(self) -> &'static str {
         match self {
             Setup::Xdplb => "xdplb",
+            Setup::XdplbOneBackend => "xdplb-1-backend",
+            Setup::OnpathFloor => "onpath-floor",
             Setup::Direct => "direct",
             Setup::Haproxy => "haproxy",
             Setup::Nftables => "nftables",
@@ -84,14 +105,25 @@ impl Setup {
 /// A setup in place; [`Active::stop`] undoes it.
 enum Active {
     Xdplb(Balancer),
+    /// The forwarder and the pass program on the veth peer; both detach when dropped.
+    OnpathFloor {
+        forwarder: aya::Ebpf,
+        peer_pass: aya::Ebpf,
+    },
     Direct,
-    Haproxy { pid: u32 },
-    Nftables { saved: Vec<(String, String)> },
+    Haproxy {
+        pid: u32,
+    },
+    Nftables {
+        saved: Vec<(String, String)>,
+    },
 }
 
 /// What every round needs.
 struct Ctx {
     yaml: String,
+    /// The same with backend 0 alone.
+    yaml_one_backend: String,
     /// Length of the loaded measurement.
     secs: f64,
     /// Length of the single-worker measurement.
@@ -276,6 +308,12 @@ impl Setup {
             // A fresh agent (and veth-peer pass program) per round: stopping it detaches both,
             // so no XDP program sits on the path of the other setups.
             Setup::Xdplb => Ok(Active::Xdplb(Balancer::start(lab, "native", &ctx.yaml)?)),
+            Setup::XdplbOneBackend => Ok(Active::Xdplb(Balancer::start(
+                lab,
+                "native",
+                &ctx.yaml_one_backend,
+            )?)),
+            Setup::OnpathFloor => start_floor(lab),
             Setup::Direct => Ok(Active::Direct),
             Setup::Haproxy => {
                 let cfg = lab.dir().join("haproxy.cfg");
@@ -351,6 +389,14 @@ impl Active {
                 }
                 Ok(())
             }
+            Active::OnpathFloor {
+                forwarder,
+                peer_pass,
+            } => {
+                drop(forwarder);
+                drop(peer_pass);
+                Ok(())
+            }
             Active::Direct => Ok(()),
             Active::Haproxy { pid } => {
                 let stopped = lab.stop(pid);
@@ -364,6 +410,64 @@ impl Active {
                 deleted.map(drop).and(restored)
             }
         }
+    }
+}
+
+/// Attaches the fixed-backend forwarder, aimed at backend 0, where xdplb would sit, with the
+/// pass program on the veth peer that native `XDP_TX` on a veth needs (as `Balancer::start`
+/// does for xdplb).
+fn start_floor(lab: &Lab) -> Result<Active> {
+    let (peer_ns, peer_if) = lab.balancer_peer(0);
+    let peer_ns = peer_ns.to_owned();
+    let peer_pass = netns::in_netns(&peer_ns, move || {
+        lb_userspace::loader::attach_pass(&peer_if)
+    })?;
+    let mac: lb_userspace::config::MacAddr = lab
+        .backend_mac(0)?
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("backend 0's MAC: {e}"))?;
+    let gw_if = lab.gateway_if().to_owned();
+    let forwarder = netns::in_netns(lab.gateway_ns(), move || -> Result<aya::Ebpf> {
+        let name = lb_common::baselines::FIXED_FORWARD;
+        let mut ebpf = baselines::load(&[name])?;
+        let mut target: aya::maps::Array<_, lb_common::baselines::ForwardTarget> =
+            aya::maps::Array::try_from(
+                ebpf.map_mut(lb_common::baselines::FORWARD_TARGET)
+                    .context("the baselines object has no FORWARD_TARGET map")?,
+            )?;
+        target.set(
+            0,
+            lb_common::baselines::ForwardTarget {
+                mac: mac.0,
+                _pad: [0; 2],
+            },
+            0,
+        )?;
+        let mode = lb_userspace::loader::attach(
+            &mut ebpf,
+            name,
+            &gw_if,
+            lb_userspace::config::XdpMode::Native,
+        )?;
+        if mode != "native" {
+            bail!("{name} attached in {mode} mode");
+        }
+        Ok(ebpf)
+    })?;
+    Ok(Active::OnpathFloor {
+        forwarder,
+        peer_pass,
+    })
+}
+
+/// What to sample for `active`'s CPU: its process, and the XDP program on the gateway.
+fn cpu_probe(lab: &Lab, active: &Active) -> Result<CpuProbe> {
+    let xdp = || cpu::xdp_prog_id(lab.gateway_ns(), lab.gateway_if()).map(Some);
+    match active {
+        Active::Xdplb(b) => CpuProbe::start(Some(b.pid), xdp()?),
+        Active::OnpathFloor { .. } => CpuProbe::start(None, xdp()?),
+        Active::Haproxy { pid } => CpuProbe::start(Some(*pid), None),
+        Active::Direct | Active::Nftables { .. } => CpuProbe::start(None, None),
     }
 }
 
@@ -411,7 +515,9 @@ fn round(lab: &mut Lab, setup: Setup, ctx: &Ctx) -> Result<Turn> {
         .start(lab, ctx)
         .with_context(|| format!("starting the {} setup", setup.name()))?;
     let measured = measure(lab, setup, ctx, WARMUP_SECS, CONCURRENCY).and_then(|_warmup| {
+        let probe = cpu_probe(lab, &active)?;
         let loaded = measure(lab, setup, ctx, ctx.secs, CONCURRENCY)?;
+        let cpu = probe.finish()?;
         let unloaded = measure(lab, setup, ctx, ctx.unloaded_secs, 1)?;
         // Read while the table exists; entries outlive it, but this is the moment they peak.
         let conntrack = match setup {
@@ -422,6 +528,7 @@ fn round(lab: &mut Lab, setup: Setup, ctx: &Ctx) -> Result<Turn> {
             loaded,
             unloaded,
             conntrack,
+            cpu,
         })
     });
     let stopped = active
@@ -438,6 +545,8 @@ struct Turn {
     unloaded: RateReport,
     /// Conntrack entries in the gateway namespace at the end (`nftables` only).
     conntrack: Option<u64>,
+    /// CPU spent during the loaded run.
+    cpu: CpuSample,
 }
 
 /// Conntrack entries in the gateway namespace (the count is per namespace).
@@ -476,7 +585,12 @@ fn median(values: &[f64]) -> f64 {
 
 /// One setup's result from its rounds: counts summed, the rate over the total time, the
 /// percentiles as the median of the rounds' (with an even count, the mean of the middle two).
-fn summarize(setup: &str, rounds: &[RateReport], unloaded: &[RateReport]) -> E2eResult {
+fn summarize(
+    setup: &str,
+    rounds: &[RateReport],
+    unloaded: &[RateReport],
+    cpu: &[CpuSample],
+) -> E2eResult {
     let mut all = RateReport::default();
     for r in rounds {
         all.absorb(r.clone());
@@ -502,14 +616,17 @@ fn summarize(setup: &str, rounds: &[RateReport], unloaded: &[RateReport]) -> E2e
         duration_s,
         round_conn_per_s: rounds.iter().map(|r| r.conn_per_s).collect(),
         per_backend: all.per_backend,
+        cpu: cpu::per_conn(cpu, all.connections),
         errors: all.errors,
         notes: Vec::new(),
     }
 }
 
 /// Measures new short TCP connections per second (connect, `hello`, one reply line, close;
-/// 32 workers in a closed loop from one client) and their latency for four setups in one lab:
-/// `xdplb` (native XDP, DSR, three backends), `direct` (straight to one backend: the floor),
+/// 32 workers in a closed loop from one client), their latency and the CPU each setup spends
+/// per connection, for six setups in one lab: `xdplb` (native XDP, DSR, three backends),
+/// `xdplb-1-backend` (the same, backend 0 only), `onpath-floor` (the fixed-backend XDP
+/// forwarder where xdplb sits, to backend 0), `direct` (straight to one backend, fewer hops),
 /// `haproxy` (TCP proxy on the gateway, round robin over three) and `nftables` (jhash DNAT
 /// plus masquerade on the gateway). The setups take turns within each round, each round
 /// starting one setup further along, so drift and after-effects hit all of them alike; only
@@ -545,6 +662,7 @@ pub fn run(quick: bool) -> Result<Vec<E2eResult>> {
     let members: Vec<_> = (0..BACKENDS).map(|i| (i, Member::Active)).collect();
     let ctx = Ctx {
         yaml: lab_config(&mut lab, "native", &members)?,
+        yaml_one_backend: lab_config(&mut lab, "native", &[(0, Member::Active)])?,
         secs,
         unloaded_secs,
         bind: lab.client_bind4(0),
@@ -552,6 +670,9 @@ pub fn run(quick: bool) -> Result<Vec<E2eResult>> {
     let mut loaded: Vec<Vec<RateReport>> = vec![Vec::new(); SETUPS.len()];
     let mut unloaded: Vec<Vec<RateReport>> = vec![Vec::new(); SETUPS.len()];
     let mut conntrack: Vec<Vec<u64>> = vec![Vec::new(); SETUPS.len()];
+    let mut cpus: Vec<Vec<CpuSample>> = vec![Vec::new(); SETUPS.len()];
+    // Held for the whole section: run-time statistics of every BPF program on the host.
+    let _bpf_stats = cpu::enable_bpf_stats()?;
     for r in 0..rounds {
         for k in 0..SETUPS.len() {
             let idx = (r + k) % SETUPS.len();
@@ -577,20 +698,44 @@ pub fn run(quick: bool) -> Result<Vec<E2eResult>> {
                 let _ = write!(line, ", {n} conntrack entries");
                 conntrack[idx].push(n);
             }
+            let c = turn.cpu;
+            let _ = write!(
+                line,
+                "; cpu/conn: softirq {:.0}ns, process {:.0}ns",
+                c.softirq_ns / rep.connections.max(1) as f64,
+                c.process_ns / rep.connections.max(1) as f64
+            );
+            if let Some((t, n)) = c.xdp {
+                let _ = write!(
+                    line,
+                    ", xdp {:.0}ns in {:.1} runs",
+                    t / rep.connections.max(1) as f64,
+                    n as f64 / rep.connections.max(1) as f64
+                );
+            }
             eprintln!("{line}");
+            cpus[idx].push(c);
             loaded[idx].push(rep);
             unloaded[idx].push(one);
         }
     }
-    Ok(SETUPS
+    let mut results: Vec<E2eResult> = SETUPS
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let mut r = summarize(s.name(), &loaded[i], &unloaded[i]);
+            let mut r = summarize(s.name(), &loaded[i], &unloaded[i], &cpus[i]);
             r.notes.extend(conntrack_note(&conntrack[i]));
             r
         })
-        .collect())
+        .collect();
+    let direct = results
+        .iter()
+        .find(|r| r.setup == Setup::Direct.name())
+        .map_or(0.0, |r| r.cpu.softirq_ns);
+    for r in &mut results {
+        cpu::against_direct(&mut r.cpu, direct);
+    }
+    Ok(results)
 }
 
 #[cfg(test)]
@@ -617,6 +762,7 @@ mod tests {
                 round(2000, 1.0, 200.0, 500.0),
             ],
             &[round(10, 1.0, 30.0, 60.0), round(10, 1.0, 50.0, 80.0)],
+            &[],
         );
         assert_eq!((s.connections, s.failed, s.rounds), (6000, 3, 3));
         assert_eq!(s.conn_per_s, 1500.0);
@@ -666,6 +812,6 @@ mod tests {
         for r in &results {
             println!("{}", serde_json::to_string(r).unwrap());
         }
-        assert_eq!(results.len(), 4);
+        assert_eq!(results.len(), SETUPS.len());
     }
 }

@@ -1,8 +1,9 @@
-//! `cargo xtask bench`: figures measured against baselines in the same run (per-packet cost against the XDP floor, cost growth, end to end against direct/HAProxy/nftables, concurrent connections, control plane, forwarding throughput through a veth), written to a JSON and Markdown report with SVG plots.
+//! `cargo xtask bench`: figures measured against baselines in the same run (per-packet cost against the XDP floor, cost growth, forwarding throughput through a veth on one and two CPUs, end to end against the on-path floor, direct, HAProxy and nftables with CPU per connection, concurrent connections, control plane), written to a JSON and Markdown report with SVG plots.
 
 pub mod baselines;
 pub mod conns;
 pub mod control;
+pub mod cpu;
 pub mod e2e;
 pub mod packet;
 pub mod plots;

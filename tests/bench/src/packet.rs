@@ -258,7 +258,7 @@ fn vip_packet(vips: u32) -> Vec<u8> {
 /// Per-packet cost by class, with the baselines. Every balancer class shows, through the
 /// counters its timed runs moved, that it timed the path it names.
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
-    baselines::pin_to_cpu0();
+    let _cpu0 = baselines::PinnedToCpu0::new();
     let s = settings(quick);
     let mut base = baselines::load(&[baselines::PASS, baselines::MACSWAP])?;
     let mut bal = Balancer::new(&config(1, 3), 1 << 20)?;
@@ -526,7 +526,7 @@ fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
 }
 
 pub fn sweeps(quick: bool) -> Result<Vec<Sweep>> {
-    baselines::pin_to_cpu0();
+    let _cpu0 = baselines::PinnedToCpu0::new();
     let s = settings(quick);
     let mut out = Vec::new();
 

@@ -1,4 +1,4 @@
-//! The report's SVG plots (plotters' SVG backend only, so no font or image libraries are needed): bar charts of per-packet cost and connection rates, line charts of cost growth.
+//! The report's SVG plots (plotters' SVG backend only, so no font or image libraries are needed): bar charts of per-packet cost, connection rates, CPU per connection and forwarding rates by CPUs, line charts of cost growth.
 
 use std::path::Path;
 
@@ -9,6 +9,16 @@ use crate::packet::Sweep;
 
 /// A horizontal bar per `(label, value)`, the value printed at its end.
 pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()> {
+    bar_chart_digits(path, title, bars, 0)
+}
+
+/// [`bar_chart`] with `digits` decimals on the printed values (rates in Mpps need them).
+pub fn bar_chart_digits(
+    path: &Path,
+    title: &str,
+    bars: &[(String, f64)],
+    digits: usize,
+) -> Result<()> {
     let root = SVGBackend::new(path, (900, 60 + 40 * bars.len() as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let max = bars.iter().map(|b| b.1).fold(1.0, f64::max) * 1.15;
@@ -37,7 +47,7 @@ pub fn bar_chart(path: &Path, title: &str, bars: &[(String, f64)]) -> Result<()>
     }))?;
     chart.draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
         Text::new(
-            format!("{v:.0}"),
+            format!("{v:.digits$}"),
             (*v, SegmentValue::CenterOf(i)),
             ("sans-serif", 14),
         )

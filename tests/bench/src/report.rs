@@ -11,7 +11,7 @@ use crate::{
     control::ControlResult,
     e2e::E2eResult,
     packet::{PacketCost, Sweep},
-    plots::{bar_chart, line_chart},
+    plots::{bar_chart, bar_chart_digits, line_chart},
     throughput::ThroughputResult,
 };
 
@@ -101,6 +101,12 @@ pub fn summary(r: &Results) -> Value {
         (Some(a), Some(b)) if b > 0.0 => num(a / b),
         _ => Value::Null,
     };
+    let setup = |name: &str| e2e.and_then(|v| v.iter().find(|x| x.setup == name));
+    let p99 = |name: &str| setup(name).map(|x| x.p99_us);
+    let unloaded_p99 = |name: &str| setup(name).map(|x| x.unloaded_p99_us);
+    let cpu = |name: &str| setup(name).map(|x| x.cpu.total_ns);
+    let tp = ok(&r.throughput);
+    let many = tp.and_then(|t| t.cases.iter().find(|c| c.case == "many flows, 1 CPU"));
     let held = ok(&r.conns)
         .and_then(|v| v.iter().find(|c| c.target == "xdplb"))
         .map(|c| c.held);
@@ -116,7 +122,25 @@ pub fn summary(r: &Results) -> Value {
         "e2e_conn_rate_ratio_to_haproxy": ratio(rate("xdplb"), rate("haproxy")),
         "e2e_conn_rate_ratio_to_nftables": ratio(rate("xdplb"), rate("nftables")),
         "cost_growth_max_over_min": flat.map(num),
-        "throughput_ratio_to_macswap": ok(&r.throughput).map(|t| num(t.ratio_to_macswap)),
+        "throughput_ratio_to_macswap": tp.map(|t| num(t.ratio_to_macswap)),
+        "throughput_many_flows_ratio_to_macswap": many.map(|c| num(c.ratio_to_macswap)),
+        "throughput_two_cpu_scaling": tp.map(|t| num(t.balancer_two_cpu_scaling)),
+        "throughput_two_cpu_cpus_used": tp.and_then(|t| t.two_cpu_scaling.first()).map(|x| num(x.two_cpu_cpus_used)),
+        "throughput_two_cpu_per_cpu_efficiency": tp.and_then(|t| t.two_cpu_scaling.first()).map(|x| num(x.per_cpu_efficiency)),
+        "throughput_macswap_two_cpu_scaling": tp.and_then(|t| t.two_cpu_scaling.get(1)).map(|x| num(x.scaling)),
+        // The floor sends every connection to one backend, so xdplb is held against it with
+        // that backend alone: the two then differ only in what the XDP program does. With
+        // three backends, three server processes share the lab's two cores with everything
+        // else; those figures are kept beside.
+        "e2e_conn_rate_ratio_to_onpath_floor": ratio(rate("xdplb-1-backend"), rate("onpath-floor")),
+        "e2e_p99_ratio_to_onpath_floor": ratio(p99("xdplb-1-backend"), p99("onpath-floor")),
+        "e2e_unloaded_p99_ratio_to_onpath_floor": ratio(unloaded_p99("xdplb-1-backend"), unloaded_p99("onpath-floor")),
+        "e2e_three_backends_conn_rate_ratio_to_onpath_floor": ratio(rate("xdplb"), rate("onpath-floor")),
+        "e2e_three_backends_p99_ratio_to_onpath_floor": ratio(p99("xdplb"), p99("onpath-floor")),
+        "balancer_cpu_per_conn_ns": cpu("xdplb").map(num),
+        "balancer_cpu_per_conn_ratio_haproxy_to_xdplb": ratio(cpu("haproxy"), cpu("xdplb")),
+        "balancer_cpu_per_conn_ratio_nftables_to_xdplb": ratio(cpu("nftables"), cpu("xdplb")),
+        "balancer_cpu_per_conn_ratio_haproxy_to_xdplb_run_time": ratio(cpu("haproxy"), setup("xdplb").and_then(|x| x.cpu.xdp_run_ns)),
         "packets_dropped_during_reloads": ok(&r.control).map(|c| c.packets_dropped_during_reloads),
     })
 }
@@ -164,6 +188,34 @@ fn goals(s: &Value) -> Value {
             "new connections/s ≥ 2× HAProxy",
             &s["e2e_conn_rate_ratio_to_haproxy"],
             f("e2e_conn_rate_ratio_to_haproxy").map(|x| x >= 2.0)
+        ),
+        g(
+            "throughput through a veth ≥ 0.85× MAC swap (one CPU, few flows)",
+            &s["throughput_ratio_to_macswap"],
+            f("throughput_ratio_to_macswap").map(|x| x >= 0.85)
+        ),
+        g(
+            "throughput on two CPUs ≥ 1.8× the balancer's own one-CPU rate (judged only when the generator got ≥ 1.8 CPUs)",
+            &s["throughput_two_cpu_scaling"],
+            f("throughput_two_cpu_scaling")
+                .zip(f("throughput_two_cpu_cpus_used"))
+                .filter(|(_, cpus)| *cpus >= 1.8)
+                .map(|(x, _)| x >= 1.8)
+        ),
+        g(
+            "new connections/s ≥ 0.95× the on-path floor (fixed-backend XDP forwarder; xdplb with that backend alone)",
+            &s["e2e_conn_rate_ratio_to_onpath_floor"],
+            f("e2e_conn_rate_ratio_to_onpath_floor").map(|x| x >= 0.95)
+        ),
+        g(
+            "p99 latency within 10% of the on-path floor (loaded; xdplb with that backend alone)",
+            &s["e2e_p99_ratio_to_onpath_floor"],
+            f("e2e_p99_ratio_to_onpath_floor").map(|x| x <= 1.10)
+        ),
+        g(
+            "balancer CPU per connection ≥ 20× less than HAProxy's",
+            &s["balancer_cpu_per_conn_ratio_haproxy_to_xdplb"],
+            f("balancer_cpu_per_conn_ratio_haproxy_to_xdplb").map(|x| x >= 20.0)
         ),
         g(
             "zero packets lost while reloading under load",
@@ -233,6 +285,53 @@ pub fn write(
             &dir.join(&name),
             "New TCP connections per second (higher is better)",
             &bars,
+        )?;
+        plots.push(name);
+        let bars: Vec<(String, f64)> = v
+            .iter()
+            .flat_map(|x| {
+                let mut b = vec![(
+                    format!("{} (process + softirq share)", x.setup),
+                    x.cpu.total_ns,
+                )];
+                b.extend(
+                    x.cpu
+                        .xdp_run_ns
+                        .map(|t| (format!("{} (XDP run time alone)", x.setup), t)),
+                );
+                b
+            })
+            .filter(|(_, v)| v.is_finite())
+            .collect();
+        let name = format!("{stem}-cpu-per-conn.svg");
+        bar_chart(
+            &dir.join(&name),
+            "CPU per connection, ns (lower is better)",
+            &bars,
+        )?;
+        plots.push(name);
+    }
+    if let Some(t) = ok(&r.throughput) {
+        let bars: Vec<(String, f64)> = t
+            .cases
+            .iter()
+            .flat_map(|c| {
+                c.programs.iter().map(move |p| {
+                    let short = if p.program.starts_with("xdplb") {
+                        "xdplb"
+                    } else {
+                        "MAC swap"
+                    };
+                    (format!("{short}, {}", c.case), p.mpps)
+                })
+            })
+            .collect();
+        let name = format!("{stem}-throughput-scaling.svg");
+        bar_chart_digits(
+            &dir.join(&name),
+            "Forwarding rate through a veth, Mpps, by flows and CPUs (higher is better)",
+            &bars,
+            2,
         )?;
         plots.push(name);
     }
@@ -351,6 +450,43 @@ fn markdown(
                     fmt(p.loss * 100.0, 2)
                 );
             }
+            o += "\n| case | flows in table | flows timed | threads | CPUs | xdplb Mpps | MAC swap Mpps | ratio | kernel-time ratio | CPUs the generator got (xdplb / MAC swap) | balancer counters per frame |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+            for c in &t.cases {
+                let counted = c
+                    .balancer_counters_per_frame
+                    .iter()
+                    .map(|(name, n)| format!("{name} {}", fmt(*n, 3)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                o += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |\n",
+                    c.case,
+                    c.flows_in_table,
+                    c.flows_timed,
+                    c.generator_threads,
+                    c.cpus,
+                    fmt(c.programs[0].mpps, 2),
+                    fmt(c.programs[1].mpps, 2),
+                    fmt(c.ratio_to_macswap, 2),
+                    fmt(c.kernel_ratio_to_macswap, 2),
+                    fmt(c.programs[0].cpus_used, 2),
+                    fmt(c.programs[1].cpus_used, 2),
+                    counted
+                );
+            }
+            o += "\nTwo CPUs against one (few flows). Per-CPU efficiency = (Mpps / CPUs got) on two CPUs over the same on one: 1.0 means a frame costs the same CPU time with two CPUs sending, so two free CPUs would give 2×; it is not a measured rate.\n\n| program | 1 CPU Mpps | 2 CPUs Mpps | scaling | CPUs got (1 / 2) | per-CPU efficiency |\n|---|---|---|---|---|---|\n";
+            for x in &t.two_cpu_scaling {
+                o += &format!(
+                    "| {} | {} | {} | {} | {} / {} | {} |\n",
+                    x.program,
+                    fmt(x.one_cpu_mpps, 2),
+                    fmt(x.two_cpu_mpps, 2),
+                    fmt(x.scaling, 2),
+                    fmt(x.one_cpu_cpus_used, 2),
+                    fmt(x.two_cpu_cpus_used, 2),
+                    fmt(x.per_cpu_efficiency, 2)
+                );
+            }
             for n in &t.notes {
                 o += &format!("\n- {n}");
             }
@@ -358,13 +494,34 @@ fn markdown(
         }
         other => o += &format!("{}\n", section(other)),
     }
-    o += "\n## End to end: new connections of a short request (same lab, interleaved rounds)\n\n| setup | conn/s | p50 µs | p99 µs | connections | failed |\n|---|---|---|---|---|---|\n";
+    o += "\n## End to end: new connections of a short request (same lab, interleaved rounds)\n\n`onpath-floor` is a fixed-backend XDP forwarder (every connection to backend 0, MAC rewrite and `XDP_TX`) where xdplb sits: the same hops, no choice, no state. `xdplb-1-backend` is xdplb with backend 0 alone, the floor's traffic pattern, so the two differ only in the XDP program; `xdplb` spreads over three backends.\n\n| setup | conn/s | p50 µs | p99 µs | 1-worker p50 / p99 µs | connections | failed |\n|---|---|---|---|---|---|---|\n";
     match &r.e2e {
         Some(Ok(v)) => {
             for x in v {
                 o += &format!(
-                    "| {} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
-                    x.setup, x.conn_per_s, x.p50_us, x.p99_us, x.connections, x.failed
+                    "| {} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} | {} | {} |\n",
+                    x.setup,
+                    x.conn_per_s,
+                    x.p50_us,
+                    x.p99_us,
+                    x.unloaded_p50_us,
+                    x.unloaded_p99_us,
+                    x.connections,
+                    x.failed
+                );
+            }
+            o += "\nCPU per connection over the loaded runs, ns. Softirq time is host-wide (clients, backends and other jobs on the machine are in it); a setup's share is its softirq per connection minus `direct`'s. The XDP run time (kernel BPF statistics) is the program's alone and is a part of its softirq time. Total = process + softirq share, at least the XDP run time.\n\n| setup | total | process | softirq | softirq over direct | XDP run time | XDP runs per conn |\n|---|---|---|---|---|---|---|\n";
+            for x in v {
+                let c = &x.cpu;
+                o += &format!(
+                    "| {} | {} | {} | {} | {} | {} | {} |\n",
+                    x.setup,
+                    fmt(c.total_ns, 0),
+                    fmt(c.process_ns, 0),
+                    fmt(c.softirq_ns, 0),
+                    fmt(c.softirq_over_direct_ns, 0),
+                    c.xdp_run_ns.map_or("–".into(), |t| fmt(t, 0)),
+                    c.xdp_runs.map_or("–".into(), |t| fmt(t, 1)),
                 );
             }
         }
