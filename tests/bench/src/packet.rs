@@ -35,6 +35,29 @@ pub struct PacketCost {
     pub counters_per_run: BTreeMap<&'static str, f64>,
 }
 
+impl PacketCost {
+    /// A class's cost of `ns` per packet against a MAC swap of `swap_ns` measured the same
+    /// way; the per-core rate and the ratio follow from them.
+    fn new(
+        class: &str,
+        ns: f64,
+        swap_ns: f64,
+        verdict: u32,
+        note: String,
+        counters_per_run: BTreeMap<&'static str, f64>,
+    ) -> PacketCost {
+        PacketCost {
+            class: class.into(),
+            ns_per_packet: ns,
+            mpps_per_core: 1e3 / ns.max(1.0),
+            ratio_to_macswap: ns / swap_ns.max(1.0),
+            verdict: action_name(verdict),
+            note,
+            counters_per_run,
+        }
+    }
+}
+
 /// One point of a cost-growth sweep.
 #[derive(Debug, Clone, Serialize)]
 pub struct SweepPoint {
@@ -268,15 +291,14 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let mut out = Vec::new();
     let mut push =
         |class: &str, ns: f64, verdict: u32, note: &str, counted: BTreeMap<&'static str, f64>| {
-            out.push(PacketCost {
-                class: class.into(),
-                ns_per_packet: ns,
-                mpps_per_core: 1e3 / ns.max(1.0),
-                ratio_to_macswap: ns / swap_ns.max(1.0),
-                verdict: action_name(verdict),
-                note: note.into(),
-                counters_per_run: counted,
-            })
+            out.push(PacketCost::new(
+                class,
+                ns,
+                swap_ns,
+                verdict,
+                note.into(),
+                counted,
+            ))
         };
     push(
         "baseline: empty XDP_PASS",
@@ -355,15 +377,14 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let counted = per_run(&bal, &before, u64::from(calls))?;
     check_path(class, &counted, &[Counter::ConnMiss, Counter::TxForwarded])?;
     let (new_ns, swap1_ns) = (median(new1), median(swap1));
-    out.push(PacketCost {
-        class: class.into(),
-        ns_per_packet: new_ns,
-        mpps_per_core: 1e3 / new_ns.max(1.0),
-        ratio_to_macswap: new_ns / swap1_ns.max(1.0),
-        verdict: action_name(verdict),
-        note: format!("one packet per run (MAC swap measured the same way: {swap1_ns:.0} ns)"),
-        counters_per_run: counted,
-    });
+    out.push(PacketCost::new(
+        class,
+        new_ns,
+        swap1_ns,
+        verdict,
+        format!("one packet per run (MAC swap measured the same way: {swap1_ns:.0} ns)"),
+        counted,
+    ));
     // IP-in-IP: encapsulation grows the buffer in place, and BPF_PROG_TEST_RUN repeats run on
     // the same buffer, so each run is one packet (like the new-flow class) on an established
     // flow, against the repeat-1 MAC swap.
@@ -392,17 +413,16 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let counted = per_run(&tunnel, &before, u64::from(calls))?;
     check_path(class, &counted, &hit)?;
     let enc_ns = median(enc);
-    out.push(PacketCost {
-        class: class.into(),
-        ns_per_packet: enc_ns,
-        mpps_per_core: 1e3 / enc_ns.max(1.0),
-        ratio_to_macswap: enc_ns / swap1_ns.max(1.0),
-        verdict: action_name(v),
-        note: format!(
+    out.push(PacketCost::new(
+        class,
+        enc_ns,
+        swap1_ns,
+        v,
+        format!(
             "one packet per run: grow head, outer header + checksum, flow hash for the source (MAC swap the same way: {swap1_ns:.0} ns)"
         ),
-        counters_per_run: counted,
-    });
+        counted,
+    ));
     Ok(out)
 }
 
