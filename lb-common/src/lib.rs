@@ -69,6 +69,9 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<u64>`, indexed by [`crate::Counter`].
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    /// `PerCpuArray<HitCounters>` of [`crate::HIT_SLOTS`] slots: the one counter an established
+    /// flow's forwarded packet touches (see [`crate::HitCounters`]).
+    pub const HIT_STATS: &str = "HIT_STATS";
     /// `HashMap<AddrKey, AddrMeta>`: every address that has at least one VIP, whatever its
     /// ports. Fragments and ICMP echo requests carry no ports, so they are matched here.
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
@@ -76,8 +79,8 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     /// Every map the balancer program owns, for pinning and for the object check
     /// (the names of [`crate::BALANCER_MAPS`]).
-    pub const ALL: [&str; 9] = {
-        let mut names = [""; 9];
+    pub const ALL: [&str; 10] = {
+        let mut names = [""; 10];
         let mut i = 0;
         while i < names.len() {
             names[i] = crate::BALANCER_MAPS[i].name;
@@ -90,7 +93,7 @@ pub mod maps {
 /// Every map of the balancer object: names, kinds, key/value sizes, capacities. Userspace checks
 /// pinned maps against it; `lb-ebpf/src/maps.rs` declares the same (the tests check the names
 /// against the object).
-pub const BALANCER_MAPS: [MapSpec; 9] = {
+pub const BALANCER_MAPS: [MapSpec; 10] = {
     use MapKind::*;
     [
         MapSpec::new::<VipKey, VipMeta>(maps::VIPS, Hash, MAX_VIPS),
@@ -104,6 +107,7 @@ pub const BALANCER_MAPS: [MapSpec; 9] = {
         MapSpec::new::<u32, TrafficCounters>(maps::VIP_STATS, PerCpuArray, MAX_VIPS),
         MapSpec::new::<u32, TrafficCounters>(maps::BACKEND_STATS, PerCpuArray, MAX_BACKENDS),
         MapSpec::new::<u32, u64>(maps::GLOBAL_STATS, PerCpuArray, Counter::COUNT),
+        MapSpec::new::<u32, HitCounters>(maps::HIT_STATS, PerCpuArray, HIT_SLOTS),
         MapSpec::new::<AddrKey, AddrMeta>(maps::VIP_ADDRS, Hash, MAX_VIPS),
         MapSpec::new::<u32, Settings>(maps::SETTINGS, Array, 1),
     ]
@@ -121,12 +125,13 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
 pub const MAX_VIPS: u32 = 512;
 /// How many backends in all (a backend of two VIPs counts twice). `BACKENDS` is 40 B each: 640 KiB;
-/// `BACKEND_STATS` is 24 B per CPU each: 384 KiB per CPU.
+/// `BACKEND_STATS` is 24 B per CPU each: 384 KiB per CPU; `HIT_STATS` 16 B per CPU each: 264 KiB
+/// per CPU.
 pub const MAX_BACKENDS: u32 = 16384;
 /// Default flow-table capacity (`flow_table_size` in the config overrides it at load time).
 /// An LRU hash entry costs its key and value (40 + 12 B, the value rounded up to 16) plus ~56 B
@@ -352,6 +357,36 @@ pub struct TrafficCounters {
 }
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
 
+/// Value of `HIT_STATS` (per CPU; readers sum the CPUs): the packets an established flow
+/// forwarded (a flow-table hit ending in `tx_forwarded`), counted in one per-CPU slot of their
+/// backend and nowhere else, so the hot path touches one counter instead of four (the outcome,
+/// the hit event, the VIP's and the backend's traffic). Readers fold a slot into `conn_hit`
+/// and `tx_forwarded`, into its backend's `packets`/`bytes` and into its VIP's; every other
+/// ending of a packet is counted in `GLOBAL_STATS`, `VIP_STATS` and `BACKEND_STATS` as before.
+///
+/// Slots: backend ids first ([`MAX_BACKENDS`], written by the datapath); then one per VIP id
+/// ([`hit_slot_retired_vip`]) holding the hits of that VIP's removed backends; then one
+/// ([`HIT_SLOT_RETIRED`]) holding those of removed VIPs and reused slots. Only the agent
+/// writes the retired slots, moving counts there when a backend or VIP leaves, so the global
+/// sum never goes down and no write races the datapath's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HitCounters {
+    pub packets: u64,
+    /// Frame bytes as received (Ethernet header included), as in [`TrafficCounters`].
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<HitCounters>() == 16);
+
+/// Number of `HIT_STATS` slots: every backend id, a retired slot per VIP id, one for the rest.
+pub const HIT_SLOTS: u32 = MAX_BACKENDS + MAX_VIPS + 1;
+/// The `HIT_STATS` slot that keeps the hits of VIP `vip_id`'s removed backends.
+pub const fn hit_slot_retired_vip(vip_id: u32) -> u32 {
+    MAX_BACKENDS + vip_id
+}
+/// The `HIT_STATS` slot that keeps the hits of removed VIPs and of reused backend slots.
+pub const HIT_SLOT_RETIRED: u32 = MAX_BACKENDS + MAX_VIPS;
+
 /// What the NIC does with a packet, whatever the program: hand it to the stack, drop it, or
 /// send it back out of the NIC it came in on. Each program maps it to its hook's action code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,7 +416,8 @@ counter_table! {
         DropMalformed = 3, "drop_malformed", Drop;
         /// VIP with no usable backend.
         DropNoBackend = 4, "drop_no_backend", Drop;
-        /// Forwarded to a backend.
+        /// Forwarded to a backend. An established flow's packet is counted in `HIT_STATS`
+        /// instead (readers add it here; see [`HitCounters`]).
         TxForwarded = 5, "tx_forwarded", Tx;
         /// VIP traffic in a broadcast or multicast frame: routers send VIP traffic to our unicast
         /// MAC, so a group frame is not ours to bounce (it would leave with a group source MAC).
@@ -407,7 +443,8 @@ counter_table! {
         PassOtherHost = 16, "pass_other_host", Pass;
     }
     events {
-        /// Flow table hit with a live backend.
+        /// Flow table hit with a live backend. A hit that is forwarded is counted in `HIT_STATS`
+        /// instead (readers add it here; see [`HitCounters`]).
         ConnHit = 6, "conn_hit";
         /// Flow table miss (new flow, or evicted): Maglev decided.
         ConnMiss = 7, "conn_miss";
@@ -431,6 +468,7 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ConnEntry {}
     unsafe impl aya::Pod for super::TrafficCounters {}
+    unsafe impl aya::Pod for super::HitCounters {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::AddrMeta {}
     unsafe impl aya::Pod for super::Settings {}
@@ -551,6 +589,7 @@ mod tests {
             size_of::<FlowKey>(),
             size_of::<ConnEntry>(),
             size_of::<TrafficCounters>(),
+            size_of::<HitCounters>(),
             size_of::<AddrKey>(),
             size_of::<AddrMeta>(),
             size_of::<Settings>(),
@@ -559,7 +598,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (6, [20, 16, 40, 40, 12, 24, 20, 4, 48, 17, 9])
+            (7, [20, 16, 40, 40, 12, 24, 16, 20, 4, 48, 17, 10])
         );
     }
 

@@ -5,8 +5,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AddrKey, AddrMeta, Backend, ConnEntry, FlowKey, Settings, TrafficCounters, VipKey, VipMeta,
-    BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, MAX_BACKENDS, MAX_VIPS, RING_TEMPLATE_SIZE,
+    AddrKey, AddrMeta, Backend, ConnEntry, FlowKey, HitCounters, Settings, TrafficCounters, VipKey,
+    VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, HIT_SLOTS, MAX_BACKENDS, MAX_VIPS,
+    RING_TEMPLATE_SIZE,
 };
 
 /// One Maglev table: slot → backend id. Created with `BPF_F_INNER_MAP` so each VIP's ring can
@@ -35,6 +36,10 @@ pub static BACKEND_STATS: PerCpuArray<TrafficCounters, { MAX_BACKENDS as usize }
 
 #[btf_map]
 pub static GLOBAL_STATS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+/// Indexed by backend id here; the slots past `MAX_BACKENDS` are the agent's (lb-common).
+#[btf_map]
+pub static HIT_STATS: PerCpuArray<HitCounters, { HIT_SLOTS as usize }> = PerCpuArray::new();
 
 #[btf_map]
 pub static VIP_ADDRS: HashMap<AddrKey, AddrMeta, { MAX_VIPS as usize }> = HashMap::new();

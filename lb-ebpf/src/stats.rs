@@ -1,10 +1,29 @@
-//! Per-CPU counters: one `GLOBAL_STATS` slot per outcome and per lookup event (lb-common's counter table), traffic per VIP and per backend.
+//! Per-CPU counters: one `GLOBAL_STATS` slot per outcome and per lookup event (lb-common's counter table), traffic per VIP and per backend, and an established flow's one hit slot.
 
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{Event, Outcome, TrafficCounters};
 use lb_ebpf::counters::increment;
 
-use crate::maps::GLOBAL_STATS;
+use crate::maps::{GLOBAL_STATS, HIT_STATS};
+
+/// An established flow's forwarded packet: the whole of its counting, in its backend's slot
+/// (readers fold it into the outcome, the hit event and the traffic counters).
+#[derive(Clone, Copy)]
+pub struct Hit {
+    pub backend_id: u32,
+    pub bytes: u64,
+}
+
+/// Counts a [`Hit`]: called once per such packet, by the entry point only, instead of [`count`].
+#[inline(always)]
+pub fn hit(h: Hit) {
+    if let Some(c) = HIT_STATS.get_ptr_mut(h.backend_id) {
+        // Per-CPU slot: no other CPU writes it, plain adds are enough.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += h.bytes;
+    }
+}
 
 /// Counts how a packet ended: called once per packet, by the entry point only.
 #[inline(always)]

@@ -1,6 +1,6 @@
 //! `BalancerMaps` owns the aya handles of every balancer map; nothing else touches them. Opens them from a freshly loaded object or from their bpffs pins.
 
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{anyhow, Context as _};
 use aya::{
@@ -9,8 +9,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    maps as names, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey, Settings,
-    TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
+    hit_slot_retired_vip, maps as names, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey,
+    HitCounters, Settings, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
+    HIT_SLOT_RETIRED, MAX_VIPS,
 };
 
 pub struct BalancerMaps {
@@ -21,6 +22,11 @@ pub struct BalancerMaps {
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     global_stats: PerCpuArray<MapData, u64>,
+    hit_stats: PerCpuArray<MapData, HitCounters>,
+    /// The `HIT_STATS` slots that can hold counts: every backend slot in use when the maps
+    /// were opened or written since, and the retired slots holding any. Reading only these
+    /// keeps a global read at a few lookups instead of 17k.
+    hit_slots: BTreeSet<u32>,
     vip_addrs: HashMap<MapData, AddrKey, AddrMeta>,
     settings: Array<MapData, Settings>,
     conns_capacity: u32,
@@ -69,7 +75,7 @@ impl BalancerMaps {
             Map::LruHashMap(data) => data.info().map(|i| i.max_entries()).unwrap_or(0),
             _ => 0,
         };
-        Ok(Self {
+        let mut maps = Self {
             conns_capacity,
             vips: typed(names::VIPS, get(names::VIPS)?)?,
             rings: typed(names::RINGS, get(names::RINGS)?)?,
@@ -78,9 +84,21 @@ impl BalancerMaps {
             vip_stats: typed(names::VIP_STATS, get(names::VIP_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             global_stats: typed(names::GLOBAL_STATS, get(names::GLOBAL_STATS)?)?,
+            hit_stats: typed(names::HIT_STATS, get(names::HIT_STATS)?)?,
             vip_addrs: typed(names::VIP_ADDRS, get(names::VIP_ADDRS)?)?,
             settings: typed(names::SETTINGS, get(names::SETTINGS)?)?,
-        })
+            hit_slots: BTreeSet::new(),
+        };
+        maps.hit_slots = maps.backends()?.into_iter().map(|(id, _)| id).collect();
+        for slot in (0..MAX_VIPS)
+            .map(hit_slot_retired_vip)
+            .chain([HIT_SLOT_RETIRED])
+        {
+            if maps.hits(slot)? != HitCounters::default() {
+                maps.hit_slots.insert(slot);
+            }
+        }
+        Ok(maps)
     }
 
     pub fn set_vip_addr(&mut self, key: &AddrKey, meta: &AddrMeta) -> anyhow::Result<()> {
@@ -128,6 +146,9 @@ impl BalancerMaps {
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
+        if backend.state != lb_common::BACKEND_UNUSED {
+            self.hit_slots.insert(id);
+        }
         self.backends
             .set(id, backend, 0)
             .with_context(|| format!("writing BACKENDS[{id}]"))
@@ -208,15 +229,48 @@ impl BalancerMaps {
         self.conns.keys().filter(Result::is_ok).count()
     }
 
-    pub fn vip_counters(&self, vip_id: u32) -> anyhow::Result<TrafficCounters> {
-        sum_traffic(&self.vip_stats, vip_id, names::VIP_STATS)
+    // Counters as users read them. An established flow's forwarded packets are counted in
+    // its backend's `HIT_STATS` slot only (lb-common's `HitCounters`); every reader below adds
+    // them back where the long path counts them, so the counters mean what they always did.
+
+    /// A VIP's traffic: its own counters, the hits of its `backends` (the ids whose
+    /// `Backend::vip_id` is `vip_id`) and those of its removed backends.
+    pub fn vip_counters(
+        &self,
+        vip_id: u32,
+        backends: impl IntoIterator<Item = u32>,
+    ) -> anyhow::Result<TrafficCounters> {
+        let mut t = sum_traffic(&self.vip_stats, vip_id, names::VIP_STATS)?;
+        let mut hits = self.hits(hit_slot_retired_vip(vip_id))?;
+        for id in backends {
+            let h = self.hits(id)?;
+            hits.packets += h.packets;
+            hits.bytes += h.bytes;
+        }
+        t.packets += hits.packets;
+        t.bytes += hits.bytes;
+        Ok(t)
+    }
+
+    /// [`Self::vip_counters`] for one VIP, finding its backends itself (walks `BACKENDS`: for
+    /// tests and one-off reads; `xdplb stats` has the backends at hand).
+    pub fn one_vip_counters(&self, vip_id: u32) -> anyhow::Result<TrafficCounters> {
+        let backends = self.backends()?;
+        let own = backends.iter().filter(|(_, b)| b.vip_id == vip_id);
+        self.vip_counters(vip_id, own.map(|(id, _)| *id))
     }
 
     pub fn backend_counters(&self, id: u32) -> anyhow::Result<TrafficCounters> {
-        sum_traffic(&self.backend_stats, id, names::BACKEND_STATS)
+        let mut t = sum_traffic(&self.backend_stats, id, names::BACKEND_STATS)?;
+        let h = self.hits(id)?;
+        t.packets += h.packets;
+        t.bytes += h.bytes;
+        Ok(t)
     }
 
-    /// Global outcome counters, summed over CPUs, in `Counter` order.
+    /// Global outcome counters, summed over CPUs, in `Counter` order. A hit that lands in a
+    /// backend's slot after the slot was freed (a packet in flight during the removal) is
+    /// counted once the slot is reused.
     pub fn global_counters(&self) -> anyhow::Result<[u64; COUNTER_COUNT as usize]> {
         let mut out = [0u64; COUNTER_COUNT as usize];
         for c in Counter::ALL {
@@ -226,29 +280,87 @@ impl BalancerMaps {
                 .with_context(|| format!("reading GLOBAL_STATS[{}]", c.name()))?;
             out[c as usize] = per_cpu.iter().sum();
         }
+        let mut hits = 0;
+        for slot in &self.hit_slots {
+            hits += self.hits(*slot)?.packets;
+        }
+        out[Counter::ConnHit as usize] += hits;
+        out[Counter::TxForwarded as usize] += hits;
         Ok(out)
     }
 
-    /// Zeroes the counters of a VIP or backend slot before it is given to a new owner.
+    /// One `HIT_STATS` slot, summed over CPUs.
+    fn hits(&self, slot: u32) -> anyhow::Result<HitCounters> {
+        let per_cpu = self
+            .hit_stats
+            .get(&slot, 0)
+            .with_context(|| format!("reading HIT_STATS[{slot}]"))?;
+        Ok(per_cpu.iter().fold(HitCounters::default(), |mut t, c| {
+            t.packets += c.packets;
+            t.bytes += c.bytes;
+            t
+        }))
+    }
+
+    /// Moves the hits counted in slot `from` into slot `to`, per CPU, and zeroes `from`. Only
+    /// for a slot the datapath no longer writes (a removed backend's) into one it never writes
+    /// (a retired slot): no count can be lost between the read and the writes.
+    fn move_hits(&mut self, from: u32, to: u32) -> anyhow::Result<()> {
+        let src = self
+            .hit_stats
+            .get(&from, 0)
+            .with_context(|| format!("reading HIT_STATS[{from}]"))?;
+        if src.iter().all(|c| c.packets == 0 && c.bytes == 0) {
+            return Ok(());
+        }
+        let dst = self
+            .hit_stats
+            .get(&to, 0)
+            .with_context(|| format!("reading HIT_STATS[{to}]"))?;
+        let sum: Vec<HitCounters> = src
+            .iter()
+            .zip(dst.iter())
+            .map(|(a, b)| HitCounters {
+                packets: a.packets + b.packets,
+                bytes: a.bytes + b.bytes,
+            })
+            .collect();
+        self.hit_stats
+            .set(to, PerCpuValues::try_from(sum)?, 0)
+            .with_context(|| format!("writing HIT_STATS[{to}]"))?;
+        self.hit_slots.insert(to);
+        self.hit_stats
+            .set(from, zeroes()?, 0)
+            .with_context(|| format!("zeroing HIT_STATS[{from}]"))
+    }
+
+    /// A backend of VIP `vip_id` left (its slot was just marked unused, so the datapath stops
+    /// counting hits there): its hits stay in the VIP's totals.
+    pub fn retire_backend_hits(&mut self, id: u32, vip_id: u32) -> anyhow::Result<()> {
+        self.move_hits(id, hit_slot_retired_vip(vip_id))
+    }
+
+    /// Zeroes the counters of a VIP or backend slot before it is given to a new owner. Hits
+    /// left in the slot move to the retired slot, so the global counters never go down.
     pub fn reset_vip_counters(&mut self, vip_id: u32) -> anyhow::Result<()> {
+        self.move_hits(hit_slot_retired_vip(vip_id), HIT_SLOT_RETIRED)?;
         self.vip_stats
             .set(vip_id, zeroes()?, 0)
             .with_context(|| format!("resetting VIP_STATS[{vip_id}]"))
     }
 
     pub fn reset_backend_counters(&mut self, id: u32) -> anyhow::Result<()> {
+        self.move_hits(id, HIT_SLOT_RETIRED)?;
         self.backend_stats
             .set(id, zeroes()?, 0)
             .with_context(|| format!("resetting BACKEND_STATS[{id}]"))
     }
 }
 
-fn zeroes() -> anyhow::Result<PerCpuValues<TrafficCounters>> {
+/// All-zero per-CPU values of a counter type.
+fn zeroes<T: aya::Pod + Default + Clone>() -> anyhow::Result<PerCpuValues<T>> {
     let cpus = nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
-    Ok(PerCpuValues::try_from(vec![
-        TrafficCounters::default();
-        cpus
-    ])?)
+    Ok(PerCpuValues::try_from(vec![T::default(); cpus])?)
 }
 
 fn sum_traffic(

@@ -80,11 +80,21 @@ impl Written {
         };
         let held_backends: HashSet<u32> = self.ids.backends.values().copied().collect();
         for (id, b) in &desired.backends {
-            if self.backends.get(id) == Some(b) {
+            let previous = self.backends.get(id).copied();
+            if previous == Some(*b) {
                 continue;
             }
-            if !held_backends.contains(id) {
-                maps.reset_backend_counters(*id)?;
+            match previous {
+                // Another (VIP, address) takes a written slot: the old owner's hits stay with
+                // its VIP, and the new owner starts from zero. Hits of the old owner's flows
+                // in flight while this runs may go uncounted (never a packet lost).
+                Some(old) if old.tag != b.tag => {
+                    maps.retire_backend_hits(*id, old.vip_id)?;
+                    maps.reset_backend_counters(*id)?;
+                }
+                Some(_) => {}
+                None if !held_backends.contains(id) => maps.reset_backend_counters(*id)?,
+                None => {}
             }
             maps.set_backend(*id, b)?;
             self.backends.insert(*id, *b);
@@ -153,7 +163,10 @@ impl Written {
                 ..Default::default()
             };
             maps.set_backend(*id, &unused)?;
-            self.backends.remove(id);
+            // The datapath counts no more hits in the slot: keep them in its VIP's totals.
+            if let Some(old) = self.backends.remove(id) {
+                maps.retire_backend_hits(*id, old.vip_id)?;
+            }
             report.removed.push(format!("backend {addr} removed"));
         }
         self.ids = desired.ids.clone();

@@ -72,9 +72,13 @@ pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsRep
         } else {
             "udp"
         };
-        let t = maps.vip_counters(meta.vip_id)?;
+        let own: Vec<&(u32, lb_common::Backend)> = backends
+            .iter()
+            .filter(|(_, b)| b.vip_id == meta.vip_id)
+            .collect();
+        let t = maps.vip_counters(meta.vip_id, own.iter().map(|(id, _)| *id))?;
         let mut list = Vec::new();
-        for (id, b) in backends.iter().filter(|(_, b)| b.vip_id == meta.vip_id) {
+        for (id, b) in own {
             let c = maps.backend_counters(*id)?;
             list.push(BackendStats {
                 address: ip_from_map(b.addr, b.family),

@@ -66,7 +66,7 @@ fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
     assert_eq!(delta(&after, &before, Counter::TxForwarded), 1);
     assert_eq!(delta(&after, &before, Counter::ConnMiss), 1);
     assert_eq!(delta(&after, &before, Counter::ConnHit), 0);
-    let vip = h.maps.vip_counters(h.vip_id("web")).unwrap();
+    let vip = h.maps.one_vip_counters(h.vip_id("web")).unwrap();
     assert_eq!(
         (vip.packets, vip.bytes, vip.new_flows),
         (1, pkt.len() as u64, 1)
@@ -82,7 +82,7 @@ fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
     assert_eq!(r.out, l2_rewritten(&pkt, mac));
     let again = h.global();
     assert_eq!(delta(&again, &after, Counter::ConnHit), 1);
-    let vip = h.maps.vip_counters(h.vip_id("web")).unwrap();
+    let vip = h.maps.one_vip_counters(h.vip_id("web")).unwrap();
     assert_eq!((vip.packets, vip.new_flows), (2, 1));
 }
 
