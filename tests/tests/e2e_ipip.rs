@@ -90,8 +90,14 @@ fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     lab.stop(dump).unwrap();
-    let stacks = xdplb_lab::tshark::clean_stacks(&pcap, None)
-        .unwrap_or_else(|e| panic!("tshark on the captured tunnels: {e:#}"));
+    let stacks = xdplb_lab::tshark::clean_stacks(&pcap, None).unwrap_or_else(|e| {
+        // The lab's directory goes with the lab: keep the capture for whoever reads the log.
+        let kept = xdplb_lab::tshark::keep_capture(&pcap, "e2e_ipip-tunnels.pcap").map_or_else(
+            |k| format!("(not kept: {k:#})"),
+            |p| p.display().to_string(),
+        );
+        panic!("tshark on the captured tunnels (capture kept at {kept}): {e:#}")
+    });
     for stack in [
         "eth:ethertype:ip:ip:tcp",
         "eth:ethertype:ipv6:ipv6:tcp",
