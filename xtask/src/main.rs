@@ -175,8 +175,9 @@ fn real_main() -> anyhow::Result<()> {
         }
         Cmd::Bench { quick, only, out } => {
             setup()?;
-            // The end-to-end comparison runs HAProxy from Debian's package.
-            apt_install(&["haproxy".to_owned()])?;
+            // The end-to-end comparison runs HAProxy from Debian's package; the profile runs
+            // perf, bpftool and objdump.
+            apt_install(&["haproxy", "linux-perf", "bpftool", "binutils"].map(String::from))?;
             build_release_tools(true)?;
             let mut cmd = Command::new(workspace().join("target/release/xdplb-bench"));
             cmd.current_dir(workspace()).arg("--out").arg(&out);

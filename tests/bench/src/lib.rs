@@ -7,5 +7,6 @@ pub mod cpu;
 pub mod e2e;
 pub mod packet;
 pub mod plots;
+pub mod profile;
 pub mod report;
 pub mod throughput;

@@ -19,8 +19,9 @@ struct Args {
 }
 
 /// The sections `--only` may name, in the order they run.
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "per-packet",
+    "profile",
     "growth",
     "throughput",
     "e2e",
@@ -55,6 +56,11 @@ fn main() {
     if want("per-packet") {
         let t = timed("per-packet cost");
         r.per_packet = Some(packet::per_packet(args.quick));
+        eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+    }
+    if want("profile") {
+        let t = timed("where the per-packet time goes (perf)");
+        r.profile = Some(xdplb_bench::profile::run(args.quick));
         eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
     }
     if want("growth") {

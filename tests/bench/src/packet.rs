@@ -112,7 +112,7 @@ fn udp6(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
 }
 
 /// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`, and the verdict.
-fn time_once(prog: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(f64, u32)> {
+pub(crate) fn time_once(prog: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(f64, u32)> {
     let t = testrun::timed(prog, packet, repeat).context("BPF_PROG_TEST_RUN")?;
     Ok((t.per_run.as_nanos() as f64, t.action))
 }
@@ -185,7 +185,7 @@ fn median_ns_counted(
 }
 
 /// The balancer, loaded with `yaml` (backends need `mac:`), flow table of `conns` entries.
-struct Balancer {
+pub(crate) struct Balancer {
     ebpf: Ebpf,
     maps: BalancerMaps,
 }
@@ -199,7 +199,12 @@ impl Balancer {
         Ok(Balancer { ebpf, maps })
     }
 
-    fn prog(&mut self) -> Result<&mut Xdp> {
+    /// The per-packet classes' balancer: one VIP of three backends and the IPv6 VIP.
+    pub(crate) fn bench(conns: u32) -> Result<Balancer> {
+        Balancer::new(&config(1, 3), conns)
+    }
+
+    pub(crate) fn prog(&mut self) -> Result<&mut Xdp> {
         loader::program(&mut self.ebpf, lb_common::programs::BALANCER)
     }
 }
@@ -268,7 +273,16 @@ fn next_prime(mut n: u32) -> u32 {
     n
 }
 
-fn vip_packet(vips: u32) -> Vec<u8> {
+/// The IPv6 established-flow class's packet (to the IPv6 VIP of [`Balancer::bench`]).
+pub(crate) fn ipv6_packet() -> Result<Vec<u8>> {
+    Ok(udp6(
+        "fd00:200::11".parse::<std::net::Ipv6Addr>()?.octets(),
+        "fd00:201::10".parse::<std::net::Ipv6Addr>()?.octets(),
+        53,
+    ))
+}
+
+pub(crate) fn vip_packet(vips: u32) -> Vec<u8> {
     let v = vips - 1;
     tcp4(
         [10, 200, 0, 11],
@@ -284,7 +298,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let _cpu0 = baselines::PinnedToCpu0::new();
     let s = settings(quick);
     let mut base = baselines::load(&[baselines::PASS, baselines::MACSWAP])?;
-    let mut bal = Balancer::new(&config(1, 3), 1 << 20)?;
+    let mut bal = Balancer::bench(1 << 20)?;
     let vip = vip_packet(1);
     let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
     let (swap_ns, _) = median_ns(loader::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
@@ -336,11 +350,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         "parse, flow-table hit, backend check, MAC rewrite, counters",
         counted,
     );
-    let v6 = udp6(
-        "fd00:200::11".parse::<std::net::Ipv6Addr>()?.octets(),
-        "fd00:201::10".parse::<std::net::Ipv6Addr>()?.octets(),
-        53,
-    );
+    let v6 = ipv6_packet()?;
     let class = "IPv6 VIP established flow";
     let (ns, v, counted) = median_ns_counted(&mut bal, &v6, &s)?;
     check_path(class, &counted, &hit)?;

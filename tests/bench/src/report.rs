@@ -58,6 +58,7 @@ impl Machine {
 #[derive(Debug, Default)]
 pub struct Results {
     pub per_packet: Option<Result<Vec<PacketCost>>>,
+    pub profile: Option<Result<Vec<crate::profile::Profile>>>,
     pub sweeps: Option<Result<Vec<Sweep>>>,
     pub throughput: Option<Result<ThroughputResult>>,
     pub e2e: Option<Result<Vec<E2eResult>>>,
@@ -243,6 +244,7 @@ pub fn write(
         "summary": summary,
         "goals": goals,
         "per_packet": section(&r.per_packet),
+        "profile": section(&r.profile),
         "cost_growth": section(&r.sweeps),
         "throughput": section(&r.throughput),
         "e2e": section(&r.e2e),
@@ -403,6 +405,11 @@ fn markdown(
             }
         }
         other => o += &format!("\n{}\n", section(other)),
+    }
+    o += "\n## Where the time goes (perf cpu-clock samples during BPF_PROG_TEST_RUN)\n\n";
+    match &r.profile {
+        Some(Ok(v)) => o += &crate::profile::markdown(v),
+        other => o += &format!("{}\n", section(other)),
     }
     o += "\n## Cost growth (established flow)\n\n";
     match &r.sweeps {
