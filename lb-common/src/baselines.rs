@@ -1,4 +1,4 @@
-//! The contract of the benchmark's baseline programs (`lb-ebpf/src/baselines.rs`): program names, and the map and value of the fixed-backend forwarder.
+//! The contract of the benchmark's baseline programs (`lb-ebpf/src/baselines.rs`): program names, the map and value of the fixed-backend forwarder, and the flow tables of the lookup floors.
 
 use crate::{MapKind, MapSpec};
 
@@ -11,16 +11,60 @@ pub const MACSWAP: &str = "baseline_macswap";
 /// direct-server-return hop that makes no choice and keeps no state.
 pub const FIXED_FORWARD: &str = "baseline_fixed_forward";
 
+/// MAC swap after one hit in an LRU hash keyed like xdplb's flow table (40 bytes: both
+/// addresses at IPv6 width, ports, protocol, family): what any flow-table design pays at least
+/// on a hit, on this kernel.
+pub const LOOKUP40: &str = "baseline_lookup40";
+/// The same with a 16-byte key (IPv4 addresses, ports, protocol, family): what a separate
+/// IPv4 flow table would pay.
+pub const LOOKUP16: &str = "baseline_lookup16";
+
+/// `LruHash<[u8; 40], u32>` of [`LOOKUP_ENTRIES`]: [`LOOKUP40`]'s table.
+pub const FLOWS40: &str = "FLOWS40";
+/// `LruHash<[u8; 16], u32>` of [`LOOKUP_ENTRIES`]: [`LOOKUP16`]'s table.
+pub const FLOWS16: &str = "FLOWS16";
+/// Ethernet, an IPv4 header without options and the ports: what the lookup floors key on.
+pub const KEYED_BYTES: usize = 38;
+/// Capacity of the lookup floors' tables.
+pub const LOOKUP_ENTRIES: u32 = 1 << 16;
+
+/// The key [`LOOKUP40`] looks up for an IPv4 TCP/UDP frame without options: source and
+/// destination address (in the first 4 of 16 bytes each), the ports, protocol 6/17 and family
+/// 4, laid out as xdplb's `FlowKey` is, from the frame's first [`KEYED_BYTES`]. The program
+/// and the bench (which inserts the key) both call this.
+#[inline(always)]
+pub fn key40(frame: &[u8; KEYED_BYTES]) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[0..4].copy_from_slice(&frame[26..30]);
+    k[16..20].copy_from_slice(&frame[30..34]);
+    k[32..36].copy_from_slice(&frame[34..38]);
+    k[36] = frame[23];
+    k[37] = 4;
+    k
+}
+
+/// [`key40`]'s 16-byte form: the addresses at IPv4 width.
+#[inline(always)]
+pub fn key16(frame: &[u8; KEYED_BYTES]) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[0..4].copy_from_slice(&frame[26..30]);
+    k[4..8].copy_from_slice(&frame[30..34]);
+    k[8..12].copy_from_slice(&frame[34..38]);
+    k[12] = frame[23];
+    k[13] = 4;
+    k
+}
+
 /// `Array<ForwardTarget>` of one entry: where [`FIXED_FORWARD`] sends frames. An all-zero
 /// entry (never written) makes the program pass frames instead.
 pub const FORWARD_TARGET: &str = "FORWARD_TARGET";
 
 /// Every map of the baselines object.
-pub const MAPS: [MapSpec; 1] = [MapSpec::new::<u32, ForwardTarget>(
-    FORWARD_TARGET,
-    MapKind::Array,
-    1,
-)];
+pub const MAPS: [MapSpec; 3] = [
+    MapSpec::new::<u32, ForwardTarget>(FORWARD_TARGET, MapKind::Array, 1),
+    MapSpec::new::<[u8; 40], u32>(FLOWS40, MapKind::LruHash, LOOKUP_ENTRIES),
+    MapSpec::new::<[u8; 16], u32>(FLOWS16, MapKind::LruHash, LOOKUP_ENTRIES),
+];
 
 /// Value of [`FORWARD_TARGET`]: the backend's MAC address.
 #[repr(C)]

@@ -1,19 +1,25 @@
-//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS, a minimal MAC swap with XDP_TX, a fixed-backend forwarder). Not part of the balancer object; names and layouts are in `lb_common::baselines`.
+//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS, a minimal MAC swap with XDP_TX, a fixed-backend forwarder, a MAC swap after one flow-table hit with a 40- or 16-byte key). Not part of the balancer object; names and layouts are in `lb_common::baselines`.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::Array,
+    btf_maps::{Array, LruHashMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::baselines::ForwardTarget;
+use lb_common::baselines::{key16, key40, ForwardTarget, KEYED_BYTES, LOOKUP_ENTRIES};
 use lb_ebpf::wire::ptr_at;
 
 /// Where `baseline_fixed_forward` sends frames (`lb_common::baselines::FORWARD_TARGET`).
 #[btf_map]
 static FORWARD_TARGET: Array<ForwardTarget, 1> = Array::new();
+
+/// `lb_common::baselines::FLOWS40` and `FLOWS16`.
+#[btf_map]
+static FLOWS40: LruHashMap<[u8; 40], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
+#[btf_map]
+static FLOWS16: LruHashMap<[u8; 16], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
 
 /// Does nothing: the cost of running any XDP program at all.
 #[xdp]
@@ -24,7 +30,13 @@ pub fn baseline_pass(_ctx: XdpContext) -> u32 {
 /// Swaps source and destination MAC and bounces the frame: the least an L2 forwarder does.
 #[xdp]
 pub fn baseline_macswap(ctx: XdpContext) -> u32 {
-    let Some(macs) = ptr_at::<[u8; 12]>(&ctx, 0) else {
+    swap_and_tx(&ctx)
+}
+
+/// The MAC swap's body, which the lookup floors end with.
+#[inline(always)]
+fn swap_and_tx(ctx: &XdpContext) -> u32 {
+    let Some(macs) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: ptr_at checked the 12 bytes against data_end.
@@ -36,6 +48,40 @@ pub fn baseline_macswap(ctx: XdpContext) -> u32 {
         *macs = swapped;
     }
     xdp_action::XDP_TX
+}
+
+/// The MAC swap, after one hit in `FLOWS40` keyed like xdplb's flow table
+/// (`lb_common::baselines::key40`); a miss passes the frame. Only IPv4 TCP/UDP frames
+/// without options are keyed right; the bench sends nothing else.
+#[xdp]
+pub fn baseline_lookup40(ctx: XdpContext) -> u32 {
+    let Some(h) = ptr_at::<[u8; KEYED_BYTES]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: ptr_at checked the bytes against data_end.
+    let h = unsafe { &*h };
+    let k = key40(h);
+    // SAFETY: the value is only tested for presence.
+    if unsafe { FLOWS40.get(&k) }.is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    swap_and_tx(&ctx)
+}
+
+/// [`baseline_lookup40`] with the 16-byte key (`lb_common::baselines::key16`).
+#[xdp]
+pub fn baseline_lookup16(ctx: XdpContext) -> u32 {
+    let Some(h) = ptr_at::<[u8; KEYED_BYTES]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: ptr_at checked the bytes against data_end.
+    let h = unsafe { &*h };
+    let k = key16(h);
+    // SAFETY: the value is only tested for presence.
+    if unsafe { FLOWS16.get(&k) }.is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    swap_and_tx(&ctx)
 }
 
 /// Sends every frame to the one backend in `FORWARD_TARGET`: destination MAC := the backend's,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
 use crate::baselines;
+use lb_common::baselines as floors;
 
 /// One packet class's cost.
 #[derive(Debug, Clone, Serialize)]
@@ -297,7 +298,12 @@ pub(crate) fn vip_packet(vips: u32) -> Vec<u8> {
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let _cpu0 = baselines::PinnedToCpu0::new();
     let s = settings(quick);
-    let mut base = baselines::load(&[baselines::PASS, baselines::MACSWAP])?;
+    let mut base = baselines::load(&[
+        baselines::PASS,
+        baselines::MACSWAP,
+        floors::LOOKUP40,
+        floors::LOOKUP16,
+    ])?;
     let mut bal = Balancer::bench(1 << 20)?;
     let vip = vip_packet(1);
     let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
@@ -328,6 +334,33 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         "least an L2 forwarder does",
         BTreeMap::new(),
     );
+    // The lookup floors: the MAC swap after one hit in an LRU hash, with xdplb's key size and
+    // with a 16-byte IPv4 key; the least any flow-table design pays on a hit, on this kernel.
+    let keyed: &[u8; floors::KEYED_BYTES] = vip[..floors::KEYED_BYTES].try_into()?;
+    aya::maps::HashMap::<_, [u8; 40], u32>::try_from(
+        base.map_mut(floors::FLOWS40).context("no FLOWS40 map")?,
+    )?
+    .insert(floors::key40(keyed), 0, 0)?;
+    aya::maps::HashMap::<_, [u8; 16], u32>::try_from(
+        base.map_mut(floors::FLOWS16).context("no FLOWS16 map")?,
+    )?
+    .insert(floors::key16(keyed), 0, 0)?;
+    for (name, class, note) in [
+        (
+            floors::LOOKUP40,
+            "baseline: MAC swap after one LRU hash hit, 40-byte key",
+            "the least a flow table with xdplb's key costs on a hit",
+        ),
+        (
+            floors::LOOKUP16,
+            "baseline: MAC swap after one LRU hash hit, 16-byte key",
+            "the same with an IPv4-sized key",
+        ),
+    ] {
+        let (ns, v) = median_ns(loader::program(&mut base, name)?, &vip, &s)?;
+        ensure!(v == 3, "{name} did not find its key (verdict {v})");
+        push(class, ns, v, note, BTreeMap::new());
+    }
     let non_vip = tcp4([10, 200, 0, 11], 40000, [10, 200, 0, 1], 22);
     let class = "non-VIP TCP (passed to the stack)";
     let (ns, v, counted) = median_ns_counted(&mut bal, &non_vip, &s)?;

@@ -12,6 +12,7 @@ use aya::programs::Xdp;
 use serde::Serialize;
 
 use crate::{baselines, packet};
+use lb_common::baselines as floors;
 
 /// One profiled class.
 #[derive(Debug, Clone, Serialize)]
@@ -61,7 +62,8 @@ fn seconds(quick: bool) -> u64 {
     }
 }
 
-/// Profiles the MAC-swap baseline and the balancer's established IPv4 and IPv6 flows.
+/// Profiles the MAC-swap baseline, the 40-byte-key lookup floor and the balancer's established
+/// IPv4 and IPv6 flows.
 pub fn run(quick: bool) -> Result<Vec<Profile>> {
     for tool in ["perf", "bpftool", "objdump"] {
         ensure!(
@@ -73,11 +75,23 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
     let dir = std::env::temp_dir().join(format!("xdplb-profile-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut out = Vec::new();
-    let mut base = baselines::load(&[baselines::MACSWAP])?;
+    let mut base = baselines::load(&[baselines::MACSWAP, floors::LOOKUP40])?;
     let vip = packet::vip_packet(1);
     out.push(profile(
         "baseline: MAC swap + XDP_TX",
         lb_userspace::loader::program(&mut base, baselines::MACSWAP)?,
+        &vip,
+        &dir,
+        quick,
+    )?);
+    let keyed: &[u8; floors::KEYED_BYTES] = vip[..floors::KEYED_BYTES].try_into()?;
+    aya::maps::HashMap::<_, [u8; 40], u32>::try_from(
+        base.map_mut(floors::FLOWS40).context("no FLOWS40 map")?,
+    )?
+    .insert(floors::key40(keyed), 0, 0)?;
+    out.push(profile(
+        "baseline: MAC swap after one LRU hash hit, 40-byte key",
+        lb_userspace::loader::program(&mut base, floors::LOOKUP40)?,
         &vip,
         &dir,
         quick,
