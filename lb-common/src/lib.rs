@@ -61,15 +61,8 @@ pub mod maps {
     pub const RINGS: &str = "RINGS";
     /// `Array<Backend>`, indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";
-    /// `LruHashMap<FlowKey, ConnEntry>`: remembered IPv6 flow → backend choices.
+    /// `LruHashMap<FlowKey, ConnEntry>`: remembered flow → backend choices.
     pub const CONNS: &str = "CONNS";
-    /// `LruHashMap<FlowKey4, ConnEntry>`: the same for IPv4 flows. A key of 16 bytes instead
-    /// of 40: the kernel hashes and compares the whole key on every lookup, and the hit path's
-    /// one lookup is its largest cost (`cargo xtask bench`'s lookup floors: the MAC swap after
-    /// one hit costs 2.1× the MAC swap with a 16-byte key, 3.3× with 40 bytes).
-    pub const CONNS4: &str = "CONNS4";
-    /// The flow tables, both sized by the config's `flow_table_size` at load time.
-    pub const FLOW_TABLES: [&str; 2] = [CONNS4, CONNS];
     /// `PerCpuArray<TrafficCounters>`, indexed by `vip_id`.
     pub const VIP_STATS: &str = "VIP_STATS";
     /// `PerCpuArray<TrafficCounters>`, indexed by backend id.
@@ -86,8 +79,8 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     /// Every map the balancer program owns, for pinning and for the object check
     /// (the names of [`crate::BALANCER_MAPS`]).
-    pub const ALL: [&str; 11] = {
-        let mut names = [""; 11];
+    pub const ALL: [&str; 10] = {
+        let mut names = [""; 10];
         let mut i = 0;
         while i < names.len() {
             names[i] = crate::BALANCER_MAPS[i].name;
@@ -100,7 +93,7 @@ pub mod maps {
 /// Every map of the balancer object: names, kinds, key/value sizes, capacities. Userspace checks
 /// pinned maps against it; `lb-ebpf/src/maps.rs` declares the same (the tests check the names
 /// against the object).
-pub const BALANCER_MAPS: [MapSpec; 11] = {
+pub const BALANCER_MAPS: [MapSpec; 10] = {
     use MapKind::*;
     [
         MapSpec::new::<VipKey, VipMeta>(maps::VIPS, Hash, MAX_VIPS),
@@ -111,7 +104,6 @@ pub const BALANCER_MAPS: [MapSpec; 11] = {
         MapSpec::new::<u32, Backend>(maps::BACKENDS, Array, MAX_BACKENDS),
         // Set at load time from the config's `flow_table_size` (object default `DEFAULT_CONNS`).
         MapSpec::new::<FlowKey, ConnEntry>(maps::CONNS, LruHash, 0),
-        MapSpec::new::<FlowKey4, ConnEntry>(maps::CONNS4, LruHash, 0),
         MapSpec::new::<u32, TrafficCounters>(maps::VIP_STATS, PerCpuArray, MAX_VIPS),
         MapSpec::new::<u32, TrafficCounters>(maps::BACKEND_STATS, PerCpuArray, MAX_BACKENDS),
         MapSpec::new::<u32, u64>(maps::GLOBAL_STATS, PerCpuArray, Counter::COUNT),
@@ -141,10 +133,9 @@ pub const MAX_VIPS: u32 = 512;
 /// `BACKEND_STATS` is 24 B per CPU each: 384 KiB per CPU; `HIT_STATS` 16 B per CPU each: 264 KiB
 /// per CPU.
 pub const MAX_BACKENDS: u32 = 16384;
-/// Default capacity of each flow table (`flow_table_size` in the config overrides it at load
-/// time). An LRU hash entry costs its key and value (40 or 16 + 12 B, the value rounded up to
-/// 16) plus ~56 B of kernel bookkeeping: ~110 MiB (IPv6) + ~85 MiB (IPv4) for 1Mi flows each,
-/// allocated at load. Stateless VIPs do not use them.
+/// Default flow-table capacity (`flow_table_size` in the config overrides it at load time).
+/// An LRU hash entry costs its key and value (40 + 12 B, the value rounded up to 16) plus ~56 B
+/// of kernel bookkeeping: ~110 MiB for 1Mi flows. Stateless VIPs do not use it.
 pub const DEFAULT_CONNS: u32 = 1 << 20;
 /// Maglev table size the config uses when it names none; must be prime.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
@@ -341,50 +332,7 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Key of `CONNS4`: an IPv4 packet's 5-tuple as it arrived, the fields of [`FlowKey`] at IPv4
-/// width.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKey4 {
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
-    pub sport: [u8; 2],
-    pub dport: [u8; 2],
-    pub proto: u8,
-    pub _pad: [u8; 3],
-}
-const _: () = assert!(core::mem::size_of::<FlowKey4>() == 16);
-
-impl FlowKey4 {
-    /// The IPv4 form of `key` (whose family must be [`Family::V4`]).
-    #[inline(always)]
-    pub fn of(key: &FlowKey) -> FlowKey4 {
-        FlowKey4 {
-            src: [key.src[0], key.src[1], key.src[2], key.src[3]],
-            dst: [key.dst[0], key.dst[1], key.dst[2], key.dst[3]],
-            sport: key.sport,
-            dport: key.dport,
-            proto: key.proto,
-            _pad: [0; 3],
-        }
-    }
-
-    /// Back to the family-generic form (what hashing, the model and listings use).
-    pub fn widen(&self) -> FlowKey {
-        let mut k = FlowKey {
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            family: Family::V4,
-            ..Default::default()
-        };
-        k.src[..4].copy_from_slice(&self.src);
-        k.dst[..4].copy_from_slice(&self.dst);
-        k
-    }
-}
-
-/// Value of `CONNS` and `CONNS4`.
+/// Value of `CONNS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ConnEntry {
@@ -518,7 +466,6 @@ mod user {
     unsafe impl aya::Pod for super::VipMeta {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
-    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::ConnEntry {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::HitCounters {}
@@ -633,25 +580,6 @@ mod tests {
     /// Sizes of every map key/value and the counter count: if this changes, bump
     /// `LAYOUT_VERSION` and update the expected value.
     #[test]
-    fn an_ipv4_flow_key_narrows_and_widens_back() {
-        let mut k = FlowKey {
-            sport: [0x9c, 0x40],
-            dport: [0, 80],
-            proto: IPPROTO_TCP,
-            family: Family::V4,
-            ..Default::default()
-        };
-        k.src[..4].copy_from_slice(&[10, 200, 0, 11]);
-        k.dst[..4].copy_from_slice(&[10, 201, 0, 10]);
-        let narrow = FlowKey4::of(&k);
-        assert_eq!(
-            (narrow.src, narrow.dst),
-            ([10, 200, 0, 11], [10, 201, 0, 10])
-        );
-        assert_eq!(narrow.widen(), k);
-    }
-
-    #[test]
     fn layout_fingerprint() {
         use core::mem::size_of;
         let fingerprint = [
@@ -659,7 +587,6 @@ mod tests {
             size_of::<VipMeta>(),
             size_of::<Backend>(),
             size_of::<FlowKey>(),
-            size_of::<FlowKey4>(),
             size_of::<ConnEntry>(),
             size_of::<TrafficCounters>(),
             size_of::<HitCounters>(),
@@ -671,7 +598,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (7, [20, 16, 40, 40, 16, 12, 24, 16, 20, 4, 48, 17, 11])
+            (7, [20, 16, 40, 40, 12, 24, 16, 20, 4, 48, 17, 10])
         );
     }
 

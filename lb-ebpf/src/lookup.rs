@@ -2,15 +2,14 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Event, Family, FlowKey,
-    FlowKey4, Outcome, Settings, VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP,
-    VIP_STATELESS,
+    backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Event, FlowKey, Outcome,
+    Settings, VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
 };
 
 use lb_ebpf::wire::{eth, ptr_at};
 
 use crate::{
-    maps::{BACKENDS, CONNS, CONNS4, RINGS, SETTINGS, VIPS, VIP_ADDRS},
+    maps::{BACKENDS, CONNS, RINGS, SETTINGS, VIPS, VIP_ADDRS},
     stats::event,
 };
 
@@ -102,14 +101,9 @@ pub enum Remembered {
 /// then the VIP lookup finds nothing.
 #[inline(always)]
 pub fn remembered(flow: &FlowKey) -> Remembered {
-    // SAFETY (both): an LRU value reference is good until the next insert or remove on the map
+    // SAFETY: an LRU value reference is good until the next insert or remove on the map
     // (which may recycle its element); its fields are copied out here, before any insert.
-    let entry = if flow.family == Family::V4 {
-        unsafe { CONNS4.get(&FlowKey4::of(flow)) }
-    } else {
-        unsafe { CONNS.get(flow) }
-    };
-    let Some(entry) = entry else {
+    let Some(entry) = (unsafe { CONNS.get(flow) }) else {
         return Remembered::Miss;
     };
     let (id, tag, hash) = (entry.backend_id, entry.tag, entry.hash);
@@ -180,12 +174,7 @@ pub fn choose(
             tag: b.tag,
             hash,
         };
-        let inserted = if flow.family == Family::V4 {
-            CONNS4.insert(&FlowKey4::of(flow), &entry, 0)
-        } else {
-            CONNS.insert(flow, &entry, 0)
-        };
-        if inserted.is_err() {
+        if CONNS.insert(flow, &entry, 0).is_err() {
             event(Event::ConnInsertFailed);
         }
     }

@@ -5,9 +5,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AddrKey, AddrMeta, Backend, ConnEntry, FlowKey, FlowKey4, HitCounters, Settings,
-    TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, HIT_SLOTS,
-    MAX_BACKENDS, MAX_VIPS, RING_TEMPLATE_SIZE,
+    AddrKey, AddrMeta, Backend, ConnEntry, FlowKey, HitCounters, Settings, TrafficCounters, VipKey,
+    VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, HIT_SLOTS, MAX_BACKENDS, MAX_VIPS,
+    RING_TEMPLATE_SIZE,
 };
 
 /// One Maglev table: slot → backend id. Created with `BPF_F_INNER_MAP` so each VIP's ring can
@@ -23,12 +23,9 @@ pub static RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
 #[btf_map]
 pub static BACKENDS: Array<Backend, { MAX_BACKENDS as usize }> = Array::new();
 
-/// The flow tables, IPv6 (`CONNS`) and IPv4 (`CONNS4`, a 16-byte key that hashes faster).
-/// Capacities are overridden at load time from the config (`flow_table_size`).
+/// Capacity is overridden at load time from the config (`flow_table_size`).
 #[btf_map]
 pub static CONNS: LruHashMap<FlowKey, ConnEntry, { DEFAULT_CONNS as usize }> = LruHashMap::new();
-#[btf_map]
-pub static CONNS4: LruHashMap<FlowKey4, ConnEntry, { DEFAULT_CONNS as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static VIP_STATS: PerCpuArray<TrafficCounters, { MAX_VIPS as usize }> = PerCpuArray::new();

@@ -328,8 +328,7 @@ impl MetricsSource {
         let maps = BalancerMaps::from_pins(&loader::state_dir(&self.pin_path))?;
         let vips = maps.vips()?.len() as u64;
         let backends = maps.backends()?.len() as u64;
-        let (conns4, conns) = maps.conn_counts();
-        let conns_cap = u64::from(maps.conn_capacity());
+        let (conns, conns_cap) = (maps.conn_count() as u64, maps.conn_capacity());
         let (down, up) = self.health.transitions();
         Ok(metrics::Snapshot {
             stats,
@@ -349,8 +348,7 @@ impl MetricsSource {
             map_fill: vec![
                 (lb_common::maps::VIPS, vips, u64::from(MAX_VIPS)),
                 (lb_common::maps::BACKENDS, backends, u64::from(MAX_BACKENDS)),
-                (lb_common::maps::CONNS4, conns4 as u64, conns_cap),
-                (lb_common::maps::CONNS, conns as u64, conns_cap),
+                (lb_common::maps::CONNS, conns, u64::from(conns_cap)),
             ],
         })
     }

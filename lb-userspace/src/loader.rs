@@ -25,18 +25,11 @@ pub static BASELINES_OBJECT: &[u8] =
 /// The backends' decapsulation program (`xdplb decap`, lb-ebpf/src/decap.rs).
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
 
-/// Sizes both flow tables (IPv4 and IPv6) of the balancer object.
-pub fn flow_tables<'a, 'b>(loader: &'a mut EbpfLoader<'b>, entries: u32) -> &'a mut EbpfLoader<'b> {
-    for name in maps::FLOW_TABLES {
-        loader.map_max_entries(name, entries);
-    }
-    loader
-}
-
 /// Loads the object with a flow table of `flow_table_size` entries and verifies the balancer
 /// program. Nothing is attached yet.
 pub fn load_balancer(flow_table_size: u32) -> anyhow::Result<Ebpf> {
-    let mut ebpf = flow_tables(&mut EbpfLoader::new(), flow_table_size)
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::CONNS, flow_table_size)
         .load(EBPF_OBJECT)
         .context("loading the xdplb eBPF object (maps and BTF) into the kernel")?;
     program(&mut ebpf, programs::BALANCER)?
@@ -230,7 +223,7 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating pin directory {}", dir.display()))?;
     let mut loader = EbpfLoader::new();
-    flow_tables(&mut loader, conns);
+    loader.map_max_entries(maps::CONNS, conns);
     for spec in &BALANCER_MAPS {
         loader.map_pin_path(spec.name, dir.join(spec.name));
     }
@@ -444,7 +437,8 @@ pub fn attach_with_id(
 /// `interface` in native mode. Keep the returned `Ebpf` alive as long as it should stay attached.
 /// Needed on the peer of a veth whose other end sends frames with native `XDP_TX`.
 pub fn attach_pass(interface: &str) -> anyhow::Result<Ebpf> {
-    let mut ebpf = flow_tables(&mut EbpfLoader::new(), 1024)
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::CONNS, 1024)
         .load(EBPF_OBJECT)
         .context("loading the xdplb eBPF object")?;
     program(&mut ebpf, programs::PASS)?

@@ -9,18 +9,16 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    hit_slot_retired_vip, maps as names, AddrKey, AddrMeta, Backend, ConnEntry, Counter, Family,
-    FlowKey, FlowKey4, HitCounters, Settings, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP,
-    COUNTER_COUNT, HIT_SLOT_RETIRED, MAX_VIPS,
+    hit_slot_retired_vip, maps as names, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey,
+    HitCounters, Settings, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
+    HIT_SLOT_RETIRED, MAX_VIPS,
 };
 
 pub struct BalancerMaps {
     vips: HashMap<MapData, VipKey, VipMeta>,
     rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
     backends: Array<MapData, Backend>,
-    /// The flow tables: IPv6 flows (`CONNS`) and IPv4 flows (`CONNS4`, a shorter key).
     conns: HashMap<MapData, FlowKey, ConnEntry>,
-    conns4: HashMap<MapData, FlowKey4, ConnEntry>,
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     global_stats: PerCpuArray<MapData, u64>,
@@ -83,7 +81,6 @@ impl BalancerMaps {
             rings: typed(names::RINGS, get(names::RINGS)?)?,
             backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
             conns: typed(names::CONNS, conns)?,
-            conns4: typed(names::CONNS4, get(names::CONNS4)?)?,
             vip_stats: typed(names::VIP_STATS, get(names::VIP_STATS)?)?,
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             global_stats: typed(names::GLOBAL_STATS, get(names::GLOBAL_STATS)?)?,
@@ -201,63 +198,35 @@ impl BalancerMaps {
             .context("reading a ring")
     }
 
-    /// Inserts a flow-table entry, into the table of the key's family (benchmarks fill the
-    /// tables with it).
+    /// Inserts a flow-table entry (benchmarks fill the table with it).
     pub fn insert_conn(&mut self, key: &FlowKey, entry: &ConnEntry) -> anyhow::Result<()> {
-        if key.family == Family::V4 {
-            self.conns4
-                .insert(FlowKey4::of(key), entry, 0)
-                .context("writing map CONNS4")
-        } else {
-            self.conns
-                .insert(key, entry, 0)
-                .context("writing map CONNS")
-        }
+        self.conns
+            .insert(key, entry, 0)
+            .context("writing map CONNS")
     }
 
     pub fn conn(&self, key: &FlowKey) -> Option<ConnEntry> {
-        if key.family == Family::V4 {
-            self.conns4.get(&FlowKey4::of(key), 0).ok()
-        } else {
-            self.conns.get(key, 0).ok()
-        }
+        self.conns.get(key, 0).ok()
     }
 
-    /// Capacity of each flow table (both have the config's `flow_table_size`).
+    /// Capacity of the flow table.
     pub fn conn_capacity(&self) -> u32 {
         self.conns_capacity
     }
 
-    /// Flow-table entries per backend id, both families: flows alive or idle but not yet
-    /// evicted. Walks the tables (one syscall per entry: about a second per million).
+    /// Flow-table entries per backend id: flows alive or idle but not yet evicted. Walks the
+    /// table (one syscall per entry: about a second per million).
     pub fn flows_by_backend(&self) -> std::collections::HashMap<u32, u64> {
         let mut counts = std::collections::HashMap::new();
-        let v4 = self.conns4.iter().flatten().map(|(_, e)| e);
-        for entry in self.conns.iter().flatten().map(|(_, e)| e).chain(v4) {
+        for (_, entry) in self.conns.iter().flatten() {
             *counts.entry(entry.backend_id).or_default() += 1;
         }
         counts
     }
 
-    /// Number of flows in the flow tables, (IPv4, IPv6) (walks them: O(entries)).
-    pub fn conn_counts(&self) -> (usize, usize) {
-        (
-            self.conns4.keys().filter(Result::is_ok).count(),
-            self.conns.keys().filter(Result::is_ok).count(),
-        )
-    }
-
-    /// Number of flows in both flow tables.
+    /// Number of flows in the flow table (walks it: O(entries)).
     pub fn conn_count(&self) -> usize {
-        let (v4, v6) = self.conn_counts();
-        v4 + v6
-    }
-
-    /// Every flow of both tables with its entry, keys in the family-generic form (tests, the
-    /// model).
-    pub fn conns(&self) -> Vec<(FlowKey, ConnEntry)> {
-        let v4 = self.conns4.iter().flatten().map(|(k, e)| (k.widen(), e));
-        self.conns.iter().flatten().chain(v4).collect()
+        self.conns.keys().filter(Result::is_ok).count()
     }
 
     // Counters as users read them. An established flow's forwarded packets are counted in

@@ -26,7 +26,7 @@ pub struct Snapshot {
     pub reloads_failed: u64,
     pub health_transitions_down: u64,
     pub health_transitions_up: u64,
-    /// (map name, entries used, capacity) for VIPS, BACKENDS, CONNS4 and CONNS.
+    /// (map name, entries used, capacity) for VIPS, BACKENDS, CONNS.
     pub map_fill: Vec<(&'static str, u64, u64)>,
 }
 

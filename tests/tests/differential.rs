@@ -312,7 +312,7 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
     let conns = dut.maps.conn_count();
     if conns != model.flows().len() {
         end_problems.push(format!(
-            "the flow tables hold {conns} flows, the model {}",
+            "CONNS holds {conns} flows, the model {}",
             model.flows().len()
         ));
     }
@@ -323,7 +323,7 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
         .count();
     if wrong_entries > 0 {
         end_problems.push(format!(
-            "{wrong_entries} flow-table entries differ from the model's"
+            "{wrong_entries} CONNS entries differ from the model's"
         ));
     }
 

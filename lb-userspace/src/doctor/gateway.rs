@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Context as _;
 use aya::{programs::XdpMode as AyaXdpMode, Ebpf, EbpfLoader};
-use lb_common::programs;
+use lb_common::{maps, programs};
 
 use super::{
     host::{agent_socket, bpffs, btf, jit, memlock, pinned_state, privileges},
@@ -123,7 +123,8 @@ fn mode_word(mode: XdpMode) -> &'static str {
 /// Loads the xdplb object with a small flow table and verifies the balancer and the pass
 /// program, without attaching anything: proof that this kernel takes the real datapath.
 fn load_programs() -> anyhow::Result<Ebpf> {
-    let mut ebpf = loader::flow_tables(&mut EbpfLoader::new(), 1024)
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(maps::CONNS, 1024)
         .load(loader::EBPF_OBJECT)
         .context("loading the xdplb eBPF object (maps and BTF) into the kernel")?;
     loader::program(&mut ebpf, programs::BALANCER)?

@@ -49,15 +49,14 @@ fn status_field(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
-/// `xdplb_map_entries{map="CONNS4"}` (the IPv4 flow table, where the soak's flows live) from
-/// the agent's metrics.
+/// `xdplb_map_entries{map="CONNS"}` from the agent's metrics.
 fn flows(lab: &Lab) -> Result<u64> {
     let page = Balancer::metrics_text(lab)?;
     page.lines()
-        .find(|l| l.starts_with("xdplb_map_entries{map=\"CONNS4\"}"))
+        .find(|l| l.starts_with("xdplb_map_entries{map=\"CONNS\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .context("no xdplb_map_entries for CONNS4 in the metrics")
+        .context("no xdplb_map_entries for CONNS in the metrics")
 }
 
 fn sample(lab: &Lab, pid: u32, start: Instant) -> Result<Sample> {
