@@ -17,9 +17,9 @@ static FORWARD_TARGET: Array<ForwardTarget, 1> = Array::new();
 
 /// `lb_common::baselines::FLOWS40` and `FLOWS16`.
 #[btf_map]
-static FLOWS40: LruHashMap<[u8; 40], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
+static FLOWS40: LruHashMap<[u64; 5], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
 #[btf_map]
-static FLOWS16: LruHashMap<[u8; 16], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
+static FLOWS16: LruHashMap<[u64; 2], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
 
 /// Does nothing: the cost of running any XDP program at all.
 #[xdp]

@@ -337,11 +337,11 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     // The lookup floors: the MAC swap after one hit in an LRU hash, with xdplb's key size and
     // with a 16-byte IPv4 key; the least any flow-table design pays on a hit, on this kernel.
     let keyed: &[u8; floors::KEYED_BYTES] = vip[..floors::KEYED_BYTES].try_into()?;
-    aya::maps::HashMap::<_, [u8; 40], u32>::try_from(
+    aya::maps::HashMap::<_, [u64; 5], u32>::try_from(
         base.map_mut(floors::FLOWS40).context("no FLOWS40 map")?,
     )?
     .insert(floors::key40(keyed), 0, 0)?;
-    aya::maps::HashMap::<_, [u8; 16], u32>::try_from(
+    aya::maps::HashMap::<_, [u64; 2], u32>::try_from(
         base.map_mut(floors::FLOWS16).context("no FLOWS16 map")?,
     )?
     .insert(floors::key16(keyed), 0, 0)?;

@@ -85,7 +85,7 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
         quick,
     )?);
     let keyed: &[u8; floors::KEYED_BYTES] = vip[..floors::KEYED_BYTES].try_into()?;
-    aya::maps::HashMap::<_, [u8; 40], u32>::try_from(
+    aya::maps::HashMap::<_, [u64; 5], u32>::try_from(
         base.map_mut(floors::FLOWS40).context("no FLOWS40 map")?,
     )?
     .insert(floors::key40(keyed), 0, 0)?;
