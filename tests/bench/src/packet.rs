@@ -205,6 +205,16 @@ impl Balancer {
         Balancer::new(&config(1, 3), conns)
     }
 
+    /// [`Balancer::bench`] with its IPv4 VIP stateless.
+    pub(crate) fn stateless(conns: u32) -> Result<Balancer> {
+        let yaml = config(1, 3).replacen(
+            "    protocol: tcp\n",
+            "    protocol: tcp\n    stateless: true\n",
+            1,
+        );
+        Balancer::new(&yaml, conns)
+    }
+
     pub(crate) fn prog(&mut self) -> Result<&mut Xdp> {
         loader::program(&mut self.ebpf, lb_common::programs::BALANCER)
     }
@@ -388,6 +398,20 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let (ns, v, counted) = median_ns_counted(&mut bal, &v6, &s)?;
     check_path(class, &counted, &hit)?;
     push(class, ns, v, "", counted);
+    // A stateless VIP: every packet takes the miss path's choice (flow hash, ring) without the
+    // flow table, so it can be timed with repeats; the new-flow class below minus this one is
+    // the flow table's miss and insert.
+    let mut stateless = Balancer::stateless(1 << 16)?;
+    let class = "stateless VIP (flow hash + ring, no flow table)";
+    let (ns, v, counted) = median_ns_counted(&mut stateless, &vip, &s)?;
+    check_path(class, &counted, &[Counter::TxForwarded])?;
+    push(
+        class,
+        ns,
+        v,
+        "what a new flow pays besides the flow table's miss and insert",
+        counted,
+    );
     let malformed = vip[..14 + 20 + 10].to_vec();
     let class = "malformed (truncated TCP header)";
     let (ns, v, counted) = median_ns_counted(&mut bal, &malformed, &s)?;
@@ -399,6 +423,10 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let calls: u32 = if quick { 2_000 } else { 20_000 };
     let mut swap1 = Vec::new();
     let mut new1 = Vec::new();
+    // The same fresh packets through the stateless VIP: the difference is the flow table's
+    // miss and insert, measured alike (one packet per run).
+    let mut stateless1 = Vec::new();
+    let stateless_before = stateless.maps.global_counters()?;
     let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
         Ok(time_once(loader::program(b, baselines::MACSWAP)?, p, 1)?.0)
     };
@@ -415,6 +443,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         let (ns, v) = time_once(bal.prog()?, &pkt, 1)?;
         verdict = v;
         new1.push(ns);
+        stateless1.push(time_once(stateless.prog()?, &pkt, 1)?.0);
     }
     let class = "VIP new flow (miss + Maglev + insert)";
     let counted = per_run(&bal, &before, u64::from(calls))?;
@@ -452,6 +481,19 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     for _ in 0..calls {
         enc.push(time_once(tunnel.prog()?, &vip, 1)?.0);
     }
+    let class = "stateless VIP, new flows (flow hash + ring, one packet per run)";
+    let counted = per_run(&stateless, &stateless_before, u64::from(calls))?;
+    check_path(class, &counted, &[Counter::TxForwarded])?;
+    out.push(PacketCost::new(
+        class,
+        median(stateless1),
+        swap1_ns,
+        3,
+        format!(
+            "the new-flow class's packets without the flow table: their difference is its miss and insert (MAC swap the same way: {swap1_ns:.0} ns)"
+        ),
+        counted,
+    ));
     let class = "IPIP encapsulation (4in4, established flow)";
     let counted = per_run(&tunnel, &before, u64::from(calls))?;
     check_path(class, &counted, &hit)?;

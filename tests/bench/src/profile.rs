@@ -62,8 +62,8 @@ fn seconds(quick: bool) -> u64 {
     }
 }
 
-/// Profiles the MAC-swap baseline, the 40-byte-key lookup floor and the balancer's established
-/// IPv4 and IPv6 flows.
+/// Profiles the MAC-swap baseline, the 40-byte-key lookup floor, the balancer's established
+/// IPv4 and IPv6 flows, and a stateless VIP (a new flow's choice without the flow table).
 pub fn run(quick: bool) -> Result<Vec<Profile>> {
     for tool in ["perf", "bpftool", "objdump"] {
         ensure!(
@@ -103,6 +103,14 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
         let mut bal = packet::Balancer::bench(1 << 20)?;
         out.push(profile(class, bal.prog()?, &pkt, &dir, quick)?);
     }
+    let mut stateless = packet::Balancer::stateless(1 << 16)?;
+    out.push(profile(
+        "stateless VIP (flow hash + ring, no flow table)",
+        stateless.prog()?,
+        &vip,
+        &dir,
+        quick,
+    )?);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }
