@@ -55,33 +55,32 @@ fn swap_and_tx(ctx: &XdpContext) -> u32 {
 /// without options are keyed right; the bench sends nothing else.
 #[xdp]
 pub fn baseline_lookup40(ctx: XdpContext) -> u32 {
-    let Some(h) = ptr_at::<[u8; KEYED_BYTES]>(&ctx, 0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: ptr_at checked the bytes against data_end.
-    let h = unsafe { &*h };
-    let k = key40(h);
-    // SAFETY: the value is only tested for presence.
-    if unsafe { FLOWS40.get(&k) }.is_none() {
-        return xdp_action::XDP_PASS;
-    }
-    swap_and_tx(&ctx)
+    hit_then_swap(&ctx, &FLOWS40, key40)
 }
 
 /// [`baseline_lookup40`] with the 16-byte key (`lb_common::baselines::key16`).
 #[xdp]
 pub fn baseline_lookup16(ctx: XdpContext) -> u32 {
-    let Some(h) = ptr_at::<[u8; KEYED_BYTES]>(&ctx, 0) else {
+    hit_then_swap(&ctx, &FLOWS16, key16)
+}
+
+/// The lookup floors' body: key the frame with `key`, look it up in `table`, then the MAC swap.
+#[inline(always)]
+fn hit_then_swap<K, const N: usize>(
+    ctx: &XdpContext,
+    table: &LruHashMap<K, u32, N>,
+    key: fn(&[u8; KEYED_BYTES]) -> K,
+) -> u32 {
+    let Some(h) = ptr_at::<[u8; KEYED_BYTES]>(ctx, 0) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: ptr_at checked the bytes against data_end.
-    let h = unsafe { &*h };
-    let k = key16(h);
+    let k = key(unsafe { &*h });
     // SAFETY: the value is only tested for presence.
-    if unsafe { FLOWS16.get(&k) }.is_none() {
+    if unsafe { table.get(&k) }.is_none() {
         return xdp_action::XDP_PASS;
     }
-    swap_and_tx(&ctx)
+    swap_and_tx(ctx)
 }
 
 /// Sends every frame to the one backend in `FORWARD_TARGET`: destination MAC := the backend's,
