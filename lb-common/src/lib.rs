@@ -8,8 +8,10 @@ pub mod addr;
 pub mod baselines;
 pub mod decap;
 pub mod hash;
+pub mod hits;
 
 pub use hash::{flow_hash, hash_words};
+pub use hits::{hit_slot_retired_vip, HitCounters, HIT_SLOTS, HIT_SLOT_RETIRED};
 
 /// The kind of a BPF map, as lb-common names it (userspace maps it to aya's `MapType`; the
 /// eBPF side declares the matching `btf_maps` type).
@@ -356,36 +358,6 @@ pub struct TrafficCounters {
     pub new_flows: u64,
 }
 const _: () = assert!(core::mem::size_of::<TrafficCounters>() == 24);
-
-/// Value of `HIT_STATS` (per CPU; readers sum the CPUs): the packets an established flow
-/// forwarded (a flow-table hit ending in `tx_forwarded`), counted in one per-CPU slot of their
-/// backend and nowhere else, so the hot path touches one counter instead of four (the outcome,
-/// the hit event, the VIP's and the backend's traffic). Readers fold a slot into `conn_hit`
-/// and `tx_forwarded`, into its backend's `packets`/`bytes` and into its VIP's; every other
-/// ending of a packet is counted in `GLOBAL_STATS`, `VIP_STATS` and `BACKEND_STATS` as before.
-///
-/// Slots: backend ids first ([`MAX_BACKENDS`], written by the datapath); then one per VIP id
-/// ([`hit_slot_retired_vip`]) holding the hits of that VIP's removed backends; then one
-/// ([`HIT_SLOT_RETIRED`]) holding those of removed VIPs and reused slots. Only the agent
-/// writes the retired slots, moving counts there when a backend or VIP leaves, so the global
-/// sum never goes down and no write races the datapath's.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct HitCounters {
-    pub packets: u64,
-    /// Frame bytes as received (Ethernet header included), as in [`TrafficCounters`].
-    pub bytes: u64,
-}
-const _: () = assert!(core::mem::size_of::<HitCounters>() == 16);
-
-/// Number of `HIT_STATS` slots: every backend id, a retired slot per VIP id, one for the rest.
-pub const HIT_SLOTS: u32 = MAX_BACKENDS + MAX_VIPS + 1;
-/// The `HIT_STATS` slot that keeps the hits of VIP `vip_id`'s removed backends.
-pub const fn hit_slot_retired_vip(vip_id: u32) -> u32 {
-    MAX_BACKENDS + vip_id
-}
-/// The `HIT_STATS` slot that keeps the hits of removed VIPs and of reused backend slots.
-pub const HIT_SLOT_RETIRED: u32 = MAX_BACKENDS + MAX_VIPS;
 
 /// What the NIC does with a packet, whatever the program: hand it to the stack, drop it, or
 /// send it back out of the NIC it came in on. Each program maps it to its hook's action code.
