@@ -1,14 +1,17 @@
-//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS, a minimal MAC swap with XDP_TX, a fixed-backend forwarder, a MAC swap after one flow-table hit with a 40- or 16-byte key). Not part of the balancer object; names and layouts are in `lb_common::baselines`.
+//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS, a minimal MAC swap with XDP_TX, a fixed-backend forwarder, a MAC swap after one flow-table hit with a 40- or 16-byte key, the least a new flow costs). Not part of the balancer object; names and layouts are in `lb_common::baselines`.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
-use lb_common::baselines::{key16, key40, ForwardTarget, KEYED_BYTES, LOOKUP_ENTRIES};
+use lb_common::{
+    baselines::{floor_hash, key16, key40, vip_key, ForwardTarget, KEYED_BYTES, LOOKUP_ENTRIES},
+    DEFAULT_RING_SIZE,
+};
 use lb_ebpf::wire::ptr_at;
 
 /// Where `baseline_fixed_forward` sends frames (`lb_common::baselines::FORWARD_TARGET`).
@@ -20,6 +23,14 @@ static FORWARD_TARGET: Array<ForwardTarget, 1> = Array::new();
 static FLOWS40: LruHashMap<[u64; 5], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
 #[btf_map]
 static FLOWS16: LruHashMap<[u64; 2], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
+
+/// `lb_common::baselines::NEW_FLOWS`, `FLOOR_VIPS` and `FLOOR_RING`.
+#[btf_map]
+static NEW_FLOWS: LruHashMap<[u64; 5], u32, { LOOKUP_ENTRIES as usize }> = LruHashMap::new();
+#[btf_map]
+static FLOOR_VIPS: HashMap<u64, u32, 1> = HashMap::new();
+#[btf_map]
+static FLOOR_RING: Array<u32, { DEFAULT_RING_SIZE as usize }> = Array::new();
 
 /// Does nothing: the cost of running any XDP program at all.
 #[xdp]
@@ -81,6 +92,36 @@ fn hit_then_swap<K, const N: usize>(
         return xdp_action::XDP_PASS;
     }
     swap_and_tx(ctx)
+}
+
+/// The least a new flow costs a balancer that remembers flows: the flow table misses, the VIP
+/// is found, the flow hashed, its ring slot read and the choice inserted, then the MAC swap.
+/// Only IPv4 TCP/UDP frames without options are keyed right; the bench sends nothing else.
+#[xdp]
+pub fn baseline_new_flow(ctx: XdpContext) -> u32 {
+    let Some(h) = ptr_at::<[u8; KEYED_BYTES]>(&ctx, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: ptr_at checked the bytes against data_end.
+    let h = unsafe { &*h };
+    let k = key40(h);
+    // SAFETY (both): the values are only read, before the insert below.
+    if unsafe { NEW_FLOWS.get(&k) }.is_some() {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(&ring_size) = (unsafe { FLOOR_VIPS.get(&vip_key(h)) }) else {
+        return xdp_action::XDP_PASS;
+    };
+    if ring_size == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(&backend) = FLOOR_RING.get(floor_hash(&k) % ring_size) else {
+        return xdp_action::XDP_PASS;
+    };
+    if NEW_FLOWS.insert(&k, &backend, 0).is_err() {
+        return xdp_action::XDP_PASS;
+    }
+    swap_and_tx(&ctx)
 }
 
 /// Sends every frame to the one backend in `FORWARD_TARGET`: destination MAC := the backend's,

@@ -54,7 +54,7 @@ enum Cmd {
         /// About two minutes instead of the full run.
         #[arg(long)]
         quick: bool,
-        /// Only these sections: per-packet, growth, throughput, e2e, conns, control (comma-separated).
+        /// Only these sections: per-packet, profile, growth, throughput, e2e, conns, control (comma-separated).
         #[arg(long)]
         only: Option<String>,
         /// Where the report goes (relative paths from the workspace).

@@ -11,8 +11,18 @@ pub const MACSWAP: &str = lb_common::baselines::MACSWAP;
 
 /// Loads the baselines object and the programs `names` of it into the kernel.
 pub fn load(names: &[&str]) -> Result<Ebpf> {
-    let mut baselines =
-        Ebpf::load(loader::BASELINES_OBJECT).context("loading the baseline programs")?;
+    load_sized(names, &[])
+}
+
+/// [`load`], with the maps named in `sizes` given that many entries.
+pub fn load_sized(names: &[&str], sizes: &[(&str, u32)]) -> Result<Ebpf> {
+    let mut loader = aya::EbpfLoader::new();
+    for (map, entries) in sizes {
+        loader.map_max_entries(map, *entries);
+    }
+    let mut baselines = loader
+        .load(loader::BASELINES_OBJECT)
+        .context("loading the baseline programs")?;
     for name in names {
         loader::program(&mut baselines, name)?
             .load()

@@ -5,6 +5,7 @@ pub mod conns;
 pub mod control;
 pub mod cpu;
 pub mod e2e;
+pub mod jit;
 pub mod packet;
 pub mod plots;
 pub mod profile;

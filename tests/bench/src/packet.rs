@@ -112,6 +112,9 @@ fn udp6(src: [u8; 16], dst: [u8; 16], dport: u16) -> Vec<u8> {
     v
 }
 
+/// The flow-table size of the balancer in the per-packet classes (and of the new-flow floor's).
+pub(crate) const FLOW_TABLE: u32 = 1 << 20;
+
 /// Kernel-measured ns per packet of `repeat` runs of `prog` on `packet`, and the verdict.
 pub(crate) fn time_once(prog: &mut Xdp, packet: &[u8], repeat: u32) -> Result<(f64, u32)> {
     let t = testrun::timed(prog, packet, repeat).context("BPF_PROG_TEST_RUN")?;
@@ -303,18 +306,44 @@ pub(crate) fn vip_packet(vips: u32) -> Vec<u8> {
     )
 }
 
+/// The `i`th packet of a fresh flow to the bench's VIP (distinct for every `i` below 2^22).
+pub(crate) fn fresh_flow(i: u32) -> Vec<u8> {
+    tcp4(
+        [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
+        1024 + (i % 60000) as u16,
+        [10, 201, 0, 0],
+        80,
+    )
+}
+
+/// The baselines object with the new-flow floor loaded and set up for [`fresh_flow`]s: its
+/// table the balancer's size (so both insert into tables alike), its VIP the bench's.
+pub(crate) fn new_flow_floor() -> Result<Ebpf> {
+    let mut base = baselines::load_sized(&[floors::NEW_FLOW], &[(floors::NEW_FLOWS, FLOW_TABLE)])?;
+    let keyed: [u8; floors::KEYED_BYTES] = fresh_flow(0)[..floors::KEYED_BYTES].try_into()?;
+    aya::maps::HashMap::<_, u64, u32>::try_from(
+        base.map_mut(floors::FLOOR_VIPS)
+            .context("no FLOOR_VIPS map")?,
+    )?
+    .insert(floors::vip_key(&keyed), lb_common::DEFAULT_RING_SIZE, 0)?;
+    Ok(base)
+}
+
 /// Per-packet cost by class, with the baselines. Every balancer class shows, through the
 /// counters its timed runs moved, that it timed the path it names.
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let _cpu0 = baselines::PinnedToCpu0::new();
     let s = settings(quick);
-    let mut base = baselines::load(&[
+    let mut base = new_flow_floor()?;
+    for name in [
         baselines::PASS,
         baselines::MACSWAP,
         floors::LOOKUP40,
         floors::LOOKUP16,
-    ])?;
-    let mut bal = Balancer::bench(1 << 20)?;
+    ] {
+        loader::program(&mut base, name)?.load()?;
+    }
+    let mut bal = Balancer::bench(FLOW_TABLE)?;
     let vip = vip_packet(1);
     let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
     let (swap_ns, _) = median_ns(loader::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
@@ -430,20 +459,24 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
         Ok(time_once(loader::program(b, baselines::MACSWAP)?, p, 1)?.0)
     };
+    // And through the new-flow floor: a miss, a VIP lookup, a hash, a ring read, an insert.
+    let mut floor1 = Vec::new();
     let mut verdict = 0;
     let before = bal.maps.global_counters()?;
     for i in 0..calls {
-        let pkt = tcp4(
-            [10, 100 + (i >> 16) as u8, (i >> 8) as u8, i as u8],
-            1024 + (i % 60000) as u16,
-            [10, 201, 0, 0],
-            80,
-        );
+        let pkt = fresh_flow(i);
         swap1.push(swap_prog_ns(&mut base, &pkt)?);
         let (ns, v) = time_once(bal.prog()?, &pkt, 1)?;
         verdict = v;
         new1.push(ns);
         stateless1.push(time_once(stateless.prog()?, &pkt, 1)?.0);
+        let (ns, v) = time_once(loader::program(&mut base, floors::NEW_FLOW)?, &pkt, 1)?;
+        ensure!(
+            v == 3,
+            "{} passed a fresh flow (verdict {v}): it did not time a new flow",
+            floors::NEW_FLOW
+        );
+        floor1.push(ns);
     }
     let class = "VIP new flow (miss + Maglev + insert)";
     let counted = per_run(&bal, &before, u64::from(calls))?;
@@ -481,6 +514,16 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     for _ in 0..calls {
         enc.push(time_once(tunnel.prog()?, &vip, 1)?.0);
     }
+    out.push(PacketCost::new(
+        "baseline: new-flow floor (miss, VIP lookup, hash, ring read, insert, MAC swap)",
+        median(floor1),
+        swap1_ns,
+        3,
+        format!(
+            "one packet per run on the new-flow class's packets: the least a balancer that remembers flows pays for a new one (MAC swap the same way: {swap1_ns:.0} ns)"
+        ),
+        BTreeMap::new(),
+    ));
     let class = "stateless VIP, new flows (flow hash + ring, one packet per run)";
     let counted = per_run(&stateless, &stateless_before, u64::from(calls))?;
     check_path(class, &counted, &[Counter::TxForwarded])?;
@@ -689,4 +732,28 @@ pub fn sweeps(quick: bool) -> Result<Vec<Sweep>> {
         pts,
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The new-flow floor times what its class names: a fresh flow is forwarded (and
+    /// remembered), the same flow again is passed, the next fresh one forwarded. Needs root and
+    /// a kernel with BPF_PROG_TEST_RUN, like the bench.
+    #[test]
+    fn new_flow_floor_forwards_each_fresh_flow_once() {
+        let mut floor = new_flow_floor().expect("loading the new-flow floor");
+        let prog = loader::program(&mut floor, floors::NEW_FLOW).expect("the floor program");
+        let verdict = |prog: &mut Xdp, i| time_once(prog, &fresh_flow(i), 1).unwrap().1;
+        assert_eq!(verdict(prog, 0), 3, "a fresh flow is sent (XDP_TX)");
+        assert_eq!(verdict(prog, 0), 2, "a flow it holds is passed");
+        assert_eq!(verdict(prog, 1), 3, "the next fresh flow is sent");
+        let other_vip = tcp4([10, 100, 0, 9], 1033, [10, 201, 0, 1], 80);
+        assert_eq!(
+            time_once(prog, &other_vip, 1).unwrap().1,
+            2,
+            "a flow to another address is passed"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::Xdp;
 use serde::Serialize;
 
-use crate::{baselines, packet};
+use crate::{baselines, jit, packet};
 use lb_common::baselines as floors;
 
 /// One profiled class.
@@ -23,6 +23,9 @@ pub struct Profile {
     pub samples: u64,
     /// Kernel symbols by share of the samples, with that share of `ns_per_packet`.
     pub symbols: Vec<SymbolCost>,
+    /// For a class recorded with call graphs: symbols by share of the samples in them or in
+    /// what they called (perf's "children"), so a map operation shows whole.
+    pub inclusive: Vec<SymbolCost>,
     /// The JITed program: its size, and its hottest instructions.
     pub program: Option<ProgramCost>,
 }
@@ -43,6 +46,19 @@ pub struct ProgramCost {
     /// Instructions with the most samples, in address order: offset, share of all the
     /// class's samples, ns, and the disassembly.
     pub hottest: Vec<HotInsn>,
+    /// The program's samples by the source file its code came from (after inlining: a
+    /// helper of lb-common inlined into the parser counts as lb-common's), most first.
+    pub by_file: Vec<SourceCost>,
+    /// The source lines with the most samples, most first.
+    pub by_line: Vec<SourceCost>,
+}
+
+/// Samples of the program's code that came from one source file or line.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceCost {
+    pub source: String,
+    pub percent: f64,
+    pub ns: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,7 +79,8 @@ fn seconds(quick: bool) -> u64 {
 }
 
 /// Profiles the MAC-swap baseline, the 40-byte-key lookup floor, the balancer's established
-/// IPv4 and IPv6 flows, and a stateless VIP (a new flow's choice without the flow table).
+/// IPv4 and IPv6 flows, a stateless VIP (a new flow's choice without the flow table), and new
+/// flows (one packet per run, with call graphs).
 pub fn run(quick: bool) -> Result<Vec<Profile>> {
     for tool in ["perf", "bpftool", "objdump"] {
         ensure!(
@@ -100,7 +117,7 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
         ("VIP established flow (flow-table hit)", vip.clone()),
         ("IPv6 VIP established flow", packet::ipv6_packet()?),
     ] {
-        let mut bal = packet::Balancer::bench(1 << 20)?;
+        let mut bal = packet::Balancer::bench(packet::FLOW_TABLE)?;
         out.push(profile(class, bal.prog()?, &pkt, &dir, quick)?);
     }
     let mut stateless = packet::Balancer::stateless(1 << 16)?;
@@ -111,20 +128,77 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
         &dir,
         quick,
     )?);
+    let mut bal = packet::Balancer::bench(packet::FLOW_TABLE)?;
+    out.push(profile_new_flows(
+        "VIP new flow (miss + Maglev + insert), one packet per run",
+        bal.prog()?,
+        &dir,
+        quick,
+    )?);
+    drop(bal);
+    let mut floor = packet::new_flow_floor()?;
+    out.push(profile_new_flows(
+        "baseline: new-flow floor, one packet per run",
+        lb_userspace::loader::program(&mut floor, floors::NEW_FLOW)?,
+        &dir,
+        quick,
+    )?);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }
 
+/// Profiles `prog` on `pkt` repeated (a hot path: the same packet, back to back).
 fn profile(class: &str, prog: &mut Xdp, pkt: &[u8], dir: &Path, quick: bool) -> Result<Profile> {
-    let id = prog.info()?.id();
-    let jited = jited_image(prog)?;
-    let stem = dir.join(format!("prog{id}"));
     // The first run pins the flow; then the caches settle.
     packet::time_once(prog, pkt, 1)?;
     packet::time_once(prog, pkt, 200_000)?;
+    sampled(class, prog, dir, quick, false, |prog| {
+        Ok(Some(packet::time_once(prog, pkt, 200_000)?.0))
+    })
+}
+
+/// Profiles the new-flow class as the per-packet bench times it: each call one packet of a
+/// flow the table has not seen, with call graphs, so the flow table's miss and insert show
+/// with everything they call. Stops early rather than fill the table (which would evict).
+fn profile_new_flows(class: &str, prog: &mut Xdp, dir: &Path, quick: bool) -> Result<Profile> {
+    let limit = packet::FLOW_TABLE / 2;
+    let mut i = 0u32;
+    let mut verdicts_ok = true;
+    let profile = sampled(class, prog, dir, quick, true, |prog| {
+        if i == limit {
+            return Ok(None);
+        }
+        let (ns, v) = packet::time_once(prog, &packet::fresh_flow(i), 1)?;
+        verdicts_ok &= v == 3;
+        i += 1;
+        Ok(Some(ns))
+    })?;
+    ensure!(
+        verdicts_ok,
+        "{class}: a fresh flow was not forwarded while profiling"
+    );
+    Ok(profile)
+}
+
+/// Runs `timed` (one call of BPF_PROG_TEST_RUN, returning its ns per packet, or `None` when
+/// it has nothing more to send) for the class's sampling time under `perf record`, then
+/// splits the median ns by symbol and instruction.
+fn sampled(
+    class: &str,
+    prog: &mut Xdp,
+    dir: &Path,
+    quick: bool,
+    call_graph: bool,
+    mut timed: impl FnMut(&mut Xdp) -> Result<Option<f64>>,
+) -> Result<Profile> {
+    let id = prog.info()?.id();
+    let jited = jit::read(prog)?;
+    let stem = dir.join(format!("prog{id}"));
     let data = stem.with_extension("data");
     let mut perf = Command::new("perf")
-        .args(["record", "-q", "-e", "cpu-clock", "-F", "20000", "-p"])
+        .args(["record", "-q", "-e", "cpu-clock", "-F", "20000"])
+        .args(call_graph.then_some("-g"))
+        .arg("-p")
         .arg(std::process::id().to_string())
         .arg("-o")
         .arg(&data)
@@ -136,7 +210,16 @@ fn profile(class: &str, prog: &mut Xdp, pkt: &[u8], dir: &Path, quick: bool) -> 
     let until = Instant::now() + Duration::from_secs(seconds(quick));
     let mut ns = Vec::new();
     while Instant::now() < until {
-        ns.push(packet::time_once(prog, pkt, 200_000)?.0);
+        match timed(prog) {
+            Ok(Some(n)) => ns.push(n),
+            Ok(None) => break,
+            Err(e) => {
+                // SAFETY: signalling our own child, which must not outlive the profile.
+                unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+                let _ = perf.wait();
+                return Err(e);
+            }
+        }
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
@@ -145,25 +228,135 @@ fn profile(class: &str, prog: &mut Xdp, pkt: &[u8], dir: &Path, quick: bool) -> 
     ns.sort_by(f64::total_cmp);
     let ns_per_packet = ns[ns.len() / 2];
 
-    let (samples, symbols) = symbols(&data, ns_per_packet)?;
-    let program = symbols
+    let chains = read_chains(&data, call_graph)?;
+    let jited_symbol = chains
         .iter()
-        .find(|s| s.symbol.starts_with("bpf_prog_"))
-        .map(|s| s.symbol.clone())
-        .map(|sym| program_cost(&data, &stem, id, &jited, &sym, samples, ns_per_packet))
+        .filter_map(|c| c.first())
+        .map(|(sym, _)| sym)
+        .find(|sym| is_jited_program(sym))
+        .cloned();
+    // A one-packet run spends most of its time in the syscall around the program, which its
+    // measured ns leave out: split only the samples in the program and what it called.
+    let chains = match (&jited_symbol, call_graph) {
+        (Some(sym), true) => under(&chains, sym),
+        _ => chains,
+    };
+    let (samples, symbols) = symbols(&chains, ns_per_packet)?;
+    let program = jited_symbol
+        .map(|sym| program_cost(&chains, &stem, id, &jited, &sym, samples, ns_per_packet))
         .transpose()?;
+    let inclusive = if call_graph {
+        inclusive(&chains, ns_per_packet)
+    } else {
+        Vec::new()
+    };
     Ok(Profile {
         class: class.into(),
         ns_per_packet,
         samples,
         symbols,
+        inclusive,
         program,
     })
 }
 
-/// Samples by symbol (`perf report`), each with its share of `ns`.
-fn symbols(data: &Path, ns: f64) -> Result<(u64, Vec<SymbolCost>)> {
-    let by_symbol = sample_ips(data)?;
+/// One sample's frames, innermost first (one frame for a recording without call graphs).
+type Chain = Vec<(String, u64)>;
+
+/// Whether `sym` is a JITed BPF program (`bpf_prog_<16 hex digits>_<name>`), not one of the
+/// kernel's `bpf_prog_*` functions.
+fn is_jited_program(sym: &str) -> bool {
+    sym.strip_prefix("bpf_prog_")
+        .and_then(|rest| rest.get(..17))
+        .is_some_and(|tag| tag.ends_with('_') && tag[..16].bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Every sample of `data` (`perf script`): with call graphs a sample is a block of frame
+/// lines ended by a blank line, without them one line.
+fn read_chains(data: &Path, call_graph: bool) -> Result<Vec<Chain>> {
+    let out = Command::new("perf")
+        .args(["script", "-F", "ip,sym,symoff", "-i"])
+        .arg(data)
+        .output()
+        .context("running perf script")?;
+    ensure!(out.status.success(), "perf script failed");
+    Ok(parse_chains(
+        &String::from_utf8_lossy(&out.stdout),
+        call_graph,
+    ))
+}
+
+/// [`read_chains`]' parser, on `perf script -F ip,sym,symoff` output.
+fn parse_chains(text: &str, call_graph: bool) -> Vec<Chain> {
+    let mut chains = Vec::new();
+    let mut chain = Chain::new();
+    for line in text.lines() {
+        // "ffffffffc0a1b2c3 bpf_prog_0123456789abcdef_xdplb+0x3c"
+        let Some((_, rest)) = line.trim().split_once(' ') else {
+            if call_graph && !chain.is_empty() {
+                chains.push(std::mem::take(&mut chain));
+            }
+            continue;
+        };
+        let (sym, off) = match rest.trim().rsplit_once("+0x") {
+            Some((s, o)) => (s, u64::from_str_radix(o, 16).unwrap_or(0)),
+            None => (rest.trim(), 0),
+        };
+        chain.push((sym.to_string(), off));
+        if !call_graph {
+            chains.push(std::mem::take(&mut chain));
+        }
+    }
+    if !chain.is_empty() {
+        chains.push(chain);
+    }
+    chains
+}
+
+/// The samples taken in `program` or in what it called, each cut at the program's frame.
+fn under(chains: &[Chain], program: &str) -> Vec<Chain> {
+    chains
+        .iter()
+        .filter_map(|c| {
+            let at = c.iter().position(|(sym, _)| sym == program)?;
+            Some(c[..=at].to_vec())
+        })
+        .collect()
+}
+
+/// Symbols by their samples counting those in their callees, each with its share of `ns`;
+/// the top ones.
+fn inclusive(chains: &[Chain], ns: f64) -> Vec<SymbolCost> {
+    let mut by: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in chains {
+        let mut seen: Vec<&str> = c.iter().map(|(sym, _)| sym.as_str()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        for sym in seen {
+            *by.entry(sym).or_default() += 1;
+        }
+    }
+    let total = chains.len().max(1) as f64;
+    let mut v: Vec<SymbolCost> = by
+        .into_iter()
+        .map(|(sym, n)| {
+            let percent = 100.0 * n as f64 / total;
+            SymbolCost {
+                symbol: sym.into(),
+                percent,
+                ns: ns * percent / 100.0,
+            }
+        })
+        .filter(|s| s.percent >= 0.5)
+        .collect();
+    v.sort_by(|a, b| b.percent.total_cmp(&a.percent));
+    v.truncate(24);
+    v
+}
+
+/// Samples by symbol (the innermost frame), each with its share of `ns`.
+fn symbols(chains: &[Chain], ns: f64) -> Result<(u64, Vec<SymbolCost>)> {
+    let by_symbol = sample_ips(chains);
     let total: u64 = by_symbol.values().map(|m| m.values().sum::<u64>()).sum();
     ensure!(total > 0, "perf recorded no samples");
     let mut out: Vec<SymbolCost> = by_symbol
@@ -183,45 +376,28 @@ fn symbols(data: &Path, ns: f64) -> Result<(u64, Vec<SymbolCost>)> {
     Ok((total, out))
 }
 
-/// Samples by symbol and offset in it, from `perf script`.
-fn sample_ips(data: &Path) -> Result<BTreeMap<String, BTreeMap<u64, u64>>> {
-    let out = Command::new("perf")
-        .args(["script", "-F", "ip,sym,symoff", "-i"])
-        .arg(data)
-        .output()
-        .context("running perf script")?;
-    ensure!(out.status.success(), "perf script failed");
+/// Samples by the symbol and offset they were taken in (the innermost frame).
+fn sample_ips(chains: &[Chain]) -> BTreeMap<String, BTreeMap<u64, u64>> {
     let mut by: BTreeMap<String, BTreeMap<u64, u64>> = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        // "ffffffffc0a1b2c3 bpf_prog_0123456789abcdef_xdplb+0x3c"
-        let Some((_, rest)) = line.trim().split_once(' ') else {
-            continue;
-        };
-        let (sym, off) = match rest.trim().rsplit_once("+0x") {
-            Some((s, o)) => (s, u64::from_str_radix(o, 16).unwrap_or(0)),
-            None => (rest.trim(), 0),
-        };
-        *by.entry(sym.to_string())
-            .or_default()
-            .entry(off)
-            .or_default() += 1;
+    for (sym, off) in chains.iter().filter_map(|c| c.first()) {
+        *by.entry(sym.clone()).or_default().entry(*off).or_default() += 1;
     }
-    Ok(by)
+    by
 }
 
 /// The JITed program's size and its hottest instructions, from its image (disassembled by
 /// objdump) and the samples' offsets.
 fn program_cost(
-    data: &Path,
+    chains: &[Chain],
     stem: &Path,
     id: u32,
-    jited: &[u8],
+    jited: &jit::Jited,
     symbol: &str,
     total: u64,
     ns: f64,
 ) -> Result<ProgramCost> {
     let image: PathBuf = stem.with_extension("jited");
-    std::fs::write(&image, jited)?;
+    std::fs::write(&image, &jited.image)?;
     let xlated = Command::new("bpftool")
         .args(["prog", "dump", "xlated", "id", &id.to_string()])
         .output()?;
@@ -258,7 +434,7 @@ fn program_cost(
     if insns.is_empty() {
         bail!("objdump found no instructions in the JITed image");
     }
-    let by = sample_ips(data)?;
+    let by = sample_ips(chains);
     let offsets = by.get(symbol).cloned().unwrap_or_default();
     // A sample's ip is where the timer interrupt found the CPU: the instruction after the one
     // that was executing, or that one itself; both are shown by the offset perf gave.
@@ -274,6 +450,44 @@ fn program_cost(
             }
         })
         .collect();
+    // By source: each sample goes to the line whose code holds its address.
+    let mut lines: BTreeMap<&str, u64> = BTreeMap::new();
+    for (off, n) in &offsets {
+        *lines
+            .entry(jited.line_at(*off).unwrap_or("(no line info)"))
+            .or_default() += n;
+    }
+    let mut files: BTreeMap<&str, u64> = BTreeMap::new();
+    for (line, n) in &lines {
+        let file = line.split_once(':').map_or(*line, |(f, _)| f);
+        *files.entry(file).or_default() += n;
+    }
+    let ranked = |m: BTreeMap<&str, u64>, keep: usize| {
+        let mut v: Vec<SourceCost> = m
+            .into_iter()
+            .map(|(source, n)| {
+                let percent = 100.0 * n as f64 / total as f64;
+                SourceCost {
+                    source: source.into(),
+                    percent,
+                    ns: ns * percent / 100.0,
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| b.percent.total_cmp(&a.percent));
+        v.truncate(keep);
+        v
+    };
+    let by_file = if jited.lines.is_empty() {
+        Vec::new()
+    } else {
+        ranked(files, usize::MAX)
+    };
+    let by_line = if jited.lines.is_empty() {
+        Vec::new()
+    } else {
+        ranked(lines, 24)
+    };
     hot.sort_by(|a, b| b.percent.total_cmp(&a.percent));
     hot.truncate(16);
     hot.sort_by_key(|h| h.offset);
@@ -283,6 +497,8 @@ fn program_cost(
         jited_bytes,
         jited_insns: insns.len(),
         hottest: hot,
+        by_file,
+        by_line,
     })
 }
 
@@ -303,6 +519,13 @@ pub fn markdown(profiles: &[Profile]) -> String {
         for s in &p.symbols {
             o += &format!("| `{}` | {:.1}% | {:.1} |\n", s.symbol, s.percent, s.ns);
         }
+        if !p.inclusive.is_empty() {
+            o += "\nCounting what each symbol called (call graphs), as a share of the program's \
+                  samples:\n\n| symbol with its callees | share | ns |\n|---|---|---|\n";
+            for s in &p.inclusive {
+                o += &format!("| `{}` | {:.1}% | {:.1} |\n", s.symbol, s.percent, s.ns);
+            }
+        }
         if let Some(prog) = &p.program {
             o += &format!(
                 "\n`{}`: {} BPF instructions after the verifier, {} x86 instructions ({} bytes) JITed. \
@@ -317,51 +540,82 @@ pub fn markdown(profiles: &[Profile]) -> String {
                     h.offset, h.percent, h.ns, h.asm
                 );
             }
+            if !prog.by_file.is_empty() {
+                o += "\nThe program's samples by the source their code came from (the kernel's line \
+                      info; inlined code counts where it was written), share of all the class's \
+                      samples:\n\n| source file | share | ns |\n|---|---|---|\n";
+                for f in &prog.by_file {
+                    o += &format!("| `{}` | {:.1}% | {:.1} |\n", f.source, f.percent, f.ns);
+                }
+                o += "\n| source line | share | ns |\n|---|---|---|\n";
+                for l in &prog.by_line {
+                    let line = l.source.replace('|', "\\|").replace('`', "'");
+                    o += &format!("| `{line}` | {:.1}% | {:.1} |\n", l.percent, l.ns);
+                }
+            }
         }
     }
     o
 }
 
-/// `prog`'s JITed machine code: `BPF_OBJ_GET_INFO_BY_FD`, once for the size and once with a
-/// buffer (aya 0.14 reports only the size; Debian's bpftool dumps it only when built with
-/// libbfd, which it is not).
-fn jited_image(prog: &Xdp) -> Result<Vec<u8>> {
-    use aya_obj::generated::{bpf_attr, bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-    let fd = prog.fd()?.as_fd().as_raw_fd();
-    let call = |info: &mut bpf_prog_info| -> Result<()> {
-        // SAFETY: all-zero is a valid bpf_attr (plain integers); the kernel fills `info`, a
-        // live bpf_prog_info of the size given, and the buffer it points to.
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.info.bpf_fd = fd as u32;
-        attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-        attr.info.info = info as *mut bpf_prog_info as u64;
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                std::mem::size_of::<bpf_attr>() as libc::c_uint,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "BPF_OBJ_GET_INFO_BY_FD: {}",
-            std::io::Error::last_os_error()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CALL_GRAPH: &str = "\
+\tffffffff81234567 lookup_nulls_elem_raw+0x37
+\tffffffffc0001234 bpf_prog_0123456789abcdef_xdplb+0x30a
+\tffffffff81000001 bpf_test_run+0x120
+
+\tffffffff81234999 htab_map_hash+0x10
+\tffffffffc0001200 bpf_prog_0123456789abcdef_xdplb+0x2f0
+\tffffffff81000001 bpf_test_run+0x120
+
+\tffffffffc0001100 bpf_prog_0123456789abcdef_xdplb+0x40
+\tffffffff81000001 bpf_test_run+0x120
+
+\tffffffff81000002 syscall+0x5
+";
+
+    #[test]
+    fn samples_are_blocks_with_call_graphs_and_lines_without() {
+        let chains = parse_chains(CALL_GRAPH, true);
+        assert_eq!(chains.len(), 4);
+        assert_eq!(chains[0][0], ("lookup_nulls_elem_raw".to_string(), 0x37));
+        assert_eq!(chains[0].len(), 3);
+        let flat = parse_chains(
+            "ffffffffc0001100 bpf_prog_0123456789abcdef_xdplb+0x40\nffffffff81000001 bpf_test_run+0x120\n",
+            false,
         );
-        Ok(())
-    };
-    // SAFETY (both): all-zero is a valid bpf_prog_info.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    call(&mut info)?;
-    let mut image = vec![0u8; info.jited_prog_len as usize];
-    ensure!(
-        !image.is_empty(),
-        "the kernel reports no JITed image (JIT off?)"
-    );
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    info.jited_prog_len = image.len() as u32;
-    info.jited_prog_insns = image.as_mut_ptr() as u64;
-    call(&mut info)?;
-    Ok(image)
+        assert_eq!(flat.len(), 2);
+        assert_eq!(flat[1][0].0, "bpf_test_run");
+    }
+
+    #[test]
+    fn only_jited_programs_count_as_the_program() {
+        assert!(is_jited_program("bpf_prog_0123456789abcdef_xdplb"));
+        assert!(!is_jited_program("bpf_prog_test_run_xdp"));
+        assert!(!is_jited_program("bpf_test_run"));
+    }
+
+    #[test]
+    fn the_program_and_its_callees_split_what_it_took() {
+        let chains = parse_chains(CALL_GRAPH, true);
+        let prog = "bpf_prog_0123456789abcdef_xdplb";
+        let under = under(&chains, prog);
+        assert_eq!(under.len(), 3, "the syscall sample is not the program's");
+        assert!(under.iter().all(|c| c.last().unwrap().0 == prog));
+        let incl = inclusive(&under, 300.0);
+        assert_eq!(incl[0].symbol, prog);
+        assert_eq!(incl[0].percent, 100.0);
+        let hash = incl.iter().find(|s| s.symbol == "htab_map_hash").unwrap();
+        assert!(
+            (hash.ns - 100.0).abs() < 1e-9,
+            "one sample of three: {}",
+            hash.ns
+        );
+        let (total, selfs) = symbols(&under, 300.0).unwrap();
+        assert_eq!(total, 3);
+        assert!(selfs.iter().all(|s| (s.ns - 100.0).abs() < 1e-9));
+    }
 }

@@ -118,6 +118,8 @@ pub fn summary(r: &Results) -> Value {
         "ipv6_established_ns_ratio_to_macswap": ratio_of("IPv6 VIP established"),
         "new_flow_ns_ratio_to_macswap": ratio_of("VIP new flow"),
         "ipip_established_ns_ratio_to_macswap": ratio_of("IPIP encapsulation"),
+        "new_flow_floor_ns_ratio_to_macswap": ratio_of("baseline: new-flow floor"),
+        "lookup40_floor_ns_ratio_to_macswap": ratio_of("baseline: MAC swap after one LRU hash hit, 40"),
         "concurrent_connections_held": held,
         "e2e_conn_rate_ratio_to_direct": ratio(rate("xdplb"), rate("direct")),
         "e2e_conn_rate_ratio_to_haproxy": ratio(rate("xdplb"), rate("haproxy")),
