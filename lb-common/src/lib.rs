@@ -320,8 +320,9 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
-/// Key of `CONNS`: the packet's 5-tuple as it arrived (destination = the VIP).
-#[repr(C)]
+/// Key of `CONNS`: the packet's 5-tuple as it arrived (destination = the VIP). Aligned to 8
+/// so the datapath can store and copy it in words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u8; 16],
