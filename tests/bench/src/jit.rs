@@ -14,6 +14,8 @@ pub struct Jited {
     /// Where each source line's code starts in `image`, in offset order: a stretch of code
     /// belongs to the line before the next entry. Empty when the object carried no line info.
     pub lines: Vec<(u64, String)>,
+    /// BPF instructions after the verifier (bpftool's xlated dump).
+    pub xlated_insns: usize,
 }
 
 impl Jited {
@@ -64,7 +66,10 @@ pub fn read(prog: &Xdp) -> Result<Jited> {
     // out, as perf names those under other symbols.
     let base = ksyms.first().copied().unwrap_or(0);
     let end = base + image.len() as u64;
-    let sources = xlated_sources(id).unwrap_or_default();
+    let Xlated {
+        insns: xlated_insns,
+        sources,
+    } = xlated(id)?;
     let mut table: Vec<(u64, String)> = jited_lines
         .iter()
         .zip(&lines)
@@ -81,6 +86,7 @@ pub fn read(prog: &Xdp) -> Result<Jited> {
     Ok(Jited {
         image,
         lines: table,
+        xlated_insns,
     })
 }
 
@@ -108,15 +114,23 @@ fn get_info(fd: i32, info: &mut bpf_prog_info) -> Result<()> {
     Ok(())
 }
 
-/// The source line bpftool prints before each instruction that starts one, by instruction
-/// index: "lookup.rs:112 let Some(entry) = (unsafe { CONNS.get(flow) }) else {".
-fn xlated_sources(id: u32) -> Result<BTreeMap<u32, String>> {
+/// What bpftool's xlated dump says of a program.
+struct Xlated {
+    /// Its instructions after the verifier.
+    insns: usize,
+    /// The source line bpftool prints before each instruction that starts one, by
+    /// instruction index: "lookup.rs:112 let Some(entry) = (unsafe { CONNS.get(flow) }) else {".
+    sources: BTreeMap<u32, String>,
+}
+
+fn xlated(id: u32) -> Result<Xlated> {
     let out = Command::new("bpftool")
         .args(["prog", "dump", "xlated", "id", &id.to_string(), "linum"])
         .output()
         .context("running bpftool prog dump xlated linum")?;
     ensure!(out.status.success(), "bpftool prog dump xlated failed");
     let mut by_insn = BTreeMap::new();
+    let mut insns = 0;
     let mut pending: Option<String> = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         // "; let p = parse::parse(ctx)?; [file:/work/main/lb-ebpf/src/main.rs line_num:62 line_col:13]"
@@ -128,11 +142,18 @@ fn xlated_sources(id: u32) -> Result<BTreeMap<u32, String>> {
         let Some((index, _)) = line.trim_start().split_once(':') else {
             continue;
         };
-        if let (Ok(i), Some(label)) = (index.parse::<u32>(), pending.take()) {
+        let Ok(i) = index.parse::<u32>() else {
+            continue;
+        };
+        insns += 1;
+        if let Some(label) = pending.take() {
             by_insn.insert(i, label);
         }
     }
-    Ok(by_insn)
+    Ok(Xlated {
+        insns,
+        sources: by_insn,
+    })
 }
 
 /// "file:line text" from bpftool's "text [file:F line_num:L line_col:C]", the path cut to
@@ -184,6 +205,7 @@ mod tests {
         let j = Jited {
             image: vec![0; 64],
             lines: vec![(0, "a:1".into()), (16, "a:2".into()), (40, "b:7".into())],
+            xlated_insns: 0,
         };
         assert_eq!(j.line_at(0), Some("a:1"));
         assert_eq!(j.line_at(15), Some("a:1"));
@@ -192,6 +214,7 @@ mod tests {
         let none = Jited {
             image: vec![0; 8],
             lines: vec![(4, "a:1".into())],
+            xlated_insns: 0,
         };
         assert_eq!(none.line_at(2), None);
     }

@@ -316,10 +316,12 @@ pub(crate) fn fresh_flow(i: u32) -> Vec<u8> {
     )
 }
 
-/// The baselines object with the new-flow floor loaded and set up for [`fresh_flow`]s: its
-/// table the balancer's size (so both insert into tables alike), its VIP the bench's.
-pub(crate) fn new_flow_floor() -> Result<Ebpf> {
-    let mut base = baselines::load_sized(&[floors::NEW_FLOW], &[(floors::NEW_FLOWS, FLOW_TABLE)])?;
+/// The baselines object with the new-flow floor and the programs `also` loaded, the floor set
+/// up for [`fresh_flow`]s: its table the balancer's size (so both insert into tables alike),
+/// its VIP the bench's.
+pub(crate) fn new_flow_floor(also: &[&str]) -> Result<Ebpf> {
+    let names: Vec<&str> = [floors::NEW_FLOW].iter().chain(also).copied().collect();
+    let mut base = baselines::load_sized(&names, &[(floors::NEW_FLOWS, FLOW_TABLE)])?;
     let keyed: [u8; floors::KEYED_BYTES] = fresh_flow(0)[..floors::KEYED_BYTES].try_into()?;
     aya::maps::HashMap::<_, u64, u32>::try_from(
         base.map_mut(floors::FLOOR_VIPS)
@@ -334,15 +336,12 @@ pub(crate) fn new_flow_floor() -> Result<Ebpf> {
 pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let _cpu0 = baselines::PinnedToCpu0::new();
     let s = settings(quick);
-    let mut base = new_flow_floor()?;
-    for name in [
+    let mut base = new_flow_floor(&[
         baselines::PASS,
         baselines::MACSWAP,
         floors::LOOKUP40,
         floors::LOOKUP16,
-    ] {
-        loader::program(&mut base, name)?.load()?;
-    }
+    ])?;
     let mut bal = Balancer::bench(FLOW_TABLE)?;
     let vip = vip_packet(1);
     let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
@@ -743,7 +742,7 @@ mod tests {
     /// a kernel with BPF_PROG_TEST_RUN, like the bench.
     #[test]
     fn new_flow_floor_forwards_each_fresh_flow_once() {
-        let mut floor = new_flow_floor().expect("loading the new-flow floor");
+        let mut floor = new_flow_floor(&[]).expect("loading the new-flow floor");
         let prog = loader::program(&mut floor, floors::NEW_FLOW).expect("the floor program");
         let verdict = |prog: &mut Xdp, i| time_once(prog, &fresh_flow(i), 1).unwrap().1;
         assert_eq!(verdict(prog, 0), 3, "a fresh flow is sent (XDP_TX)");

@@ -136,7 +136,7 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
         quick,
     )?);
     drop(bal);
-    let mut floor = packet::new_flow_floor()?;
+    let mut floor = packet::new_flow_floor(&[])?;
     out.push(profile_new_flows(
         "baseline: new-flow floor, one packet per run",
         lb_userspace::loader::program(&mut floor, floors::NEW_FLOW)?,
@@ -243,7 +243,7 @@ fn sampled(
     };
     let (samples, symbols) = symbols(&chains, ns_per_packet)?;
     let program = jited_symbol
-        .map(|sym| program_cost(&chains, &stem, id, &jited, &sym, samples, ns_per_packet))
+        .map(|sym| program_cost(&chains, &stem, &jited, &sym, samples, ns_per_packet))
         .transpose()?;
     let inclusive = if call_graph {
         inclusive(&chains, ns_per_packet)
@@ -390,7 +390,6 @@ fn sample_ips(chains: &[Chain]) -> BTreeMap<String, BTreeMap<u64, u64>> {
 fn program_cost(
     chains: &[Chain],
     stem: &Path,
-    id: u32,
     jited: &jit::Jited,
     symbol: &str,
     total: u64,
@@ -398,18 +397,7 @@ fn program_cost(
 ) -> Result<ProgramCost> {
     let image: PathBuf = stem.with_extension("jited");
     std::fs::write(&image, &jited.image)?;
-    let xlated = Command::new("bpftool")
-        .args(["prog", "dump", "xlated", "id", &id.to_string()])
-        .output()?;
-    let xlated_insns = String::from_utf8_lossy(&xlated.stdout)
-        .lines()
-        .filter(|l| {
-            l.trim_start()
-                .split(':')
-                .next()
-                .is_some_and(|n| n.trim().parse::<u32>().is_ok())
-        })
-        .count();
+    let xlated_insns = jited.xlated_insns;
     let jited_bytes = std::fs::metadata(&image)?.len() as usize;
     let asm = Command::new("objdump")
         .args(["-D", "-b", "binary", "-m", "i386:x86-64"])
