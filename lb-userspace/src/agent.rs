@@ -19,6 +19,7 @@ use crate::{
     announce::Announcer,
     api,
     desired::Desired,
+    exit::CannotStart,
     health,
     link::{LinkEvent, LinkWatch},
     loader,
@@ -64,8 +65,8 @@ async fn first_macs(agent: &mut Agent, rx: &mut mpsc::UnboundedReceiver<MacEvent
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    crate::caps::require(&crate::caps::AGENT)?;
-    let (file, cfg) = ConfigFile::open(config_path)?;
+    crate::caps::require(&crate::caps::AGENT).context(CannotStart)?;
+    let (file, cfg) = ConfigFile::open(config_path).context(CannotStart)?;
     let interface = cfg.interface.as_str().to_owned();
     if neigh::interface_index(&interface).is_none() {
         bail!(

@@ -363,6 +363,9 @@ pub fn call<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Re
 /// How long a client waits for an answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// [`nobody_answers`]' reason when there is no socket file: no agent has run yet.
+pub const NO_SOCKET: &str = "no socket there";
+
 /// Whether an agent answers on `socket`: `Ok(None)` when one does, `Ok(Some(why))` when none
 /// does (no socket, or a socket left behind by an agent that stopped), and an error when the
 /// socket cannot be tried at all (permissions, not a socket).
@@ -370,7 +373,7 @@ pub fn nobody_answers(socket: &Path) -> anyhow::Result<Option<String>> {
     use std::io::ErrorKind;
     match std::os::unix::net::UnixStream::connect(socket) {
         Ok(_) => Ok(None),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Some("no socket there".into())),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Some(NO_SOCKET.into())),
         Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(Some(
             "the socket was left behind by an agent that stopped".into(),
         )),
@@ -382,14 +385,29 @@ pub fn nobody_answers(socket: &Path) -> anyhow::Result<Option<String>> {
 }
 
 /// The socket a CLI command talks to: `--socket`, else the config's `api_socket`. Never a
-/// guess: with two agents on a host, a default could reach the wrong one.
+/// guess: with two agents on a host, a default could reach the wrong one. A config that does
+/// not validate still names its agent (the running one keeps its last good config, and that
+/// is when an operator needs `status` most): its `api_socket` is read on its own, with a
+/// warning that names what is wrong with the file.
 pub fn socket_for(socket: Option<PathBuf>, config: &Path) -> anyhow::Result<PathBuf> {
-    match socket {
-        Some(s) => Ok(s),
-        None => crate::config::Config::load(config)
-            .map(|c| c.api_socket)
-            .context(
-                "finding the agent's api_socket in its config (or name the socket with --socket)",
-            ),
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    let broken = match crate::config::Config::load(config) {
+        Ok(c) => return Ok(c.api_socket),
+        Err(e) => e,
+    };
+    match crate::config::api_socket_of_broken(config) {
+        Some(found) => {
+            eprintln!(
+                "{}xdplb: warning: the config does not validate ({broken:#}); asking the agent on {}, which runs its last good config",
+                crate::logging::prefix(log::Level::Warn),
+                found.display()
+            );
+            Ok(found)
+        }
+        None => Err(broken).context(
+            "finding the agent's api_socket in its config (or name the socket with --socket)",
+        ),
     }
 }

@@ -56,10 +56,12 @@ pub fn check(path: &Path) -> anyhow::Result<()> {
                 println!("  {c}");
             }
         }
-        Some(why) => println!(
+        // No socket at all is the normal first start (systemd runs this before it): quiet.
+        Some(why) if why != api::NO_SOCKET => println!(
             "No agent answers on {} ({why}): nothing to compare with.",
             cfg.api_socket.display()
         ),
+        Some(_) => {}
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::{maps, programs, MapKind, MapSpec, BALANCER_MAPS, LAYOUT_VERSION};
 
-use crate::config;
+use crate::{config, exit::CannotStart};
 
 /// The eBPF object built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -188,12 +188,13 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('v') && e.path() != dir {
-                bail!(
+                return Err(anyhow!(
                     "{} holds datapath state of layout {name}, this xdplb uses v{LAYOUT_VERSION}; \
                      run the matching xdplb, or `xdplb detach --pin-path {}` (stops forwarding until the new agent attaches)",
                     pin_path.display(),
                     pin_path.display()
-                );
+                ))
+                .context(CannotStart);
             }
         }
     }
@@ -201,10 +202,11 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
     let mut conns = flow_table_size;
     if adopted {
         if let Some(m) = check_pinned_layouts(&dir, &BALANCER_MAPS).first() {
-            bail!(
+            return Err(anyhow!(
                 "{m}: refusing to reuse it; `xdplb detach --pin-path {}` removes the old state",
                 pin_path.display()
-            );
+            ))
+            .context(CannotStart);
         }
         let path = dir.join(maps::CONNS);
         if path.exists() {

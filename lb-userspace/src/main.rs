@@ -9,7 +9,7 @@ use lb_userspace::{
     api::{self, Applied, BalancerState, LeftOut, Request, Status, VipStatus},
     check,
     config::{BackendConfig, Config, MacAddr, Vip},
-    loader, stats,
+    exit, loader, logging, stats,
 };
 use serde::de::DeserializeOwned;
 
@@ -79,10 +79,15 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Ask the agent to re-read its config file.
+    /// Ask the agent to re-read its config file. Exit code 1 when it refuses the file (the
+    /// running config stays live), 3 when it applied it but a backend is not in service.
     Reload {
         #[command(flatten)]
         target: Target,
+        /// Exit 0 whenever the agent applied the file, even with backends not in service (they
+        /// are still named on stderr): systemd's ExecReload, where only a refusal is a failure.
+        #[arg(long)]
+        refused_only: bool,
     },
     /// VIPs of the running agent.
     Vip {
@@ -222,33 +227,31 @@ enum BackendCommand {
     },
 }
 
-/// Exit codes, one scheme for every command (the README lists them): 0 done; 1 refused or
-/// failed (nothing changed, the message says why); 2 usage error (clap's own code); 3 applied,
-/// but some configured backend is not in service (named on stderr).
-mod exit {
-    pub const FAILED: i32 = 1;
-    pub const NOT_IN_SERVICE: i32 = 3;
-}
-
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    logging::init();
     match real_main() {
         Ok(Outcome::Done) => {}
         Ok(Outcome::NotInService(left_out)) => {
-            for l in &left_out {
-                eprintln!(
-                    "xdplb: VIP {}: backend {} is not in service: {}",
-                    l.vip, l.backend, l.why
-                );
-            }
+            warn_not_in_service(&left_out);
             std::process::exit(exit::NOT_IN_SERVICE);
         }
         Err(e) => {
-            eprintln!("xdplb: error: {e:#}");
-            std::process::exit(exit::FAILED);
+            eprintln!("{}xdplb: error: {e:#}", logging::prefix(log::Level::Error));
+            std::process::exit(exit::code_of(&e));
         }
+    }
+}
+
+/// Names on stderr each backend a change left out of service, and why.
+fn warn_not_in_service(left_out: &[LeftOut]) {
+    for l in left_out {
+        eprintln!(
+            "{}xdplb: VIP {}: backend {} is not in service: {}",
+            logging::prefix(log::Level::Warn),
+            l.vip,
+            l.backend,
+            l.why
+        );
     }
 }
 
@@ -339,7 +342,18 @@ fn real_main() -> anyhow::Result<Outcome> {
             }
         }
         Command::Status { target } => print_json(&target.call::<Status>(&Request::Status)?),
-        Command::Reload { target } => return Ok(print_applied(target.call(&Request::Reload)?)),
+        Command::Reload {
+            target,
+            refused_only,
+        } => {
+            return Ok(match print_applied(target.call(&Request::Reload)?) {
+                Outcome::NotInService(left_out) if refused_only => {
+                    warn_not_in_service(&left_out);
+                    Outcome::Done
+                }
+                outcome => outcome,
+            })
+        }
         Command::DrainBalancer { target, no_wait } => {
             let s: BalancerState = target.call(&Request::BalancerDrain)?;
             println!(

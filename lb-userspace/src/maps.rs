@@ -187,7 +187,8 @@ impl BalancerMaps {
             .with_context(|| format!("swapping the ring of VIP id {vip_id} into RINGS"))
     }
 
-    /// Reads back the ring of `vip_id` (tests, `check`).
+    /// Reads back the ring of `vip_id` (tests). Opening an inner map by id needs
+    /// CAP_SYS_ADMIN, so the agent itself never calls this (see `Written::adopt`).
     pub fn ring(&self, vip_id: u32) -> anyhow::Result<Vec<u32>> {
         let ring: Array<MapData, u32> = self
             .rings

@@ -45,6 +45,12 @@ impl Written {
     /// Reads the state a previous agent left pinned, so this agent keeps every VIP and backend
     /// at the id its flows and counters already use. Also returns the backends' MACs, which
     /// stay in use until the neighbour table says otherwise.
+    ///
+    /// The rings are not read back: an inner map of `RINGS` can only be opened by its id
+    /// (`BPF_MAP_GET_FD_BY_ID`), which needs CAP_SYS_ADMIN, and the agent runs without it. The
+    /// first [`Self::apply`] builds each VIP's ring from the config and swaps it in whole, as
+    /// on any change: with the same config and the adopted backend ids it is the ring already
+    /// there, so no flow moves; the flow table and counters are pinned maps and stay as they are.
     pub fn adopt(
         maps: &BalancerMaps,
     ) -> anyhow::Result<(Written, HashMap<std::net::IpAddr, MacAddr>)> {
@@ -55,7 +61,6 @@ impl Written {
             w.ids
                 .vips
                 .insert((addr, u16::from_be_bytes(key.port), key.proto), meta.vip_id);
-            w.rings.insert(meta.vip_id, maps.ring(meta.vip_id)?);
             w.vips.insert(key, meta);
         }
         for (id, b) in maps.backends()? {

@@ -1,11 +1,11 @@
-//! Least privilege and access: the agent balances with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON and names the one it lacks otherwise; its control socket refuses a real unprivileged user; it listens on nothing but the loopback metrics port, which is read-only.
+//! Least privilege and access: the agent balances with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and with the same three a restarted agent adopts the pinned datapath; it names the one it lacks otherwise; its control socket refuses a real unprivileged user; it listens on nothing but the loopback metrics port, which is read-only.
 
 use std::{process::Command, time::Duration};
 
 use xdplb_lab::{
     lab::tool_path,
     netns,
-    scenario::{burst4, lab_config, small_lab, Balancer, Member},
+    scenario::{burst4, hold_finish, hold_start, lab_config, small_lab, Balancer, Member},
 };
 
 /// `setpriv` arguments that leave a root process exactly `caps` (e.g. "+bpf,+net_admin"):
@@ -71,7 +71,8 @@ fn the_agent_runs_on_three_capabilities_and_refuses_strangers() {
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{caps}: {err}");
+        // 78: a restart cannot fix it, so systemd does not retry (RestartPreventExitStatus).
+        assert_eq!(out.status.code(), Some(78), "{caps}: {err}");
         assert!(
             err.contains(&format!("missing capability: {lacking}")),
             "{caps}: {err}"
@@ -98,6 +99,80 @@ fn the_agent_runs_on_three_capabilities_and_refuses_strangers() {
     let r = burst4(&lab, 100).expect("burst");
     assert_eq!((r.ok, r.failed), (100, 0), "{:?}", r.errors);
     assert_eq!(r.per_backend.len(), 2, "{:?}", r.per_backend);
+
+    // Killed with connections open, the agent is restarted on the same three capabilities
+    // (what systemd's Restart= does): it adopts the pinned maps and link, and the open
+    // connections stay with their backends. With one capability fewer, the restart is refused
+    // naming it, and the datapath forwards on its pins meanwhile.
+    let mut balancer = balancer;
+    let held = hold_start(&mut lab, 0, 20).expect("hold");
+    let before = balancer.stats_json().unwrap();
+    // SAFETY: kill(2) on the lab's own child.
+    unsafe { libc::kill(balancer.pid as i32, libc::SIGKILL) };
+    lab.wait_exit(balancer.pid, Duration::from_secs(10))
+        .unwrap();
+    for (caps, lacking) in [
+        ("+net_admin,+perfmon", "CAP_BPF"),
+        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
+        ("+bpf,+net_admin", "CAP_PERFMON"),
+    ] {
+        let out = Command::new("nsenter")
+            .arg(&gw)
+            .args(only(caps))
+            .arg(tool_path("xdplb"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "restart with {caps}: {err}");
+        assert!(
+            err.contains(&format!("missing capability: {lacking}")),
+            "restart with {caps}: {err}"
+        );
+    }
+    let r = burst4(&lab, 50).expect("burst");
+    assert_eq!(
+        (r.ok, r.failed),
+        (50, 0),
+        "the pinned datapath forwards with no agent: {:?}",
+        r.errors
+    );
+    balancer
+        .respawn_via(&mut lab, &launcher)
+        .expect("a restarted xdplb adopts its pinned datapath with the three capabilities");
+    let log = lab.log_of(balancer.pid);
+    assert!(
+        log.contains("adopting the datapath state")
+            && log.contains("took over the running datapath"),
+        "{log}"
+    );
+    let status = Balancer::status(&lab).unwrap();
+    assert_eq!(status["adopted_previous_state"], true, "{status}");
+    let r = burst4(&lab, 100).expect("burst");
+    assert_eq!((r.ok, r.failed), (100, 0), "{:?}", r.errors);
+    assert_eq!(r.per_backend.len(), 2, "{:?}", r.per_backend);
+    let held = hold_finish(&mut lab, held).expect("hold report");
+    assert_eq!(
+        (held.broken, held.backend_changed),
+        (0, 0),
+        "connections held through the restart: {held:?}"
+    );
+    // Counters carried over: the VIP's packets only grew.
+    let after = balancer.stats_json().unwrap();
+    let packets = |s: &serde_json::Value| {
+        s["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "web-tcp")
+            .map(|v| v["packets"].as_u64().unwrap())
+            .unwrap()
+    };
+    assert!(
+        packets(&after) >= packets(&before),
+        "counters kept: {before} → {after}"
+    );
 
     // A real unprivileged user cannot use the control socket.
     let user = TestUser::new();

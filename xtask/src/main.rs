@@ -110,7 +110,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Run-time tools: labs (iproute2, ethtool, nftables, ping), debugging (bpftool, tcpdump),
 /// tshark, the third-party dissector the tests check the balancer's output packets with, and
 /// what the privilege tests use: setpriv/runuser (util-linux), useradd (passwd),
-/// systemd-analyze (systemd), and BIRD 2 (bird2), which announces the VIPs.
+/// systemd-analyze (systemd), BIRD 2 (bird2), which announces the VIPs, and for the test that
+/// runs the packaged unit under systemd as PID 1 in a container: systemd-nspawn
+/// (systemd-container) and mmdebstrap, which builds that container's root once. Installed
+/// without recommends: systemd-container's would add libnss-mymachines to the host's
+/// /etc/nsswitch.conf.
 const TOOL_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -124,6 +128,8 @@ const TOOL_PACKAGES: &[&str] = &[
     "passwd",
     "systemd",
     "bird2",
+    "systemd-container",
+    "mmdebstrap",
 ];
 
 fn main() {
@@ -263,6 +269,9 @@ fn real_main() -> anyhow::Result<()> {
             // The end-to-end tests start the real binaries (xdplb, lab-server, lab-client):
             // they belong to other packages than the tests, so cargo test does not build them.
             cargo(&["build", "--bins"])?;
+            // The package, from the debug binary just built: the systemd test installs it in
+            // its container (XDPLB_DEB), and deb::check below installs it into a clean root.
+            let deb = deb::package("dev", &workspace().join("target/deb-test"))?;
             let mut filter = Vec::new();
             if !rest.is_empty() {
                 filter.push("--".to_owned());
@@ -272,7 +281,11 @@ fn real_main() -> anyhow::Result<()> {
                 let mut args = vec!["test", "--no-fail-fast"];
                 args.extend(packages);
                 args.extend(filter.iter().map(String::as_str));
-                cargo(&args)
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                run(Command::new(cargo)
+                    .args(&args)
+                    .current_dir(workspace())
+                    .env("XDPLB_DEB", &deb))
             };
             // Both runs go ahead, so one's failures do not hide the other's.
             let default_members = test(&[]);
@@ -295,9 +308,8 @@ fn real_main() -> anyhow::Result<()> {
                 );
                 r
             };
-            // The package, from the debug binary just built: installs and holds its files.
-            let deb = deb::package("dev", &workspace().join("target/deb-test"))
-                .and_then(|d| deb::check(&d));
+            // The package installs and holds its files.
+            let deb = deb::check(&deb);
             default_members.and(bench_fuzz).and(fuzzed).and(deb)
         }
     }

@@ -136,6 +136,29 @@ impl Config {
     }
 }
 
+/// The `api_socket` of a config file that does not validate, so the CLI can still reach the
+/// agent that runs on the last good version of it: the key read on its own from the YAML, or
+/// from its top-level line when the YAML itself is broken; absent, the default (as the agent
+/// would have it). `None` when the file cannot be read at all.
+pub fn api_socket_of_broken(path: &Path) -> Option<PathBuf> {
+    let text = read_text(path).ok()?;
+    if let Ok(serde_yaml::Value::Mapping(m)) = serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        return Some(
+            match m.get("api_socket").and_then(serde_yaml::Value::as_str) {
+                Some(s) => PathBuf::from(s),
+                None => default_api_socket(),
+            },
+        );
+    }
+    let line = text.lines().find_map(|l| l.strip_prefix("api_socket:"));
+    let value = line.map(|v| v.split(" #").next().unwrap_or(v).trim());
+    let value = value.map(|v| v.trim_matches(|c| c == '"' || c == '\''));
+    Some(match value {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => default_api_socket(),
+    })
+}
+
 /// Largest config file read. The largest config the datapath can hold (512 VIPs, 16384
 /// backends) is about 1 MiB of YAML; a bigger file is a mistake, not a config.
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;

@@ -268,3 +268,33 @@ fn primes() {
     assert!(is_prime(65537) && is_prime(3) && is_prime(MAX_RING_SIZE));
     assert!(!is_prime(65535) && !is_prime(1) && !is_prime(0));
 }
+
+#[test]
+fn a_broken_config_still_names_its_agents_socket() {
+    let dir = std::env::temp_dir().join(format!("xdplb-broken-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lb.yaml");
+    let socket_of = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        assert!(Config::load(&file).is_err(), "must not validate: {text}");
+        api_socket_of_broken(&file)
+    };
+    // Valid YAML, invalid config: the key is read on its own.
+    assert_eq!(
+        socket_of("interface: eth0\napi_socket: /run/a/b.sock\nvips: [{ name: 1 }]\n"),
+        Some(PathBuf::from("/run/a/b.sock"))
+    );
+    // Broken YAML: the top-level line, comment and quotes stripped.
+    assert_eq!(
+        socket_of("api_socket: \"/run/c.sock\" # ours\nvips: [\n"),
+        Some(PathBuf::from("/run/c.sock"))
+    );
+    // No api_socket anywhere: the agent's default.
+    assert_eq!(
+        socket_of("interface: eth0\nvips: [\n"),
+        Some(PathBuf::from("/run/xdplb/xdplb.sock"))
+    );
+    // A file that is not there names nothing.
+    assert_eq!(api_socket_of_broken(&dir.join("missing.yaml")), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

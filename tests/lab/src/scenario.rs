@@ -480,14 +480,23 @@ impl Balancer {
     /// Starts a new agent process on the same config (after the previous one was killed or
     /// stopped with keep_attached_on_exit) and waits until it balances.
     pub fn respawn(&mut self, lab: &mut Lab) -> Result<()> {
+        self.respawn_via(lab, &[])
+    }
+
+    /// [`Balancer::respawn`] through `launcher`, as [`Balancer::start_via`].
+    pub fn respawn_via(&mut self, lab: &mut Lab, launcher: &[&str]) -> Result<()> {
         let xdplb = tool_path("xdplb");
+        let xdplb = xdplb.to_str().context("xdplb path is not UTF-8")?;
         let cfg = self
             .config
             .to_str()
             .context("config path is not UTF-8")?
             .to_owned();
         let gw = lab.balancer_ns(self.index).to_owned();
-        self.pid = lab.spawn(&gw, &xdplb, &["run", "--config", &cfg])?;
+        let mut args = launcher.to_vec();
+        args.extend([xdplb, "run", "--config", &cfg]);
+        let (program, rest) = args.split_first().context("no command")?;
+        self.pid = lab.spawn(&gw, Path::new(program), rest)?;
         self.reloads = 0;
         lab.wait_for_log(self.pid, "balancing on", Duration::from_secs(30))
             .context("the restarted xdplb did not start balancing")
