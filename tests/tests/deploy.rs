@@ -1,4 +1,4 @@
-//! The shipped systemd unit: `systemd-analyze verify` finds nothing to complain about, and its capability set is the one the agent checks for (`lb_userspace::caps::AGENT`).
+//! The shipped systemd unit: `systemd-analyze verify` finds nothing to complain about, its capability set is the one the agent checks for (`lb_userspace::caps::AGENT`), and it does not retry the agent's cannot-start exit code. (tests/tests/systemd.rs runs it under systemd.)
 
 use std::process::Command;
 
@@ -61,6 +61,11 @@ fn the_unit_grants_exactly_what_the_agent_checks_for() {
         assert!(unit.lines().any(|l| l == hardening), "{hardening} missing");
     }
     assert!(unit.contains("ExecStartPre=/usr/sbin/xdplb check"));
+    // systemd gives up at once on the exit code the agent uses for what no restart fixes.
+    assert_eq!(
+        set("RestartPreventExitStatus="),
+        [lb_userspace::exit::CANNOT_START.to_string()]
+    );
 }
 
 /// The BIRD configurations in `deploy/bird/` are what BIRD 2 accepts (`bird -p` parses a

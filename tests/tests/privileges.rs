@@ -1,11 +1,12 @@
 //! Least privilege and access: the agent balances with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and with the same three a restarted agent adopts the pinned datapath; it names the one it lacks otherwise; its control socket refuses a real unprivileged user; it listens on nothing but the loopback metrics port, which is read-only.
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use xdplb_lab::{
     lab::tool_path,
     netns,
     scenario::{burst4, hold_finish, hold_start, lab_config, small_lab, Balancer, Member},
+    Lab,
 };
 
 /// `setpriv` arguments that leave a root process exactly `caps` (e.g. "+bpf,+net_admin"):
@@ -47,15 +48,10 @@ impl Drop for TestUser {
     }
 }
 
-#[test]
-fn the_agent_runs_on_three_capabilities_and_refuses_strangers() {
-    let mut lab = small_lab(2).expect("lab");
-    let members: Vec<_> = (0..2).map(|i| (i, Member::Active)).collect();
-    let yaml = lab_config(&mut lab, "generic", &members).unwrap();
-
-    // Without one of the three, the agent stops at once and names it.
-    let config = lab.dir().join("lb.yaml");
-    std::fs::write(&config, &yaml).unwrap();
+/// `xdplb run` under each set of two of the three capabilities: it stops at once, exit 78 (a
+/// restart cannot fix it, so systemd does not retry: RestartPreventExitStatus), naming the one
+/// it lacks.
+fn refused_with_each_capability_missing(lab: &Lab, config: &Path, when: &str) {
     let gw = format!("--net=/run/netns/{}", lab.gateway_ns());
     for (caps, lacking) in [
         ("+net_admin,+perfmon", "CAP_BPF"),
@@ -67,17 +63,28 @@ fn the_agent_runs_on_three_capabilities_and_refuses_strangers() {
             .args(only(caps))
             .arg(tool_path("xdplb"))
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        // 78: a restart cannot fix it, so systemd does not retry (RestartPreventExitStatus).
-        assert_eq!(out.status.code(), Some(78), "{caps}: {err}");
+        assert_eq!(out.status.code(), Some(78), "{when}, {caps}: {err}");
         assert!(
             err.contains(&format!("missing capability: {lacking}")),
-            "{caps}: {err}"
+            "{when}, {caps}: {err}"
         );
     }
+}
+
+#[test]
+fn the_agent_runs_on_three_capabilities_and_refuses_strangers() {
+    let mut lab = small_lab(2).expect("lab");
+    let members: Vec<_> = (0..2).map(|i| (i, Member::Active)).collect();
+    let yaml = lab_config(&mut lab, "generic", &members).unwrap();
+
+    // Without one of the three, the agent stops at once and names it.
+    let config = lab.dir().join("lb.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    refused_with_each_capability_missing(&lab, &config, "fresh start");
 
     // With exactly the three, it balances.
     let launcher = only("+bpf,+net_admin,+perfmon");
@@ -111,26 +118,7 @@ fn the_agent_runs_on_three_capabilities_and_refuses_strangers() {
     unsafe { libc::kill(balancer.pid as i32, libc::SIGKILL) };
     lab.wait_exit(balancer.pid, Duration::from_secs(10))
         .unwrap();
-    for (caps, lacking) in [
-        ("+net_admin,+perfmon", "CAP_BPF"),
-        ("+bpf,+perfmon", "CAP_NET_ADMIN"),
-        ("+bpf,+net_admin", "CAP_PERFMON"),
-    ] {
-        let out = Command::new("nsenter")
-            .arg(&gw)
-            .args(only(caps))
-            .arg(tool_path("xdplb"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "restart with {caps}: {err}");
-        assert!(
-            err.contains(&format!("missing capability: {lacking}")),
-            "restart with {caps}: {err}"
-        );
-    }
+    refused_with_each_capability_missing(&lab, &config, "restart over pinned state");
     let r = burst4(&lab, 50).expect("burst");
     assert_eq!(
         (r.ok, r.failed),
