@@ -97,22 +97,47 @@ fn a_backend_on_the_vips_own_address_is_refused() {
     );
 }
 
-/// The API commands find the agent through the config's `api_socket`: a config that does not
-/// parse is reported as such, and no default socket is tried in its place.
+/// The API commands find the agent through the config's `api_socket`. A config that does not
+/// validate is named with what is wrong, and the agent is still asked at the file's own
+/// `api_socket` (the running agent keeps its last good config): read on its own from the
+/// file, or the default when the file has none, never a socket the file does not mean.
 #[test]
-fn api_commands_with_a_broken_config_name_it_and_guess_no_socket() {
-    let path = temp_config("broken.yaml", &VALID.replace("port: 80", "port: http"));
+fn api_commands_with_a_broken_config_name_it_and_still_ask_its_agent() {
+    let socket = std::env::temp_dir().join(format!("xdplb-cli-{}-none.sock", std::process::id()));
+    let broken = VALID.replace("port: 80", "port: http");
+    let path = temp_config(
+        "broken.yaml",
+        &format!("api_socket: {}\n{broken}", socket.display()),
+    );
     for cmd in [&["reload"][..], &["status"], &["backend", "list"]] {
         let mut args = cmd.to_vec();
         args.extend(["--config", path.to_str().unwrap()]);
         let (code, out) = xdplb_code(&args);
         assert_eq!(code, Some(1), "{args:?}: {out}");
         assert!(
-            out.contains("broken.yaml") && out.contains("vips[0].port") && out.contains("--socket"),
+            out.contains("broken.yaml")
+                && out.contains("does not validate")
+                && out.contains("vips[0].port"),
+            "{args:?}: {out}"
+        );
+        // Asked where the file says, and told no agent answers there.
+        assert!(
+            out.contains(&format!(
+                "cannot reach the xdplb agent at {}",
+                socket.display()
+            )),
             "{args:?}: {out}"
         );
         assert!(!out.contains("/run/xdplb/xdplb.sock"), "{args:?}: {out}");
     }
+    // A file that cannot be read names no socket at all.
+    let missing = path.with_file_name("missing.yaml");
+    let (code, out) = xdplb_code(&["status", "--config", missing.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("missing.yaml") && out.contains("--socket"),
+        "{out}"
+    );
 }
 
 /// A socket file nobody listens on (what `kill -9` of the agent leaves) is no agent: `check`,
