@@ -79,6 +79,7 @@ pub fn check(deb: &Path) -> anyhow::Result<()> {
         "usr/share/doc/xdplb/examples/lb.example.yaml",
         "usr/share/doc/xdplb/examples/backend-setup.sh",
         "usr/share/doc/xdplb/README.md",
+        "usr/share/doc/xdplb/docs/config.md",
     ] {
         if !root.join(f).is_file() {
             bail!("the package lacks /{f}");

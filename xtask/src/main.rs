@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod deb;
+mod docs;
 mod fuzz;
 
 #[derive(Parser)]
