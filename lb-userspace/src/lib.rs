@@ -1,31 +1,15 @@
-//! xdplb's userspace as a library: the `xdplb` binary is a thin CLI over these modules, and the tests drive them directly.
-pub mod addr;
+//! xdplb's userspace as a library: the `xdplb` binary is `cli`, and the tests drive the rest.
+//!
+//! `agent` runs the balancer (its loop and state, the API, metrics, health checks, neighbours,
+//! links, BIRD); `model` holds the pure parts (the desired map contents, ids, Maglev, plans);
+//! `datapath` talks to the kernel (objects, pins, maps, the reconciler, test runs); `config`
+//! is the YAML config and its validation; `cli` is the command line; `decap` the backends'
+//! decapsulation program.
 pub mod agent;
-pub mod announce;
-pub mod api;
-pub mod bpffs;
-pub mod caps;
-pub mod check;
+pub mod cli;
 pub mod config;
-mod control;
+pub mod datapath;
 pub mod decap;
-pub mod desired;
-pub mod doctor;
 pub mod exit;
-pub mod health;
-pub mod http;
-pub mod ids;
-pub mod link;
-pub mod loader;
 pub mod logging;
-pub mod maglev;
-pub mod maps;
-pub mod metrics;
-pub mod neigh;
-pub mod persist;
-pub mod plan;
-pub mod reconcile;
-pub mod replay;
-mod running;
-pub mod stats;
-pub mod testrun;
+pub mod model;

@@ -6,14 +6,13 @@ use etherparse::PacketBuilder;
 use lb_common::{addr::ip_to_map, flow_hash, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    desired::{vip_key, DownSet},
-    loader,
-    maps::BalancerMaps,
-    reconcile::Written,
-    testrun,
-};
+    model::desired::{vip_key, DownSet},
+    datapath::{balancer, objects},
+    datapath::maps::BalancerMaps,
+    datapath::reconcile::Written,
+    datapath::testrun};
 
-pub use lb_userspace::testrun::{Run, XDP_DROP, XDP_PASS, XDP_TX};
+pub use lb_userspace::datapath::testrun::{Run, XDP_DROP, XDP_PASS, XDP_TX};
 pub use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
 /// Backends 10.202.0.x / fd00:202::x sit behind a router whose MAC is ...:fe; one VIP of each
@@ -76,14 +75,14 @@ pub struct Harness {
 /// Runs `packet` once through program `name` of `ebpf` with BPF_PROG_TEST_RUN (see
 /// [`testrun::run`]: room for encapsulation and ICMP answers).
 pub fn run_program(ebpf: &mut aya::Ebpf, name: &str, packet: &[u8]) -> Run {
-    let prog = loader::program(ebpf, name).unwrap();
+    let prog = objects::program(ebpf, name).unwrap();
     testrun::run(prog, packet).expect("BPF_PROG_TEST_RUN")
 }
 
 impl Harness {
     pub fn new(config: &str) -> Harness {
         let cfg = Config::from_yaml(config, "fixture").expect("fixture config");
-        let mut ebpf = loader::load_balancer(4096).expect("the verifier accepts the balancer");
+        let mut ebpf = balancer::load_balancer(4096).expect("the verifier accepts the balancer");
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
         let mut applied = Written::default();
         let desired = applied

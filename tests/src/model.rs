@@ -86,12 +86,11 @@ use lb_common::{
 };
 use lb_userspace::{
     config::{Config, Forwarding, HashMode, Prefix, Protocol},
-    desired::Desired,
-    maps::BalancerMaps,
-};
+    model::desired::Desired,
+    datapath::maps::BalancerMaps};
 
 /// XDP verdicts (`enum xdp_action` in the kernel UAPI), the ones the program's runs return.
-pub use lb_userspace::testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
+pub use lb_userspace::datapath::testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};
 
 /// IPv6 next-header values the datapath documents as extension headers it does not walk.
 const IPV6_EXT_HEADERS: [IpNumber; 8] = [

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_userspace::announce::{bird::Bird, routes_text, Announcer};
+use lb_userspace::agent::announce::{bird::Bird, routes_text, Announcer};
 use xdplb_lab::{
     netns::{unique_prefix, NetNs},
     scenario::{lab_config, small_lab, Balancer, Member},

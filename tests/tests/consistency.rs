@@ -1,7 +1,7 @@
 //! Two balancers with the same config agree byte for byte (VIPs, backends, rings) and send every packet to the same backend, whatever the file's order and the history of changes behind it: what ECMP across balancers relies on.
 
 use lb_common::{Counter, BACKEND_UNUSED};
-use lb_userspace::testrun::XDP_TX;
+use lb_userspace::datapath::testrun::XDP_TX;
 use xdplb_tests::fixture::*;
 
 const ONE: &str = "\

@@ -2,7 +2,7 @@
 
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
 use lb_common::{Counter, Family};
-use lb_userspace::loader;
+use lb_userspace::datapath::{balancer, objects};
 use xdplb_tests::fixture::*;
 
 const CONFIG: &str = "\
@@ -88,7 +88,7 @@ fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
 
 #[test]
 fn object_has_every_map_and_program_lb_common_names() {
-    let ebpf = aya::Ebpf::load(loader::EBPF_OBJECT).expect("object loads");
+    let ebpf = aya::Ebpf::load(objects::EBPF_OBJECT).expect("object loads");
     let maps: std::collections::BTreeSet<&str> = ebpf.maps().map(|(n, _)| n).collect();
     for spec in &lb_common::BALANCER_MAPS {
         assert!(

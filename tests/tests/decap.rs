@@ -9,8 +9,7 @@ use etherparse::PacketBuilder;
 use lb_common::decap::{DecapCounter, DECAP_COUNTER_COUNT, PROGRAM};
 use lb_userspace::{
     decap::{self, DecapMaps},
-    testrun::{XDP_DROP, XDP_PASS},
-};
+    datapath::testrun::{XDP_DROP, XDP_PASS}};
 use xdplb_lab::{
     lab::tool_path,
     netns::{self, NetNs},

@@ -1,4 +1,4 @@
-//! The shipped systemd unit: `systemd-analyze verify` finds nothing to complain about, its capability set is the one the agent checks for (`lb_userspace::caps::AGENT`), and it does not retry the agent's cannot-start exit code. (tests/tests/systemd.rs runs it under systemd.)
+//! The shipped systemd unit: `systemd-analyze verify` finds nothing to complain about, its capability set is the one the agent checks for (`lb_userspace::datapath::caps::AGENT`), and it does not retry the agent's cannot-start exit code. (tests/tests/systemd.rs runs it under systemd.)
 
 use std::process::Command;
 
@@ -43,7 +43,7 @@ fn the_unit_grants_exactly_what_the_agent_checks_for() {
         caps.sort();
         caps
     };
-    let mut needed: Vec<String> = lb_userspace::caps::AGENT
+    let mut needed: Vec<String> = lb_userspace::datapath::caps::AGENT
         .iter()
         .map(|c| c.name.to_owned())
         .collect();

@@ -14,12 +14,11 @@ use etherparse::{
 use lb_common::{Counter, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    desired::{vip_key, DownSet},
-    loader,
-    maps::BalancerMaps,
-    reconcile::Written,
-    testrun::{self, action_name},
-};
+    model::desired::{vip_key, DownSet},
+    datapath::{balancer, objects},
+    datapath::maps::BalancerMaps,
+    datapath::reconcile::Written,
+    datapath::testrun::{self, action_name}};
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use xdplb_tests::{
     model::{Expected, Model, XDP_ABORTED, XDP_TX},
@@ -85,7 +84,7 @@ struct Dut {
 
 impl Dut {
     fn new(cfg: &Config, flow_table: u32) -> Dut {
-        let mut ebpf = loader::load_balancer(flow_table).expect("the verifier accepts xdplb");
+        let mut ebpf = balancer::load_balancer(flow_table).expect("the verifier accepts xdplb");
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf).expect("maps");
         let mut applied = Written::default();
         let desired = applied
@@ -105,7 +104,7 @@ impl Dut {
     }
 
     fn run(&mut self, frame: &[u8]) -> (u32, Vec<u8>) {
-        let prog = loader::program(&mut self.ebpf, lb_common::programs::BALANCER).unwrap();
+        let prog = objects::program(&mut self.ebpf, lb_common::programs::BALANCER).unwrap();
         let r = testrun::run(prog, frame).expect("BPF_PROG_TEST_RUN");
         (r.action, r.out)
     }

@@ -1,7 +1,7 @@
 //! Pinned datapath state that does not match this build's layouts is refused with a way out named, never reused.
 
 use aya::maps::{HashMap, MapData};
-use lb_userspace::loader;
+use lb_userspace::datapath::{balancer, objects};
 
 /// A private bpffs pin directory, removed on drop.
 struct PinDir(std::path::PathBuf);
@@ -12,14 +12,14 @@ impl PinDir {
             "/sys/fs/bpf/xdplb-test-{}-{tag}",
             std::process::id()
         ));
-        let _ = loader::detach(&dir);
+        let _ = balancer::detach(&dir);
         PinDir(dir)
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = loader::detach(&self.0);
+        let _ = balancer::detach(&self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -27,12 +27,12 @@ impl Drop for PinDir {
 #[test]
 fn a_map_with_another_layout_is_refused() {
     let pins = PinDir::new("layout");
-    let state = loader::state_dir(&pins.0);
+    let state = balancer::state_dir(&pins.0);
     std::fs::create_dir_all(&state).unwrap();
     // A VIPS map from a hypothetical other build: u32 → u32 instead of VipKey → VipMeta.
     let wrong = HashMap::<MapData, u32, u32>::create(16, 0).unwrap();
     wrong.pin(state.join(lb_common::maps::VIPS)).unwrap();
-    let err = loader::load_pinned(&pins.0, 4096)
+    let err = balancer::load_pinned(&pins.0, 4096)
         .err()
         .expect("must refuse");
     let msg = format!("{err:#}");
@@ -46,7 +46,7 @@ fn a_map_with_another_layout_is_refused() {
 fn state_of_another_layout_version_is_refused() {
     let pins = PinDir::new("version");
     std::fs::create_dir_all(pins.0.join("v999")).unwrap();
-    let err = loader::load_pinned(&pins.0, 4096)
+    let err = balancer::load_pinned(&pins.0, 4096)
         .err()
         .expect("must refuse");
     let msg = format!("{err:#}");
@@ -59,20 +59,20 @@ fn state_of_another_layout_version_is_refused() {
 #[test]
 fn fresh_state_is_created_and_then_adopted() {
     let pins = PinDir::new("adopt");
-    let first = loader::load_pinned(&pins.0, 4096).unwrap();
+    let first = balancer::load_pinned(&pins.0, 4096).unwrap();
     assert!(!first.adopted);
     for spec in &lb_common::BALANCER_MAPS {
         assert!(
-            loader::state_dir(&pins.0).join(spec.name).exists(),
+            balancer::state_dir(&pins.0).join(spec.name).exists(),
             "{} pinned",
             spec.name
         );
     }
     // The object's maps, as the kernel created them, are what lb-common's specs say.
     let mismatches =
-        loader::check_pinned_layouts(&loader::state_dir(&pins.0), &lb_common::BALANCER_MAPS);
+        objects::check_pinned_layouts(&balancer::state_dir(&pins.0), &lb_common::BALANCER_MAPS);
     assert!(mismatches.is_empty(), "{mismatches:?}");
-    let second = loader::load_pinned(&pins.0, 4096).unwrap();
+    let second = balancer::load_pinned(&pins.0, 4096).unwrap();
     assert!(second.adopted, "the second load reuses the pinned maps");
     drop((first, second));
 }

@@ -21,8 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain, cargo-fuzz and lab tools if missing (Debian packages,
-    /// bpf-linker, cargo-fuzz, rustup link).
+    /// Install what every command needs, skipping what is there (each command installs its own
+    /// part first: the toolchain, the lab's tools, cargo-deb, the tests' tools).
     Setup,
     /// Build a namespace lab, balance real TCP connections across backends, show DSR, clean up.
     Demo {
@@ -108,15 +108,9 @@ const BOUNDED_FUZZ_SECONDS: u64 = 25;
 /// rustup toolchain name for Debian's rustc-web; lb-userspace/build.rs uses the same name.
 const BPF_TOOLCHAIN: &str = "xdplb-bpf";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Run-time tools: labs (iproute2, ethtool, nftables, ping), debugging (bpftool, tcpdump),
-/// tshark, the third-party dissector the tests check the balancer's output packets with, and
-/// what the privilege tests use: setpriv/runuser (util-linux), useradd (passwd),
-/// systemd-analyze (systemd), BIRD 2 (bird2), which announces the VIPs, and for the test that
-/// runs the packaged unit under systemd as PID 1 in a container: systemd-nspawn
-/// (systemd-container) and mmdebstrap, which builds that container's root once. Installed
-/// without recommends: systemd-container's would add libnss-mymachines to the host's
-/// /etc/nsswitch.conf.
-const TOOL_PACKAGES: &[&str] = &[
+/// What the demo's lab runs: namespaces and links (iproute2), frames and counters (ethtool,
+/// nftables, ping), debugging (bpftool, tcpdump), and BIRD 2 (bird2) for the ECMP lab.
+const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "nftables",
@@ -124,13 +118,23 @@ const TOOL_PACKAGES: &[&str] = &[
     "tcpdump",
     "procps",
     "iputils-ping",
+    "bird2",
+];
+
+/// What only the tests add: tshark, the third-party dissector the balancer's output packets
+/// are checked with; for the privilege tests setpriv/runuser (util-linux), useradd (passwd),
+/// systemd-analyze (systemd); for the test that runs the packaged unit under systemd as PID 1
+/// in a container, systemd-nspawn (systemd-container) and mmdebstrap, which builds that
+/// container's root once; g++ for libFuzzer's runtime. Installed without recommends:
+/// systemd-container's would add libnss-mymachines to the host's /etc/nsswitch.conf.
+const TEST_PACKAGES: &[&str] = &[
     "tshark",
     "util-linux",
     "passwd",
     "systemd",
-    "bird2",
     "systemd-container",
     "mmdebstrap",
+    "g++",
 ];
 
 fn main() {
@@ -142,7 +146,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Setup => setup(),
+        Cmd::Setup => setup(EVERYTHING),
         Cmd::Demo {
             mode,
             connections,
@@ -150,7 +154,7 @@ fn real_main() -> anyhow::Result<()> {
             forwarding,
             balancers,
         } => {
-            setup()?;
+            setup(&[Part::Build, Part::Lab])?;
             build_release_tools(false)?;
             let bin = workspace().join("target/release/xdplb-demo");
             run(Command::new(bin).args([
@@ -167,7 +171,7 @@ fn real_main() -> anyhow::Result<()> {
             ]))
         }
         Cmd::Deb => {
-            setup()?;
+            setup(&[Part::Build, Part::Package])?;
             cargo(&["build", "--release", "-p", "lb-userspace", "--bins"])?;
             let deb = deb::package("release", &workspace().join("target/debian"))?;
             deb::check(&deb)?;
@@ -175,13 +179,13 @@ fn real_main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Soak { minutes } => {
-            setup()?;
+            setup(&[Part::Build, Part::Lab])?;
             build_release_tools(false)?;
             let bin = workspace().join("target/release/xdplb-soak");
             run(Command::new(bin).args(["--minutes", &minutes.to_string()]))
         }
         Cmd::Bench { quick, only, out } => {
-            setup()?;
+            setup(&[Part::Build, Part::Lab])?;
             // The end-to-end comparison runs HAProxy from Debian's package; the profile runs
             // perf, bpftool and objdump.
             apt_install(&["haproxy", "linux-perf", "bpftool", "binutils"].map(String::from))?;
@@ -197,7 +201,7 @@ fn real_main() -> anyhow::Result<()> {
             run(&mut cmd)
         }
         Cmd::Fuzz { target, seconds } => {
-            setup()?;
+            setup(&[Part::Build, Part::Test])?;
             let all = fuzz::targets(&workspace())?;
             let targets = match target {
                 None => all,
@@ -207,7 +211,7 @@ fn real_main() -> anyhow::Result<()> {
             fuzz::run(&workspace(), &targets, seconds)
         }
         Cmd::DiffLong { packets, seed } => {
-            setup()?;
+            setup(&[Part::Build])?;
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             // The debug build `cargo xtask test` already made (no `-p`: the default members'
             // feature set, so nothing is rebuilt): 10 million packets took 283 s with it
@@ -229,7 +233,7 @@ fn real_main() -> anyhow::Result<()> {
             run(&mut cmd)
         }
         Cmd::Failover => {
-            setup()?;
+            setup(&[Part::Build, Part::Lab])?;
             cargo(&["build", "--bins"])?;
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.current_dir(workspace())
@@ -250,7 +254,7 @@ fn real_main() -> anyhow::Result<()> {
             no_fuzz,
             rest,
         } => {
-            setup()?;
+            setup(EVERYTHING)?;
             if !no_lint {
                 cargo(&["fmt", "--all", "--", "--check"])
                     .context("formatting differs: run `cargo fmt --all`")?;
@@ -395,16 +399,71 @@ fn rustc_llvm_major() -> anyhow::Result<String> {
     Ok(line.split('.').next().unwrap_or_default().to_owned())
 }
 
-fn setup() -> anyhow::Result<()> {
+/// What a command needs installed; `setup` installs exactly those parts, skipping what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// The eBPF toolchain (Debian's rustc-web and library source, LLVM to match, bpf-linker,
+    /// the rustup link) and a mounted bpffs: every command that builds or loads the program.
+    Build,
+    /// The namespace lab's tools: the demo, the soak, the benchmarks, the tests.
+    Lab,
+    /// cargo-deb: the package.
+    Package,
+    /// tshark, the privilege and systemd tests' tools, cargo-fuzz and libFuzzer's C++ runtime.
+    Test,
+}
+
+const EVERYTHING: &[Part] = &[Part::Build, Part::Lab, Part::Package, Part::Test];
+
+fn setup(parts: &[Part]) -> anyhow::Result<()> {
     if !nix_is_root() {
         bail!("xdplb's setup, demo and tests need root (XDP, network namespaces, bpffs)");
     }
-    let mut pkgs: Vec<String> = ["rustc-web", "rust-web-src"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    pkgs.extend(TOOL_PACKAGES.iter().map(|s| s.to_string()));
+    let mut pkgs: Vec<String> = Vec::new();
+    if parts.contains(&Part::Build) {
+        pkgs.extend(["rustc-web", "rust-web-src"].map(String::from));
+    }
+    if parts.contains(&Part::Lab) {
+        pkgs.extend(LAB_PACKAGES.iter().map(|s| s.to_string()));
+    }
+    if parts.contains(&Part::Test) {
+        pkgs.extend(TEST_PACKAGES.iter().map(|s| s.to_string()));
+    }
     apt_install(&pkgs)?;
+    if parts.contains(&Part::Build) {
+        setup_build()?;
+    }
+    if parts.contains(&Part::Package) {
+        cargo_install_once(
+            "cargo-deb",
+            deb::CARGO_DEB_VERSION,
+            output(Command::new("cargo-deb").arg("--version"))
+                .or_else(|| output(Command::new(home_cargo_bin("cargo-deb")).arg("--version")))
+                .is_some_and(|v| v.contains(deb::CARGO_DEB_VERSION)),
+        )?;
+    }
+    if parts.contains(&Part::Test) {
+        cargo_install_once(
+            "cargo-fuzz",
+            fuzz::CARGO_FUZZ_VERSION,
+            fuzz::cargo_fuzz_installed(),
+        )?;
+    }
+    Ok(())
+}
+
+/// `cargo install --locked NAME --version VERSION` unless `have`.
+fn cargo_install_once(name: &str, version: &str, have: bool) -> anyhow::Result<()> {
+    if have {
+        return Ok(());
+    }
+    println!("setup: installing {name} {version}");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(Command::new(cargo).args(["install", name, "--locked", "--version", version]))
+}
+
+/// The eBPF toolchain and bpffs (see docs/toolchain.md).
+fn setup_build() -> anyhow::Result<()> {
     let llvm = rustc_llvm_major()?;
     apt_install(&[format!("llvm-{llvm}-dev"), format!("libpolly-{llvm}-dev")])?;
 
@@ -424,21 +483,6 @@ fn setup() -> anyhow::Result<()> {
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))?;
     }
 
-    let have_deb = output(Command::new("cargo-deb").arg("--version"))
-        .or_else(|| output(Command::new(home_cargo_bin("cargo-deb")).arg("--version")))
-        .is_some_and(|v| v.contains(deb::CARGO_DEB_VERSION));
-    if !have_deb {
-        println!("setup: installing cargo-deb {}", deb::CARGO_DEB_VERSION);
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo).args([
-            "install",
-            "cargo-deb",
-            "--locked",
-            "--version",
-            deb::CARGO_DEB_VERSION,
-        ]))?;
-    }
-
     let linked = output(Command::new("rustup").args(["toolchain", "list"])).is_some_and(|l| {
         l.lines()
             .any(|t| t.split_whitespace().next() == Some(BPF_TOOLCHAIN))
@@ -446,20 +490,6 @@ fn setup() -> anyhow::Result<()> {
     if !linked {
         println!("setup: linking Debian's rustc as rustup toolchain {BPF_TOOLCHAIN}");
         run(Command::new("rustup").args(["toolchain", "link", BPF_TOOLCHAIN, "/usr"]))?;
-    }
-
-    // cargo-fuzz drives libFuzzer, whose C++ runtime libfuzzer-sys compiles.
-    apt_install(&["g++".to_owned()])?;
-    if !fuzz::cargo_fuzz_installed() {
-        println!("setup: installing cargo-fuzz {}", fuzz::CARGO_FUZZ_VERSION);
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        run(Command::new(cargo).args([
-            "install",
-            "cargo-fuzz",
-            "--version",
-            fuzz::CARGO_FUZZ_VERSION,
-            "--locked",
-        ]))?;
     }
 
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();

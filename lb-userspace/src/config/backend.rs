@@ -73,16 +73,22 @@ fn host_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Err
             let a: IpAddr = v
                 .parse()
                 .map_err(|_| E::custom(format!("invalid IP address {v:?}")))?;
-            let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
-            if a.is_unspecified() || a.is_multicast() || a.is_loopback() || broadcast {
-                return Err(E::custom(format!(
-                    "backend address {a} is not a host's address (unspecified, loopback, multicast or broadcast)"
-                )));
-            }
-            Ok(a)
+            check_host_address(a).map_err(E::custom)
         }
     }
     d.deserialize_str(V)
+}
+
+/// A backend's address must be some host's unicast address (the config file's check, and the
+/// CLI's for `backend add`).
+pub fn check_host_address(a: IpAddr) -> Result<IpAddr, String> {
+    let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+    if a.is_unspecified() || a.is_multicast() || a.is_loopback() || broadcast {
+        return Err(format!(
+            "backend address {a} is not a host's address (unspecified, loopback, multicast or broadcast)"
+        ));
+    }
+    Ok(a)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -93,6 +99,15 @@ pub enum BackendState {
     Active,
     /// Out of the ring; keeps the flows it already has.
     Draining,
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Active => "active",
+            BackendState::Draining => "draining",
+        })
+    }
 }
 
 /// Relative share of new flows: 1..=65535 (default 100). Use `state: draining` for zero.

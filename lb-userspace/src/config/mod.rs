@@ -69,10 +69,10 @@ mod tunnel;
 mod vip;
 
 pub use announce::Announce;
-pub use backend::{BackendConfig, BackendState, Backends, MacAddr, Weight};
+pub use backend::{check_host_address, BackendConfig, BackendState, Backends, MacAddr, Weight};
 pub use health_check::{HealthCheck, HealthCheckKind};
 pub use tunnel::{Prefix, Tunnel, TunnelMtu};
-pub use vip::{is_prime, Forwarding, HashMode, Protocol, RingSize, Vip, Vips};
+pub use vip::{is_prime, Forwarding, HashMode, Protocol, RingSize, Vip, VipFields, Vips};
 
 /// A whole balancer configuration (one NIC).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,19 @@ impl Config {
         let text = read_text(path)?;
         Self::from_yaml(&text, &path.display().to_string())
     }
+
+    /// This config with another VIP list, checked as the file's would be: each VIP's checks
+    /// across its fields, then the list's rules. For changes made through the API.
+    pub fn with_vips(&self, vips: Vec<Vip>) -> Result<Config, String> {
+        let vips = vips
+            .into_iter()
+            .map(|v| Vip::try_from(VipFields::from(v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Config {
+            vips: Vips::try_from(vips)?,
+            ..self.clone()
+        })
+    }
 }
 
 /// The `api_socket` of a config file that does not validate, so the CLI can still reach the
@@ -189,14 +202,27 @@ pub fn read_text(path: &Path) -> anyhow::Result<String> {
     })
 }
 
-/// `auto` tries native (driver) XDP and falls back to generic (skb) XDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
+    /// Native if the driver supports it, else generic (with a warning).
     #[default]
     Auto,
+    /// In the driver, before the kernel allocates an skb: the fast mode.
     Native,
+    /// After the kernel allocated an skb: works on every interface, slower.
     Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
 }
 
 /// A Linux interface name: 1 to 15 bytes, no '/', no whitespace.

@@ -91,27 +91,46 @@ pub struct Vip {
     pub backends: Backends,
 }
 
-/// What the YAML holds for a VIP, before the checks that span fields.
+/// What the YAML (or `xdplb vip add`) gives for a VIP, before the checks that span fields:
+/// `Vip::try_from` makes one of it, for the file and the CLI alike.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct VipFields {
-    name: String,
-    address: IpAddr,
-    port: u16,
-    protocol: Protocol,
+pub struct VipFields {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
     #[serde(default)]
-    forwarding: Forwarding,
+    pub forwarding: Forwarding,
     #[serde(default)]
-    hash: HashMode,
+    pub hash: HashMode,
     #[serde(default)]
-    stateless: bool,
+    pub stateless: bool,
     #[serde(default)]
-    icmp_echo: bool,
+    pub icmp_echo: bool,
     #[serde(default)]
-    ring_size: RingSize,
+    pub ring_size: RingSize,
     #[serde(default)]
-    health_check: Option<HealthCheck>,
-    backends: Backends,
+    pub health_check: Option<HealthCheck>,
+    pub backends: Backends,
+}
+
+impl From<Vip> for VipFields {
+    fn from(v: Vip) -> VipFields {
+        VipFields {
+            name: v.name,
+            address: v.address,
+            port: v.port,
+            protocol: v.protocol,
+            forwarding: v.forwarding,
+            hash: v.hash,
+            stateless: v.stateless,
+            icmp_echo: v.icmp_echo,
+            ring_size: v.ring_size,
+            health_check: v.health_check,
+            backends: v.backends,
+        }
+    }
 }
 
 impl TryFrom<VipFields> for Vip {
@@ -188,7 +207,7 @@ impl TryFrom<VipFields> for Vip {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -213,26 +232,52 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// How packets reach a backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// How packets reach a backend. (The CLI's help shows the first line of each variant's doc.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
-    /// Backends share the balancer's L2 segment and hold the VIP on `lo`.
+    /// Backends on this segment, reached by their MAC.
+    ///
+    /// They hold the VIP on `lo`.
     #[default]
     L2,
-    /// IP-in-IP to the backend's address, wherever it is routed (through this interface):
+    /// IP-in-IP to backends anywhere routed through this interface.
+    ///
     /// 4in4, 6in6, 4in6 or 6in4 by the VIP's and the backend's families. Backends decapsulate
     /// (`xdplb decap`, or the kernel's ipip/ip6tnl) and hold the VIP on `lo`.
     Ipip,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Forwarding::L2 => "l2",
+            Forwarding::Ipip => "ipip",
+        })
+    }
+}
+
+/// What a VIP's flows are hashed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum HashMode {
+    /// Addresses, ports and protocol: each connection on its own.
     #[default]
     #[serde(rename = "5-tuple")]
+    #[value(name = "5-tuple")]
     FiveTuple,
+    /// The client's address only: all of a client's connections to one backend.
     #[serde(rename = "source-ip")]
+    #[value(name = "source-ip")]
     SourceIp,
+}
+
+impl fmt::Display for HashMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HashMode::FiveTuple => "5-tuple",
+            HashMode::SourceIp => "source-ip",
+        })
+    }
 }
 
 /// Maglev table size: a prime in 3..=`MAX_RING_SIZE`.

@@ -12,8 +12,7 @@ use super::{
 };
 use crate::{
     config::XdpMode,
-    loader::{self, Attached, StaleLink},
-};
+    datapath::objects::{self, Attached, StaleLink}};
 
 /// The kernel's index of `interface` in the current network namespace, or an error naming it.
 fn ifindex(interface: &str) -> anyhow::Result<u32> {
@@ -30,9 +29,9 @@ fn ifindex(interface: &str) -> anyhow::Result<u32> {
 /// Loads the decap object (maps not pinned) and verifies its program: for fixtures and tests.
 pub fn load() -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
-        .load(loader::DECAP_OBJECT)
+        .load(objects::DECAP_OBJECT)
         .context("loading the decap eBPF object (maps and BTF) into the kernel")?;
-    loader::program(&mut ebpf, PROGRAM)?
+    objects::program(&mut ebpf, PROGRAM)?
         .load()
         .context("the kernel verifier rejected the xdplb_decap program")?;
     Ok(ebpf)
@@ -43,7 +42,7 @@ pub fn load() -> anyhow::Result<Ebpf> {
 /// is rewritten anyway, and counters, which restart. Returns what was replaced.
 fn drop_stale_map_pins(dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut replaced = Vec::new();
-    for m in loader::check_pinned_layouts(dir, &MAPS) {
+    for m in objects::check_pinned_layouts(dir, &MAPS) {
         std::fs::remove_file(&m.path)
             .with_context(|| format!("removing stale pin {}", m.path.display()))?;
         replaced.push(format!("replaced: {m}; its contents restart"));
@@ -65,7 +64,7 @@ pub fn install(
     check_interface_name(interface)?;
     ifindex(interface)?;
     let wanted = choose_addrs(interface, &interface_addrs(interface)?, explicit)?;
-    loader::mount_note(crate::bpffs::ensure(pin_path)?);
+    crate::datapath::bpffs::mount_note(crate::datapath::bpffs::ensure(pin_path)?);
     let dir = pin_dir(pin_path, interface);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("creating pin directory {}", dir.display()))?;
@@ -75,13 +74,13 @@ pub fn install(
     for spec in &MAPS {
         loader.map_pin_path(spec.name, dir.join(spec.name));
     }
-    let mut ebpf = loader.load(loader::DECAP_OBJECT).with_context(|| {
+    let mut ebpf = loader.load(objects::DECAP_OBJECT).with_context(|| {
         format!(
             "loading the decap eBPF object with maps pinned under {}",
             dir.display()
         )
     })?;
-    loader::program(&mut ebpf, PROGRAM)?
+    objects::program(&mut ebpf, PROGRAM)?
         .load()
         .context("the kernel verifier rejected the xdplb_decap program")?;
     // The address set is complete before the program is attached (or replaced): the new
@@ -90,7 +89,7 @@ pub fn install(
     let (added, removed) = maps.set_addrs(&wanted)?;
 
     let link_path = dir.join(LINK_PIN);
-    let attached = loader::attach_link_pinned(
+    let attached = objects::attach_link_pinned(
         &mut ebpf,
         PROGRAM,
         interface,

@@ -12,7 +12,7 @@ use lb_common::{
     decap::{DecapAddr, DecapCounter, DECAP_ADDRS, DECAP_COUNTER_COUNT, DECAP_STATS},
 };
 
-use crate::maps;
+use crate::datapath::maps;
 
 /// The key of `addr` in `DECAP_ADDRS`.
 pub fn decap_key(addr: IpAddr) -> DecapAddr {

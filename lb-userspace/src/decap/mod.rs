@@ -38,8 +38,8 @@ pub struct DecapArgs {
     /// address of the interface.
     #[arg(long = "address", value_name = "ADDR", conflicts_with_all = ["detach", "stats"])]
     pub addresses: Vec<IpAddr>,
-    /// auto (native, falling back to generic), native (driver) or generic (skb). Default: auto.
-    #[arg(long, value_name = "MODE", value_parser = parse_xdp_mode, conflicts_with_all = ["detach", "stats"])]
+    /// How to attach (default: auto).
+    #[arg(long, value_enum, conflicts_with_all = ["detach", "stats"])]
     pub xdp_mode: Option<XdpMode>,
     /// bpffs directory; maps and link go to `<pin-path>/<interface>/`.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
@@ -53,15 +53,6 @@ pub struct DecapArgs {
     /// With --stats: one JSON object, for scripts.
     #[arg(long, requires = "stats")]
     pub json: bool,
-}
-
-fn parse_xdp_mode(s: &str) -> Result<XdpMode, String> {
-    match s {
-        "auto" => Ok(XdpMode::Auto),
-        "native" => Ok(XdpMode::Native),
-        "generic" => Ok(XdpMode::Generic),
-        _ => Err(format!("{s:?} is not auto, native or generic")),
-    }
 }
 
 /// Runs the `xdplb decap` command.

@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use lb_userspace::loader;
+use lb_userspace::datapath::{balancer, objects};
 
 /// The floor of running any XDP program at all.
 pub const PASS: &str = lb_common::baselines::PASS;
@@ -21,10 +21,10 @@ pub fn load_sized(names: &[&str], sizes: &[(&str, u32)]) -> Result<Ebpf> {
         loader.map_max_entries(map, *entries);
     }
     let mut baselines = loader
-        .load(loader::BASELINES_OBJECT)
+        .load(objects::BASELINES_OBJECT)
         .context("loading the baseline programs")?;
     for name in names {
-        loader::program(&mut baselines, name)?
+        objects::program(&mut baselines, name)?
             .load()
             .with_context(|| format!("loading {name}"))?;
     }

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lb_common::Counter;
-use lb_userspace::{config::Config, loader, maps::BalancerMaps};
+use lb_userspace::{config::Config, datapath::{balancer, objects}, datapath::maps::BalancerMaps};
 use serde::Serialize;
 
 use xdplb_lab::{
@@ -68,10 +68,10 @@ fn apply_timing() -> Result<(f64, f64)> {
     };
     let cfg = Config::from_yaml(&weights(None), "10k backends")?;
     let changed = Config::from_yaml(&weights(Some(1234)), "10k backends, one weight changed")?;
-    let mut ebpf = loader::load_balancer(1 << 16)?;
+    let mut ebpf = balancer::load_balancer(1 << 16)?;
     let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-    let mut applied = lb_userspace::reconcile::Written::default();
-    let healthy = lb_userspace::desired::DownSet::new();
+    let mut applied = lb_userspace::datapath::reconcile::Written::default();
+    let healthy = lb_userspace::model::desired::DownSet::new();
     let t = Instant::now();
     applied.apply_config(
         &cfg,

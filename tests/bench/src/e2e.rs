@@ -420,7 +420,7 @@ fn start_floor(lab: &Lab) -> Result<Active> {
     let (peer_ns, peer_if) = lab.balancer_peer(0);
     let peer_ns = peer_ns.to_owned();
     let peer_pass = netns::in_netns(&peer_ns, move || {
-        lb_userspace::loader::attach_pass(&peer_if)
+        lb_userspace::datapath::objects::attach_pass(&peer_if)
     })?;
     let mac: lb_userspace::config::MacAddr = lab
         .backend_mac(0)?
@@ -443,7 +443,7 @@ fn start_floor(lab: &Lab) -> Result<Active> {
             },
             0,
         )?;
-        let mode = lb_userspace::loader::attach(
+        let mode = lb_userspace::datapath::objects::attach(
             &mut ebpf,
             name,
             &gw_if,

@@ -8,10 +8,9 @@ use etherparse::PacketBuilder;
 use lb_common::{ConnEntry, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    loader,
-    maps::BalancerMaps,
-    testrun::{self, action_name},
-};
+    datapath::{balancer, objects},
+    datapath::maps::BalancerMaps,
+    datapath::testrun::{self, action_name}};
 use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
@@ -197,9 +196,9 @@ pub(crate) struct Balancer {
 impl Balancer {
     fn new(yaml: &str, conns: u32) -> Result<Balancer> {
         let cfg = Config::from_yaml(yaml, "bench config")?;
-        let mut ebpf = loader::load_balancer(conns)?;
+        let mut ebpf = balancer::load_balancer(conns)?;
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-        lb_userspace::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
+        lb_userspace::datapath::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
         Ok(Balancer { ebpf, maps })
     }
 
@@ -219,7 +218,7 @@ impl Balancer {
     }
 
     pub(crate) fn prog(&mut self) -> Result<&mut Xdp> {
-        loader::program(&mut self.ebpf, lb_common::programs::BALANCER)
+        objects::program(&mut self.ebpf, lb_common::programs::BALANCER)
     }
 }
 
@@ -344,8 +343,8 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     ])?;
     let mut bal = Balancer::bench(FLOW_TABLE)?;
     let vip = vip_packet(1);
-    let (pass_ns, _) = median_ns(loader::program(&mut base, baselines::PASS)?, &vip, &s)?;
-    let (swap_ns, _) = median_ns(loader::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
+    let (pass_ns, _) = median_ns(objects::program(&mut base, baselines::PASS)?, &vip, &s)?;
+    let (swap_ns, _) = median_ns(objects::program(&mut base, baselines::MACSWAP)?, &vip, &s)?;
     let mut out = Vec::new();
     let mut push =
         |class: &str, ns: f64, verdict: u32, note: &str, counted: BTreeMap<&'static str, f64>| {
@@ -395,7 +394,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
             "the same with an IPv4-sized key",
         ),
     ] {
-        let (ns, v) = median_ns(loader::program(&mut base, name)?, &vip, &s)?;
+        let (ns, v) = median_ns(objects::program(&mut base, name)?, &vip, &s)?;
         ensure!(v == 3, "{name} did not find its key (verdict {v})");
         push(class, ns, v, note, BTreeMap::new());
     }
@@ -456,7 +455,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let mut stateless1 = Vec::new();
     let stateless_before = stateless.maps.global_counters()?;
     let swap_prog_ns = |b: &mut Ebpf, p: &[u8]| -> Result<f64> {
-        Ok(time_once(loader::program(b, baselines::MACSWAP)?, p, 1)?.0)
+        Ok(time_once(objects::program(b, baselines::MACSWAP)?, p, 1)?.0)
     };
     // And through the new-flow floor: a miss, a VIP lookup, a hash, a ring read, an insert.
     let mut floor1 = Vec::new();
@@ -469,7 +468,7 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
         verdict = v;
         new1.push(ns);
         stateless1.push(time_once(stateless.prog()?, &pkt, 1)?.0);
-        let (ns, v) = time_once(loader::program(&mut base, floors::NEW_FLOW)?, &pkt, 1)?;
+        let (ns, v) = time_once(objects::program(&mut base, floors::NEW_FLOW)?, &pkt, 1)?;
         ensure!(
             v == 3,
             "{} passed a fresh flow (verdict {v}): it did not time a new flow",
@@ -743,7 +742,7 @@ mod tests {
     #[test]
     fn new_flow_floor_forwards_each_fresh_flow_once() {
         let mut floor = new_flow_floor(&[]).expect("loading the new-flow floor");
-        let prog = loader::program(&mut floor, floors::NEW_FLOW).expect("the floor program");
+        let prog = objects::program(&mut floor, floors::NEW_FLOW).expect("the floor program");
         let verdict = |prog: &mut Xdp, i| time_once(prog, &fresh_flow(i), 1).unwrap().1;
         assert_eq!(verdict(prog, 0), 3, "a fresh flow is sent (XDP_TX)");
         assert_eq!(verdict(prog, 0), 2, "a flow it holds is passed");

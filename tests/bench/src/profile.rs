@@ -96,7 +96,7 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
     let vip = packet::vip_packet(1);
     out.push(profile(
         "baseline: MAC swap + XDP_TX",
-        lb_userspace::loader::program(&mut base, baselines::MACSWAP)?,
+        lb_userspace::datapath::objects::program(&mut base, baselines::MACSWAP)?,
         &vip,
         &dir,
         quick,
@@ -108,7 +108,7 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
     .insert(floors::key40(keyed), 0, 0)?;
     out.push(profile(
         "baseline: MAC swap after one LRU hash hit, 40-byte key",
-        lb_userspace::loader::program(&mut base, floors::LOOKUP40)?,
+        lb_userspace::datapath::objects::program(&mut base, floors::LOOKUP40)?,
         &vip,
         &dir,
         quick,
@@ -139,7 +139,7 @@ pub fn run(quick: bool) -> Result<Vec<Profile>> {
     let mut floor = packet::new_flow_floor(&[])?;
     out.push(profile_new_flows(
         "baseline: new-flow floor, one packet per run",
-        lb_userspace::loader::program(&mut floor, floors::NEW_FLOW)?,
+        lb_userspace::datapath::objects::program(&mut floor, floors::NEW_FLOW)?,
         &dir,
         quick,
     )?);

@@ -26,10 +26,9 @@ use etherparse::PacketBuilder;
 use lb_common::{Counter, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    loader,
-    maps::BalancerMaps,
-    testrun::{self, XDP_TX},
-};
+    datapath::{balancer, objects},
+    datapath::maps::BalancerMaps,
+    datapath::testrun::{self, XDP_TX}};
 use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use xdplb_lab::netns::{self, in_netns, NetNs};
@@ -573,16 +572,16 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<(Vec<CaseResult>, usize)> {
     baselines::pin_to_cpu0();
     let lb_ifindex = ifindex(LB_IF)?;
     let cfg = Config::from_yaml(&config(), "throughput bench config")?;
-    let mut bal = loader::load_balancer(FLOW_TABLE_SIZE)?;
+    let mut bal = balancer::load_balancer(FLOW_TABLE_SIZE)?;
     let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
-    lb_userspace::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
+    lb_userspace::datapath::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
     let mut base = baselines::load(&[baselines::MACSWAP])?;
     let frames: Vec<Vec<u8>> = (0..s.many_flows).map(flow_frame).collect();
 
     // Pre-fill: one ordinary (not live) run per flow inserts it into the flow table, and shows
     // the config forwards every flow. Every case runs with the whole table full.
     {
-        let prog = loader::program(&mut bal, lb_common::programs::BALANCER)?;
+        let prog = objects::program(&mut bal, lb_common::programs::BALANCER)?;
         for f in &frames {
             let r = testrun::run(prog, f).context("pre-filling the flow table")?;
             if r.action != XDP_TX {
@@ -617,9 +616,9 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<(Vec<CaseResult>, usize)> {
                 // Alternate which program goes first, so drift over time hits both alike.
                 let which = (k + round) % 2;
                 let prog = if which == 0 {
-                    loader::program(&mut bal, lb_common::programs::BALANCER)?
+                    objects::program(&mut bal, lb_common::programs::BALANCER)?
                 } else {
-                    loader::program(&mut base, baselines::MACSWAP)?
+                    objects::program(&mut base, baselines::MACSWAP)?
                 };
                 let counters_before = maps.global_counters()?;
                 let before = sink_rx(sink_ns)?;

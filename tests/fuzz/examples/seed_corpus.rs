@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use lb_userspace::{api::Request, config::Config};
+use lb_userspace::{agent::api::Request, config::Config};
 use xdplb_tests::packets::{Generator, CONFIG_A};
 
 /// Small configs that reach what the big ones do not: the empty VIP list, IPv6 tunnel

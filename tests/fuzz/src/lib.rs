@@ -7,10 +7,9 @@ use std::{
 };
 
 use lb_userspace::{
-    api::Request,
+    agent::api::Request,
     config::{Config, MacAddr},
-    desired::{Desired, DownSet, Facts},
-};
+    model::desired::{Desired, DownSet, Facts}};
 use xdplb_lab::frames::GW_MAC;
 use xdplb_tests::{model::Model, packets::CONFIG_A};
 

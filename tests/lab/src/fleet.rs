@@ -140,7 +140,7 @@ impl Fleet {
         lab.delete_balancer(k)?;
         // What a dead host had pinned dies with it; the lab's bpffs outlives the namespace.
         let pins = lab.pin_dir()?.join(format!("xdplb-gw{k}"));
-        lb_userspace::loader::detach(&pins)?;
+        lb_userspace::datapath::balancer::detach(&pins)?;
         Ok(())
     }
 

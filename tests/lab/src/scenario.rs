@@ -275,7 +275,7 @@ impl Balancer {
             let (ns, port) = lab.balancer_peer(k);
             let port = port.to_owned();
             Some(netns::in_netns(ns, move || {
-                lb_userspace::loader::attach_pass(&port)
+                lb_userspace::datapath::objects::attach_pass(&port)
             })?)
         } else {
             None

@@ -258,7 +258,7 @@ impl Lab {
         let bird = which_bird();
         let pid = self.spawn(ns, &bird, &["-f", "-c", &file, "-s", &sock])?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while lb_userspace::announce::bird::Bird::connect(&socket).is_err() {
+        while lb_userspace::agent::announce::bird::Bird::connect(&socket).is_err() {
             if !self.is_running(pid) || Instant::now() > deadline {
                 bail!("BIRD did not open {sock}; log:\n{}", self.log_of(pid));
             }

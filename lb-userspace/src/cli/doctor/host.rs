@@ -6,24 +6,24 @@ use aya::Ebpf;
 use lb_common::{programs, BALANCER_MAPS, LAYOUT_VERSION};
 
 use super::{system, Finding};
-use crate::loader;
+use crate::datapath::{balancer, objects};
 
 /// bpffs at the pin path. Nothing is mounted here: only the command that would be run.
 pub(super) fn bpffs(pin_path: &Path, config_path: &Path) -> Finding {
     const CHECK: &str = "bpffs";
-    let at = crate::bpffs::existing_ancestor(pin_path);
+    let at = crate::datapath::bpffs::existing_ancestor(pin_path);
     let where_ = if at == pin_path {
         pin_path.display().to_string()
     } else {
         format!("{} (created in {})", pin_path.display(), at.display())
     };
-    match crate::bpffs::on_bpffs(&at) {
+    match crate::datapath::bpffs::on_bpffs(&at) {
         Ok(true) => Finding::ok(CHECK, format!("pin_path {where_} is on a bpffs")),
-        Ok(false) if pin_path.starts_with(crate::bpffs::DEFAULT_MOUNT) => Finding::ok(
+        Ok(false) if pin_path.starts_with(crate::datapath::bpffs::DEFAULT_MOUNT) => Finding::ok(
             CHECK,
             format!(
                 "bpffs is not mounted at {0}: the agent mounts it there when it starts (in its own mount namespace)",
-                crate::bpffs::DEFAULT_MOUNT
+                crate::datapath::bpffs::DEFAULT_MOUNT
             ),
         ),
         Ok(false) => {
@@ -39,7 +39,7 @@ pub(super) fn bpffs(pin_path: &Path, config_path: &Path) -> Finding {
                 format!(
                     "{fix}, or set `pin_path:` in {} under {}",
                     config_path.display(),
-                    crate::bpffs::DEFAULT_MOUNT
+                    crate::datapath::bpffs::DEFAULT_MOUNT
                 ),
             )
         }
@@ -91,7 +91,7 @@ pub(super) fn pinned_state(pin_path: &Path, interface: Option<&str>) -> Finding 
             format!("{detach} (stops forwarding until the new agent attaches), or run the xdplb that matches"),
         );
     }
-    let dir = loader::state_dir(pin_path);
+    let dir = balancer::state_dir(pin_path);
     if !versions.contains(&ours) {
         return Finding::ok(
             CHECK,
@@ -122,7 +122,7 @@ pub(super) fn pinned_state(pin_path: &Path, interface: Option<&str>) -> Finding 
             format!("{detach} first (stops forwarding on {other})"),
         );
     }
-    if let Some(m) = loader::check_pinned_layouts(&dir, &BALANCER_MAPS).first() {
+    if let Some(m) = objects::check_pinned_layouts(&dir, &BALANCER_MAPS).first() {
         return Finding::fail(CHECK, format!("{m}: the agent refuses to reuse it"), detach);
     }
     Finding::ok(
@@ -155,7 +155,7 @@ pub(super) fn jit(ebpf: Option<&mut Ebpf>) -> Finding {
     const ENABLE: &str = "sysctl -w net.core.bpf_jit_enable=1 (from the initial network namespace)";
     let sysctl = system::read_number("/proc/sys/net/core/bpf_jit_enable");
     let jitted = ebpf
-        .and_then(|e| loader::program(e, programs::BALANCER).ok())
+        .and_then(|e| objects::program(e, programs::BALANCER).ok())
         .and_then(|p| p.info().ok())
         .map(|info| info.size_jitted());
     match (jitted, sysctl) {
@@ -182,10 +182,10 @@ pub(super) fn jit(ebpf: Option<&mut Ebpf>) -> Finding {
     }
 }
 
-/// The capabilities `xdplb run` checks for at start (`crate::caps::AGENT`), and whether it
-/// could mount bpffs itself (`crate::caps::MOUNT`).
+/// The capabilities `xdplb run` checks for at start (`crate::datapath::caps::AGENT`), and whether it
+/// could mount bpffs itself (`crate::datapath::caps::MOUNT`).
 pub(super) fn privileges() -> Finding {
-    use crate::caps;
+    use crate::datapath::caps;
     const CHECK: &str = "privileges";
     let Ok(eff) = caps::effective() else {
         return Finding::warn(
@@ -252,7 +252,7 @@ pub(super) fn memlock(flow_table_size: u32) -> Finding {
 pub(super) fn agent_socket(socket: &Path) -> Finding {
     const CHECK: &str = "agent-socket";
     let shown = socket.display();
-    match crate::api::nobody_answers(socket) {
+    match crate::agent::api::nobody_answers(socket) {
         Ok(None) => Finding::ok(CHECK, format!("an agent answers on {shown}")),
         Ok(Some(_)) if !socket.exists() => {
             Finding::ok(CHECK, format!("no agent running (no socket at {shown})"))

@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, net::IpAddr, path::PathBuf};
 
 use anyhow::Context;
 
-use crate::desired::Desired;
+use crate::model::desired::Desired;
 
 /// Names of the static protocols in the include file; the operator's BIRD config exports
 /// them (`deploy/bird/balancer.conf`).

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
 
-use crate::neigh::interface_index;
+use crate::agent::neigh::interface_index;
 
 /// What happened to the interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

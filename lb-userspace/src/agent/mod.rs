@@ -1,5 +1,19 @@
 //! `xdplb run`: start-up, the agent's event loop and reconciling. Events (signals, file edits, API calls, health transitions, neighbour updates) change what the agent knows; every change ends in one reconcile of the desired state against the maps. Nothing here waits on the kernel: slow work runs as tasks that report back as events.
 
+// Northbound: how operators and tools reach the agent.
+pub mod api;
+mod control;
+pub mod http;
+pub mod metrics;
+pub mod persist;
+// Southbound: what the agent watches and drives besides the maps.
+pub mod announce;
+pub mod health;
+pub mod link;
+pub mod neigh;
+// The agent's one state and what changes it.
+mod state;
+
 use std::{
     collections::HashMap,
     net::IpAddr,
@@ -16,21 +30,20 @@ use tokio::{
 };
 
 use crate::{
-    announce::Announcer,
-    api,
-    desired::Desired,
+    agent::announce::Announcer,
+    agent::api,
+    model::desired::Desired,
     exit::CannotStart,
-    health,
-    link::{LinkEvent, LinkWatch},
-    loader,
-    maps::BalancerMaps,
-    metrics,
-    neigh::{self, MacEvent},
-    persist::ConfigFile,
-    reconcile::Written,
-    running::{Agent, Shared, Waiting},
-    stats,
-};
+    agent::health,
+    agent::link::{LinkEvent, LinkWatch},
+    datapath::{balancer, objects},
+    datapath::maps::BalancerMaps,
+    agent::metrics,
+    agent::neigh::{self, MacEvent},
+    agent::persist::ConfigFile,
+    datapath::reconcile::Written,
+    agent::state::{Agent, Shared, Waiting},
+    cli::stats};
 
 /// Waits (before the loop starts, so nothing else is held up) for the resolver's first word
 /// on every backend it was given, at most the resolver's grace period and a little more.
@@ -65,7 +78,7 @@ async fn first_macs(agent: &mut Agent, rx: &mut mpsc::UnboundedReceiver<MacEvent
 
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    crate::caps::require(&crate::caps::AGENT).context(CannotStart)?;
+    crate::datapath::caps::require(&crate::datapath::caps::AGENT).context(CannotStart)?;
     let (file, cfg) = ConfigFile::open(config_path).context(CannotStart)?;
     let interface = cfg.interface.as_str().to_owned();
     if neigh::interface_index(&interface).is_none() {
@@ -77,15 +90,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (listener, _socket_file) = api::bind(&cfg.api_socket)?;
     // The datapath balances only frames addressed to this MAC; without one, nothing.
     neigh::interface_mac(&interface)?;
-    let loader::Loaded { mut ebpf, adopted } =
-        loader::load_pinned(&cfg.pin_path, cfg.flow_table_size.0)?;
+    let balancer::Loaded { mut ebpf, adopted } =
+        balancer::load_pinned(&cfg.pin_path, cfg.flow_table_size.0)?;
     // Logs only exist in debug builds of the object; keep the logger alive with the program.
     let _logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
     let maps = BalancerMaps::from_ebpf(&mut ebpf)?;
     let (written, macs) = if adopted {
         log::info!(
             "adopting the datapath state pinned under {}",
-            loader::state_dir(&cfg.pin_path).display()
+            balancer::state_dir(&cfg.pin_path).display()
         );
         Written::adopt(&maps)?
     } else {
@@ -128,7 +141,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .map_or("its MAC is not known yet", String::as_str);
         log::error!("VIP {}: backend {} left out: {why}", u.vip, u.backend);
     }
-    agent.attach_note = loader::attach_pinned(&mut ebpf, &cfg.pin_path, &interface, cfg.xdp_mode)?;
+    agent.attach_note = balancer::attach_pinned(&mut ebpf, &cfg.pin_path, &interface, cfg.xdp_mode)?;
     shared.datapath_up.store(true, Ordering::Relaxed);
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let index = neigh::interface_index(&interface)
@@ -143,7 +156,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         agent.attach_note,
         cfg.vips.len(),
         cfg.flow_table_size.0,
-        loader::state_dir(&cfg.pin_path).display(),
+        balancer::state_dir(&cfg.pin_path).display(),
         cfg.api_socket.display()
     );
     let (call_tx, mut call_rx) = mpsc::channel::<api::Call>(64);
@@ -157,7 +170,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let snapshot: Arc<dyn Fn() -> anyhow::Result<metrics::Snapshot> + Send + Sync> =
             Arc::new(move || source.snapshot());
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(addr, snapshot).await {
+            if let Err(e) = crate::agent::http::serve(addr, snapshot).await {
                 log::error!("metrics exporter stopped: {e:#}");
             }
         })
@@ -211,7 +224,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             );
             tokio::time::sleep(a.withdraw_delay).await;
         }
-        loader::detach(&cfg.pin_path)?;
+        balancer::detach(&cfg.pin_path)?;
         drop(datapath);
         log::info!(
             "detached from {interface}; pinned state under {} removed",
@@ -267,7 +280,7 @@ impl Datapath {
             return;
         }
         self.last_attempt = Some(Instant::now());
-        match loader::reattach(
+        match balancer::reattach(
             &mut self.ebpf,
             &agent.cfg.pin_path,
             &interface,
@@ -326,7 +339,7 @@ impl MetricsSource {
     fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
         let cfg = self.shared.cfg.lock().unwrap().clone();
         let stats = stats::collect(&self.pin_path, cfg.as_ref())?;
-        let maps = BalancerMaps::from_pins(&loader::state_dir(&self.pin_path))?;
+        let maps = BalancerMaps::from_pins(&balancer::state_dir(&self.pin_path))?;
         let vips = maps.vips()?.len() as u64;
         let backends = maps.backends()?.len() as u64;
         let (conns, conns_cap) = (maps.conn_count() as u64, maps.conn_capacity());

@@ -7,12 +7,11 @@ use lb_common::{addr::ip_from_map, Counter, BACKEND_ACTIVE, BACKEND_DRAINING};
 use serde::Serialize;
 
 use crate::{
-    addr::fmt_addr,
-    api::{HealthState, Status},
+    model::addr::fmt_addr,
+    agent::api::{HealthState, Status},
     config::Config,
-    desired::vip_key,
-    maps::BalancerMaps,
-};
+    model::desired::vip_key,
+    datapath::maps::BalancerMaps};
 
 #[derive(Debug, Serialize)]
 pub struct StatsReport {
@@ -50,7 +49,7 @@ pub struct BackendStats {
 /// Collects the report from the maps pinned under `pin_path` (the config's `pin_path`); `cfg`
 /// only supplies names.
 pub fn collect(pin_path: &Path, cfg: Option<&Config>) -> anyhow::Result<StatsReport> {
-    let maps = BalancerMaps::from_pins(&crate::loader::state_dir(pin_path))?;
+    let maps = BalancerMaps::from_pins(&crate::datapath::balancer::state_dir(pin_path))?;
     let names: std::collections::HashMap<_, _> = cfg
         .map(|c| {
             c.vips
@@ -177,6 +176,48 @@ pub fn render_table(r: &StatsReport) -> String {
     out
 }
 
+/// `xdplb stats`'s arguments.
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// Config of the running agent (for its pin path and VIP names).
+    #[arg(long, short, default_value = super::output::DEFAULT_CONFIG, conflicts_with = "pin_path")]
+    pub config: std::path::PathBuf,
+    /// Read the state pinned under this pin_path instead of the config's.
+    #[arg(long)]
+    pub pin_path: Option<std::path::PathBuf>,
+    /// One JSON object, for scripts.
+    #[arg(long, conflicts_with = "watch")]
+    pub json: bool,
+    /// Refresh like `top`, with rates, health and idle time (Ctrl-C ends).
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+}
+
+/// Prints the counters once, as JSON, or refreshing.
+pub fn run(args: &StatsArgs) -> anyhow::Result<()> {
+    let (pin, cfg) = match &args.pin_path {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let cfg = Config::load(&args.config)?;
+            (cfg.pin_path.clone(), Some(cfg))
+        }
+    };
+    if args.watch {
+        let socket = cfg.as_ref().map(|c| c.api_socket.clone());
+        watch(
+            &pin,
+            cfg.as_ref(),
+            socket.as_deref(),
+            std::time::Duration::from_secs_f64(args.interval.max(0.2)),
+        )
+    } else {
+        print(&pin, cfg.as_ref(), args.json)
+    }
+}
+
 /// `xdplb stats`.
 pub fn print(pin_path: &Path, cfg: Option<&Config>, json: bool) -> anyhow::Result<()> {
     let report = collect(pin_path, cfg)?;
@@ -207,7 +248,7 @@ pub fn watch(
         let dt = prev_at.elapsed().as_secs_f64().max(1e-3);
         prev_at = std::time::Instant::now();
         let status: Option<Status> =
-            socket.and_then(|s| crate::api::call(s, &crate::api::Request::Status).ok());
+            socket.and_then(|s| crate::agent::api::call(s, &crate::agent::api::Request::Status).ok());
         print!(
             "\x1b[2J\x1b[H{}",
             render_watch(&prev, &cur, dt, status.as_ref())

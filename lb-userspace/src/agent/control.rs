@@ -6,15 +6,14 @@ use anyhow::{anyhow, bail, Context as _};
 use tokio::sync::oneshot;
 
 use crate::{
-    api::{
+    agent::api::{
         Answer, BackendStatus, BalancerState, HealthState, Plan, Request, Response, Status,
         VipStatus,
     },
     config::{BackendConfig, BackendState, Config, Vip, Weight},
-    health, plan,
-    reconcile::Report,
-    running::{answer, fixed_part, Agent, Done, Waiting},
-};
+    agent::health, model::plan,
+    datapath::reconcile::Report,
+    agent::state::{answer, fixed_part, Agent, Done, Waiting}};
 
 impl Agent {
     /// Answers `req` now, or (for a change that left backends waiting for their MAC) once
@@ -49,10 +48,10 @@ impl Agent {
     fn change(&mut self, req: Request) -> anyhow::Result<(Report, Option<PathBuf>)> {
         let mut vips = self.cfg.vips.to_vec();
         edit(&mut vips, req)?;
-        let mut doc = serde_yaml::to_value(&self.cfg).context("encoding the config")?;
-        doc["vips"] = serde_yaml::to_value(&vips).context("encoding the VIPs")?;
-        let text = serde_yaml::to_string(&doc).context("encoding the config")?;
-        let new = Config::from_yaml(&text, "the changed config")?;
+        let new = self
+            .cfg
+            .with_vips(vips)
+            .map_err(|e| anyhow!("the changed config: {e}"))?;
         let report = self.switch_to(new)?;
         self.file.write(&self.cfg)?;
         Ok((report, Some(self.file.path.clone())))
@@ -87,7 +86,7 @@ impl Agent {
             .vips
             .iter()
             .map(|v| {
-                let vip_id = ids.vips.get(&crate::desired::vip_identity(v)).copied();
+                let vip_id = ids.vips.get(&crate::model::desired::vip_identity(v)).copied();
                 let backends = v
                     .backends
                     .iter()

@@ -13,11 +13,10 @@ use lb_common::{
 };
 
 use crate::{
-    addr::fmt_addr,
+    model::addr::fmt_addr,
     config::{BackendState, Config, Forwarding, HashMode, MacAddr, Vip},
-    ids::{self, Ids, VipIdentity},
-    maglev,
-};
+    model::ids::{self, Ids, VipIdentity},
+    model::maglev};
 
 /// Backends held out of service by failed health checks: (VIP name, backend address).
 pub type DownSet = HashSet<(String, IpAddr)>;

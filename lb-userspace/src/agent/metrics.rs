@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::stats::StatsReport;
+use crate::cli::stats::StatsReport;
 
 /// Everything the exporter shows, gathered by the agent at scrape time.
 pub struct Snapshot {
@@ -286,7 +286,7 @@ pub(crate) mod tests {
     use prometheus_parse::{Sample, Scrape, Value};
 
     use super::*;
-    use crate::stats::{BackendStats, VipStats};
+    use crate::cli::stats::{BackendStats, VipStats};
 
     fn backend(address: &str, state: &'static str, packets: u64) -> BackendStats {
         BackendStats {

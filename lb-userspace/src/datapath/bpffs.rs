@@ -77,8 +77,8 @@ pub fn ensure(pin_path: &Path) -> anyhow::Result<Bpffs> {
     };
     if rc != 0 {
         let err = std::io::Error::last_os_error();
-        let hint = match crate::caps::effective() {
-            Ok(eff) if !crate::caps::missing(eff, &[crate::caps::MOUNT]).is_empty() => {
+        let hint = match crate::datapath::caps::effective() {
+            Ok(eff) if !crate::datapath::caps::missing(eff, &[crate::datapath::caps::MOUNT]).is_empty() => {
                 " (mounting needs CAP_SYS_ADMIN, which this process lacks)"
             }
             _ => "",
@@ -94,4 +94,15 @@ pub fn ensure(pin_path: &Path) -> anyhow::Result<Bpffs> {
         bail!("mounted bpffs at {DEFAULT_MOUNT}, but statfs does not see it there");
     }
     Ok(Bpffs::MountedNow)
+}
+
+/// Logs a bpffs mount made for the pins: it belongs to this mount namespace, so state pinned
+/// from a shell with its own (`ip netns exec`) is not seen from the host's `/sys/fs/bpf`.
+pub fn mount_note(found: Bpffs) {
+    if found == Bpffs::MountedNow {
+        log::warn!(
+            "bpffs was not mounted at {0}; mounted it there. Pinned state lives in this mount namespace (a shell from `ip netns exec` has its own {0})",
+            DEFAULT_MOUNT
+        );
+    }
 }

@@ -15,16 +15,15 @@ use anyhow::{anyhow, bail};
 use tokio::sync::oneshot;
 
 use crate::{
-    announce::{self, Announcer},
-    api::{Answer, Applied, LeftOut, Response},
+    agent::announce::{self, Announcer},
+    agent::api::{Answer, Applied, LeftOut, Response},
     config::{Config, MacAddr},
-    desired::{Desired, Facts},
-    health,
-    maps::BalancerMaps,
-    neigh::{self, MacEvent},
-    persist::ConfigFile,
-    reconcile::{Report, Written},
-};
+    model::desired::{Desired, Facts},
+    agent::health,
+    datapath::maps::BalancerMaps,
+    agent::neigh::{self, MacEvent},
+    agent::persist::ConfigFile,
+    datapath::reconcile::{Report, Written}};
 
 /// Counters the metrics exporter reads from another thread.
 #[derive(Default)]

@@ -1,46 +1,40 @@
 //! `xdplb check`: validates a config and prints what it describes; with a running agent on its `api_socket`, also what applying it would change.
 
-use std::{collections::BTreeMap, path::Path};
+use std::path::Path;
 
 use crate::{
-    addr::fmt_addr,
-    api::{self, Plan, Request},
-    config::{BackendState, Config},
-};
+    model::addr::fmt_addr,
+    agent::api::{self, Plan, Request},
+    config::{BackendState, Config}};
 
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let text = crate::config::read_text(path)?;
     let cfg = Config::from_yaml(&text, &path.display().to_string())?;
     println!("{}: valid", path.display());
     println!(
-        "  interface {} ({:?} XDP), flow table {} entries, pins under {}",
+        "  interface {} ({} XDP), flow table {} entries, pins under {}",
         cfg.interface.as_str(),
         cfg.xdp_mode,
         cfg.flow_table_size.0,
         cfg.pin_path.display()
     );
     for vip in cfg.vips.iter() {
-        let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
-        for b in vip.backends.iter() {
-            *by_state
-                .entry(if b.state == BackendState::Active {
-                    "active"
-                } else {
-                    "draining"
-                })
-                .or_default() += 1;
-        }
+        let active = vip
+            .backends
+            .iter()
+            .filter(|b| b.state == BackendState::Active)
+            .count();
+        let draining = vip.backends.len() - active;
         println!(
-            "  VIP {} {}:{}/{} {:?} hash={:?}{} ring {}: {:?}",
+            "  VIP {} {}:{}/{} {}, hash {}{}, ring {}: {active} active, {draining} draining backends",
             vip.name,
             fmt_addr(vip.address),
             vip.port,
             vip.protocol,
             vip.forwarding,
             vip.hash,
-            if vip.stateless { " stateless" } else { "" },
+            if vip.stateless { ", stateless" } else { "" },
             vip.ring_size.0,
-            by_state
         );
     }
     // A socket nobody answers on is no agent: a crashed agent's socket must not fail the

@@ -14,8 +14,7 @@ use super::{
 };
 use crate::{
     config::{Config, Forwarding, Vip, XdpMode},
-    loader,
-};
+    datapath::{balancer, objects}};
 
 /// The size of the client packets the MTU check assumes: a full Ethernet payload.
 const CLIENT_PACKET: u32 = 1500;
@@ -125,12 +124,12 @@ fn mode_word(mode: XdpMode) -> &'static str {
 fn load_programs() -> anyhow::Result<Ebpf> {
     let mut ebpf = EbpfLoader::new()
         .map_max_entries(maps::CONNS, 1024)
-        .load(loader::EBPF_OBJECT)
+        .load(objects::EBPF_OBJECT)
         .context("loading the xdplb eBPF object (maps and BTF) into the kernel")?;
-    loader::program(&mut ebpf, programs::BALANCER)?
+    objects::program(&mut ebpf, programs::BALANCER)?
         .load()
         .context("the kernel verifier rejected the xdplb program")?;
-    loader::program(&mut ebpf, programs::PASS)?
+    objects::program(&mut ebpf, programs::PASS)?
         .load()
         .context("loading xdplb_pass")?;
     Ok(ebpf)
@@ -169,7 +168,7 @@ fn xdp(
             "run `xdplb doctor` as root",
         );
     };
-    let native = loader::program(ebpf, programs::PASS).and_then(|prog| {
+    let native = objects::program(ebpf, programs::PASS).and_then(|prog| {
         let id = prog
             .attach(ifname, AyaXdpMode::Driver)
             .with_context(|| format!("attaching in native mode to {ifname}"))?;
@@ -348,7 +347,7 @@ fn outer_header(vips: &[&Vip]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doctor::Status;
+    use crate::cli::doctor::Status;
 
     fn link(mtu: u32) -> Link {
         system::parse_links(format!(r#"[{{"ifname":"eth0","flags":["UP","LOWER_UP"],"mtu":{mtu},"link_type":"ether","address":"02:00:00:00:00:01"}}]"#).as_bytes())
@@ -423,7 +422,7 @@ mod tests {
         );
         // Our own layout, linked to another interface than the config's.
         std::fs::remove_dir(dir.join("v1")).unwrap();
-        let ours = loader::state_dir(&dir);
+        let ours = balancer::state_dir(&dir);
         std::fs::create_dir_all(&ours).unwrap();
         std::fs::write(ours.join("link-eth1"), b"").unwrap();
         let f = pinned_state(&dir, Some("eth0"));

@@ -11,7 +11,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 
-use crate::metrics::{encode, Snapshot, CONTENT_TYPE};
+use crate::agent::metrics::{encode, Snapshot, CONTENT_TYPE};
 
 /// Scrapes are tiny; a bound keeps a slow or stuck client from holding a socket for long.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -133,7 +133,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::metrics::tests::{parse, snapshot, value};
+    use crate::agent::metrics::tests::{parse, snapshot, value};
 
     fn free_port() -> SocketAddr {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

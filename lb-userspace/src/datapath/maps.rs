@@ -383,7 +383,7 @@ fn sum_traffic(
 /// Pins every balancer map of a loaded object under `dir` (created if missing). Pins left by
 /// an earlier run are replaced: this agent's maps are the live ones.
 pub fn pin_all(ebpf: &Ebpf, dir: &Path) -> anyhow::Result<()> {
-    crate::loader::mount_note(crate::bpffs::ensure(dir)?);
+    crate::datapath::bpffs::mount_note(crate::datapath::bpffs::ensure(dir)?);
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating pin directory {}", dir.display()))?;
     for name in names::ALL {

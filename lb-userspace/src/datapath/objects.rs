@@ -1,8 +1,8 @@
-//! Loading the embedded eBPF object, attaching its XDP programs, and the pinned state (maps and link) that lets a new agent take over a running datapath without dropping a packet.
+//! The eBPF objects embedded in the binary, and what any of their XDP programs needs: load, attach, pin a link, check pinned map layouts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, Context as _};
 use aya::{
     maps::{MapInfo, MapType},
     programs::{
@@ -11,9 +11,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use lb_common::{maps, programs, MapKind, MapSpec, BALANCER_MAPS, LAYOUT_VERSION};
+use lb_common::{maps, programs, MapKind, MapSpec};
 
-use crate::{config, exit::CannotStart};
+use crate::config;
 
 /// The eBPF object built by build.rs from lb-ebpf.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -25,31 +25,12 @@ pub static BASELINES_OBJECT: &[u8] =
 /// The backends' decapsulation program (`xdplb decap`, lb-ebpf/src/decap.rs).
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
 
-/// Loads the object with a flow table of `flow_table_size` entries and verifies the balancer
-/// program. Nothing is attached yet.
-pub fn load_balancer(flow_table_size: u32) -> anyhow::Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new()
-        .map_max_entries(maps::CONNS, flow_table_size)
-        .load(EBPF_OBJECT)
-        .context("loading the xdplb eBPF object (maps and BTF) into the kernel")?;
-    program(&mut ebpf, programs::BALANCER)?
-        .load()
-        .context("the kernel verifier rejected the xdplb program")?;
-    Ok(ebpf)
-}
-
 /// The XDP program `name` of a loaded object.
 pub fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
         .try_into()
         .with_context(|| format!("program {name} is not an XDP program"))
-}
-
-/// Where the state of layout `LAYOUT_VERSION` is pinned under the configured `pin_path`.
-/// Versioned so that an agent never reuses maps whose layout it does not know.
-pub fn state_dir(pin_path: &Path) -> PathBuf {
-    pin_path.join(format!("v{LAYOUT_VERSION}"))
 }
 
 /// aya's name for a map kind of lb-common's specs.
@@ -159,157 +140,6 @@ pub fn check_pinned_layouts(dir: &Path, specs: &[MapSpec]) -> Vec<LayoutMismatch
         .collect()
 }
 
-/// What [`load_pinned`] found.
-pub struct Loaded {
-    pub ebpf: Ebpf,
-    /// True when the maps of a previous agent were reused (its flows, counters and rings).
-    pub adopted: bool,
-}
-
-/// Logs a bpffs mount made for the pins: it belongs to this mount namespace, so state pinned
-/// from a shell with its own (`ip netns exec`) is not seen from the host's `/sys/fs/bpf`.
-pub fn mount_note(found: crate::bpffs::Bpffs) {
-    if found == crate::bpffs::Bpffs::MountedNow {
-        log::warn!(
-            "bpffs was not mounted at {0}; mounted it there. Pinned state lives in this mount namespace (a shell from `ip netns exec` has its own {0})",
-            crate::bpffs::DEFAULT_MOUNT
-        );
-    }
-}
-
-/// Loads the balancer with its maps pinned under [`state_dir`]. Maps already pinned there by a
-/// previous agent (still forwarding, or killed) are checked against lb-common's layouts and
-/// reused, so flow table and counters carry over; a layout mismatch or state of another layout
-/// version is refused with the way out named.
-pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Loaded> {
-    mount_note(crate::bpffs::ensure(pin_path)?);
-    let dir = state_dir(pin_path);
-    if let Ok(entries) = std::fs::read_dir(pin_path) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('v') && e.path() != dir {
-                return Err(anyhow!(
-                    "{} holds datapath state of layout {name}, this xdplb uses v{LAYOUT_VERSION}; \
-                     run the matching xdplb, or `xdplb detach --pin-path {}` (stops forwarding until the new agent attaches)",
-                    pin_path.display(),
-                    pin_path.display()
-                ))
-                .context(CannotStart);
-            }
-        }
-    }
-    let adopted = dir.join(maps::VIPS).exists();
-    let mut conns = flow_table_size;
-    if adopted {
-        if let Some(m) = check_pinned_layouts(&dir, &BALANCER_MAPS).first() {
-            return Err(anyhow!(
-                "{m}: refusing to reuse it; `xdplb detach --pin-path {}` removes the old state",
-                pin_path.display()
-            ))
-            .context(CannotStart);
-        }
-        let path = dir.join(maps::CONNS);
-        if path.exists() {
-            let info = MapInfo::from_pin(&path)
-                .with_context(|| format!("opening pinned map {}", path.display()))?;
-            if info.max_entries() != flow_table_size {
-                log::warn!(
-                    "the running flow table has {} entries, the config asks for {flow_table_size}; keeping {} (the change takes effect after `xdplb detach`)",
-                    info.max_entries(),
-                    info.max_entries()
-                );
-                conns = info.max_entries();
-            }
-        }
-    }
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("creating pin directory {}", dir.display()))?;
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(maps::CONNS, conns);
-    for spec in &BALANCER_MAPS {
-        loader.map_pin_path(spec.name, dir.join(spec.name));
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT).with_context(|| {
-        format!(
-            "loading the xdplb eBPF object with maps pinned under {}",
-            dir.display()
-        )
-    })?;
-    program(&mut ebpf, programs::BALANCER)?
-        .load()
-        .context("the kernel verifier rejected the xdplb program")?;
-    Ok(Loaded { ebpf, adopted })
-}
-
-fn link_pin(dir: &Path, interface: &str) -> PathBuf {
-    dir.join(format!("link-{interface}"))
-}
-
-/// Attaches the balancer to `interface` through a pinned link. If a previous agent left a link
-/// pinned there, the new program replaces the old one in that link atomically
-/// (`bpf_link_update`): no packet sees the NIC without a program. Returns what happened.
-pub fn attach_pinned(
-    ebpf: &mut Ebpf,
-    pin_path: &Path,
-    interface: &str,
-    mode: config::XdpMode,
-) -> anyhow::Result<String> {
-    let dir = state_dir(pin_path);
-    let path = link_pin(&dir, interface);
-    if let Ok(entries) = std::fs::read_dir(&dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(other) = name.strip_prefix("link-") {
-                if other != interface {
-                    bail!(
-                        "the datapath pinned under {} is attached to {other}, the config names {interface}; \
-                         `xdplb detach --pin-path {}` first",
-                        dir.display(),
-                        pin_path.display()
-                    );
-                }
-            }
-        }
-    }
-    match attach_link_pinned(
-        ebpf,
-        programs::BALANCER,
-        interface,
-        &path,
-        mode,
-        StaleLink::Fail,
-    )? {
-        Attached::Replaced => Ok(format!(
-            "took over the running datapath on {interface} (program replaced atomically)"
-        )),
-        Attached::New(label) => Ok(format!("attached to {interface} ({label} XDP)")),
-    }
-}
-
-/// Attaches the balancer again after its interface went away and came back: the pinned link
-/// still names the old interface (the kernel detached it, `ENOLINK` on update), so it is
-/// replaced by a new one on the interface of that name. The maps, pinned, keep their state.
-pub fn reattach(
-    ebpf: &mut Ebpf,
-    pin_path: &Path,
-    interface: &str,
-    mode: config::XdpMode,
-) -> anyhow::Result<String> {
-    let path = link_pin(&state_dir(pin_path), interface);
-    let attached = attach_link_pinned(
-        ebpf,
-        programs::BALANCER,
-        interface,
-        &path,
-        mode,
-        StaleLink::Replace,
-    )?;
-    Ok(match attached {
-        Attached::Replaced => format!("attached to {interface} (the pinned link)"),
-        Attached::New(label) => format!("re-attached to {interface} ({label} XDP)"),
-    })
-}
-
 /// What [`attach_link_pinned`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attached {
@@ -374,28 +204,6 @@ pub fn attach_link_pinned(
     Ok(Attached::New(label))
 }
 
-/// Removes the pinned state under `pin_path`: the link (which detaches the program once no
-/// agent holds it) and the maps. Returns what was removed.
-pub fn detach(pin_path: &Path) -> anyhow::Result<Vec<String>> {
-    let mut removed = Vec::new();
-    let Ok(versions) = std::fs::read_dir(pin_path) else {
-        return Ok(removed);
-    };
-    for v in versions.flatten() {
-        let vdir = v.path();
-        if let Ok(entries) = std::fs::read_dir(&vdir) {
-            for e in entries.flatten() {
-                std::fs::remove_file(e.path())
-                    .with_context(|| format!("removing {}", e.path().display()))?;
-                removed.push(e.path().display().to_string());
-            }
-        }
-        let _ = std::fs::remove_dir(&vdir);
-    }
-    let _ = std::fs::remove_dir(pin_path);
-    Ok(removed)
-}
-
 /// Attaches the (loaded) program `name` to `interface`; returns the mode that took.
 /// `auto` tries native first: generic XDP works everywhere but runs after the kernel has
 /// allocated an skb, which costs most of XDP's advantage.
@@ -457,3 +265,4 @@ pub fn attach_pass(interface: &str) -> anyhow::Result<Ebpf> {
     }
     Ok(ebpf)
 }
+

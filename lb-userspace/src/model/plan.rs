@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
 };
 
-use crate::{config::Config, desired::Desired};
+use crate::{config::Config, model::desired::Desired};
 
 /// The changes from `current` (built from `current_cfg`) to `proposed` (built from
 /// `proposed_cfg` with the same facts): VIPs and backends added, removed or changed, and per
@@ -118,7 +118,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::desired::{tests::no_mtu, DownSet};
+    use crate::model::desired::{tests::no_mtu, DownSet};
 
     const CONFIG: &str = "
 interface: lo

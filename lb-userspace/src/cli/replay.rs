@@ -18,11 +18,10 @@ use serde::Serialize;
 
 use crate::{
     config::{Config, MacAddr, TunnelMtu},
-    loader,
-    maps::BalancerMaps,
-    neigh,
-    testrun::{self, action_name},
-};
+    datapath::{balancer, objects},
+    datapath::maps::BalancerMaps,
+    agent::neigh,
+    datapath::testrun::{self, action_name}};
 
 /// One packet's fate.
 #[derive(Debug, Serialize)]
@@ -116,6 +115,49 @@ fn tunnel_destination(frame: &[u8]) -> Option<IpAddr> {
                 .then(|| h.destination_addr().into())
         }
     }
+}
+
+/// `xdplb replay`'s arguments.
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    /// The config the maps are filled from.
+    #[arg(long, short, default_value = super::output::DEFAULT_CONFIG)]
+    pub config: std::path::PathBuf,
+    /// Input capture (pcap, Ethernet).
+    #[arg(long)]
+    pub pcap: std::path::PathBuf,
+    /// Write the packets as the program left them here.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// The balancer's MAC in the capture: only frames addressed to it are balanced.
+    ///
+    /// Default: the config's interface's MAC if it exists here, else the destination of the
+    /// capture's first unicast frame.
+    #[arg(long, value_parser = |s: &str| s.parse::<MacAddr>())]
+    pub mac: Option<MacAddr>,
+}
+
+/// Replays the capture and prints one verdict per packet.
+pub fn run(args: &ReplayArgs) -> anyhow::Result<()> {
+    for v in replay(&args.config, &args.pcap, args.out.as_deref(), args.mac)? {
+        if args.json {
+            println!("{}", serde_json::to_string(&v)?);
+        } else if let Some(why) = &v.why {
+            println!("{:>6}  {:<7} {why}", v.index, v.verdict);
+        } else {
+            println!(
+                "{:>6}  {:<7} vip={:<12} backend={}",
+                v.index,
+                v.verdict,
+                v.vip.as_deref().unwrap_or("-"),
+                v.backend.map_or("-".to_owned(), |b| b.to_string())
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Replays `pcap` through the balancer configured by `config`; writes rewritten packets to
@@ -220,10 +262,10 @@ pub fn replay(
         },
     };
 
-    let mut ebpf = loader::load_balancer(cfg.flow_table_size.0)?;
+    let mut ebpf = balancer::load_balancer(cfg.flow_table_size.0)?;
     let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-    crate::reconcile::fill(&cfg, &mut maps, own_mac)?;
-    let prog = loader::program(&mut ebpf, lb_common::programs::BALANCER)?;
+    crate::datapath::reconcile::fill(&cfg, &mut maps, own_mac)?;
+    let prog = objects::program(&mut ebpf, lb_common::programs::BALANCER)?;
     let mut verdicts = Vec::new();
     for (index, (timestamp, frame)) in packets.iter().enumerate() {
         let frame = frame.as_slice();

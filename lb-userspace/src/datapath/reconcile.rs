@@ -8,12 +8,11 @@ use lb_common::{
 };
 
 use crate::{
-    addr::fmt_addr,
+    model::addr::fmt_addr,
     config::{Config, MacAddr},
-    desired::{identity_key, Desired, DownSet, Facts},
-    ids::Ids,
-    maps::BalancerMaps,
-};
+    model::desired::{identity_key, Desired, DownSet, Facts},
+    model::ids::Ids,
+    datapath::maps::BalancerMaps};
 
 /// What the maps hold, as far as this agent wrote (or adopted) it.
 #[derive(Default)]
@@ -194,7 +193,7 @@ impl Written {
         let facts = Facts {
             down,
             macs: &macs,
-            mtu: crate::neigh::interface_mtu(cfg.interface.as_str()).ok(),
+            mtu: crate::agent::neigh::interface_mtu(cfg.interface.as_str()).ok(),
             own_mac,
         };
         let desired = Desired::build(cfg, &facts)?;
