@@ -6,11 +6,12 @@ use etherparse::PacketBuilder;
 use lb_common::{addr::ip_to_map, flow_hash, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    model::desired::{vip_key, DownSet},
-    datapath::{balancer, objects},
     datapath::maps::BalancerMaps,
     datapath::reconcile::Written,
-    datapath::testrun};
+    datapath::testrun,
+    datapath::{balancer, objects},
+    model::desired::{vip_key, DownSet},
+};
 
 pub use lb_userspace::datapath::testrun::{Run, XDP_DROP, XDP_PASS, XDP_TX};
 pub use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};

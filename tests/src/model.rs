@@ -8,7 +8,7 @@
 //! maps: both are [`Tables`], and the model's cross-checks run on either. `VIP_ADDRS` is derived from the config here and must match
 //! the map. Everything the XDP program decides per packet is re-derived here from the
 //! documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/lookup.rs`, the `Counter` and
-//! `Settings` docs in lb-common and the README, parsing and building headers with etherparse
+//! `Settings` docs in lb-common and docs/datapath.md, parsing and building headers with etherparse
 //! rather than the program's own code.
 //!
 //! Where the documented rules and etherparse's notion of a valid packet differ, the rules win
@@ -86,8 +86,9 @@ use lb_common::{
 };
 use lb_userspace::{
     config::{Config, Forwarding, HashMode, Prefix, Protocol},
+    datapath::maps::BalancerMaps,
     model::desired::Desired,
-    datapath::maps::BalancerMaps};
+};
 
 /// XDP verdicts (`enum xdp_action` in the kernel UAPI), the ones the program's runs return.
 pub use lb_userspace::datapath::testrun::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX};

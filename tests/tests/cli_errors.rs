@@ -58,6 +58,19 @@ fn check_accepts_a_valid_config() {
     let (ok, out) = xdplb(&["check", "--config", path.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.contains("valid") && out.contains("VIP web"), "{out}");
+    // In the config's own words, not Rust's Debug.
+    assert!(out.contains("XDP") && out.contains("hash 5-tuple"), "{out}");
+    for debug in [
+        "FiveTuple",
+        "Auto",
+        "Native",
+        "Generic",
+        "L2",
+        "Ipip",
+        "{\"",
+    ] {
+        assert!(!out.contains(debug), "{debug} in {out}");
+    }
 }
 
 #[test]
@@ -80,6 +93,85 @@ fn unknown_subcommand_is_a_usage_error() {
     let (code, out) = xdplb_code(&["stast"]);
     assert_eq!(code, Some(2), "usage errors exit 2: {out}");
     assert!(out.contains("unrecognized subcommand 'stast'"), "{out}");
+}
+
+/// A value the command does not take is a usage error before anything is sent to an agent:
+/// an enum typo lists the accepted values, and a weight, MAC or backend address gets the
+/// config's own message.
+#[test]
+fn a_value_the_command_does_not_take_is_a_usage_error_naming_what_it_takes() {
+    for (args, expected) in [
+        (
+            &["vip", "add", "api", "203.0.113.20", "443", "tpc"][..],
+            "[possible values: tcp, udp]",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "api",
+                "203.0.113.20",
+                "443",
+                "tcp",
+                "--hash",
+                "5tuple",
+            ],
+            "[possible values: 5-tuple, source-ip]",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "api",
+                "203.0.113.20",
+                "443",
+                "tcp",
+                "--forwarding",
+                "gre",
+            ],
+            "[possible values: l2, ipip]",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "api",
+                "203.0.113.20",
+                "443",
+                "tcp",
+                "--ring-size",
+                "65536",
+            ],
+            "is not prime",
+        ),
+        (
+            &["decap", "--interface", "eth0", "--xdp-mode", "fast"],
+            "[possible values: auto, native, generic]",
+        ),
+        (
+            &["backend", "weight", "web", "10.0.0.2", "0"],
+            "out of range 1..=65535",
+        ),
+        (
+            &["backend", "add", "web", "127.0.0.1"],
+            "is not a host's address",
+        ),
+        (
+            &[
+                "backend",
+                "add",
+                "web",
+                "10.0.0.9",
+                "--mac",
+                "01:00:5e:00:00:01",
+            ],
+            "zero or multicast",
+        ),
+    ] {
+        let (code, out) = xdplb_code(args);
+        assert_eq!(code, Some(2), "{args:?}: {out}");
+        assert!(out.contains(expected), "{args:?}: {out}");
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
 use lb_common::{Counter, Family};
-use lb_userspace::datapath::{balancer, objects};
+use lb_userspace::datapath::objects;
 use xdplb_tests::fixture::*;
 
 const CONFIG: &str = "\

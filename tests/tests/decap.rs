@@ -8,8 +8,9 @@ use std::time::Duration;
 use etherparse::PacketBuilder;
 use lb_common::decap::{DecapCounter, DECAP_COUNTER_COUNT, PROGRAM};
 use lb_userspace::{
+    datapath::testrun::{XDP_DROP, XDP_PASS},
     decap::{self, DecapMaps},
-    datapath::testrun::{XDP_DROP, XDP_PASS}};
+};
 use xdplb_lab::{
     lab::tool_path,
     netns::{self, NetNs},

@@ -14,11 +14,12 @@ use etherparse::{
 use lb_common::{Counter, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    model::desired::{vip_key, DownSet},
-    datapath::{balancer, objects},
     datapath::maps::BalancerMaps,
     datapath::reconcile::Written,
-    datapath::testrun::{self, action_name}};
+    datapath::testrun::{self, action_name},
+    datapath::{balancer, objects},
+    model::desired::{vip_key, DownSet},
+};
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use xdplb_tests::{
     model::{Expected, Model, XDP_ABORTED, XDP_TX},
@@ -382,9 +383,9 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
     );
 }
 
-/// Frames where the README's wording and the rules in parse.rs (which the model and the program
+/// Frames where docs/datapath.md's wording and the rules in parse.rs (which the model and the program
 /// both follow) part ways. Each must still agree with the model; the comments say what a
-/// reader of the README alone might expect instead. These are reported, not settled here.
+/// reader of docs/datapath.md alone might expect instead. These are reported, not settled here.
 #[test]
 fn documented_edge_cases_agree_with_the_model() {
     let cfg = Config::from_yaml(CONFIG_A, "differential A").expect("config A");

@@ -4,7 +4,7 @@
 //! loses only the share a pure consistent hash must.
 //!
 //! CI runs two balancers with the hash-threshold route BIRD installs. `cargo xtask failover`
-//! (`XDPLB_FAILOVER_FULL=1`) runs the full table the README shows: three balancers,
+//! (`XDPLB_FAILOVER_FULL=1`) runs the full table docs/balancers.md shows: three balancers,
 //! hash-threshold and a resilient next-hop group.
 
 use std::{

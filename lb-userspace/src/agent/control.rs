@@ -2,7 +2,7 @@
 
 use std::{net::IpAddr, path::PathBuf, sync::atomic::Ordering, time::Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -10,10 +10,12 @@ use crate::{
         Answer, BackendStatus, BalancerState, HealthState, Plan, Request, Response, Status,
         VipStatus,
     },
+    agent::health,
+    agent::state::{answer, fixed_part, Agent, Done, Waiting},
     config::{BackendConfig, BackendState, Config, Vip, Weight},
-    agent::health, model::plan,
     datapath::reconcile::Report,
-    agent::state::{answer, fixed_part, Agent, Done, Waiting}};
+    model::plan,
+};
 
 impl Agent {
     /// Answers `req` now, or (for a change that left backends waiting for their MAC) once
@@ -86,7 +88,10 @@ impl Agent {
             .vips
             .iter()
             .map(|v| {
-                let vip_id = ids.vips.get(&crate::model::desired::vip_identity(v)).copied();
+                let vip_id = ids
+                    .vips
+                    .get(&crate::model::desired::vip_identity(v))
+                    .copied();
                 let backends = v
                     .backends
                     .iter()

@@ -29,21 +29,19 @@ use tokio::{
     sync::mpsc,
 };
 
+use self::{
+    announce::Announcer,
+    link::{LinkEvent, LinkWatch},
+    neigh::MacEvent,
+    persist::ConfigFile,
+    state::{Agent, Shared, Waiting},
+};
 use crate::{
-    agent::announce::Announcer,
-    agent::api,
-    model::desired::Desired,
+    cli::stats,
+    datapath::{balancer, maps::BalancerMaps, reconcile::Written},
     exit::CannotStart,
-    agent::health,
-    agent::link::{LinkEvent, LinkWatch},
-    datapath::{balancer, objects},
-    datapath::maps::BalancerMaps,
-    agent::metrics,
-    agent::neigh::{self, MacEvent},
-    agent::persist::ConfigFile,
-    datapath::reconcile::Written,
-    agent::state::{Agent, Shared, Waiting},
-    cli::stats};
+    model::desired::Desired,
+};
 
 /// Waits (before the loop starts, so nothing else is held up) for the resolver's first word
 /// on every backend it was given, at most the resolver's grace period and a little more.
@@ -141,7 +139,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .map_or("its MAC is not known yet", String::as_str);
         log::error!("VIP {}: backend {} left out: {why}", u.vip, u.backend);
     }
-    agent.attach_note = balancer::attach_pinned(&mut ebpf, &cfg.pin_path, &interface, cfg.xdp_mode)?;
+    agent.attach_note =
+        balancer::attach_pinned(&mut ebpf, &cfg.pin_path, &interface, cfg.xdp_mode)?;
     shared.datapath_up.store(true, Ordering::Relaxed);
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let index = neigh::interface_index(&interface)

@@ -17,13 +17,14 @@ use tokio::sync::oneshot;
 use crate::{
     agent::announce::{self, Announcer},
     agent::api::{Answer, Applied, LeftOut, Response},
-    config::{Config, MacAddr},
-    model::desired::{Desired, Facts},
     agent::health,
-    datapath::maps::BalancerMaps,
     agent::neigh::{self, MacEvent},
     agent::persist::ConfigFile,
-    datapath::reconcile::{Report, Written}};
+    config::{Config, MacAddr},
+    datapath::maps::BalancerMaps,
+    datapath::reconcile::{Report, Written},
+    model::desired::{Desired, Facts},
+};
 
 /// Counters the metrics exporter reads from another thread.
 #[derive(Default)]

@@ -119,5 +119,7 @@ pub fn run(command: BackendCommand, target: &Target) -> anyhow::Result<Outcome> 
             weight,
         },
     };
-    Ok(print_applied(target.call(&req).context("the agent refused")?))
+    Ok(print_applied(
+        target.call(&req).context("the agent refused")?,
+    ))
 }

@@ -3,9 +3,10 @@
 use std::path::Path;
 
 use crate::{
-    model::addr::fmt_addr,
     agent::api::{self, Plan, Request},
-    config::{BackendState, Config}};
+    config::{BackendState, Config},
+    model::addr::fmt_addr,
+};
 
 pub fn check(path: &Path) -> anyhow::Result<()> {
     let text = crate::config::read_text(path)?;

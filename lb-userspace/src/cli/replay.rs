@@ -17,11 +17,12 @@ use pcap_file::{
 use serde::Serialize;
 
 use crate::{
-    config::{Config, MacAddr, TunnelMtu},
-    datapath::{balancer, objects},
-    datapath::maps::BalancerMaps,
     agent::neigh,
-    datapath::testrun::{self, action_name}};
+    config::{Config, MacAddr, TunnelMtu},
+    datapath::maps::BalancerMaps,
+    datapath::testrun::{self, action_name},
+    datapath::{balancer, objects},
+};
 
 /// One packet's fate.
 #[derive(Debug, Serialize)]

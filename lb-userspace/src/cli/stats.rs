@@ -7,11 +7,12 @@ use lb_common::{addr::ip_from_map, Counter, BACKEND_ACTIVE, BACKEND_DRAINING};
 use serde::Serialize;
 
 use crate::{
-    model::addr::fmt_addr,
     agent::api::{HealthState, Status},
     config::Config,
+    datapath::maps::BalancerMaps,
+    model::addr::fmt_addr,
     model::desired::vip_key,
-    datapath::maps::BalancerMaps};
+};
 
 #[derive(Debug, Serialize)]
 pub struct StatsReport {
@@ -247,8 +248,8 @@ pub fn watch(
         let cur = collect(pin_path, cfg)?;
         let dt = prev_at.elapsed().as_secs_f64().max(1e-3);
         prev_at = std::time::Instant::now();
-        let status: Option<Status> =
-            socket.and_then(|s| crate::agent::api::call(s, &crate::agent::api::Request::Status).ok());
+        let status: Option<Status> = socket
+            .and_then(|s| crate::agent::api::call(s, &crate::agent::api::Request::Status).ok());
         print!(
             "\x1b[2J\x1b[H{}",
             render_watch(&prev, &cur, dt, status.as_ref())

@@ -57,7 +57,9 @@ fn ring_size(s: &str) -> Result<u32, String> {
 
 pub fn run(command: VipCommand, target: &Target) -> anyhow::Result<Outcome> {
     let req = match command {
-        VipCommand::List => return print_json(&target.call::<Vec<Vip>>(&Request::VipList)?).map(Outcome::from),
+        VipCommand::List => {
+            return print_json(&target.call::<Vec<Vip>>(&Request::VipList)?).map(Outcome::from)
+        }
         VipCommand::Remove { name } => Request::VipRemove { name },
         VipCommand::Add {
             name,

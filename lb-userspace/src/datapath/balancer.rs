@@ -8,7 +8,9 @@ use lb_common::{maps, programs, BALANCER_MAPS, LAYOUT_VERSION};
 
 use super::{
     bpffs::mount_note,
-    objects::{attach_link_pinned, check_pinned_layouts, program, Attached, StaleLink, EBPF_OBJECT},
+    objects::{
+        attach_link_pinned, check_pinned_layouts, program, Attached, StaleLink, EBPF_OBJECT,
+    },
 };
 use crate::{config, exit::CannotStart};
 

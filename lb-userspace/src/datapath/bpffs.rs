@@ -78,7 +78,10 @@ pub fn ensure(pin_path: &Path) -> anyhow::Result<Bpffs> {
     if rc != 0 {
         let err = std::io::Error::last_os_error();
         let hint = match crate::datapath::caps::effective() {
-            Ok(eff) if !crate::datapath::caps::missing(eff, &[crate::datapath::caps::MOUNT]).is_empty() => {
+            Ok(eff)
+                if !crate::datapath::caps::missing(eff, &[crate::datapath::caps::MOUNT])
+                    .is_empty() =>
+            {
                 " (mounting needs CAP_SYS_ADMIN, which this process lacks)"
             }
             _ => "",

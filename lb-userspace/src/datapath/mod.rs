@@ -1,7 +1,7 @@
 //! The kernel side: the embedded eBPF objects, their pins and links, the balancer's maps, the reconciler that writes them, and test runs.
+pub mod balancer;
 pub mod bpffs;
 pub mod caps;
-pub mod balancer;
 pub mod maps;
 pub mod objects;
 pub mod reconcile;

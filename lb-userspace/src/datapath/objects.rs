@@ -1,8 +1,8 @@
 //! The eBPF objects embedded in the binary, and what any of their XDP programs needs: load, attach, pin a link, check pinned map layouts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::{MapInfo, MapType},
     programs::{
@@ -265,4 +265,3 @@ pub fn attach_pass(interface: &str) -> anyhow::Result<Ebpf> {
     }
     Ok(ebpf)
 }
-

@@ -8,11 +8,12 @@ use lb_common::{
 };
 
 use crate::{
-    model::addr::fmt_addr,
     config::{Config, MacAddr},
+    datapath::maps::BalancerMaps,
+    model::addr::fmt_addr,
     model::desired::{identity_key, Desired, DownSet, Facts},
     model::ids::Ids,
-    datapath::maps::BalancerMaps};
+};
 
 /// What the maps hold, as far as this agent wrote (or adopted) it.
 #[derive(Default)]

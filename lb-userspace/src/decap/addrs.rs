@@ -59,7 +59,9 @@ pub fn global_addrs(addrs: &[InterfaceAddr]) -> Vec<IpAddr> {
 /// Every address of `interface`, read with iproute2's JSON output (iproute2 is on every XDP
 /// host anyway, see neigh.rs).
 pub(super) fn interface_addrs(interface: &str) -> anyhow::Result<Vec<InterfaceAddr>> {
-    parse_ip_addr_json(&crate::agent::neigh::ip_json(&["addr", "show", "dev", interface])?)
+    parse_ip_addr_json(&crate::agent::neigh::ip_json(&[
+        "addr", "show", "dev", interface,
+    ])?)
 }
 
 /// The address set to install: `explicit` (warning about any the interface does not hold,

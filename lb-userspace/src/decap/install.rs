@@ -12,7 +12,8 @@ use super::{
 };
 use crate::{
     config::XdpMode,
-    datapath::objects::{self, Attached, StaleLink}};
+    datapath::objects::{self, Attached, StaleLink},
+};
 
 /// The kernel's index of `interface` in the current network namespace, or an error naming it.
 fn ifindex(interface: &str) -> anyhow::Result<u32> {

@@ -13,10 +13,11 @@ use lb_common::{
 };
 
 use crate::{
-    model::addr::fmt_addr,
     config::{BackendState, Config, Forwarding, HashMode, MacAddr, Vip},
+    model::addr::fmt_addr,
     model::ids::{self, Ids, VipIdentity},
-    model::maglev};
+    model::maglev,
+};
 
 /// Backends held out of service by failed health checks: (VIP name, backend address).
 pub type DownSet = HashSet<(String, IpAddr)>;

@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;
-use lb_userspace::datapath::{balancer, objects};
+use lb_userspace::datapath::objects;
 
 /// The floor of running any XDP program at all.
 pub const PASS: &str = lb_common::baselines::PASS;

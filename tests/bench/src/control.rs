@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use lb_common::Counter;
-use lb_userspace::{config::Config, datapath::{balancer, objects}, datapath::maps::BalancerMaps};
+use lb_userspace::{config::Config, datapath::balancer, datapath::maps::BalancerMaps};
 use serde::Serialize;
 
 use xdplb_lab::{

@@ -8,9 +8,10 @@ use etherparse::PacketBuilder;
 use lb_common::{ConnEntry, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    datapath::{balancer, objects},
     datapath::maps::BalancerMaps,
-    datapath::testrun::{self, action_name}};
+    datapath::testrun::{self, action_name},
+    datapath::{balancer, objects},
+};
 use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
@@ -198,7 +199,11 @@ impl Balancer {
         let cfg = Config::from_yaml(yaml, "bench config")?;
         let mut ebpf = balancer::load_balancer(conns)?;
         let mut maps = BalancerMaps::from_ebpf(&mut ebpf)?;
-        lb_userspace::datapath::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
+        lb_userspace::datapath::reconcile::fill(
+            &cfg,
+            &mut maps,
+            lb_userspace::config::MacAddr(GW_MAC),
+        )?;
         Ok(Balancer { ebpf, maps })
     }
 

@@ -26,9 +26,10 @@ use etherparse::PacketBuilder;
 use lb_common::{Counter, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
-    datapath::{balancer, objects},
     datapath::maps::BalancerMaps,
-    datapath::testrun::{self, XDP_TX}};
+    datapath::testrun::{self, XDP_TX},
+    datapath::{balancer, objects},
+};
 use serde::Serialize;
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use xdplb_lab::netns::{self, in_netns, NetNs};
@@ -574,7 +575,11 @@ fn measure(s: &Settings, sink_ns: &str) -> Result<(Vec<CaseResult>, usize)> {
     let cfg = Config::from_yaml(&config(), "throughput bench config")?;
     let mut bal = balancer::load_balancer(FLOW_TABLE_SIZE)?;
     let mut maps = BalancerMaps::from_ebpf(&mut bal)?;
-    lb_userspace::datapath::reconcile::fill(&cfg, &mut maps, lb_userspace::config::MacAddr(GW_MAC))?;
+    lb_userspace::datapath::reconcile::fill(
+        &cfg,
+        &mut maps,
+        lb_userspace::config::MacAddr(GW_MAC),
+    )?;
     let mut base = baselines::load(&[baselines::MACSWAP])?;
     let frames: Vec<Vec<u8>> = (0..s.many_flows).map(flow_frame).collect();
 

@@ -9,7 +9,8 @@ use std::{
 use lb_userspace::{
     agent::api::Request,
     config::{Config, MacAddr},
-    model::desired::{Desired, DownSet, Facts}};
+    model::desired::{Desired, DownSet, Facts},
+};
 use xdplb_lab::frames::GW_MAC;
 use xdplb_tests::{model::Model, packets::CONFIG_A};
 

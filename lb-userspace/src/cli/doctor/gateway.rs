@@ -14,7 +14,8 @@ use super::{
 };
 use crate::{
     config::{Config, Forwarding, Vip, XdpMode},
-    datapath::{balancer, objects}};
+    datapath::objects,
+};
 
 /// The size of the client packets the MTU check assumes: a full Ethernet payload.
 const CLIENT_PACKET: u32 = 1500;
@@ -422,7 +423,7 @@ mod tests {
         );
         // Our own layout, linked to another interface than the config's.
         std::fs::remove_dir(dir.join("v1")).unwrap();
-        let ours = balancer::state_dir(&dir);
+        let ours = crate::datapath::balancer::state_dir(&dir);
         std::fs::create_dir_all(&ours).unwrap();
         std::fs::write(ours.join("link-eth1"), b"").unwrap();
         let f = pinned_state(&dir, Some("eth0"));

@@ -104,11 +104,11 @@ pub fn link(name: &str) -> anyhow::Result<Option<Link>> {
     if crate::agent::neigh::interface_index(name).is_none() {
         return Ok(None);
     }
-    Ok(
-        parse_links(&crate::agent::neigh::ip_json(&["link", "show", "dev", name])?)?
-            .into_iter()
-            .next(),
-    )
+    Ok(parse_links(&crate::agent::neigh::ip_json(&[
+        "link", "show", "dev", name,
+    ])?)?
+    .into_iter()
+    .next())
 }
 
 /// The names of every interface in this network namespace (for a fix that must name one).
