@@ -842,5 +842,8 @@ fn cli_errors_name_the_problem() {
     assert!(out.contains("invalid interface name \"a/b\""), "{out}");
     let (ok, out) = run(&["--interface", "lo", "--xdp-mode", "fast"]);
     assert!(!ok);
-    assert!(out.contains("is not auto, native or generic"), "{out}");
+    assert!(
+        out.contains("[possible values: auto, native, generic]"),
+        "{out}"
+    );
 }
