@@ -105,27 +105,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (health_tx, mut health_rx) = mpsc::unbounded_channel();
     let (mac_tx, mut mac_rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared::default());
-    *shared.cfg.lock().unwrap() = Some(cfg.clone());
-    let mut agent = Agent {
-        cfg: cfg.clone(),
+    let mut agent = Agent::new(
+        cfg.clone(),
         file,
-        maps,
-        written,
-        current: Desired::default(),
-        macs,
-        mac_errors: HashMap::new(),
-        monitor: health::Monitor::new(health_tx),
-        resolver: neigh::Resolver::spawn(&interface, mac_tx)?,
-        shared: shared.clone(),
-        activity: HashMap::new(),
-        attach_note: String::new(),
-        datapath_down: None,
+        (maps, written, macs),
         adopted,
-        announcer: cfg.announce.as_ref().map(Announcer::from_config),
-        announce_error: None,
-        drained: false,
-        waiting: Vec::new(),
-    };
+        health_tx,
+        neigh::Resolver::spawn(&interface, mac_tx)?,
+        shared.clone(),
+    );
     agent.sync_targets();
     first_macs(&mut agent, &mut mac_rx).await;
     let report = agent.reconcile()?;
@@ -139,9 +127,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             .map_or("its MAC is not known yet", String::as_str);
         log::error!("VIP {}: backend {} left out: {why}", u.vip, u.backend);
     }
-    agent.attach_note =
-        balancer::attach_pinned(&mut ebpf, &cfg.pin_path, &interface, cfg.xdp_mode)?;
-    shared.datapath_up.store(true, Ordering::Relaxed);
+    agent.set_datapath(Ok(balancer::attach_pinned(
+        &mut ebpf,
+        &cfg.pin_path,
+        &interface,
+        cfg.xdp_mode,
+    )?));
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let index = neigh::interface_index(&interface)
         .with_context(|| format!("interface {interface} went away during start-up"))?;
@@ -233,7 +224,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The loaded program and what it takes to put it back on its interface.
+/// The loaded program and what it takes to put it back on its interface. Whether it is
+/// attached is the agent's (`Agent::set_datapath`); this only paces the retries.
 struct Datapath {
     ebpf: aya::Ebpf,
     /// When re-attaching was last tried (a failed try is retried every few seconds).
@@ -252,8 +244,7 @@ impl Datapath {
                 log::error!(
                     "interface {interface} went away: the kernel detached the balancer, nothing is forwarded until it is back (the maps keep their state)"
                 );
-                agent.datapath_down = Some(format!("interface {interface} is gone"));
-                agent.shared.datapath_up.store(false, Ordering::Relaxed);
+                agent.set_datapath(Err(format!("interface {interface} is gone")));
                 self.last_attempt = None;
             }
             LinkEvent::Back { index } => {
@@ -287,9 +278,7 @@ impl Datapath {
         ) {
             Ok(note) => {
                 log::info!("{note}: balancing again");
-                agent.attach_note = note;
-                agent.datapath_down = None;
-                agent.shared.datapath_up.store(true, Ordering::Relaxed);
+                agent.set_datapath(Ok(note));
                 // The new interface may differ (MTU); its neighbours are learnt afresh.
                 if let Err(e) = agent.reconcile() {
                     log::error!("after re-attaching: {e:#}");
@@ -298,9 +287,9 @@ impl Datapath {
             }
             Err(e) => {
                 log::error!("interface {interface} is back, but attaching failed: {e:#}");
-                agent.datapath_down = Some(format!(
+                agent.set_datapath(Err(format!(
                     "interface {interface} is back, attaching failed: {e:#}"
-                ));
+                )));
             }
         }
     }

@@ -59,8 +59,10 @@ pub(crate) struct Agent {
     pub shared: Arc<Shared>,
     /// Per backend id: packet count last seen and when it last changed.
     pub activity: HashMap<u32, (u64, Instant)>,
+    /// How the program was attached (empty until it is).
     pub attach_note: String,
-    /// Why the datapath is down (its interface went away), or None while it is attached.
+    /// Why the datapath is down (its interface went away), or None while it is attached. Only
+    /// [`Agent::set_datapath`] changes it, and the mirror in [`Shared`] with it.
     pub datapath_down: Option<String>,
     pub adopted: bool,
     /// With `announce:` in the config: what BIRD is told to announce.
@@ -74,6 +76,55 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// The agent at start-up, before its first reconcile: the config and its file, the maps
+    /// with what is written in them (and the MACs adopted with them), the health monitor and
+    /// the resolver it drives, and the counters it shares with the metrics thread.
+    pub fn new(
+        cfg: Config,
+        file: ConfigFile,
+        (maps, written, macs): (BalancerMaps, Written, HashMap<IpAddr, MacAddr>),
+        adopted: bool,
+        health_tx: tokio::sync::mpsc::UnboundedSender<health::Transition>,
+        resolver: neigh::Resolver,
+        shared: Arc<Shared>,
+    ) -> Agent {
+        *shared.cfg.lock().unwrap() = Some(cfg.clone());
+        Agent {
+            announcer: cfg.announce.as_ref().map(Announcer::from_config),
+            cfg,
+            file,
+            maps,
+            written,
+            current: Desired::default(),
+            macs,
+            mac_errors: HashMap::new(),
+            monitor: health::Monitor::new(health_tx),
+            resolver,
+            shared,
+            activity: HashMap::new(),
+            attach_note: String::new(),
+            datapath_down: None,
+            adopted,
+            announce_error: None,
+            drained: false,
+            waiting: Vec::new(),
+        }
+    }
+
+    /// The one place that says whether the program is attached: `Ok(how)` once it is (again),
+    /// `Err(why not)` while it is not. The metrics thread reads the mirror in [`Shared`].
+    pub fn set_datapath(&mut self, state: Result<String, String>) {
+        match state {
+            Ok(note) => {
+                self.attach_note = note;
+                self.datapath_down = None;
+            }
+            Err(why) => self.datapath_down = Some(why),
+        }
+        let up = self.datapath_down.is_none() && !self.attach_note.is_empty();
+        self.shared.datapath_up.store(up, Ordering::Relaxed);
+    }
+
     /// The desired state of `cfg` with what the agent knows now.
     pub fn build(&self, cfg: &Config) -> anyhow::Result<Desired> {
         let down = self.monitor.view().down();
