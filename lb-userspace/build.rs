@@ -1,15 +1,16 @@
-//! Builds lb-ebpf for bpfel-unknown-none with the Debian rustc that `cargo xtask setup` links as a rustup toolchain, quietly unless it fails.
+//! Builds lb-ebpf for bpfel-unknown-none, quietly unless the build fails.
 //!
-//! This is what aya-build 0.2.0's `build_ebpf` does, run here so that the inner cargo's output
-//! can be held back: aya-build passes every line the inner cargo prints (its progress lines,
-//! rustup's "cargo is unavailable for the active toolchain") to the outer cargo as
-//! `cargo:warning=`, so each eBPF rebuild printed dozens of `warning: lb-userspace@0.1.0: ...`
-//! lines that read like something broken. Now:
-//! - compiler warnings about lb-ebpf/lb-common are shown as build warnings (there are none
-//!   today: a clean build prints no `warning:` line);
+//! The compiler is the Debian rustc that `cargo xtask setup` links as a rustup toolchain.
+//!
+//! This does what aya-build 0.2.0's `build_ebpf` does, but holds back the inner cargo's output:
+//! aya-build passes every line the inner cargo prints (its progress lines, rustup's "cargo is
+//! unavailable for the active toolchain") to the outer cargo as `cargo:warning=`, dozens of
+//! `warning: lb-userspace@0.1.0: ...` lines per eBPF rebuild that read like something broken. Here:
+//! - compiler warnings about lb-ebpf/lb-common are shown as build warnings (a clean build has none,
+//!   so it prints no `warning:` line);
 //! - when the eBPF build fails, the compiler's errors and the inner cargo's output are printed
 //!   once, verbatim, under cargo's `--- stderr` heading;
-//! - the inner cargo's progress lines are shown otherwise only with `XDPLB_VERBOSE_BUILD=1`.
+//! - otherwise the inner cargo's progress lines are shown only with `XDPLB_VERBOSE_BUILD=1`.
 
 use std::{
     env,
@@ -93,7 +94,8 @@ fn build(out_dir: &Path, verbose: bool) -> anyhow::Result<Vec<(String, PathBuf)>
             Command::new("cargo")
         }
     };
-    // Same target dir as aya-build used, so existing builds stay warm.
+    // aya-build's target dir for this package, so switching between it and this script keeps
+    // the eBPF build warm.
     let target_dir = out_dir.join("aya-build").join("target").join(PACKAGE);
     cmd.args([
         "build",

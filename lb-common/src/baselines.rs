@@ -1,4 +1,7 @@
-//! The contract of the benchmark's baseline programs (`lb-ebpf/src/baselines.rs`): program names, the map and value of the fixed-backend forwarder, and the tables of the lookup and new-flow floors.
+//! The contract of the benchmark's baseline programs (`lb-ebpf/src/baselines.rs`).
+//!
+//! It holds their program names, the map and value of the fixed-backend forwarder, and the tables
+//! of the lookup and new-flow floors.
 
 use crate::{MapKind, MapSpec, DEFAULT_RING_SIZE};
 

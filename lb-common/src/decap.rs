@@ -1,4 +1,4 @@
-//! The contract of the backend-side decapsulation program (`xdplb decap`): map names, layouts and counters.
+//! The contract of the decapsulation program (`xdplb decap`): map names, layouts and counters.
 //!
 //! The balancer may send backends IP-in-IP (4in4, 6in4, 6in6, 4in6). This kernel has no
 //! ipip/ip6_tunnel driver, so a backend runs `xdplb_decap` on its NIC: it strips the outer header

@@ -1,4 +1,6 @@
-//! The flow hash, shared by the XDP program and userspace so both (and every balancer behind ECMP) pick the same slot.
+//! The flow hash, shared by the XDP program and userspace.
+//!
+//! Sharing it means both sides, and every balancer behind ECMP, pick the same slot for a flow.
 
 use crate::FlowKey;
 

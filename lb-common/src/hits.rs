@@ -1,4 +1,7 @@
-//! The hit slots: how an established flow's forwarded packet is counted in one per-CPU slot of its backend, and the agent-only slots that keep the counts of backends and VIPs that left.
+//! The hit slots: where an established flow's forwarded packets are counted.
+//!
+//! Each such packet is counted in one per-CPU slot of its backend; agent-only slots keep the counts
+//! of backends and VIPs that left.
 
 use crate::{MAX_BACKENDS, MAX_VIPS};
 
@@ -7,7 +10,7 @@ use crate::{MAX_BACKENDS, MAX_VIPS};
 /// backend and nowhere else, so the hot path touches one counter instead of four (the outcome,
 /// the hit event, the VIP's and the backend's traffic). Readers fold a slot into `conn_hit`
 /// and `tx_forwarded`, into its backend's `packets`/`bytes` and into its VIP's; every other
-/// ending of a packet is counted in `GLOBAL_STATS`, `VIP_STATS` and `BACKEND_STATS` as before.
+/// ending of a packet is counted in `GLOBAL_STATS`, `VIP_STATS` and `BACKEND_STATS`.
 ///
 /// Slots: backend ids first ([`MAX_BACKENDS`], written by the datapath); then one per VIP id
 /// ([`hit_slot_retired_vip`]) holding the hits of that VIP's removed backends; then one

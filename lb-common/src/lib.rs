@@ -1,4 +1,7 @@
-//! The contract between xdplb's XDP program and its userspace: map names, capacities, key/value layouts, counter indices and the flow hash. Nothing here is duplicated elsewhere.
+//! The contract between xdplb's XDP program and its userspace.
+//!
+//! It defines, once for both sides, the map names, capacities, key/value layouts, counter indices
+//! and the flow hash.
 #![no_std]
 
 #[macro_use]
@@ -377,9 +380,10 @@ counter_table! {
     outcomes {
         /// Not IPv4/IPv6 (ARP, LLDP, ...), or a frame too short for Ethernet: handed to the stack.
         PassNotIp = 0, "pass_not_ip", Pass;
-        /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own traffic.
+        /// IP, but no VIP matches (protocols other than TCP/UDP included): the gateway's own
+        /// traffic.
         PassNotVip = 1, "pass_not_vip", Pass;
-        /// IP whose ports this version cannot read and that is not addressed to a VIP address:
+        /// IP whose ports the program cannot read and that is not addressed to a VIP address:
         /// fragments, and IPv6 packets with extension headers (MLD reports land here). Also IPv6
         /// packets with extension headers other than a fragment header to a VIP address, and ICMP
         /// errors quoting a fragment. Handed to the stack, never guessed.
@@ -401,7 +405,8 @@ counter_table! {
         /// works through the balancer), and a wrong backend would be worse than a loss.
         DropFragment = 11, "drop_fragment", Drop;
         /// A packet too big to encapsulate within `Settings::mtu`: answered with ICMP
-        /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", sent back to the client.
+        /// "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big", sent back to the
+        /// client.
         TxIcmpTooBig = 12, "tx_icmp_too_big", Tx;
         /// Too big to encapsulate and not allowed to trigger path-MTU discovery (IPv4 without DF,
         /// or an ICMP error being steered): dropped. The balancer cannot fragment.
@@ -428,7 +433,7 @@ counter_table! {
     }
 }
 
-/// Number of `GLOBAL_STATS` slots ([`Counter::COUNT`], kept under its old name for readers).
+/// Number of `GLOBAL_STATS` slots: [`Counter::COUNT`], under the name its readers use.
 pub const COUNTER_COUNT: u32 = Counter::COUNT;
 
 #[cfg(feature = "user")]

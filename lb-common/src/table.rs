@@ -1,4 +1,6 @@
-//! `counter_table!`: generates a program's counter index, its outcomes and its lookup events from one table, so the three cannot drift apart.
+//! `counter_table!`: a program's counter index, outcomes and lookup events from one table.
+//!
+//! The three are generated together, so they cannot drift apart.
 //!
 //! Written once per program (balancer, decap):
 //!

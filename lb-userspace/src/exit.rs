@@ -1,4 +1,7 @@
-//! The exit codes of every `xdplb` command, and the marker of a start-up failure that no restart can fix (which systemd is told not to retry).
+//! The exit codes of every `xdplb` command.
+//!
+//! It also holds the marker of a start-up failure that no restart can fix, which systemd is told
+//! not to retry.
 
 /// Done.
 pub const OK: i32 = 0;

@@ -1,4 +1,8 @@
-//! Where log lines go and how they look: on a terminal with a timestamp; under systemd, where stderr is the journal's stream, with the sd-daemon priority prefix and no timestamp of our own, so `journalctl -p err` finds the errors.
+//! Where log lines go and how they look.
+//!
+//! On a terminal a line carries a timestamp. Under systemd, where stderr is the journal's stream,
+//! it carries the sd-daemon priority prefix and no timestamp of our own, so `journalctl -p err`
+//! finds the errors.
 
 use std::io::Write as _;
 

@@ -1,4 +1,7 @@
-//! The Debian package: `cargo xtask deb` builds it from a release build; the test run builds one from the debug binary it already has and installs it into a clean root with `dpkg -i`, checking what lands where.
+//! The Debian package: its build, and the install check the test run makes.
+//!
+//! `cargo xtask deb` builds it from a release build. The test run builds one from the debug binary
+//! it already has, installs it into a clean root with `dpkg -i` and checks what lands where.
 
 use std::{
     path::{Path, PathBuf},

@@ -1,4 +1,7 @@
-//! `cargo xtask fuzz` and the bounded fuzz run of `cargo xtask test`: cargo-fuzz (libFuzzer, no sanitizer, so a stable compiler will do) on each target of `tests/fuzz` for a fixed time; a crash fails the run and is kept as a regression fixture.
+//! `cargo xtask fuzz` and the bounded fuzz run of `cargo xtask test`.
+//!
+//! Each target of `tests/fuzz` runs under cargo-fuzz (libFuzzer, no sanitizer, so a stable compiler
+//! will do) for a fixed time; a crash fails the run and is kept as a regression fixture.
 
 use std::{
     collections::{HashSet, VecDeque},

@@ -1,4 +1,8 @@
-//! `cargo xtask setup|demo|test|bench|soak|deb|fuzz|diff-long`: installs what a fresh machine lacks (idempotently), runs the namespace demo, every test, the benchmarks, the soak, the package build, and the long fuzz and differential runs.
+//! `cargo xtask`: setup, demo, test, bench, soak, deb, fuzz, diff-long and failover.
+//!
+//! It installs what a fresh machine lacks (idempotently) and runs the namespace demo, every test,
+//! the benchmarks, the soak, the package build, the long fuzz and differential runs, and the full
+//! failover table.
 
 use std::{
     path::{Path, PathBuf},
@@ -214,7 +218,7 @@ fn real_main() -> anyhow::Result<()> {
             setup(&[Part::Build])?;
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             // The debug build `cargo xtask test` already made (no `-p`: the default members'
-            // feature set, so nothing is rebuilt): 10 million packets took 283 s with it
+            // feature set, so nothing is rebuilt): 10 million packets take 283 s with it
             // (28 µs a packet), less than a release build of the tests takes to compile.
             cmd.current_dir(workspace())
                 .args([
@@ -259,7 +263,8 @@ fn real_main() -> anyhow::Result<()> {
                 cargo(&["fmt", "--all", "--", "--check"])
                     .context("formatting differs: run `cargo fmt --all`")?;
                 // The whole workspace but the eBPF crate (built for its own target by
-                // lb-userspace's build.rs), so the benchmarks, not a default member, are linted too.
+                // lb-userspace's build.rs), so the benchmarks, not a default member, are linted
+                // too.
                 cargo(&[
                     "clippy",
                     "--workspace",

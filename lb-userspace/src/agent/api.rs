@@ -1,4 +1,8 @@
-//! The agent's control contract and its transport: typed requests and answers, as JSON lines over a root-only Unix socket (one request a line, one answer a line). The CLI's `vip`, `backend`, `reload`, `status` and `check` commands, `stats --watch` and the tests use these types.
+//! The agent's control API: typed requests and answers, and their transport.
+//!
+//! They travel as JSON lines over a root-only Unix socket (one request a line, one answer a line).
+//! The CLI's `vip`, `backend`, `reload`, `status` and `check` commands, `stats --watch` and the
+//! tests use these types.
 
 use std::{
     net::IpAddr,

@@ -1,4 +1,7 @@
-//! The agent's side of the control API: each request becomes a change of the config (validated whole, written as one generation, saved to the file) or a read of the running state, answered with the contract's types.
+//! The agent's side of the control API: each request becomes a config change or a read.
+//!
+//! A change is validated as a whole config, written as one generation and saved to the file; a read
+//! looks at the running state. Both are answered with the contract's types.
 
 use std::{net::IpAddr, path::PathBuf, sync::atomic::Ordering, time::Instant};
 

@@ -1,4 +1,7 @@
-//! The metrics endpoint's HTTP serving (hyper): GET /metrics answers the exporter's text; everything else gets the status a scraper or a curious operator expects.
+//! The metrics endpoint's HTTP server (hyper).
+//!
+//! GET /metrics answers with the exporter's text; everything else gets the status a scraper or a
+//! curious operator expects.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 

@@ -1,4 +1,7 @@
-//! Watching the balancer's interface: netlink link notifications (and a slow re-check, in case one is missed) tell the agent when the interface goes away and when one of that name is back.
+//! Watching the balancer's interface for it going away and coming back.
+//!
+//! Netlink link notifications, with a slow re-check in case one is missed, tell the agent when the
+//! interface goes away and when one of that name is back.
 
 use std::time::Duration;
 

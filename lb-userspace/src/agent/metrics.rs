@@ -1,4 +1,6 @@
-//! Prometheus exporter: turns a scrape-time snapshot of counters, health and map fill into the text exposition (served by `http`).
+//! The Prometheus exporter: a scrape-time snapshot turned into the text exposition.
+//!
+//! The snapshot holds counters, health and map fill; `http` serves the text.
 
 use std::{collections::HashMap, fmt, net::IpAddr};
 

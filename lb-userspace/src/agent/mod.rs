@@ -1,4 +1,8 @@
-//! `xdplb run`: start-up, the agent's event loop and reconciling. Events (signals, file edits, API calls, health transitions, neighbour updates) change what the agent knows; every change ends in one reconcile of the desired state against the maps. Nothing here waits on the kernel: slow work runs as tasks that report back as events.
+//! `xdplb run`: start-up, the agent's event loop and reconciling.
+//!
+//! Events (signals, file edits, API calls, health transitions, neighbour updates) change what the
+//! agent knows; every change ends in one reconcile of the desired state against the maps. Nothing
+//! here waits on the kernel: slow work runs as tasks that report back as events.
 
 // Northbound: how operators and tools reach the agent.
 pub mod api;

@@ -1,4 +1,8 @@
-//! Where frames toward each backend go, found off the agent's loop: a task reads the kernel's routes (next hop) and neighbour table (its MAC) over netlink, listens for their change notifications, prompts resolution of missing entries, and reports each backend's MAC (or why there is none) as events.
+//! Where frames toward each backend go, found by a task off the agent's loop.
+//!
+//! The task reads the kernel's routes (next hop) and neighbour table (its MAC) over netlink,
+//! listens for their change notifications, prompts resolution of missing entries, and reports each
+//! backend's MAC (or why there is none) as events.
 
 use std::{
     collections::HashMap,

@@ -1,4 +1,7 @@
-//! The agent's config file: written back atomically after API changes (so a restart comes back to the same state), and watched for edits, which are applied only once the file reads the same twice.
+//! The agent's config file: written back after API changes, and watched for edits.
+//!
+//! It is written atomically, so a restart comes back to the state the API left. An edit is applied
+//! only once the file reads the same twice, so a half-written file is never applied.
 
 use std::path::{Path, PathBuf};
 

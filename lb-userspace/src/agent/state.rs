@@ -1,4 +1,7 @@
-//! The running agent's state and what changes it: the config, what the maps hold, what is known of the world (MACs, health), and the one path every change takes (build the desired state, reconcile, report the change done once it serves).
+//! The running agent's state, and the one path every change of it takes.
+//!
+//! The state is the config, what the maps hold, and what is known of the world (MACs, health).
+//! Every change builds the desired state, reconciles, and reports the change done once it serves.
 
 use std::{
     collections::HashMap,

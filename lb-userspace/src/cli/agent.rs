@@ -1,4 +1,4 @@
-//! The agent's life from the command line: `run`, `status`, `reload`, `drain-balancer`, `resume-balancer`, `detach`.
+//! The agent's commands: `run`, `status`, `reload`, `drain-balancer`, `resume-balancer`, `detach`.
 
 use std::{
     path::{Path, PathBuf},

@@ -1,4 +1,7 @@
-//! `xdplb check`: validates a config and prints what it describes; with a running agent on its `api_socket`, also what applying it would change.
+//! `xdplb check`: validates a config and prints what it describes.
+//!
+//! With a running agent on the config's `api_socket`, it also prints what applying the config would
+//! change.
 
 use std::path::Path;
 

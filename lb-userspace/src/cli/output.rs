@@ -1,4 +1,6 @@
-//! How the CLI finds the agent and reports what it did: the API target, the outcome of a command and its exit code, the printers.
+//! How the CLI finds the agent and reports what it did.
+//!
+//! It holds the API target, the outcome of a command and its exit code, and the printers.
 
 use std::{net::IpAddr, path::PathBuf};
 

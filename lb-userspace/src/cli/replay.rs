@@ -1,4 +1,7 @@
-//! `xdplb replay`: runs every packet of a capture through the real XDP program (BPF_PROG_TEST_RUN) with maps filled from a config, flow-table state carried from packet to packet, and reports one verdict per packet; the rewritten packets go to an output capture.
+//! `xdplb replay`: runs a capture through the real XDP program (BPF_PROG_TEST_RUN).
+//!
+//! The maps are filled from a config and flow-table state is carried from packet to packet. It
+//! reports one verdict per packet; the rewritten packets go to an output capture.
 
 use std::{
     collections::HashMap,

@@ -1,4 +1,6 @@
-//! `xdplb stats`: reads the pinned maps of a running agent and prints per-VIP and per-backend counters (table or JSON).
+//! `xdplb stats`: per-VIP and per-backend counters from a running agent's pinned maps.
+//!
+//! They are printed as a table or as JSON.
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 

@@ -1,4 +1,7 @@
-//! The `announce:` section: where BIRD's control socket and the route file it includes are, and how long a graceful stop waits between withdrawing the VIPs and detaching.
+//! The `announce:` section: BIRD's control socket, the route file, and the withdraw delay.
+//!
+//! BIRD's config includes the route file. The delay is how long a graceful stop waits between
+//! withdrawing the VIPs and detaching.
 
 use std::{path::PathBuf, time::Duration};
 

@@ -1,4 +1,6 @@
-//! A VIP's health check: probe kind, path, status, timing and rise/fall, with their defaults and limits.
+//! A VIP's health check: probe kind, path, status, timing and rise/fall.
+//!
+//! Each field's default and limits are here too.
 
 use std::time::Duration;
 

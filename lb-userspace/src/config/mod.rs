@@ -1,6 +1,12 @@
-//! The YAML config: serde types whose deserialization *is* the validation, so every error carries the field path and line from serde_yaml. The only place YAML becomes lb-common values.
+//! The YAML config: serde types whose deserialization *is* the validation.
 //!
-//! The top-level settings live here; a VIP's fields, its health check, its backends and the tunnel settings each have a file.
+//! Every error therefore carries the field path and line from serde_yaml. This module is the only
+//! place a config is parsed and validated: the CLI and the control API build their changes through
+//! its functions too. It produces no map values: `model::desired` alone turns a valid config into
+//! lb-common keys and values.
+//!
+//! The top-level settings live here; a VIP's fields, its health check, its backends, the tunnel
+//! settings and the `announce:` section each have a file.
 
 use std::{
     fmt,

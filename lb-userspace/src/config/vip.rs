@@ -1,4 +1,6 @@
-//! A VIP's config: the VIP list's uniqueness rules, a VIP's fields (protocol, forwarding, hash mode, ring size) and the checks across them.
+//! A VIP's config: its fields, the checks across them, and the VIP list's uniqueness rules.
+//!
+//! It also defines the types of the protocol, forwarding, hash mode and ring size fields.
 
 use std::{collections::HashSet, fmt, net::IpAddr};
 

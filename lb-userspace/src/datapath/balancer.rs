@@ -1,4 +1,7 @@
-//! The balancer's datapath on a gateway: loaded with its maps pinned, adopted from a previous agent, attached through a pinned link, and detached.
+//! The balancer's datapath on a gateway: load or adopt, attach, detach.
+//!
+//! It is loaded with its maps pinned, or adopted from a previous agent; it is attached through a
+//! pinned link, so it can outlive the agent.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,7 @@
-//! Making sure a pin path is on a bpffs: pins elsewhere fail with a bare EPERM, and a host or a shell without bpffs mounted (a minimal image, a container, `ip netns exec`, which remounts `/sys`) is common.
+//! Making sure a pin path is on a bpffs.
+//!
+//! Pins elsewhere fail with a bare EPERM, and a host or a shell without bpffs mounted is common: a
+//! minimal image, a container, or `ip netns exec`, which remounts `/sys`.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,6 @@
-//! The capabilities the agent needs, checked before it starts so a missing one is named instead of surfacing as the verifier's "Permission denied".
+//! The capabilities the agent needs, checked before it starts.
+//!
+//! A missing one is then named, instead of surfacing as the verifier's "Permission denied".
 
 use anyhow::{bail, Context as _};
 

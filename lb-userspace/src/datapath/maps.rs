@@ -1,4 +1,6 @@
-//! `BalancerMaps` owns the aya handles of every balancer map; nothing else touches them. Opens them from a freshly loaded object or from their bpffs pins.
+//! `BalancerMaps` owns the aya handles of every balancer map; nothing else touches them.
+//!
+//! It opens them from a freshly loaded object or from their bpffs pins.
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -232,7 +234,8 @@ impl BalancerMaps {
 
     // Counters as users read them. An established flow's forwarded packets are counted in
     // its backend's `HIT_STATS` slot only (lb-common's `HitCounters`); every reader below adds
-    // them back where the long path counts them, so the counters mean what they always did.
+    // them back where the long path counts them, so a counter means the same whichever path
+    // counted the packet.
 
     /// A VIP's traffic: its own counters, the hits of its `backends` (the ids whose
     /// `Backend::vip_id` is `vip_id`) and those of its removed backends.

@@ -1,4 +1,7 @@
-//! The kernel side: the embedded eBPF objects, their pins and links, the balancer's maps, the reconciler that writes them, and test runs.
+//! The kernel side: loading, pinning and attaching the eBPF objects, and writing their maps.
+//!
+//! It holds the embedded eBPF objects, their pins and links, the balancer's maps, the reconciler
+//! that writes them, and test runs.
 pub mod balancer;
 pub mod bpffs;
 pub mod caps;

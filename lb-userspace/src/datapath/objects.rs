@@ -1,4 +1,6 @@
-//! The eBPF objects embedded in the binary, and what any of their XDP programs needs: load, attach, pin a link, check pinned map layouts.
+//! The eBPF objects embedded in the binary, and what any of their XDP programs needs.
+//!
+//! That is: load, attach, pin a link, and check pinned map layouts.
 
 use std::path::{Path, PathBuf};
 

@@ -1,4 +1,6 @@
-//! The reconciler: writes the difference between a `Desired` state and what the maps hold, in an order that is safe for packets in flight, and remembers what it wrote.
+//! The reconciler: writes what differs between a `Desired` state and what the maps hold.
+//!
+//! It writes in an order that is safe for packets in flight, and remembers what it wrote.
 
 use std::collections::{HashMap, HashSet};
 

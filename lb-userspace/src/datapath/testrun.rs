@@ -1,4 +1,8 @@
-//! BPF_PROG_TEST_RUN on the XDP programs, in one place: one run with room for the packet to grow, timed repeats, live frames that really leave a device, and the names of XDP actions (`xdplb replay`, the packet fixtures, the differential test and the benchmarks all run programs through it).
+//! BPF_PROG_TEST_RUN on the XDP programs, in one place.
+//!
+//! It offers one run with room for the packet to grow, timed repeats, live frames that really leave
+//! a device, and the names of XDP actions. `xdplb replay`, the packet fixtures, the differential
+//! test and the benchmarks all run programs through it.
 
 use std::time::Duration;
 

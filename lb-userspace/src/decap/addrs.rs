@@ -1,4 +1,6 @@
-//! The addresses `xdplb decap` decapsulates for: the interface's own (read with iproute2) or the ones named on the command line.
+//! The addresses `xdplb decap` decapsulates for.
+//!
+//! They are the interface's own (read with iproute2) or the ones named on the command line.
 
 use std::{collections::BTreeSet, net::IpAddr};
 
@@ -57,7 +59,7 @@ pub fn global_addrs(addrs: &[InterfaceAddr]) -> Vec<IpAddr> {
 }
 
 /// Every address of `interface`, read with iproute2's JSON output (iproute2 is on every XDP
-/// host anyway, see neigh.rs).
+/// host anyway, see agent/neigh.rs).
 pub(super) fn interface_addrs(interface: &str) -> anyhow::Result<Vec<InterfaceAddr>> {
     parse_ip_addr_json(&crate::agent::neigh::ip_json(&[
         "addr", "show", "dev", interface,

@@ -1,4 +1,6 @@
-//! Installing `xdplb_decap` on an interface (maps pinned, address set filled, program attached through a pinned link) and removing it again.
+//! Installing `xdplb_decap` on an interface, and removing it again.
+//!
+//! Installing pins its maps, fills its address set and attaches the program through a pinned link.
 
 use std::{net::IpAddr, path::Path};
 

@@ -1,4 +1,6 @@
-//! `DecapMaps`, the aya handles of the decap program's maps (address set and counters), and the map key of an address.
+//! `DecapMaps`: the aya handles of the decap program's maps (address set and counters).
+//!
+//! It also builds the map key of an address.
 
 use std::{net::IpAddr, path::Path};
 

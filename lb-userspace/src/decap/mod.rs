@@ -1,4 +1,7 @@
-//! `xdplb decap`: loads the backends' IP-in-IP decapsulation program onto an interface, keeps it attached through a pinned link, fills its address set, detaches it and prints its counters.
+//! `xdplb decap`: the backends' IP-in-IP decapsulation program on an interface.
+//!
+//! It loads the program, keeps it attached through a pinned link, fills its address set, detaches
+//! it and prints its counters.
 //!
 //! This file holds the command (arguments, `run`) and what every part shares; `addrs` chooses
 //! the addresses, `maps` owns the map handles, `install` attaches and detaches, `stats` reads

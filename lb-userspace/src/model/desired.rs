@@ -1,4 +1,10 @@
-//! The desired datapath state: a pure function from the config and what the agent knows of the world (health, neighbour MACs, interface MTU) to the exact map contents, with stable ids. The only place config values become lb-common values.
+//! The desired datapath state: the exact map contents for a config and what the agent knows.
+//!
+//! It is a pure function of the config and of what the agent knows of the world (health, neighbour
+//! MACs, interface MTU), with stable ids. With `ids` and `maglev` as its helpers, it is the only
+//! place outside the tests where config values become lb-common map keys and values (`VipKey`,
+//! `VipMeta`, `Backend`, `AddrKey`, `AddrMeta`, `Settings`, the rings); the tests' reference model
+//! derives them on its own, on purpose. The config module only parses and validates.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

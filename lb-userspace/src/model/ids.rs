@@ -1,4 +1,7 @@
-//! VIP and backend ids as a pure function of the config's set of VIPs and backends, so every balancer with the same config writes byte-identical rings, whatever the file's order or the history of changes that led to it.
+//! VIP and backend ids as a pure function of the config's set of VIPs and backends.
+//!
+//! Every balancer with the same config therefore writes byte-identical rings, whatever the file's
+//! order or the changes that led to it.
 //!
 //! Each identity hashes to a home slot; identities are placed in (home slot, identity) order,
 //! each taking the first free slot from its home on (linear probing, wrapping). The result

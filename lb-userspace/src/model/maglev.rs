@@ -1,4 +1,7 @@
-//! Weighted Maglev table construction (Eisenbud et al., NSDI 2016): pure, deterministic, independent of config order, so balancers with the same config build the same table.
+//! Weighted Maglev table construction (Eisenbud et al., NSDI 2016).
+//!
+//! It is pure, deterministic and independent of config order, so balancers with the same config
+//! build the same table.
 
 use lb_common::{hash_words, NO_BACKEND};
 

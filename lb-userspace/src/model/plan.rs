@@ -1,4 +1,7 @@
-//! What applying a config would change (`xdplb check` against a running agent): the difference between two `Desired` states, in words, with the share of new flows that would land on another backend.
+//! What applying a config would change (`xdplb check` against a running agent).
+//!
+//! It is the difference between two `Desired` states, in words, with the share of new flows that
+//! would land on another backend.
 
 use std::{
     collections::{HashMap, HashSet},

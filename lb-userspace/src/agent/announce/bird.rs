@@ -1,4 +1,7 @@
-//! A client for BIRD's control socket (the protocol `birdc` speaks): one command, its reply lines, and BIRD's errors as errors that name the socket.
+//! A client for BIRD's control socket (the protocol `birdc` speaks).
+//!
+//! It sends one command, reads its reply lines, and turns BIRD's errors into errors that name the
+//! socket.
 //!
 //! Replies are lines of a four-digit code and text; `-` after the code (or a leading space)
 //! continues a reply, a space after the code ends it. 0xxx is success, 8xxx a run-time error,

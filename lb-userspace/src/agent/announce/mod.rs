@@ -1,4 +1,8 @@
-//! Announcing VIPs to the routers through BIRD: which addresses this balancer should announce now, the BIRD include file that lists them as static routes, and `birdc configure` (over BIRD's socket) when the list changes.
+//! Announcing VIPs to the routers through BIRD.
+//!
+//! It decides which addresses this balancer should announce now, writes the BIRD include file that
+//! lists them as static routes, and has BIRD reconfigure (`birdc configure`, over BIRD's socket)
+//! when the list changes.
 //!
 //! BIRD owns the BGP sessions; xdplb only decides what is in the list. Routes live in BIRD's
 //! configuration, so they survive an agent crash (the pinned program still forwards, so the

@@ -1,6 +1,9 @@
-//! Backend health checks: TCP/HTTP probes on one tokio task per backend, with rise/fall hysteresis, reporting up/down transitions to the agent.
+//! Backend health checks: TCP/HTTP probes with rise/fall hysteresis, reported to the agent.
 //!
-//! The types shared by the parts live here; the hysteresis is `tracker`, one probe is `probe`, the tasks and the one copy of the state are `monitor`.
+//! One tokio task probes each backend; up/down transitions go to the agent.
+//!
+//! The types shared by the parts live here; the hysteresis is `tracker`, one probe is `probe`, the
+//! tasks and the one copy of the state are `monitor`.
 
 use std::net::IpAddr;
 
@@ -33,6 +36,7 @@ pub enum Health {
 pub struct Transition {
     pub target: Target,
     pub health: Health,
-    /// Why, e.g. "3 consecutive failures: connect to 10.0.0.1:80: Connection refused (os error 111)".
+    /// Why, e.g. "3 consecutive failures: connect to 10.0.0.1:80: Connection refused (os error
+    /// 111)".
     pub reason: String,
 }

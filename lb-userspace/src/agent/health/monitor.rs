@@ -1,4 +1,6 @@
-//! The probe tasks and the one copy of the health state they update, read by the agent through the Monitor or a HealthView.
+//! The probe tasks and the one copy of the health state they update.
+//!
+//! The agent reads that state through the `Monitor` or a `HealthView`.
 
 use std::{
     collections::HashMap,

@@ -1,4 +1,6 @@
-//! One health probe: TCP connect, or an HTTP GET whose status line is compared with the expected status; failures say how far the probe got.
+//! One health probe: a TCP connect, or an HTTP GET whose status line is checked.
+//!
+//! The status is compared with the expected one; a failure says how far the probe got.
 
 use std::net::SocketAddr;
 

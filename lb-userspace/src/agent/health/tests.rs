@@ -1,4 +1,7 @@
-//! Health tests: hysteresis, probes against real local listeners, and the monitor's task and state handling.
+//! Tests of the health checks: hysteresis, probes and the monitor.
+//!
+//! Probes run against real local listeners; the monitor's tests cover its tasks and its state
+//! handling.
 
 use std::{
     net::{IpAddr, SocketAddr},

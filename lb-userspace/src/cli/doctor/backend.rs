@@ -1,4 +1,7 @@
-//! A DSR backend's checks: its interface, every VIP on `lo`, the ARP settings that keep it from answering for a VIP, rp_filter and, for `ipip`, that something unwraps the tunnel.
+//! `xdplb doctor --backend`: the checks of a DSR backend.
+//!
+//! They cover its interface, every VIP on `lo`, the ARP settings that keep it from answering for a
+//! VIP, rp_filter and, for `ipip`, that something unwraps the tunnel.
 
 use std::{collections::BTreeSet, net::IpAddr, path::Path};
 

@@ -1,4 +1,8 @@
-//! The gateway's checks, from its config: the interface and its XDP support, MTU against the tunnel overhead and rp_filter here; bpffs, pinned state, the kernel's BPF support, privileges and the agent's socket in `host`.
+//! The gateway's checks, from its config.
+//!
+//! This file checks the interface and its XDP support, the MTU against the tunnel overhead, and
+//! rp_filter; `host` checks bpffs, the pinned state, the kernel's BPF support, privileges and the
+//! agent's socket.
 
 use std::{collections::BTreeSet, path::Path};
 

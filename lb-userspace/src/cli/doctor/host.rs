@@ -1,4 +1,7 @@
-//! The host's side of a gateway's checks: bpffs and the pinned state at `pin_path`, the kernel's BPF support (BTF, JIT), privileges and memlock, and the agent's socket.
+//! The host's side of a gateway's checks.
+//!
+//! They cover bpffs and the pinned state at `pin_path`, the kernel's BPF support (BTF, JIT),
+//! privileges and memlock, and the agent's socket.
 
 use std::path::Path;
 
@@ -52,7 +55,7 @@ pub(super) fn bpffs(pin_path: &Path, config_path: &Path) -> Finding {
 }
 
 /// The state pinned under `pin_path`: layout versions, the interface its link is on, map
-/// layouts: what `xdplb run` would refuse (loader.rs), said before it does.
+/// layouts: what `xdplb run` would refuse (`datapath::balancer`), said before it does.
 pub(super) fn pinned_state(pin_path: &Path, interface: Option<&str>) -> Finding {
     const CHECK: &str = "pinned-state";
     let detach = format!("xdplb detach --pin-path {}", pin_path.display());
@@ -182,8 +185,8 @@ pub(super) fn jit(ebpf: Option<&mut Ebpf>) -> Finding {
     }
 }
 
-/// The capabilities `xdplb run` checks for at start (`crate::datapath::caps::AGENT`), and whether it
-/// could mount bpffs itself (`crate::datapath::caps::MOUNT`).
+/// The capabilities `xdplb run` checks for at start (`crate::datapath::caps::AGENT`), and whether
+/// it could mount bpffs itself (`crate::datapath::caps::MOUNT`).
 pub(super) fn privileges() -> Finding {
     use crate::datapath::caps;
     const CHECK: &str = "privileges";

@@ -1,4 +1,7 @@
-//! The checks a gateway and a backend both run on their interface: that it exists in this network namespace and is up, and how strict its reverse-path filter is.
+//! The checks a gateway and a backend both run on their interface.
+//!
+//! They check that it exists in this network namespace and is up, and how strict its reverse-path
+//! filter is.
 
 use super::{
     system::{self, Link},

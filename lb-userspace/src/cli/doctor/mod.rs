@@ -1,4 +1,6 @@
-//! `xdplb doctor`: preflight checks of a gateway (from its config) or of a DSR backend, each a finding that says what was found and the command or config change that fixes it.
+//! `xdplb doctor`: preflight checks of a gateway (from its config) or of a DSR backend.
+//!
+//! Each check is a finding that says what was found and the command or config change that fixes it.
 //!
 //! This file holds the command (arguments, the finding type, printing, the exit status);
 //! `gateway` and `backend` run the checks of each role, `interface` the ones both run on

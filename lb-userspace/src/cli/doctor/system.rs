@@ -1,4 +1,7 @@
-//! What `xdplb doctor` reads from the kernel, all of it as seen from the caller's network namespace: links (`ip -j link`), addresses, per-interface sysctls, the NIC's driver (SIOCETHTOOL), capabilities, RLIMIT_MEMLOCK and the kernel release.
+//! What `xdplb doctor` reads from the kernel, as seen from the caller's network namespace.
+//!
+//! It reads links (`ip -j link`), addresses, per-interface sysctls, the NIC's driver (SIOCETHTOOL),
+//! capabilities, RLIMIT_MEMLOCK and the kernel release.
 
 use std::{net::IpAddr, os::fd::AsRawFd as _};
 
