@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::{sync::mpsc::UnboundedSender, task::JoinHandle};
 
-use crate::agent::neigh::interface_index;
+use crate::datapath::nic::interface_index;
 
 /// What happened to the interface.
 #[derive(Debug, Clone, PartialEq, Eq)]

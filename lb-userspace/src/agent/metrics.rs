@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::cli::stats::StatsReport;
+use crate::datapath::counters::StatsReport;
 
 /// Everything the exporter shows, gathered by the agent at scrape time.
 pub struct Snapshot {
@@ -288,7 +288,7 @@ pub(crate) mod tests {
     use prometheus_parse::{Sample, Scrape, Value};
 
     use super::*;
-    use crate::cli::stats::{BackendStats, VipStats};
+    use crate::datapath::counters::{BackendStats, VipStats};
 
     fn backend(address: &str, state: &'static str, packets: u64) -> BackendStats {
         BackendStats {

@@ -7,14 +7,14 @@
 // Northbound: how operators and tools reach the agent.
 pub mod api;
 mod control;
-pub mod http;
-pub mod metrics;
-pub mod persist;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod persist;
 // Southbound: what the agent watches and drives besides the maps.
 pub mod announce;
-pub mod health;
-pub mod link;
-pub mod neigh;
+pub(crate) mod health;
+pub(crate) mod link;
+pub(crate) mod neigh;
 // The agent's one state and what changes it.
 mod state;
 
@@ -34,17 +34,15 @@ use tokio::{
 };
 
 use self::{
-    announce::Announcer,
     link::{LinkEvent, LinkWatch},
     neigh::MacEvent,
     persist::ConfigFile,
     state::{Agent, Shared, Waiting},
 };
 use crate::{
-    cli::stats,
+    datapath::counters,
     datapath::{balancer, maps::BalancerMaps, reconcile::Written},
     exit::CannotStart,
-    model::desired::Desired,
 };
 
 /// Waits (before the loop starts, so nothing else is held up) for the resolver's first word
@@ -83,7 +81,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     crate::datapath::caps::require(&crate::datapath::caps::AGENT).context(CannotStart)?;
     let (file, cfg) = ConfigFile::open(config_path).context(CannotStart)?;
     let interface = cfg.interface.as_str().to_owned();
-    if neigh::interface_index(&interface).is_none() {
+    if crate::datapath::nic::interface_index(&interface).is_none() {
         bail!(
             "interface {interface} does not exist (config {})",
             config_path.display()
@@ -91,7 +89,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let (listener, _socket_file) = api::bind(&cfg.api_socket)?;
     // The datapath balances only frames addressed to this MAC; without one, nothing.
-    neigh::interface_mac(&interface)?;
+    crate::datapath::nic::interface_mac(&interface)?;
     let balancer::Loaded { mut ebpf, adopted } =
         balancer::load_pinned(&cfg.pin_path, cfg.flow_table_size.0)?;
     // Logs only exist in debug builds of the object; keep the logger alive with the program.
@@ -138,7 +136,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         cfg.xdp_mode,
     )?));
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
-    let index = neigh::interface_index(&interface)
+    let index = crate::datapath::nic::interface_index(&interface)
         .with_context(|| format!("interface {interface} went away during start-up"))?;
     let _link_watch = LinkWatch::spawn(&interface, index, link_tx)?;
     let mut datapath = Datapath {
@@ -266,7 +264,7 @@ impl Datapath {
             return;
         }
         let interface = agent.cfg.interface.as_str().to_owned();
-        if neigh::interface_index(&interface).is_none()
+        if crate::datapath::nic::interface_index(&interface).is_none()
             || self
                 .last_attempt
                 .is_some_and(|t| t.elapsed() < REATTACH_EVERY)
@@ -330,7 +328,7 @@ impl MetricsSource {
 
     fn snapshot(&self) -> anyhow::Result<metrics::Snapshot> {
         let cfg = self.shared.cfg.lock().unwrap().clone();
-        let stats = stats::collect(&self.pin_path, cfg.as_ref())?;
+        let stats = counters::collect(&self.pin_path, cfg.as_ref())?;
         let maps = BalancerMaps::from_pins(&balancer::state_dir(&self.pin_path))?;
         let vips = maps.vips()?.len() as u64;
         let backends = maps.backends()?.len() as u64;

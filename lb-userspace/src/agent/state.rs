@@ -135,9 +135,9 @@ impl Agent {
         let facts = Facts {
             down: &down,
             macs: &self.macs,
-            mtu: neigh::interface_mtu(interface).ok(),
+            mtu: crate::datapath::nic::interface_mtu(interface).ok(),
             // Read each time: an interface that went away and came back may have another.
-            own_mac: neigh::interface_mac(interface)?,
+            own_mac: crate::datapath::nic::interface_mac(interface)?,
         };
         Desired::build(cfg, &facts)
     }

@@ -1,12 +1,12 @@
 //! The `xdplb` command line: the commands, each group in a file of its own, and their dispatch.
 
-pub mod agent;
+mod agent;
 mod backend;
-pub mod check;
-pub mod doctor;
+mod check;
+mod doctor;
 mod output;
-pub mod replay;
-pub mod stats;
+mod replay;
+mod stats;
 mod vip;
 
 use std::path::PathBuf;

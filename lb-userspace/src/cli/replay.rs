@@ -191,7 +191,9 @@ pub fn replay(
     }
     cfg.vips = vips.try_into().map_err(|e: String| anyhow!(e))?;
     // Off the gateway the interface may not exist: assume Ethernet's MTU for tunnels.
-    if cfg.tunnel.mtu.is_none() && neigh::interface_mtu(cfg.interface.as_str()).is_err() {
+    if cfg.tunnel.mtu.is_none()
+        && crate::datapath::nic::interface_mtu(cfg.interface.as_str()).is_err()
+    {
         cfg.tunnel.mtu = Some(TunnelMtu(1500));
     }
     let by_mac: HashMap<(String, [u8; 6]), IpAddr> = cfg
@@ -249,7 +251,7 @@ pub fn replay(
     }
     let own_mac = match mac {
         Some(m) => m,
-        None => match neigh::interface_mac(cfg.interface.as_str()) {
+        None => match crate::datapath::nic::interface_mac(cfg.interface.as_str()) {
             Ok(m) => m,
             Err(_) => {
                 // The first unicast destination: broadcasts (ARP) name nobody.

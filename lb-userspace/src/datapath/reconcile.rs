@@ -196,7 +196,7 @@ impl Written {
         let facts = Facts {
             down,
             macs: &macs,
-            mtu: crate::agent::neigh::interface_mtu(cfg.interface.as_str()).ok(),
+            mtu: crate::datapath::nic::interface_mtu(cfg.interface.as_str()).ok(),
             own_mac,
         };
         let desired = Desired::build(cfg, &facts)?;

@@ -61,7 +61,7 @@ pub fn global_addrs(addrs: &[InterfaceAddr]) -> Vec<IpAddr> {
 /// Every address of `interface`, read with iproute2's JSON output (iproute2 is on every XDP
 /// host anyway, see agent/neigh.rs).
 pub(super) fn interface_addrs(interface: &str) -> anyhow::Result<Vec<InterfaceAddr>> {
-    parse_ip_addr_json(&crate::agent::neigh::ip_json(&[
+    parse_ip_addr_json(&crate::datapath::nic::ip_json(&[
         "addr", "show", "dev", interface,
     ])?)
 }

@@ -1,6 +1,6 @@
 //! The pure parts of the agent: what the maps should hold (`desired`), stable ids, Maglev, plans.
-pub mod addr;
+pub(crate) mod addr;
 pub mod desired;
-pub mod ids;
-pub mod maglev;
-pub mod plan;
+pub(crate) mod ids;
+pub(crate) mod maglev;
+pub(crate) mod plan;

@@ -105,12 +105,15 @@ impl Monitor {
         HealthView(Arc::clone(&self.shared))
     }
 
-    /// Current health of every probed target, sorted by VIP name then backend.
+    /// Current health of every probed target, sorted by VIP name then backend (for tests; the
+    /// exporter reads a view).
+    #[cfg(test)]
     pub fn snapshot(&self) -> Vec<(Target, Health)> {
         self.view().snapshot()
     }
 
-    /// Total transitions since start (for metrics): (to_down, to_up).
+    /// Total transitions since start: (to_down, to_up) (for tests; the exporter reads a view).
+    #[cfg(test)]
     pub fn transitions(&self) -> (u64, u64) {
         self.view().transitions()
     }

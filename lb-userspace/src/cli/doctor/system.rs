@@ -104,10 +104,10 @@ pub fn parse_links(json: &[u8]) -> anyhow::Result<Vec<Link>> {
 
 /// The interface `name` in this network namespace, `None` when there is none.
 pub fn link(name: &str) -> anyhow::Result<Option<Link>> {
-    if crate::agent::neigh::interface_index(name).is_none() {
+    if crate::datapath::nic::interface_index(name).is_none() {
         return Ok(None);
     }
-    Ok(parse_links(&crate::agent::neigh::ip_json(&[
+    Ok(parse_links(&crate::datapath::nic::ip_json(&[
         "link", "show", "dev", name,
     ])?)?
     .into_iter()
@@ -116,7 +116,7 @@ pub fn link(name: &str) -> anyhow::Result<Option<Link>> {
 
 /// The names of every interface in this network namespace (for a fix that must name one).
 pub fn link_names() -> Vec<String> {
-    crate::agent::neigh::ip_json(&["link", "show"])
+    crate::datapath::nic::ip_json(&["link", "show"])
         .and_then(|j| parse_links(&j))
         .map(|links| links.into_iter().map(|l| l.ifname).collect())
         .unwrap_or_default()
@@ -124,7 +124,7 @@ pub fn link_names() -> Vec<String> {
 
 /// The addresses on `interface`.
 pub fn addresses(interface: &str) -> anyhow::Result<Vec<IpAddr>> {
-    let json = crate::agent::neigh::ip_json(&["addr", "show", "dev", interface])?;
+    let json = crate::datapath::nic::ip_json(&["addr", "show", "dev", interface])?;
     Ok(crate::decap::parse_ip_addr_json(&json)?
         .into_iter()
         .map(|a| a.addr)
