@@ -162,3 +162,40 @@ fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Detach { config, pin_path } => agent::detach(&config, pin_path).map(Outcome::from),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// Every command and argument says in one line what it is for, in `--help` and `-h`.
+    #[test]
+    fn every_command_and_argument_has_a_one_line_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", cmd.get_name());
+            if cmd.get_about().is_none() && cmd.get_name() != "help" {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                match arg.get_help() {
+                    None => missing.push(format!("{path} {id}: no help")),
+                    Some(h) if h.to_string().contains('\n') => {
+                        missing.push(format!("{path} {id}: help is not one line"))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+}
