@@ -1,4 +1,4 @@
-//! The contract of the benchmark's baseline programs (`lb-ebpf/src/baselines.rs`): program names, the map and value of the fixed-backend forwarder, and the tables of the lookup and new-flow floors.
+//! The contract of the benchmark's baseline programs (`lb-ebpf/src/bin/baselines/`): program names, the map and value of the fixed-backend forwarder, and the tables of the lookup and new-flow floors.
 
 use crate::{MapKind, MapSpec, DEFAULT_RING_SIZE};
 
