@@ -1,4 +1,4 @@
-//! The contract of the benchmark's baseline programs (`lb-ebpf/src/baselines.rs`).
+//! The contract of the benchmark's baseline programs (`lb-ebpf/src/bin/baselines/`).
 //!
 //! It holds their program names, the map and value of the fixed-backend forwarder, and the tables
 //! of the lookup and new-flow floors.

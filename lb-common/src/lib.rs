@@ -57,7 +57,8 @@ impl MapSpec {
 }
 
 /// Map names, exactly as they appear in the eBPF object (the `#[btf_map]` statics in
-/// `lb-ebpf/src/maps.rs` carry these identifiers; `tests` checks every name is in the object).
+/// `lb-ebpf/src/bin/balancer/maps.rs` carry these identifiers; `tests` checks every name is in
+/// the object).
 pub mod maps {
     /// `HashMap<VipKey, VipMeta>`: which (address, port, protocol) we balance.
     pub const VIPS: &str = "VIPS";
@@ -96,8 +97,8 @@ pub mod maps {
 }
 
 /// Every map of the balancer object: names, kinds, key/value sizes, capacities. Userspace checks
-/// pinned maps against it; `lb-ebpf/src/maps.rs` declares the same (the tests check the names
-/// against the object).
+/// pinned maps against it; `lb-ebpf/src/bin/balancer/maps.rs` declares the same (the tests check
+/// the names against the object).
 pub const BALANCER_MAPS: [MapSpec; 10] = {
     use MapKind::*;
     [

@@ -1,4 +1,4 @@
-//! Per-CPU counter slots, as every program keeps them: one `u64` per outcome in a per-CPU array that lb-common sizes and names.
+//! Per-CPU counter slots as every program keeps them: one `u64` per outcome, sized by lb-common.
 
 use aya_ebpf::btf_maps::PerCpuArray;
 

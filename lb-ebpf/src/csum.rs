@@ -1,4 +1,4 @@
-//! Internet checksums (RFC 1071) and their incremental update (RFC 1624), for the headers the programs write.
+//! Internet checksums (RFC 1071) and their incremental update (RFC 1624) for the headers written.
 
 use aya_ebpf::programs::XdpContext;
 

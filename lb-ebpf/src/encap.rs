@@ -1,4 +1,6 @@
-//! Sending a frame on toward its backend: the L2 rewrite, IP-in-IP encapsulation and the MTU/DF decision that comes before it, and the frame surgery they share with the ICMP answers.
+//! Sending a frame on toward its backend: the L2 rewrite, IP-in-IP, and the MTU/DF decision.
+//!
+//! Also the frame surgery (head room, moving the L2 header, writing IPv4) the ICMP answers share.
 //!
 //! Every public function rewrites the frame for `XDP_TX` (the caller's `Tx*` outcome carries
 //! that verdict) or fails with the outcome that ends the packet instead.

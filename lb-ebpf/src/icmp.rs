@@ -1,4 +1,7 @@
-//! The ICMP answers the balancer sends back to a client itself: "fragmentation needed" / "packet too big" for a packet too big to tunnel, and echo replies for VIP addresses that answer pings.
+//! The ICMP answers the balancer sends a client itself: "packet too big" and echo replies.
+//!
+//! "Fragmentation needed" / "packet too big" answers a packet too big to tunnel; echo replies
+//! answer pings to VIP addresses that take them.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use lb_common::{

@@ -1,8 +1,14 @@
-//! What xdplb's XDP programs (balancer, decap, baselines) share: wire formats, checksums, parsing, encapsulation, ICMP answers, counters. Also the build-dependency that lets cargo re-run lb-userspace's eBPF build when lb-common changes.
+//! What xdplb's XDP programs (balancer, decap, baselines) share; the programs are in `src/bin/`.
+//!
+//! The packet's path through the library: [`wire`] (bounds-checked frame access, header
+//! layouts), [`parse`] (what a frame is, with the header checks every program makes the same
+//! way), [`encap`] and [`icmp`] (the frames the balancer writes), [`csum`], [`counters`]; and
+//! [`program`], what every program has once (panic handler, licence, verdict → XDP action).
+//!
+//! On the host this crate is only lb-userspace's build-dependency (so cargo re-runs the eBPF
+//! build when lb-common changes), and the library is empty: the modules are eBPF code.
 #![no_std]
 
-// The modules are eBPF code (aya-ebpf's XdpContext and maps): on the host, where this crate
-// is only lb-userspace's build-dependency, the library is empty.
 #[cfg(target_arch = "bpf")]
 pub mod counters;
 #[cfg(target_arch = "bpf")]
@@ -13,5 +19,7 @@ pub mod encap;
 pub mod icmp;
 #[cfg(target_arch = "bpf")]
 pub mod parse;
+#[cfg(target_arch = "bpf")]
+pub mod program;
 #[cfg(target_arch = "bpf")]
 pub mod wire;

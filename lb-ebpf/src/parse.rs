@@ -1,4 +1,7 @@
-//! Packet parsing: what a frame is (a TCP/UDP flow, an ICMP error quoting one, an echo request, a fragment) and where its headers are, or why it is none of those.
+//! Packet parsing: what a frame is (TCP/UDP flow, ICMP error, echo request, fragment) and where.
+//!
+//! [`link`], [`ipv4`] and [`ipv6`] are the header checks every program makes the same way:
+//! the balancer's [`parse`] and decap's outer and inner headers both go through them.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{Family, FlowKey, Outcome, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
@@ -7,11 +10,84 @@ use network_types::{
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::wire::{
-    eth, frame_len, icmp,
-    ipv4::{DF as IP_DF, MF as IP_MF, OFFSET as IP_OFFSET},
-    ipv6, ptr_at, transport,
-};
+use crate::wire::{eth, frame_len, icmp, ipv4, ipv6, ptr_at, transport};
+
+/// A frame's link layer: Ethernet with at most one 802.1Q tag.
+#[derive(Clone, Copy)]
+pub struct Link {
+    /// The EtherType of what follows, in host order: the frame's, or the tag's inner one.
+    pub ether_type: u16,
+    /// Offset of the network header, which is the L2 header's length: `eth::HLEN`, or
+    /// `eth::TAGGED_HLEN` behind a tag.
+    pub l3: usize,
+}
+
+/// Reads the Ethernet header and one 802.1Q tag if there is one. `None`: the frame is shorter
+/// than that.
+#[inline(always)]
+pub fn link(ctx: &XdpContext) -> Option<Link> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    // `ether_type` holds the wire bytes; compare in host order.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut l3 = EthHdr::LEN;
+    if ether_type == eth::P_8021Q {
+        let tag = unsafe { *ptr_at::<[u8; eth::VLAN_HLEN]>(ctx, l3)? };
+        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
+        l3 += eth::VLAN_HLEN;
+    }
+    Some(Link { ether_type, l3 })
+}
+
+/// An IPv4 header whose lengths hold together (see [`ipv4`]).
+pub struct Ipv4<'a> {
+    pub hdr: &'a Ipv4Hdr,
+    /// Header length, options included (IHL × 4: 20..=60).
+    pub hlen: usize,
+    /// Total length of the packet, header included.
+    pub len: usize,
+}
+
+impl Ipv4<'_> {
+    /// Whether the packet is a fragment, first or not (MF set or a fragment offset).
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        u16::from_be_bytes(self.hdr.frags) & (ipv4::MF | ipv4::OFFSET) != 0
+    }
+}
+
+/// The IPv4 header at `off` if it holds together: version 4, a header length of at least 20
+/// bytes, and a total length that covers the header and ends by `end` (the frame's length, or
+/// the end of the packet it is tunnelled in). `None` otherwise. The checksum is not verified:
+/// the receiving kernel does that.
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext, off: usize, end: usize) -> Option<Ipv4<'_>> {
+    let hdr = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, off)? };
+    let hlen = (hdr.vihl & 0x0f) as usize * 4;
+    let len = u16::from_be_bytes(hdr.tot_len) as usize;
+    if hdr.vihl >> 4 != 4 || hlen < Ipv4Hdr::LEN || len < hlen || off + len > end {
+        return None;
+    }
+    Some(Ipv4 { hdr, hlen, len })
+}
+
+/// An IPv6 fixed header whose length holds together (see [`ipv6`]).
+pub struct Ipv6<'a> {
+    pub hdr: &'a Ipv6Hdr,
+    /// Length of the packet: the 40-byte fixed header plus the payload length.
+    pub len: usize,
+}
+
+/// The IPv6 header at `off` if it holds together: version 6 and a payload that ends by `end`
+/// (as for [`ipv4`]). `None` otherwise.
+#[inline(always)]
+pub fn ipv6(ctx: &XdpContext, off: usize, end: usize) -> Option<Ipv6<'_>> {
+    let hdr = unsafe { &*ptr_at::<Ipv6Hdr>(ctx, off)? };
+    let len = Ipv6Hdr::LEN + u16::from_be_bytes(hdr.payload_len) as usize;
+    if hdr.vcf[0] >> 4 != 6 || off + len > end {
+        return None;
+    }
+    Some(Ipv6 { hdr, len })
+}
 
 /// What kind of packet [`parse`] found.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -56,16 +132,7 @@ pub struct Parsed {
 /// ICMP messages that cannot be read are `PassNotVip`: the stack judges them.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Outcome::PassNotIp)?;
-    // `ether_type` holds the wire bytes; compare in host order.
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
-    let mut l3 = EthHdr::LEN;
-    if ether_type == eth::P_8021Q {
-        let inner = ptr_at::<[u8; 4]>(ctx, l3).ok_or(Outcome::PassNotIp)?;
-        let tag = unsafe { *inner };
-        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 += eth::VLAN_HLEN;
-    }
+    let Link { ether_type, l3 } = link(ctx).ok_or(Outcome::PassNotIp)?;
     let frame = frame_len(ctx);
     let mut p = Parsed {
         kind: Kind::Flow,
@@ -79,41 +146,30 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
     let proto;
     match ether_type {
         eth::P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Outcome::DropMalformed)?;
-            let ip = unsafe { &*ip };
-            let ihl = (ip.vihl & 0x0f) as usize * 4;
-            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-            if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > frame {
-                return Err(Outcome::DropMalformed);
-            }
+            let ip = ipv4(ctx, l3, frame).ok_or(Outcome::DropMalformed)?;
             p.key.family = Family::V4;
-            p.key.dst = v4_addr(ip.dst_addr);
-            p.ip_len = tot_len;
-            p.tos = ip.tos;
+            p.key.dst = v4_addr(ip.hdr.dst_addr);
+            p.ip_len = ip.len;
+            p.tos = ip.hdr.tos;
             // Fragments first, whatever their protocol: a non-first fragment's "protocol" says
             // nothing about ports.
-            let frags = u16::from_be_bytes(ip.frags);
-            p.df = frags & IP_DF != 0;
-            if frags & (IP_MF | IP_OFFSET) != 0 {
+            p.df = u16::from_be_bytes(ip.hdr.frags) & ipv4::DF != 0;
+            if ip.is_fragment() {
                 p.kind = Kind::Fragment;
                 return Ok(p);
             }
-            p.key.src = v4_addr(ip.src_addr);
-            p.l4 = l3 + ihl;
-            proto = ip.proto;
+            p.key.src = v4_addr(ip.hdr.src_addr);
+            p.l4 = l3 + ip.hlen;
+            proto = ip.hdr.proto;
         }
         eth::P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Outcome::DropMalformed)?;
-            let ip = unsafe { &*ip };
-            let payload = u16::from_be_bytes(ip.payload_len) as usize;
-            if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > frame {
-                return Err(Outcome::DropMalformed);
-            }
+            let ip = ipv6(ctx, l3, frame).ok_or(Outcome::DropMalformed)?;
+            let hdr = ip.hdr;
             p.key.family = Family::V6;
-            p.key.dst = v6_addr(&ip.dst_addr);
-            p.ip_len = Ipv6Hdr::LEN + payload;
-            p.tos = (ip.vcf[0] << 4) | (ip.vcf[1] >> 4);
-            match ip.next_hdr {
+            p.key.dst = v6_addr(&hdr.dst_addr);
+            p.ip_len = ip.len;
+            p.tos = (hdr.vcf[0] << 4) | (hdr.vcf[1] >> 4);
+            match hdr.next_hdr {
                 IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {}
                 ipv6::EXT_FRAGMENT => {
                     p.kind = Kind::Fragment;
@@ -130,9 +186,9 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Outcome> {
                 | ipv6::EXT_SHIM6 => return Err(Outcome::PassUnsupported),
                 _ => return Err(Outcome::PassNotVip),
             }
-            p.key.src = v6_addr(&ip.src_addr);
+            p.key.src = v6_addr(&hdr.src_addr);
             p.l4 = l3 + Ipv6Hdr::LEN;
-            proto = ip.next_hdr;
+            proto = hdr.next_hdr;
         }
         _ => return Err(Outcome::PassNotIp),
     }
@@ -243,7 +299,7 @@ fn icmp4(ctx: &XdpContext, p: &mut Parsed, l3_end: usize) -> Result<(), Outcome>
     if qip.src_addr != p.key.dst[..4] {
         return Err(Outcome::PassNotVip);
     }
-    if u16::from_be_bytes(qip.frags) & IP_OFFSET != 0 {
+    if u16::from_be_bytes(qip.frags) & ipv4::OFFSET != 0 {
         // A later fragment has no ports to find the flow by.
         return Err(Outcome::PassUnsupported);
     }

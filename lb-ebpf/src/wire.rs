@@ -1,4 +1,6 @@
-//! Wire formats the XDP programs read and write: bounds-checked access to the frame, header lengths, field offsets and protocol numbers, each named once.
+//! Wire formats: bounds-checked frame access, header lengths, field offsets, protocol numbers.
+//!
+//! Each is named once here.
 //!
 //! [`ptr_at`] is the only place that compares against `data_end`; everything that reads or
 //! writes the frame goes through it (the verifier needs that comparison before any access).
@@ -28,6 +30,8 @@ pub mod eth {
     pub const HLEN: usize = 14;
     /// An 802.1Q tag after the MAC addresses: TPID (which is where the EtherType was) + TCI.
     pub const VLAN_HLEN: usize = 4;
+    /// The Ethernet header with one 802.1Q tag.
+    pub const TAGGED_HLEN: usize = HLEN + VLAN_HLEN;
     pub const DST: core::ops::Range<usize> = 0..6;
     pub const SRC: core::ops::Range<usize> = 6..12;
     pub const P_IP: u16 = 0x0800;

@@ -7,9 +7,9 @@
 //! `tests/fuzz`), the same data comes from the [`Desired`] value the agent would write to the
 //! maps: both are [`Tables`], and the model's cross-checks run on either. `VIP_ADDRS` is derived from the config here and must match
 //! the map. Everything the XDP program decides per packet is re-derived here from the
-//! documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/lookup.rs`, the `Counter` and
-//! `Settings` docs in lb-common and docs/datapath.md, parsing and building headers with etherparse
-//! rather than the program's own code.
+//! documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/bin/balancer/lookup.rs`, the `Counter`
+//! and `Settings` docs in lb-common and docs/datapath.md, parsing and building headers with
+//! etherparse rather than the program's own code.
 //!
 //! Where the documented rules and etherparse's notion of a valid packet differ, the rules win
 //! (the model mirrors the contract, not the library):

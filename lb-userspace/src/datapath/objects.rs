@@ -24,7 +24,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 pub static BASELINES_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/baselines"));
 
-/// The backends' decapsulation program (`xdplb decap`, lb-ebpf/src/decap.rs).
+/// The backends' decapsulation program (`xdplb decap`, lb-ebpf/src/bin/decap/main.rs).
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
 
 /// The XDP program `name` of a loaded object.

@@ -1,4 +1,8 @@
-//! Baseline XDP programs for `cargo xtask bench`: the floor a balancer is measured against (an empty XDP_PASS, a minimal MAC swap with XDP_TX, a fixed-backend forwarder, a MAC swap after one flow-table hit with a 40- or 16-byte key, the least a new flow costs). Not part of the balancer object; names and layouts are in `lb_common::baselines`.
+//! Baseline XDP programs for `cargo xtask bench`: the floors a balancer is measured against.
+//!
+//! An empty `XDP_PASS`, a minimal MAC swap with `XDP_TX`, a fixed-backend forwarder, a MAC
+//! swap after one flow-table hit with a 40- or 16-byte key, and the least a new flow costs.
+//! Not part of the balancer object; names and layouts are in `lb_common::baselines`.
 #![no_std]
 #![no_main]
 
@@ -150,13 +154,3 @@ pub fn baseline_fixed_forward(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_TX
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,4 +1,7 @@
-//! Whether a frame is ours, and which backend gets its flow: the flow table first (an established flow needs nothing else), then on a miss the VIP and its Maglev ring.
+//! Whether a frame is ours, and which backend gets its flow: flow table, then VIP and Maglev ring.
+//!
+//! An established flow needs nothing but the flow table; only a miss looks up the VIP and its
+//! ring.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{

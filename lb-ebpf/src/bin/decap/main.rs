@@ -1,4 +1,8 @@
-//! `xdplb_decap`, the backends' XDP program: strips the outer header of IP-in-IP (4in4, 6in4, 6in6, 4in6) addressed to this host and passes the inner packet to the stack; everything else passes untouched.
+//! `xdplb_decap`, the backends' XDP program: strips IP-in-IP addressed to this host.
+//!
+//! Handles 4in4, 6in4, 6in6 and 4in6: the outer header goes, the inner packet passes to the
+//! stack; everything else passes untouched. The outer and inner headers are checked by the
+//! library's parser ([`lb_ebpf::parse`]), as the balancer checks the packets it receives.
 #![no_std]
 #![no_main]
 
@@ -11,18 +15,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     decap::{DecapAddr, DecapOutcome, DECAP_COUNTER_COUNT, MAX_DECAP_ADDRS},
-    Verdict, IPPROTO_IPIP, IPPROTO_IPV6,
+    IPPROTO_IPIP, IPPROTO_IPV6,
 };
 use lb_ebpf::{
     counters::increment,
-    wire::{
-        eth::{self, P_8021Q as ETH_P_8021Q, P_IP as ETH_P_IP, P_IPV6 as ETH_P_IPV6},
-        ipv4::{MF as IP_MF, OFFSET as IP_OFFSET},
-        ipv6::EXT_FRAGMENT as IPPROTO_FRAGMENT,
-        ptr_at,
-    },
+    parse::{self, Link},
+    program,
+    wire::{eth, frame_len, ipv6, ptr_at},
 };
-use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 /// The local addresses tunnels may be addressed to (filled by `xdplb decap`).
 #[btf_map]
@@ -31,10 +31,6 @@ static DECAP_ADDRS: HashMap<DecapAddr, u32, { MAX_DECAP_ADDRS as usize }> = Hash
 /// One slot per `DecapCounter` (each [`DecapOutcome`] has one), per CPU.
 #[btf_map]
 static DECAP_STATS: PerCpuArray<u64, { DECAP_COUNTER_COUNT as usize }> = PerCpuArray::new();
-
-const ETH_HLEN: usize = eth::HLEN;
-/// Ethernet header plus one 802.1Q tag.
-const VLAN_ETH_HLEN: usize = eth::HLEN + eth::VLAN_HLEN;
 
 /// The decapsulation program. Every packet ends in exactly one outcome, counted here, whose
 /// verdict is the action; except a failed `bpf_xdp_adjust_head` after all checks passed
@@ -52,12 +48,8 @@ pub fn xdplb_decap(ctx: XdpContext) -> u32 {
         Err(outcome) => outcome,
     };
     count(outcome);
-    match outcome.verdict() {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
-        // No decap outcome sends the frame back; kept total rather than guessed.
-        Verdict::Tx => xdp_action::XDP_TX,
-    }
+    // No decap outcome has the `Tx` verdict; the mapping stays total rather than guessed.
+    program::action(outcome.verdict())
 }
 
 #[inline(always)]
@@ -68,9 +60,9 @@ fn count(outcome: DecapOutcome) {
 /// What [`apply`] does to a tunnel packet that passed every check.
 struct Strip {
     /// The link-layer header the inner packet gets: the frame's MACs, its 802.1Q tag if it had
-    /// one, and the inner packet's ethertype last.
-    l2: [u8; VLAN_ETH_HLEN],
-    /// `ETH_HLEN` or `VLAN_ETH_HLEN`.
+    /// one, and the inner packet's EtherType last.
+    l2: [u8; eth::TAGGED_HLEN],
+    /// `eth::HLEN` or `eth::TAGGED_HLEN`.
     l2_len: usize,
     /// Bytes of outer IP header to cut (IPv4: IHL × 4, 20..=60; IPv6: 40).
     outer_len: usize,
@@ -89,66 +81,52 @@ fn is_local(addr: &DecapAddr) -> bool {
 /// that for the inner header, and the outer one is discarded.
 #[inline(always)]
 fn plan(ctx: &XdpContext) -> Result<Strip, DecapOutcome> {
-    let eth = ptr_at::<[u8; ETH_HLEN]>(ctx, 0).ok_or(DecapOutcome::PassNotTunnel)?;
-    let eth = unsafe { *eth };
-    let mut l2 = [0u8; VLAN_ETH_HLEN];
-    l2[..12].copy_from_slice(&eth[..12]);
-    let mut ether_type = u16::from_be_bytes([eth[12], eth[13]]);
-    let mut l3 = ETH_HLEN;
-    if ether_type == ETH_P_8021Q {
-        let tag = ptr_at::<[u8; 4]>(ctx, ETH_HLEN).ok_or(DecapOutcome::PassNotTunnel)?;
-        let tag = unsafe { *tag };
-        // Keep the tag (TPID and TCI) in place; only the ethertype after it changes.
-        l2[12..14].copy_from_slice(&eth[12..14]);
-        l2[14..16].copy_from_slice(&tag[..2]);
-        ether_type = u16::from_be_bytes([tag[2], tag[3]]);
-        l3 = VLAN_ETH_HLEN;
+    let Link { ether_type, l3 } = parse::link(ctx).ok_or(DecapOutcome::PassNotTunnel)?;
+    // The MACs and the tag (TPID and TCI) are kept; only the EtherType before the IP header
+    // changes, below.
+    let mut l2 = [0u8; eth::TAGGED_HLEN];
+    if l3 == eth::TAGGED_HLEN {
+        let hdr = ptr_at::<[u8; eth::TAGGED_HLEN]>(ctx, 0).ok_or(DecapOutcome::PassNotTunnel)?;
+        l2 = unsafe { *hdr };
+    } else {
+        let hdr = ptr_at::<[u8; eth::HLEN]>(ctx, 0).ok_or(DecapOutcome::PassNotTunnel)?;
+        l2[..eth::HLEN].copy_from_slice(unsafe { &*hdr });
     }
-    let frame = ctx.data_end() - ctx.data();
+    let frame = frame_len(ctx);
 
     // The outer header: an IP-in-IP packet to one of our addresses, not fragmented. A broken
     // outer header is "not a tunnel" here: the stack drops it with its own counters, and
     // this program never touches what it cannot parse.
-    let (outer_len, inner_proto, outer_payload) = match ether_type {
-        ETH_P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(DecapOutcome::PassNotTunnel)?;
-            let ip = unsafe { &*ip };
-            let ihl = (ip.vihl & 0x0f) as usize * 4;
-            let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-            if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || l3 + tot_len > frame {
+    let (outer_len, inner_proto, outer_end) = match ether_type {
+        eth::P_IP => {
+            let ip = parse::ipv4(ctx, l3, frame).ok_or(DecapOutcome::PassNotTunnel)?;
+            let proto = ip.hdr.proto;
+            if proto != IPPROTO_IPIP && proto != IPPROTO_IPV6 {
                 return Err(DecapOutcome::PassNotTunnel);
             }
-            if ip.proto != IPPROTO_IPIP && ip.proto != IPPROTO_IPV6 {
-                return Err(DecapOutcome::PassNotTunnel);
-            }
-            if !is_local(&DecapAddr::v4(ip.dst_addr)) {
+            if !is_local(&DecapAddr::v4(ip.hdr.dst_addr)) {
                 return Err(DecapOutcome::PassNotLocal);
             }
             // Any fragment, first or not: the inner packet is incomplete until the stack
             // reassembles it.
-            if u16::from_be_bytes(ip.frags) & (IP_MF | IP_OFFSET) != 0 {
+            if ip.is_fragment() {
                 return Err(DecapOutcome::PassOuterFragment);
             }
-            (ihl, ip.proto, tot_len - ihl)
+            (ip.hlen, proto, l3 + ip.len)
         }
-        ETH_P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(DecapOutcome::PassNotTunnel)?;
-            let ip = unsafe { &*ip };
-            let payload = u16::from_be_bytes(ip.payload_len) as usize;
-            if ip.vcf[0] >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload > frame {
-                return Err(DecapOutcome::PassNotTunnel);
-            }
-            let local = is_local(&DecapAddr::v6(ip.dst_addr));
-            match ip.next_hdr {
+        eth::P_IPV6 => {
+            let ip = parse::ipv6(ctx, l3, frame).ok_or(DecapOutcome::PassNotTunnel)?;
+            let next = ip.hdr.next_hdr;
+            let local = is_local(&DecapAddr::v6(ip.hdr.dst_addr));
+            match next {
                 IPPROTO_IPIP | IPPROTO_IPV6 if local => {}
                 IPPROTO_IPIP | IPPROTO_IPV6 => return Err(DecapOutcome::PassNotLocal),
-                IPPROTO_FRAGMENT => {
+                ipv6::EXT_FRAGMENT => {
                     // The fragment header's first byte is the protocol of the fragmented
                     // payload: count tunnel fragments as such, everything else is not ours.
-                    let frag = ptr_at::<[u8; 8]>(ctx, l3 + Ipv6Hdr::LEN)
+                    let frag = ptr_at::<[u8; 8]>(ctx, l3 + ipv6::HLEN)
                         .ok_or(DecapOutcome::PassNotTunnel)?;
-                    let next = unsafe { (*frag)[0] };
-                    return Err(match next {
+                    return Err(match unsafe { (*frag)[0] } {
                         IPPROTO_IPIP | IPPROTO_IPV6 if local => DecapOutcome::PassOuterFragment,
                         IPPROTO_IPIP | IPPROTO_IPV6 => DecapOutcome::PassNotLocal,
                         _ => DecapOutcome::PassNotTunnel,
@@ -158,35 +136,24 @@ fn plan(ctx: &XdpContext) -> Result<Strip, DecapOutcome> {
                 // limit included) are not walked: the balancer does not add them.
                 _ => return Err(DecapOutcome::PassNotTunnel),
             }
-            (Ipv6Hdr::LEN, ip.next_hdr, payload)
+            (ipv6::HLEN, next, l3 + ip.len)
         }
         _ => return Err(DecapOutcome::PassNotTunnel),
     };
 
     // The inner header: the version the outer protocol announces, and a length that stays
-    // inside the outer payload (which the checks above keep inside the frame). Less than the
+    // inside the outer packet (which the checks above keep inside the frame). Shorter than the
     // outer payload is allowed: the stack trims the excess, as it trims Ethernet padding.
     let inner = l3 + outer_len;
     let inner_type = if inner_proto == IPPROTO_IPIP {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, inner).ok_or(DecapOutcome::DropMalformed)?;
-        let ip = unsafe { &*ip };
-        let ihl = (ip.vihl & 0x0f) as usize * 4;
-        let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
-        if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl || tot_len > outer_payload {
-            return Err(DecapOutcome::DropMalformed);
-        }
-        ETH_P_IP
+        parse::ipv4(ctx, inner, outer_end).ok_or(DecapOutcome::DropMalformed)?;
+        eth::P_IP
     } else {
-        let ip = ptr_at::<Ipv6Hdr>(ctx, inner).ok_or(DecapOutcome::DropMalformed)?;
-        let ip = unsafe { &*ip };
-        let payload = u16::from_be_bytes(ip.payload_len) as usize;
-        if ip.vcf[0] >> 4 != 6 || Ipv6Hdr::LEN + payload > outer_payload {
-            return Err(DecapOutcome::DropMalformed);
-        }
-        ETH_P_IPV6
+        parse::ipv6(ctx, inner, outer_end).ok_or(DecapOutcome::DropMalformed)?;
+        eth::P_IPV6
     };
     // Constant indices on both paths: nothing here can fail a bounds check.
-    if l3 == VLAN_ETH_HLEN {
+    if l3 == eth::TAGGED_HLEN {
         l2[16..18].copy_from_slice(&inner_type.to_be_bytes());
     } else {
         l2[12..14].copy_from_slice(&inner_type.to_be_bytes());
@@ -209,29 +176,18 @@ fn apply(ctx: &XdpContext, strip: &Strip) -> bool {
     }
     // verifier: adjust_head invalidates every packet pointer; ptr_at re-reads data/data_end
     // and re-checks before the writes.
-    if strip.l2_len == VLAN_ETH_HLEN {
-        let Some(hdr) = ptr_at::<[u8; VLAN_ETH_HLEN]>(ctx, 0) else {
+    if strip.l2_len == eth::TAGGED_HLEN {
+        let Some(hdr) = ptr_at::<[u8; eth::TAGGED_HLEN]>(ctx, 0) else {
             return false;
         };
         unsafe { *hdr = strip.l2 };
     } else {
-        let Some(hdr) = ptr_at::<[u8; ETH_HLEN]>(ctx, 0) else {
+        let Some(hdr) = ptr_at::<[u8; eth::HLEN]>(ctx, 0) else {
             return false;
         };
-        let mut l2 = [0u8; ETH_HLEN];
-        l2.copy_from_slice(&strip.l2[..ETH_HLEN]);
+        let mut l2 = [0u8; eth::HLEN];
+        l2.copy_from_slice(&strip.l2[..eth::HLEN]);
         unsafe { *hdr = l2 };
     }
     true
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects programs that can reach a panic path; nothing gets here at run time.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,4 +1,7 @@
-//! Entry points of xdplb's XDP programs: the balancer and the plain pass program for veth peers. Parsing, encapsulation and ICMP come from the lb-ebpf library; the balancer's own maps, lookups and counters are its modules.
+//! The balancer's object (`lb-ebpf`): the `xdplb` program, and `xdplb_pass` for veth peers.
+//!
+//! Parsing, encapsulation and ICMP answers come from the lb-ebpf library; the balancer's own
+//! maps, lookups and counters are the modules beside this file.
 #![no_std]
 #![no_main]
 
@@ -7,11 +10,11 @@ mod maps;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Event, Outcome, Settings, Verdict, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
+use lb_common::{Event, Outcome, Settings, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
 use lb_ebpf::{
     encap, icmp,
     parse::{self, Kind},
-    wire,
+    program, wire,
 };
 use lookup::{addressed_to_us, Remembered};
 
@@ -31,7 +34,7 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
             outcome.verdict()
         }
     };
-    action_for(verdict)
+    program::action(verdict)
 }
 
 /// How a packet that went through the balancer ends: an established flow forwarded (counted
@@ -39,17 +42,6 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
 enum Exit {
     Hit(stats::Hit),
     Done(Outcome),
-}
-
-/// The XDP action of a verdict: not ours goes to the stack, broken or unservable VIP traffic
-/// is dropped, a rewritten frame leaves by the NIC it came in on.
-#[inline(always)]
-fn action_for(verdict: Verdict) -> u32 {
-    match verdict {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Tx => xdp_action::XDP_TX,
-    }
 }
 
 /// Classifies the packet and sends it on. `Ok` is a frame rewritten for `XDP_TX`; `Err` the
@@ -154,14 +146,3 @@ fn send(
 pub fn xdplb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects programs that can reach a panic path; nothing gets here at run time.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

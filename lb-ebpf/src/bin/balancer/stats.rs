@@ -1,4 +1,7 @@
-//! Per-CPU counters: one `GLOBAL_STATS` slot per outcome and per lookup event (lb-common's counter table), traffic per VIP and per backend, and an established flow's one hit slot.
+//! The balancer's per-CPU counters: outcomes and lookup events, traffic per VIP and backend, hits.
+//!
+//! One `GLOBAL_STATS` slot per outcome and per lookup event (lb-common's counter table),
+//! traffic per VIP and per backend, and an established flow's one hit slot.
 
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{Event, Outcome, TrafficCounters};

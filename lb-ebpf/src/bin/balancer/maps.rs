@@ -1,4 +1,4 @@
-//! The balancer's maps. Names (the static identifiers), capacities and value types come from lb-common.
+//! The balancer's maps. Names (the static identifiers), capacities and value types: lb-common.
 
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
