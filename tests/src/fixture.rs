@@ -1,4 +1,7 @@
-//! Shared harness of the packet-fixture tests: the real XDP program run with BPF_PROG_TEST_RUN on maps filled from a config, plus packet builders.
+//! The packet-fixture tests' harness: the real XDP program under BPF_PROG_TEST_RUN.
+//!
+//! Its maps are filled from a config; packet builders and the IP-in-IP fixtures' config are here
+//! too.
 
 use std::net::IpAddr;
 
@@ -14,57 +17,33 @@ use lb_userspace::{
 };
 
 pub use lb_userspace::datapath::testrun::{Run, XDP_DROP, XDP_PASS, XDP_TX};
+use xdplb_lab::configs::{config, lan4, vip, Backend};
 pub use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 
 /// Backends 10.202.0.x / fd00:202::x sit behind a router whose MAC is ...:fe; one VIP of each
 /// tunnel pairing (4in4, 6in6, 4in6, 6in4), plus an L2 VIP for ICMP steering without tunnels.
-pub const IPIP_CONFIG: &str = "\
-interface: lo
-tunnel:
-  source_v4: 172.16.0.0/16
-  source_v6: 'fd00:ffff::/96'
-  mtu: 1500
-vips:
-  - name: web4
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    forwarding: ipip
-    icmp_echo: true
-    backends:
-      - { address: 10.202.0.101, mac: '02:00:00:00:00:fe' }
-      - { address: 10.202.0.102, mac: '02:00:00:00:00:fe' }
-  - name: web6
-    address: 'fd00:201::10'
-    port: 80
-    protocol: tcp
-    forwarding: ipip
-    icmp_echo: true
-    backends:
-      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
-      - { address: 'fd00:202::102', mac: '02:00:00:00:00:fe' }
-  - name: dns4in6
-    address: 10.201.0.11
-    port: 7000
-    protocol: udp
-    forwarding: ipip
-    backends:
-      - { address: 'fd00:202::101', mac: '02:00:00:00:00:fe' }
-  - name: dns6in4
-    address: 'fd00:201::11'
-    port: 7000
-    protocol: udp
-    forwarding: ipip
-    backends:
-      - { address: 10.202.0.103, mac: '02:00:00:00:00:fe' }
-  - name: l2web
-    address: 10.201.0.12
-    port: 80
-    protocol: tcp
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-";
+pub fn ipip_config() -> String {
+    let routed = |address: &str| Backend::new(address).mac("02:00:00:00:00:fe");
+    let ipip = |name: &str, address: &str, port: u16, protocol: &str| {
+        vip(name, address, port, protocol).set("forwarding", "ipip")
+    };
+    config("lo")
+        .top("tunnel:\n  source_v4: 172.16.0.0/16\n  source_v6: 'fd00:ffff::/96'\n  mtu: 1500")
+        .vip(
+            ipip("web4", "10.201.0.10", 80, "tcp")
+                .set("icmp_echo", true)
+                .backends([routed("10.202.0.101"), routed("10.202.0.102")]),
+        )
+        .vip(
+            ipip("web6", "fd00:201::10", 80, "tcp")
+                .set("icmp_echo", true)
+                .backends([routed("fd00:202::101"), routed("fd00:202::102")]),
+        )
+        .vip(ipip("dns4in6", "10.201.0.11", 7000, "udp").backend(routed("fd00:202::101")))
+        .vip(ipip("dns6in4", "fd00:201::11", 7000, "udp").backend(routed("10.202.0.103")))
+        .vip(vip("l2web", "10.201.0.12", 80, "tcp").backends([lan4(1), lan4(2)]))
+        .yaml()
+}
 
 pub struct Harness {
     pub ebpf: aya::Ebpf,

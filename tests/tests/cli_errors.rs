@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use xdplb_lab::configs::{config, lan4, vip};
 use xdplb_lab::lab::tool_path;
 
 fn xdplb(args: &[&str]) -> (bool, String) {
@@ -29,7 +30,12 @@ fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
     path
 }
 
-const VALID: &str = "interface: xdplbnone0\nvips:\n  - name: web\n    address: 10.201.0.10\n    port: 80\n    protocol: tcp\n    backends:\n      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }\n";
+/// A config the agent accepts, on an interface that does not exist.
+fn valid() -> String {
+    config("xdplbnone0")
+        .vip(vip("web", "10.201.0.10", 80, "tcp").backend(lan4(1)))
+        .yaml()
+}
 
 #[test]
 fn missing_config_file_is_named() {
@@ -43,7 +49,7 @@ fn missing_config_file_is_named() {
 
 #[test]
 fn invalid_config_names_field_and_line() {
-    let path = temp_config("bad.yaml", &VALID.replace("port: 80", "port: http"));
+    let path = temp_config("bad.yaml", &valid().replace("port: 80", "port: http"));
     let (ok, out) = xdplb(&["check", "--config", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(
@@ -54,7 +60,7 @@ fn invalid_config_names_field_and_line() {
 
 #[test]
 fn check_accepts_a_valid_config() {
-    let path = temp_config("good.yaml", VALID);
+    let path = temp_config("good.yaml", &valid());
     let (ok, out) = xdplb(&["check", "--config", path.to_str().unwrap()]);
     assert!(ok, "{out}");
     assert!(out.contains("valid") && out.contains("VIP web"), "{out}");
@@ -75,7 +81,7 @@ fn check_accepts_a_valid_config() {
 
 #[test]
 fn run_on_a_missing_interface_says_so() {
-    let path = temp_config("noif.yaml", VALID);
+    let path = temp_config("noif.yaml", &valid());
     let (ok, out) = xdplb(&["run", "--config", path.to_str().unwrap()]);
     assert!(!ok);
     assert!(out.contains("interface xdplbnone0 does not exist"), "{out}");
@@ -178,7 +184,7 @@ fn a_value_the_command_does_not_take_is_a_usage_error_naming_what_it_takes() {
 fn a_backend_on_the_vips_own_address_is_refused() {
     let path = temp_config(
         "selfvip.yaml",
-        &VALID.replace("address: 10.200.0.101", "address: 10.201.0.10"),
+        &valid().replace("address: 10.200.0.101", "address: 10.201.0.10"),
     );
     let (code, out) = xdplb_code(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{out}");
@@ -196,7 +202,7 @@ fn a_backend_on_the_vips_own_address_is_refused() {
 #[test]
 fn api_commands_with_a_broken_config_name_it_and_still_ask_its_agent() {
     let socket = std::env::temp_dir().join(format!("xdplb-cli-{}-none.sock", std::process::id()));
-    let broken = VALID.replace("port: 80", "port: http");
+    let broken = valid().replace("port: 80", "port: http");
     let path = temp_config(
         "broken.yaml",
         &format!("api_socket: {}\n{broken}", socket.display()),
@@ -244,7 +250,7 @@ fn check_passes_beside_a_socket_left_by_a_dead_agent() {
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let path = temp_config(
         "stale.yaml",
-        &format!("api_socket: {}\n{VALID}", socket.display()),
+        &format!("api_socket: {}\n{}", socket.display(), valid()),
     );
     let (code, out) = xdplb_code(&["check", "--config", path.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}");
@@ -266,7 +272,7 @@ fn an_agent_that_fails_to_start_leaves_no_socket() {
     let _ = std::fs::remove_file(&socket);
     // `lo` exists in every namespace and has no MAC, which the agent refuses after the bind
     // (and /proc would refuse the pin directory next).
-    let yaml = VALID.replace("interface: xdplbnone0", "interface: lo");
+    let yaml = valid().replace("interface: xdplbnone0", "interface: lo");
     let path = temp_config(
         "nostart.yaml",
         &format!(

@@ -1,73 +1,44 @@
-//! Two balancers with the same config agree byte for byte (VIPs, backends, rings) and send every packet to the same backend, whatever the file's order and the history of changes behind it: what ECMP across balancers relies on.
+//! Two balancers with the same config agree byte for byte and send every packet to the same backend.
+//!
+//! VIPs, backends and rings agree whatever the file's order and the history of changes behind
+//! it: what ECMP across balancers relies on.
 
 use lb_common::{Counter, BACKEND_UNUSED};
 use lb_userspace::datapath::testrun::XDP_TX;
+use xdplb_lab::configs::{config, lan4, lan6, vip, Vip};
 use xdplb_tests::fixture::*;
 
-const ONE: &str = "\
-interface: lo
-vips:
-  - name: web
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    ring_size: 1009
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-      - { address: 10.200.0.103, mac: '02:00:00:00:01:03', weight: 50 }
-  - name: dns6
-    address: fd00:201::10
-    port: 53
-    protocol: udp
-    backends:
-      - { address: 'fd00:200::101', mac: '02:00:00:00:01:01' }
-      - { address: 'fd00:200::102', mac: '02:00:00:00:01:02' }
-";
+fn web() -> Vip {
+    vip("web", "10.201.0.10", 80, "tcp").set("ring_size", 1009)
+}
+
+fn dns6() -> Vip {
+    vip("dns6", "fd00:201::10", 53, "udp")
+}
+
+fn one() -> String {
+    config("lo")
+        .vip(web().backends([lan4(1), lan4(2), lan4(3).weight(50)]))
+        .vip(dns6().backends([lan6(1), lan6(2)]))
+        .yaml()
+}
 
 /// The same VIPs and backends, listed in the other order.
-const REORDERED: &str = "\
-interface: lo
-vips:
-  - name: dns6
-    address: fd00:201::10
-    port: 53
-    protocol: udp
-    backends:
-      - { address: 'fd00:200::102', mac: '02:00:00:00:01:02' }
-      - { address: 'fd00:200::101', mac: '02:00:00:00:01:01' }
-  - name: web
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    ring_size: 1009
-    backends:
-      - { address: 10.200.0.103, mac: '02:00:00:00:01:03', weight: 50 }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-";
+fn reordered() -> String {
+    config("lo")
+        .vip(dns6().backends([lan6(2), lan6(1)]))
+        .vip(web().backends([lan4(3).weight(50), lan4(2), lan4(1)]))
+        .yaml()
+}
 
 /// Where an operator might have come from: a VIP since removed, a backend since removed and
 /// one not added yet.
-const EARLIER: &str = "\
-interface: lo
-vips:
-  - name: old
-    address: 10.201.0.99
-    port: 80
-    protocol: tcp
-    backends:
-      - { address: 10.200.0.109, mac: '02:00:00:00:01:09' }
-  - name: web
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    ring_size: 1009
-    backends:
-      - { address: 10.200.0.104, mac: '02:00:00:00:01:04' }
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-";
+fn earlier() -> String {
+    config("lo")
+        .vip(vip("old", "10.201.0.99", 80, "tcp").backend(lan4(9)))
+        .vip(web().backends([lan4(4), lan4(1), lan4(2)]))
+        .yaml()
+}
 
 /// `VIPS` entries, `BACKENDS` entries, and (VIP id, ring) pairs, each as the maps hold them.
 type MapState = (Vec<String>, Vec<String>, Vec<(u32, Vec<u32>)>);
@@ -103,10 +74,10 @@ fn state(h: &Harness) -> MapState {
 
 #[test]
 fn same_config_same_maps_whatever_the_order_or_history() {
-    let a = Harness::new(ONE);
-    let b = Harness::new(REORDERED);
-    let mut c = Harness::new(EARLIER);
-    c.reconfigure(REORDERED);
+    let a = Harness::new(&one());
+    let b = Harness::new(&reordered());
+    let mut c = Harness::new(&earlier());
+    c.reconfigure(&reordered());
     let sa = state(&a);
     assert_eq!(sa.0.len(), 2);
     assert_eq!(sa.1.len(), 5);
@@ -124,9 +95,9 @@ fn same_config_same_maps_whatever_the_order_or_history() {
 
 #[test]
 fn same_packets_same_backends_on_every_balancer() {
-    let mut a = Harness::new(ONE);
-    let mut c = Harness::new(EARLIER);
-    c.reconfigure(REORDERED);
+    let mut a = Harness::new(&one());
+    let mut c = Harness::new(&earlier());
+    c.reconfigure(&reordered());
     let mut macs = std::collections::BTreeSet::new();
     for i in 0..2000u16 {
         let src = [192, 168, (i >> 8) as u8, i as u8];
@@ -156,7 +127,7 @@ fn same_packets_same_backends_on_every_balancer() {
 
 #[test]
 fn a_flow_entry_whose_slot_changed_owner_is_re_steered() {
-    let mut h = Harness::new(ONE);
+    let mut h = Harness::new(&one());
     let frame = tcp4([192, 168, 7, 7], 40000, [10, 201, 0, 10], 80);
     let flow = flow(
         "192.168.7.7".parse().unwrap(),

@@ -1,54 +1,33 @@
-//! Packet fixtures through the real XDP program with BPF_PROG_TEST_RUN: input packet (built with etherparse), expected verdict, expected output bytes, expected counters.
+//! Packet fixtures through the real XDP program with BPF_PROG_TEST_RUN.
+//!
+//! Each has an input packet (built with etherparse), the expected verdict, output bytes and
+//! counters.
 
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
 use lb_common::{Counter, Family};
 use lb_userspace::datapath::objects;
+use xdplb_lab::configs::{self, lan4, lan6, vip};
 use xdplb_tests::fixture::*;
 
-const CONFIG: &str = "\
-interface: lo
-vips:
-  - name: web
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-      - { address: 10.200.0.103, mac: '02:00:00:00:01:03' }
-  - name: any-port
-    address: 10.201.0.11
-    port: 0
-    protocol: udp
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-  - name: sticky
-    address: 10.201.0.12
-    port: 80
-    protocol: tcp
-    hash: source-ip
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-      - { address: 10.200.0.103, mac: '02:00:00:00:01:03' }
-  - name: web6
-    address: fd00:201::10
-    port: 53
-    protocol: udp
-    backends:
-      - { address: 'fd00:200::101', mac: '02:00:00:00:01:01' }
-      - { address: 'fd00:200::102', mac: '02:00:00:00:01:02' }
-  - name: empty
-    address: 10.201.0.13
-    port: 80
-    protocol: tcp
-    backends: []
-";
+/// L2 VIPs of every lookup kind: one port, all ports, source-IP hash, IPv6, no backends.
+fn config() -> String {
+    let three = || [lan4(1), lan4(2), lan4(3)];
+    configs::config("lo")
+        .vip(vip("web", "10.201.0.10", 80, "tcp").backends(three()))
+        .vip(vip("any-port", "10.201.0.11", 0, "udp").backends([lan4(1), lan4(2)]))
+        .vip(
+            vip("sticky", "10.201.0.12", 80, "tcp")
+                .set("hash", "source-ip")
+                .backends(three()),
+        )
+        .vip(vip("web6", "fd00:201::10", 53, "udp").backends([lan6(1), lan6(2)]))
+        .vip(vip("empty", "10.201.0.13", 80, "tcp"))
+        .yaml()
+}
 
 #[test]
 fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let pkt = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
     let f = flow(
         "10.200.0.11".parse().unwrap(),
@@ -109,7 +88,7 @@ fn object_has_every_map_and_program_lb_common_names() {
 
 #[test]
 fn ipv6_udp_to_vip_is_forwarded() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let src: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();
     let dst: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
     let pkt = udp6(src.octets(), 5353, dst.octets(), 53);
@@ -123,7 +102,7 @@ fn ipv6_udp_to_vip_is_forwarded() {
 
 #[test]
 fn traffic_that_is_not_for_a_vip_passes_untouched() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let cases: Vec<(&str, Vec<u8>, Counter)> = vec![
         (
             "tcp to the gateway itself (ssh)",
@@ -201,7 +180,7 @@ fn traffic_that_is_not_for_a_vip_passes_untouched() {
 
 #[test]
 fn all_ports_vip_takes_any_port() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     for port in [1u16, 53, 12345, 65535] {
         let pkt = udp4([10, 200, 0, 11], 999, [10, 201, 0, 11], port);
         let f = flow(
@@ -220,7 +199,7 @@ fn all_ports_vip_takes_any_port() {
 
 #[test]
 fn source_ip_hashing_keeps_a_client_on_one_backend() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let mut per_client = std::collections::HashMap::new();
     for client in 1..=20u8 {
         for sport in [1000u16, 2000, 3000, 4000] {
@@ -238,7 +217,7 @@ fn source_ip_hashing_keeps_a_client_on_one_backend() {
 
 #[test]
 fn malformed_ip_is_dropped_and_counted() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let good = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
     let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
     cases.push(("truncated tcp header", good[..14 + 20 + 10].to_vec()));
@@ -269,7 +248,7 @@ fn malformed_ip_is_dropped_and_counted() {
 
 #[test]
 fn ipv4_options_vlan_fragments_and_extension_headers() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     // IPv4 with 4 bytes of options: the ports are after the options, not at offset 20.
     let mut ip = Ipv4Header::new(
         0,
@@ -368,7 +347,7 @@ fn ipv4_options_vlan_fragments_and_extension_headers() {
 
 #[test]
 fn vip_without_backends_drops() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let before = h.global();
     let r = h.run(&tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 13], 80));
     assert_eq!(r.action, XDP_DROP);
@@ -377,7 +356,7 @@ fn vip_without_backends_drops() {
 
 #[test]
 fn draining_keeps_flows_removal_resteers() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     // Open 60 flows and note their backends.
     let flows: Vec<(Vec<u8>, [u8; 6])> = (0..60u16)
         .map(|i| {
@@ -393,7 +372,7 @@ fn draining_keeps_flows_removal_resteers() {
     let id101 = h.backend_id("web", "10.200.0.101");
 
     // .101 drains and .103 is removed.
-    let drained = CONFIG
+    let drained = config()
         .replacen(
             "{ address: 10.200.0.101, mac: '02:00:00:00:01:01' }",
             "{ address: 10.200.0.101, mac: '02:00:00:00:01:01', state: draining }",
@@ -436,7 +415,7 @@ fn draining_keeps_flows_removal_resteers() {
 #[test]
 fn a_virtual_mac_is_balanced_and_the_source_is_always_our_own() {
     const VIRTUAL: [u8; 6] = [0x00, 0x00, 0x5e, 0x00, 0x01, 0x07];
-    let mut h = Harness::new(&CONFIG.replace(
+    let mut h = Harness::new(&config().replace(
         "interface: lo\n",
         "interface: lo\nvirtual_mac: '00:00:5e:00:01:07'\n",
     ));
@@ -456,7 +435,7 @@ fn a_virtual_mac_is_balanced_and_the_source_is_always_our_own() {
     assert_eq!(&r.out[6..12], &GW_MAC, "from the interface's own MAC");
     assert_eq!(&r.out[12..], &pkt[12..], "nothing past the MACs changes");
     // Without it configured, the same frame is another host's.
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let before = h.global();
     let r = h.run(&pkt);
     assert_eq!((r.action, &r.out), (XDP_PASS, &pkt));
@@ -469,7 +448,7 @@ fn a_virtual_mac_is_balanced_and_the_source_is_always_our_own() {
 /// nothing.
 #[test]
 fn a_removed_vip_stops_forwarding_its_established_flows() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let flows: Vec<Vec<u8>> = (0..20u16)
         .map(|i| tcp4([10, 200, 0, 11], 31000 + i, [10, 201, 0, 10], 80))
         .collect();
@@ -482,7 +461,7 @@ fn a_removed_vip_stops_forwarding_its_established_flows() {
     }
     assert_eq!(delta(&h.global(), &before, Counter::ConnHit), 20, "pinned");
 
-    let web = CONFIG
+    let web = config()
         .split_once("  - name: web\n")
         .and_then(|(head, rest)| Some((head, rest.split_once("  - name: any-port\n")?.1)))
         .map(|(head, tail)| format!("{head}  - name: any-port\n{tail}"))
@@ -509,10 +488,10 @@ fn a_removed_vip_stops_forwarding_its_established_flows() {
 /// still there and their backends still serve: the backend entries carry the VIP's flags.
 #[test]
 fn a_vip_made_stateless_ignores_its_old_flow_entries() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&config());
     let pkt = tcp4([10, 200, 0, 11], 32000, [10, 201, 0, 10], 80);
     assert_eq!(h.run(&pkt).action, XDP_TX);
-    let stateless = CONFIG.replacen(
+    let stateless = config().replacen(
         "    port: 80\n    protocol: tcp\n    backends:\n",
         "    port: 80\n    protocol: tcp\n    stateless: true\n    backends:\n",
         1,

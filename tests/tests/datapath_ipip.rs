@@ -8,8 +8,6 @@ use etherparse::{
 use lb_common::{flow_hash, Counter, IPPROTO_TCP};
 use xdplb_tests::fixture::*;
 
-const CONFIG: &str = IPIP_CONFIG;
-
 const ROUTER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
 const CLIENT4: [u8; 4] = [10, 200, 0, 11];
 const VIP4: [u8; 4] = [10, 201, 0, 10];
@@ -72,7 +70,7 @@ fn ring_backend(h: &Harness, vip: &str, f: &lb_common::FlowKey) -> [u8; 16] {
 
 #[test]
 fn ipv4_in_ipv4_has_hashed_source_router_mac_and_the_untouched_inner_packet() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     let pkt = tcp4_data(40000, VIP4, 100, true);
     let f = flow(
         IpAddr::from(CLIENT4),
@@ -111,7 +109,7 @@ fn ipv4_in_ipv4_has_hashed_source_router_mac_and_the_untouched_inner_packet() {
 
 #[test]
 fn ipv6_in_ipv6_and_ipv4_in_ipv6() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     let pkt = tcp6_data(40001, 200);
     let f = flow(
         "fd00:200::11".parse().unwrap(),
@@ -151,7 +149,7 @@ fn ipv6_in_ipv6_and_ipv4_in_ipv6() {
 
 #[test]
 fn too_big_to_encapsulate_gets_fragmentation_needed_with_a_valid_quote() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     // 1500-byte IP packet + 20 outer > MTU 1500.
     let pkt = tcp4_data(40002, VIP4, 1500 - 40, true);
     let before = h.global();
@@ -198,7 +196,7 @@ fn too_big_to_encapsulate_gets_fragmentation_needed_with_a_valid_quote() {
 
 #[test]
 fn too_big_ipv6_gets_packet_too_big() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     let pkt = tcp6_data(40005, 1500 - 60);
     let before = h.global();
     let r = h.run(&pkt);
@@ -243,7 +241,7 @@ fn frag_needed_about(vip: [u8; 4], client_port: u16) -> Vec<u8> {
 
 #[test]
 fn icmp_errors_about_a_flow_go_to_the_flows_backend_and_create_no_flow() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     for (vip, name) in [(VIP4, "web4"), ([10, 201, 0, 12], "l2web")] {
         for port in 41000..41016u16 {
             let f = flow(
@@ -313,7 +311,7 @@ fn icmp_errors_about_a_flow_go_to_the_flows_backend_and_create_no_flow() {
 
 #[test]
 fn echo_requests_are_answered_only_where_configured() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
         .ipv4(CLIENT4, VIP4, 7)
         .icmpv4_echo_request(0x1234, 1);
@@ -363,7 +361,7 @@ fn echo_requests_are_answered_only_where_configured() {
 
 #[test]
 fn udp_and_vlan_frames_keep_their_tag_through_the_tunnel() {
-    let mut h = Harness::new(CONFIG);
+    let mut h = Harness::new(&ipip_config());
     let b = PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
         .single_vlan(etherparse::VlanId::try_new(42).unwrap())
         .ipv4(CLIENT4, [10, 201, 0, 11], 64)

@@ -270,62 +270,8 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
     }
     let elapsed = started.elapsed();
 
-    // Totals over every packet: GLOBAL_STATS, VIP_STATS, BACKEND_STATS and the flow table.
-    let mut end_problems = Vec::new();
-    let real = dut.global();
+    let end_problems = end_of_run_problems(&dut, &model);
     let want = model.counters();
-    for c in Counter::ALL {
-        if real[c as usize] != want[c as usize] {
-            end_problems.push(format!(
-                "GLOBAL_STATS {}: program {} model {}",
-                c.name(),
-                real[c as usize],
-                want[c as usize]
-            ));
-        }
-    }
-    for (id, t) in model.vip_traffic() {
-        let r = dut.maps.one_vip_counters(*id).unwrap();
-        if (r.packets, r.bytes, r.new_flows) != (t.packets, t.bytes, t.new_flows) {
-            end_problems.push(format!("VIP_STATS[{id}]: program {r:?} model {t:?}"));
-        }
-    }
-    // Backends still in use: a freed slot's hits move to its VIP's totals (checked above), and
-    // no reader shows a freed slot.
-    let in_use: std::collections::HashSet<u32> = dut
-        .maps
-        .backends()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    for (id, t) in model
-        .backend_traffic()
-        .iter()
-        .filter(|(id, _)| in_use.contains(id))
-    {
-        let r = dut.maps.backend_counters(*id).unwrap();
-        if (r.packets, r.bytes, r.new_flows) != (t.packets, t.bytes, t.new_flows) {
-            end_problems.push(format!("BACKEND_STATS[{id}]: program {r:?} model {t:?}"));
-        }
-    }
-    let conns = dut.maps.conn_count();
-    if conns != model.flows().len() {
-        end_problems.push(format!(
-            "CONNS holds {conns} flows, the model {}",
-            model.flows().len()
-        ));
-    }
-    let wrong_entries = model
-        .flows()
-        .iter()
-        .filter(|(k, v)| dut.maps.conn(k).as_ref() != Some(*v))
-        .count();
-    if wrong_entries > 0 {
-        end_problems.push(format!(
-            "{wrong_entries} CONNS entries differ from the model's"
-        ));
-    }
 
     let mut summary = format!(
         "differential: {packets} packets, seed {seed:#x}, {:.1} s ({:.1} µs/packet), counters checked per packet on {sampled}\n  verdicts: {verdicts:?}\n  outcomes:",
@@ -383,6 +329,67 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
     );
 }
 
+/// Totals over every packet that differ between program and model: GLOBAL_STATS, VIP_STATS,
+/// BACKEND_STATS and the flow table.
+fn end_of_run_problems(dut: &Dut, model: &Model) -> Vec<String> {
+    let mut end_problems = Vec::new();
+    let real = dut.global();
+    let want = model.counters();
+    for c in Counter::ALL {
+        if real[c as usize] != want[c as usize] {
+            end_problems.push(format!(
+                "GLOBAL_STATS {}: program {} model {}",
+                c.name(),
+                real[c as usize],
+                want[c as usize]
+            ));
+        }
+    }
+    for (id, t) in model.vip_traffic() {
+        let r = dut.maps.one_vip_counters(*id).unwrap();
+        if (r.packets, r.bytes, r.new_flows) != (t.packets, t.bytes, t.new_flows) {
+            end_problems.push(format!("VIP_STATS[{id}]: program {r:?} model {t:?}"));
+        }
+    }
+    // Backends still in use: a freed slot's hits move to its VIP's totals (checked above), and
+    // no reader shows a freed slot.
+    let in_use: std::collections::HashSet<u32> = dut
+        .maps
+        .backends()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    for (id, t) in model
+        .backend_traffic()
+        .iter()
+        .filter(|(id, _)| in_use.contains(id))
+    {
+        let r = dut.maps.backend_counters(*id).unwrap();
+        if (r.packets, r.bytes, r.new_flows) != (t.packets, t.bytes, t.new_flows) {
+            end_problems.push(format!("BACKEND_STATS[{id}]: program {r:?} model {t:?}"));
+        }
+    }
+    let conns = dut.maps.conn_count();
+    if conns != model.flows().len() {
+        end_problems.push(format!(
+            "CONNS holds {conns} flows, the model {}",
+            model.flows().len()
+        ));
+    }
+    let wrong_entries = model
+        .flows()
+        .iter()
+        .filter(|(k, v)| dut.maps.conn(k).as_ref() != Some(*v))
+        .count();
+    if wrong_entries > 0 {
+        end_problems.push(format!(
+            "{wrong_entries} CONNS entries differ from the model's"
+        ));
+    }
+    end_problems
+}
+
 /// Frames where docs/datapath.md's wording and the rules in parse.rs (which the model and the program
 /// both follow) part ways. Each must still agree with the model; the comments say what a
 /// reader of docs/datapath.md alone might expect instead. These are reported, not settled here.
@@ -391,32 +398,46 @@ fn documented_edge_cases_agree_with_the_model() {
     let cfg = Config::from_yaml(CONFIG_A, "differential A").expect("config A");
     let mut dut = Dut::new(&cfg, 1 << 16);
     let mut model = Model::new(&cfg, &dut.maps).expect("model");
-    let client = [10, 100, 0, 1];
-    let tcp = |dst: [u8; 4], dport: u16| {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
-            .ipv4(client, dst, 64)
-            .tcp(40000, dport, 1, 1000)
-            .syn()
-            .write(&mut v, b"")
-            .unwrap();
-        v
-    };
-    let udp = |dst: [u8; 4], dport: u16| {
-        let mut v = Vec::new();
-        PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
-            .ipv4(client, dst, 64)
-            .udp(40000, dport)
-            .write(&mut v, b"query")
-            .unwrap();
-        v
-    };
     // Each case with the outcome the documentation gives it (these were found by this test
     // and fixed in the datapath; they stay pinned here).
-    let mut cases: Vec<(&str, Vec<u8>, Counter)> = Vec::new();
+    let cases = [header_edge_cases(), icmp_edge_cases(), mtu_edge_cases()].concat();
+    check_edge_cases(&mut dut, &mut model, cases);
+}
 
+/// An edge case: what it is, the frame, and the outcome the documentation gives it.
+type EdgeCase = (&'static str, Vec<u8>, Counter);
+
+/// The client every edge case comes from.
+const EDGE_CLIENT: [u8; 4] = [10, 100, 0, 1];
+
+/// A TCP SYN from [`EDGE_CLIENT`] to `dst:dport`.
+fn tcp_to(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv4(EDGE_CLIENT, dst, 64)
+        .tcp(40000, dport, 1, 1000)
+        .syn()
+        .write(&mut v, b"")
+        .unwrap();
+    v
+}
+
+/// A UDP query from [`EDGE_CLIENT`] to `dst:dport`.
+fn udp_to(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GW_MAC)
+        .ipv4(EDGE_CLIENT, dst, 64)
+        .udp(40000, dport)
+        .write(&mut v, b"query")
+        .unwrap();
+    v
+}
+
+/// Contradictory L4 lengths, fragments, ESP, a wrong checksum and a broadcast frame.
+fn header_edge_cases() -> Vec<EdgeCase> {
+    let mut cases: Vec<EdgeCase> = Vec::new();
     // A segment shorter than its data offset contradicts the IP length: the kernel drops it.
-    let mut v = tcp([10, 201, 0, 10], 80);
+    let mut v = tcp_to([10, 201, 0, 10], 80);
     v[14 + 20 + 12] = 0xf0;
     cases.push((
         "tcp data offset 15 (60 bytes) in a 20-byte segment",
@@ -425,7 +446,7 @@ fn documented_edge_cases_agree_with_the_model() {
     ));
 
     // UDP length field past the datagram, or below its own header.
-    let mut v = udp([10, 201, 0, 11], 53);
+    let mut v = udp_to([10, 201, 0, 11], 53);
     v[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&0xffffu16.to_be_bytes());
     cases.push((
         "udp length 65535 in a 13-byte datagram",
@@ -437,7 +458,7 @@ fn documented_edge_cases_agree_with_the_model() {
 
     // Fragments to a VIP address are dropped whatever their protocol and port (only the
     // first has ports); elsewhere they go to the stack.
-    let mut v = tcp([10, 201, 0, 10], 80);
+    let mut v = tcp_to([10, 201, 0, 10], 80);
     v[14 + 9] = 1; // ICMP
     v[14 + 6] |= 0x20; // MF
     cases.push((
@@ -445,14 +466,14 @@ fn documented_edge_cases_agree_with_the_model() {
         v,
         Counter::DropFragment,
     ));
-    let mut v = udp([10, 201, 0, 11], 9999);
+    let mut v = udp_to([10, 201, 0, 11], 9999);
     v[14 + 7] = 1; // offset 8
     cases.push((
         "ipv4 udp fragment (offset) to a VIP address, port not a VIP's",
         v,
         Counter::DropFragment,
     ));
-    let mut v = tcp([10, 200, 0, 1], 22);
+    let mut v = tcp_to([10, 200, 0, 1], 22);
     v[14 + 6] |= 0x20;
     cases.push((
         "ipv4 fragment to an address without VIPs",
@@ -480,16 +501,23 @@ fn documented_edge_cases_agree_with_the_model() {
     ));
 
     // Checksums are not verified (documented): the backend's kernel drops such a packet.
-    let mut v = tcp([10, 201, 0, 10], 80);
+    let mut v = tcp_to([10, 201, 0, 10], 80);
     v[14 + 10] ^= 0xff;
     cases.push(("ipv4 header checksum wrong", v, Counter::TxForwarded));
 
     // VIP traffic comes to our unicast MAC; a broadcast frame is passed, not bounced with a
     // group source MAC.
-    let mut v = tcp([10, 201, 0, 10], 80);
+    let mut v = tcp_to([10, 201, 0, 10], 80);
     v[0..6].copy_from_slice(&[0xff; 6]);
     cases.push(("broadcast frame to a VIP", v, Counter::PassNotUnicast));
 
+    cases
+}
+
+/// Echo requests, and ICMP errors whose quote the datapath must judge.
+fn icmp_edge_cases() -> Vec<EdgeCase> {
+    let client = EDGE_CLIENT;
+    let mut cases: Vec<EdgeCase> = Vec::new();
     // Echo requests are answered only for addresses with `icmp_echo`; the checksums are
     // updated incrementally, so a wrong one stays wrong (the client's kernel drops the reply
     // as it would have dropped the request).
@@ -579,6 +607,13 @@ fn documented_edge_cases_agree_with_the_model() {
         Counter::PassNotVip,
     ));
 
+    cases
+}
+
+/// Packets around the tunnel MTU.
+fn mtu_edge_cases() -> Vec<EdgeCase> {
+    let client = EDGE_CLIENT;
+    let mut cases: Vec<EdgeCase> = Vec::new();
     // Tunnels have a 1400-byte MTU and this flow's tun4 backend is IPv4 (a 20-byte outer
     // header): a 1381-byte packet does not fit; with DF the client is told, without it the
     // packet is dropped. 1380 bytes fit.
@@ -608,6 +643,12 @@ fn documented_edge_cases_agree_with_the_model() {
     put16(&mut v, 14 + 2, 1380);
     cases.push(("1380-byte packet to tun4", v, Counter::TxForwarded));
 
+    cases
+}
+
+/// Runs every case through the program and the model: they must agree, and the model's
+/// outcome must be the documented one.
+fn check_edge_cases(dut: &mut Dut, model: &mut Model, cases: Vec<EdgeCase>) {
     let mut report = String::new();
     for (what, frame, documented) in &cases {
         let before = dut.global();

@@ -130,8 +130,30 @@ fn table(rows: &[Row]) -> String {
 #[test]
 fn faults_under_load_break_no_connection_to_a_healthy_backend() {
     let mut lab = small_lab(3).expect("lab");
+    let yaml = faults_config(&mut lab);
+    let mut balancer = Balancer::start(&mut lab, MODE, &yaml).expect("xdplb starts");
+    let b1 = lab.backend_addr4(1).to_string();
+    wait_until("b1 up", Duration::from_secs(10), || {
+        health(&lab, &b1) == "up"
+    });
+    let mut rows = agent_faults(&mut lab, &mut balancer);
+    rows.extend(backend_faults(&mut lab, &mut balancer, &b1));
+    rows.extend(gateway_faults(&mut lab, &mut balancer));
+    balancer.stop(&mut lab).unwrap();
+    let detach = std::process::Command::new(tool_path("xdplb"))
+        .args(["detach", "--config"])
+        .arg(lab.dir().join("lb.yaml"))
+        .output()
+        .unwrap();
+    assert!(detach.status.success());
+    rows.push(flow_table_overflow(&mut lab, &yaml));
+    check_rows(&rows);
+}
+
+/// The lab's config with the datapath kept on exit (for the upgrade) and a fast health check.
+fn faults_config(lab: &mut Lab) -> String {
     let members: Vec<_> = (0..3).map(|i| (i, Member::Active)).collect();
-    let yaml = lab_config(&mut lab, MODE, &members)
+    lab_config(lab, MODE, &members)
         .unwrap()
         .replace(
             "flow_table_size: 65536\n",
@@ -141,17 +163,15 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
             "    protocol: tcp\n    backends:",
             "    protocol: tcp\n    health_check: { kind: tcp, port: 8080, interval: 200ms, timeout: 150ms, rise: 2, fall: 2 }\n    backends:",
             1,
-        );
-    let mut balancer = Balancer::start(&mut lab, MODE, &yaml).expect("xdplb starts");
-    let b1 = lab.backend_addr4(1).to_string();
-    wait_until("b1 up", Duration::from_secs(10), || {
-        health(&lab, &b1) == "up"
-    });
-    let mut rows = Vec::new();
+        )
+}
 
+/// The agent killed, upgraded, reloaded 100 times and flooded with SIGHUP.
+fn agent_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
+    let mut rows = Vec::new();
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "agent `kill -9`, restarted as systemd does (`check`, then `run`)",
         |lab, b| {
             let t = Instant::now();
@@ -177,8 +197,8 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
     ));
 
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "agent upgrade (stopped with the datapath kept, new agent takes over the pinned link)",
         |lab, b| {
             let t = Instant::now();
@@ -197,8 +217,8 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
     ));
 
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "100 reloads, every 4th config invalid",
         |lab, b| {
             let valid = std::fs::read_to_string(&b.config).unwrap();
@@ -232,8 +252,8 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
     ));
 
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "SIGHUP storm (200 signals in a row)",
         |lab, b| {
             let t = Instant::now();
@@ -253,20 +273,25 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
             }
         },
     ));
+    rows
+}
 
+/// Backend b1 (at `b1`) dies or loses its link, then comes back.
+fn backend_faults(lab: &mut Lab, balancer: &mut Balancer, b1: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "backend b1's server killed, then restarted",
         |lab, _| {
             let t = Instant::now();
             lab.kill_server(1).unwrap();
             let out = wait_until("b1 out of the ring", Duration::from_secs(10), || {
-                health(lab, &b1) == "down"
+                health(lab, b1) == "down"
             });
             lab.start_server(1).unwrap();
             wait_until("b1 back", Duration::from_secs(10), || {
-                health(lab, &b1) == "up"
+                health(lab, b1) == "up"
             });
             let _ = t;
             Outcome {
@@ -277,18 +302,18 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
     ));
 
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "backend b1's link cut, then restored",
         |lab, _| {
             let (ns, dev) = (lab.backend_ns(1).to_owned(), lab.backend_if(1));
             netns::run_root(&["ip", "-n", &ns, "link", "set", &dev, "down"]).unwrap();
             let out = wait_until("b1 out of the ring", Duration::from_secs(10), || {
-                health(lab, &b1) == "down"
+                health(lab, b1) == "down"
             });
             netns::run_root(&["ip", "-n", &ns, "link", "set", &dev, "up"]).unwrap();
             wait_until("b1 back", Duration::from_secs(10), || {
-                health(lab, &b1) == "up"
+                health(lab, b1) == "up"
             });
             Outcome {
                 dead: vec!["b1"],
@@ -296,10 +321,15 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
             }
         },
     ));
+    rows
+}
 
+/// The gateway's link goes down and its MTU changes, under the program.
+fn gateway_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
+    let mut rows = Vec::new();
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "gateway link down for 1 s, then up",
         |lab, _| {
             let dev = lab.gateway_if().to_owned();
@@ -319,8 +349,8 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
     ));
 
     rows.push(under_load(
-        &mut lab,
-        &mut balancer,
+        lab,
+        balancer,
         "gateway MTU 1500 → 1400 → 1500 under the program",
         |lab, _| {
             let dev = lab.gateway_if().to_owned();
@@ -333,21 +363,17 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
             }
         },
     ));
-    balancer.stop(&mut lab).unwrap();
-    let detach = std::process::Command::new(tool_path("xdplb"))
-        .args(["detach", "--config"])
-        .arg(lab.dir().join("lb.yaml"))
-        .output()
-        .unwrap();
-    assert!(detach.status.success());
+    rows
+}
 
-    // The flow table at its minimum (1024 entries) and 4000 new connections through it while
-    // the held ones ping: the LRU evicts live flows, which keep their backend because the
-    // ring has not changed (Maglev gives an evicted flow the same slot again).
+/// The flow table at its minimum (1024 entries) and 4000 new connections through it while
+/// the held ones ping: the LRU evicts live flows, which keep their backend because the
+/// ring has not changed (Maglev gives an evicted flow the same slot again).
+fn flow_table_overflow(lab: &mut Lab, yaml: &str) -> Row {
     let small = yaml.replace("flow_table_size: 65536", "flow_table_size: 1024");
-    let mut balancer = Balancer::start(&mut lab, MODE, &small).expect("xdplb starts");
-    rows.push(under_load(
-        &mut lab,
+    let mut balancer = Balancer::start(lab, MODE, &small).expect("xdplb starts");
+    let row = under_load(
+        lab,
         &mut balancer,
         "flow table (1024 entries) overflowed by 4000 new connections",
         |lab, _| {
@@ -360,12 +386,17 @@ fn faults_under_load_break_no_connection_to_a_healthy_backend() {
                 recovery: None,
             }
         },
-    ));
-    balancer.stop(&mut lab).unwrap();
+    );
+    balancer.stop(lab).unwrap();
+    row
+}
 
-    let t = table(&rows);
+/// What every fault must keep: healthy backends' connections, and new connections except a
+/// dead backend's share.
+fn check_rows(rows: &[Row]) {
+    let t = table(rows);
     println!("{t}");
-    for r in &rows {
+    for r in rows {
         assert_eq!(
             r.broken_healthy, 0,
             "{}: connections to healthy backends broke\n{t}",

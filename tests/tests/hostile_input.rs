@@ -28,36 +28,289 @@ fn edit(good: &str, from: &str, to: &str) -> String {
     good.replacen(from, to, 1)
 }
 
-fn cases(good: &str, lab: &Lab) -> Vec<Case> {
-    let vip = lab.vip4().to_string();
-    let b0 = lab.backend_addr4(0).to_string();
-    let b1 = lab.backend_addr4(1).to_string();
-    let port = format!("port: {}", lab.spec().port);
-    let b0_entry = format!("{{ address: '{b0}', state: active }}");
-    let b1_entry = format!("{{ address: '{b1}', state: active }}");
-    let vip_line = format!("address: '{vip}'");
-    // Line numbers of the first VIP (web-tcp) in the lab's config.
-    let line_of = |needle: &str| {
-        1 + good
-            .lines()
-            .position(|l| l.contains(needle))
-            .expect("needle in config")
-    };
-    let port_line = line_of(&port);
-    let b0_line = line_of(&b0_entry);
-    let c = |what: &'static str, text: String, says: &[&str]| Case {
-        what,
-        text,
-        says: says.iter().map(|s| s.to_string()).collect(),
-    };
-    let s = |v: String| v;
-    let in_vip = |extra: &str| {
-        edit(
-            good,
+/// The running config and the pieces of it the broken configs are made from.
+#[derive(Clone)]
+struct Good<'a> {
+    text: &'a str,
+    vip: String,
+    b0: String,
+    port: String,
+    b0_entry: String,
+    b1_entry: String,
+    vip_line: String,
+    /// Line numbers in the first VIP (web-tcp) of the lab's config.
+    port_line: usize,
+    b0_line: usize,
+}
+
+impl<'a> Good<'a> {
+    fn new(text: &'a str, lab: &Lab) -> Good<'a> {
+        let vip = lab.vip4().to_string();
+        let b0 = lab.backend_addr4(0).to_string();
+        let b1 = lab.backend_addr4(1).to_string();
+        let port = format!("port: {}", lab.spec().port);
+        let b0_entry = format!("{{ address: '{b0}', state: active }}");
+        let b1_entry = format!("{{ address: '{b1}', state: active }}");
+        let vip_line = format!("address: '{vip}'");
+        let line_of = |needle: &str| {
+            1 + text
+                .lines()
+                .position(|l| l.contains(needle))
+                .expect("needle in config")
+        };
+        Good {
+            text,
+            port_line: line_of(&port),
+            b0_line: line_of(&b0_entry),
+            vip,
+            b0,
+            port,
+            b0_entry,
+            b1_entry,
+            vip_line,
+        }
+    }
+
+    /// [`edit`] of the good config.
+    fn edit(&self, from: &str, to: &str) -> String {
+        edit(self.text, from, to)
+    }
+
+    /// The good config with `extra` added to the first VIP.
+    fn in_vip(&self, extra: &str) -> String {
+        self.edit(
             "    protocol: tcp\n",
             &format!("    protocol: tcp\n{extra}"),
         )
-    };
+    }
+}
+
+fn case(what: &'static str, text: String, says: &[&str]) -> Case {
+    Case {
+        what,
+        text,
+        says: says.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Every broken config, in one list.
+fn cases(good: &str, lab: &Lab) -> Vec<Case> {
+    let g = Good::new(good, lab);
+    [
+        vip_cases(&g),
+        backend_cases(&g),
+        vip_option_cases(&g),
+        file_cases(&g),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The first VIP's own fields, and unknown fields.
+fn vip_cases(g: &Good) -> Vec<Case> {
+    let Good {
+        port,
+        vip_line,
+        port_line,
+        ..
+    } = g.clone();
+    vec![
+        case(
+            "port of the wrong type",
+            g.edit(&port, "port: http"),
+            &["vips[0].port", &format!("line {port_line}")],
+        ),
+        case(
+            "port too large",
+            g.edit(&port, "port: 70000"),
+            &["vips[0].port", "expected u16", &format!("line {port_line}")],
+        ),
+        case(
+            "negative port",
+            g.edit(&port, "port: -1"),
+            &["vips[0].port", &format!("line {port_line}")],
+        ),
+        case(
+            "unknown protocol",
+            g.edit("protocol: tcp", "protocol: sctp"),
+            &["vips[0].protocol", "unknown variant `sctp`"],
+        ),
+        case(
+            "bad VIP address",
+            g.edit(&vip_line, "address: '10.201.0.300'"),
+            &["vips[0].address", "invalid IP address"],
+        ),
+        case(
+            "unspecified VIP",
+            g.edit(&vip_line, "address: '0.0.0.0'"),
+            &["address 0.0.0.0 cannot be a VIP"],
+        ),
+        case(
+            "multicast VIP",
+            g.edit(&vip_line, "address: '224.0.0.1'"),
+            &["address 224.0.0.1 cannot be a VIP"],
+        ),
+        case(
+            "bad VIP name",
+            g.edit("name: web-tcp", "name: 'web tcp!'"),
+            &["invalid VIP name"],
+        ),
+        case(
+            "duplicate VIP name",
+            g.edit("name: web-tcp", "name: web-udp"),
+            &["duplicate VIP name \"web-udp\""],
+        ),
+        case(
+            "unknown top-level field",
+            g.edit("vips:\n", "colour: blue\nvips:\n"),
+            &["unknown field `colour`"],
+        ),
+        case(
+            "unknown VIP field",
+            g.in_vip("    colour: blue\n"),
+            &["vips[0]", "unknown field `colour`"],
+        ),
+    ]
+}
+
+/// The first VIP's backends.
+fn backend_cases(g: &Good) -> Vec<Case> {
+    let Good {
+        vip,
+        b0,
+        b0_entry,
+        b1_entry,
+        b0_line,
+        ..
+    } = g.clone();
+    vec![
+        case(
+            "unknown backend field",
+            g.edit(&b0_entry, &format!("{{ address: '{b0}', colour: blue }}")),
+            &[
+                "vips[0].backends[0]",
+                "unknown field `colour`",
+                &format!("line {b0_line}"),
+            ],
+        ),
+        case(
+            "bad backend state",
+            g.edit(&b0_entry, &format!("{{ address: '{b0}', state: paused }}")),
+            &["vips[0].backends[0].state", "unknown variant `paused`"],
+        ),
+        case(
+            "bad backend address",
+            g.edit(&b0_entry, "{ address: '10.200.0.999' }"),
+            &["vips[0].backends[0].address", "invalid IP address"],
+        ),
+        case(
+            "loopback backend",
+            g.edit(&b0_entry, "{ address: '127.0.0.1' }"),
+            &["vips[0].backends[0].address", "not a host's address"],
+        ),
+        case(
+            "multicast backend",
+            g.edit(&b0_entry, "{ address: '239.1.1.1' }"),
+            &["vips[0].backends[0].address", "not a host's address"],
+        ),
+        case(
+            "broadcast backend",
+            g.edit(&b0_entry, "{ address: '255.255.255.255' }"),
+            &["vips[0].backends[0].address", "not a host's address"],
+        ),
+        case(
+            "backend on the VIP",
+            g.edit(&b0_entry, &format!("{{ address: '{vip}' }}")),
+            &["backends[0].address", "is the VIP's own address"],
+        ),
+        case(
+            "backend listed twice",
+            g.edit(&b1_entry, &b0_entry),
+            &[
+                "vips[0]",
+                &format!("backends[1].address {b0} is listed twice (also backends[0])"),
+            ],
+        ),
+        case(
+            "IPv6 backend behind an IPv4 l2 VIP",
+            g.edit(&b0_entry, "{ address: 'fd00:200::101' }"),
+            &["backends[0].address fd00:200::101 is IPv6, the VIP is IPv4"],
+        ),
+        case(
+            "zero weight",
+            g.edit(&b0_entry, &format!("{{ address: '{b0}', weight: 0 }}")),
+            &["vips[0].backends[0].weight", "out of range"],
+        ),
+        case(
+            "huge weight",
+            g.edit(
+                &b0_entry,
+                &format!("{{ address: '{b0}', weight: 99999999999 }}"),
+            ),
+            &["vips[0].backends[0].weight", "too large"],
+        ),
+        case(
+            "negative weight",
+            g.edit(&b0_entry, &format!("{{ address: '{b0}', weight: -5 }}")),
+            &["vips[0].backends[0].weight", "negative"],
+        ),
+        case(
+            "bad MAC",
+            g.edit(&b0_entry, &format!("{{ address: '{b0}', mac: 'zz:zz' }}")),
+            &["vips[0].backends[0].mac", "invalid MAC"],
+        ),
+    ]
+}
+
+/// The first VIP's options: ring, hash, forwarding, health check, stateless.
+fn vip_option_cases(g: &Good) -> Vec<Case> {
+    vec![
+        case(
+            "non-prime ring",
+            g.in_vip("    ring_size: 65536\n"),
+            &["vips[0].ring_size", "65536 is not prime"],
+        ),
+        case(
+            "huge ring",
+            g.in_vip("    ring_size: 4294967291\n"),
+            &["vips[0].ring_size"],
+        ),
+        case(
+            "ring too small for its backends",
+            g.in_vip("    ring_size: 101\n"),
+            &["ring_size 101 is too small for 2 backends"],
+        ),
+        case(
+            "unknown hash",
+            g.in_vip("    hash: random\n"),
+            &["vips[0].hash", "unknown variant `random`"],
+        ),
+        case(
+            "unknown forwarding",
+            g.in_vip("    forwarding: gre\n"),
+            &["vips[0].forwarding", "unknown variant `gre`"],
+        ),
+        case(
+            "unknown health-check kind",
+            g.in_vip("    health_check: { kind: icmp, port: 8080 }\n"),
+            &["vips[0].health_check", "unknown variant `icmp`"],
+        ),
+        case(
+            "health-check interval not a duration",
+            g.in_vip("    health_check: { kind: tcp, port: 8080, interval: fast }\n"),
+            &["vips[0].health_check", "interval"],
+        ),
+        case(
+            "stateless not a bool",
+            g.in_vip("    stateless: sometimes\n"),
+            &["vips[0].stateless"],
+        ),
+    ]
+}
+
+/// The file's other fields and its YAML as such.
+fn file_cases(g: &Good) -> Vec<Case> {
     let bomb = {
         let mut y = String::from("interface: gw0\nvips:\n  - &a [x, x, x, x, x, x, x, x, x, x]\n");
         for (name, prev) in ["b", "c", "d", "e", "f", "g", "h", "i"]
@@ -69,258 +322,55 @@ fn cases(good: &str, lab: &Lab) -> Vec<Case> {
         y
     };
     vec![
-        c(
-            "port of the wrong type",
-            edit(good, &port, "port: http"),
-            &["vips[0].port", &format!("line {port_line}")],
-        ),
-        c(
-            "port too large",
-            edit(good, &port, "port: 70000"),
-            &["vips[0].port", "expected u16", &format!("line {port_line}")],
-        ),
-        c(
-            "negative port",
-            edit(good, &port, "port: -1"),
-            &["vips[0].port", &format!("line {port_line}")],
-        ),
-        c(
-            "unknown protocol",
-            edit(good, "protocol: tcp", "protocol: sctp"),
-            &["vips[0].protocol", "unknown variant `sctp`"],
-        ),
-        c(
-            "bad VIP address",
-            edit(good, &vip_line, "address: '10.201.0.300'"),
-            &["vips[0].address", "invalid IP address"],
-        ),
-        c(
-            "unspecified VIP",
-            edit(good, &vip_line, "address: '0.0.0.0'"),
-            &["address 0.0.0.0 cannot be a VIP"],
-        ),
-        c(
-            "multicast VIP",
-            edit(good, &vip_line, "address: '224.0.0.1'"),
-            &["address 224.0.0.1 cannot be a VIP"],
-        ),
-        c(
-            "bad VIP name",
-            edit(good, "name: web-tcp", "name: 'web tcp!'"),
-            &["invalid VIP name"],
-        ),
-        c(
-            "duplicate VIP name",
-            edit(good, "name: web-tcp", "name: web-udp"),
-            &["duplicate VIP name \"web-udp\""],
-        ),
-        c(
-            "unknown top-level field",
-            edit(good, "vips:\n", "colour: blue\nvips:\n"),
-            &["unknown field `colour`"],
-        ),
-        c(
-            "unknown VIP field",
-            in_vip("    colour: blue\n"),
-            &["vips[0]", "unknown field `colour`"],
-        ),
-        c(
-            "unknown backend field",
-            edit(
-                good,
-                &b0_entry,
-                &format!("{{ address: '{b0}', colour: blue }}"),
-            ),
-            &[
-                "vips[0].backends[0]",
-                "unknown field `colour`",
-                &format!("line {b0_line}"),
-            ],
-        ),
-        c(
-            "bad backend state",
-            edit(
-                good,
-                &b0_entry,
-                &format!("{{ address: '{b0}', state: paused }}"),
-            ),
-            &["vips[0].backends[0].state", "unknown variant `paused`"],
-        ),
-        c(
-            "bad backend address",
-            edit(good, &b0_entry, "{ address: '10.200.0.999' }"),
-            &["vips[0].backends[0].address", "invalid IP address"],
-        ),
-        c(
-            "loopback backend",
-            edit(good, &b0_entry, "{ address: '127.0.0.1' }"),
-            &["vips[0].backends[0].address", "not a host's address"],
-        ),
-        c(
-            "multicast backend",
-            edit(good, &b0_entry, "{ address: '239.1.1.1' }"),
-            &["vips[0].backends[0].address", "not a host's address"],
-        ),
-        c(
-            "broadcast backend",
-            edit(good, &b0_entry, "{ address: '255.255.255.255' }"),
-            &["vips[0].backends[0].address", "not a host's address"],
-        ),
-        c(
-            "backend on the VIP",
-            edit(good, &b0_entry, &format!("{{ address: '{vip}' }}")),
-            &["backends[0].address", "is the VIP's own address"],
-        ),
-        c(
-            "backend listed twice",
-            edit(good, &b1_entry, &b0_entry),
-            &[
-                "vips[0]",
-                &format!("backends[1].address {b0} is listed twice (also backends[0])"),
-            ],
-        ),
-        c(
-            "IPv6 backend behind an IPv4 l2 VIP",
-            edit(good, &b0_entry, "{ address: 'fd00:200::101' }"),
-            &["backends[0].address fd00:200::101 is IPv6, the VIP is IPv4"],
-        ),
-        c(
-            "zero weight",
-            edit(
-                good,
-                &b0_entry,
-                &format!("{{ address: '{b0}', weight: 0 }}"),
-            ),
-            &["vips[0].backends[0].weight", "out of range"],
-        ),
-        c(
-            "huge weight",
-            edit(
-                good,
-                &b0_entry,
-                &format!("{{ address: '{b0}', weight: 99999999999 }}"),
-            ),
-            &["vips[0].backends[0].weight", "too large"],
-        ),
-        c(
-            "negative weight",
-            edit(
-                good,
-                &b0_entry,
-                &format!("{{ address: '{b0}', weight: -5 }}"),
-            ),
-            &["vips[0].backends[0].weight", "negative"],
-        ),
-        c(
-            "bad MAC",
-            edit(
-                good,
-                &b0_entry,
-                &format!("{{ address: '{b0}', mac: 'zz:zz' }}"),
-            ),
-            &["vips[0].backends[0].mac", "invalid MAC"],
-        ),
-        c(
-            "non-prime ring",
-            in_vip("    ring_size: 65536\n"),
-            &["vips[0].ring_size", "65536 is not prime"],
-        ),
-        c(
-            "huge ring",
-            in_vip("    ring_size: 4294967291\n"),
-            &["vips[0].ring_size"],
-        ),
-        c(
-            "ring too small for its backends",
-            in_vip("    ring_size: 101\n"),
-            &["ring_size 101 is too small for 2 backends"],
-        ),
-        c(
-            "unknown hash",
-            in_vip("    hash: random\n"),
-            &["vips[0].hash", "unknown variant `random`"],
-        ),
-        c(
-            "unknown forwarding",
-            in_vip("    forwarding: gre\n"),
-            &["vips[0].forwarding", "unknown variant `gre`"],
-        ),
-        c(
-            "unknown health-check kind",
-            in_vip("    health_check: { kind: icmp, port: 8080 }\n"),
-            &["vips[0].health_check", "unknown variant `icmp`"],
-        ),
-        c(
-            "health-check interval not a duration",
-            in_vip("    health_check: { kind: tcp, port: 8080, interval: fast }\n"),
-            &["vips[0].health_check", "interval"],
-        ),
-        c(
-            "stateless not a bool",
-            in_vip("    stateless: sometimes\n"),
-            &["vips[0].stateless"],
-        ),
-        c(
+        case(
             "bad interface name",
-            edit(good, "interface: gw0", "interface: a/b"),
+            g.edit("interface: gw0", "interface: a/b"),
             &["interface", "invalid interface name", "line 2"],
         ),
-        c(
+        case(
             "unknown XDP mode",
-            edit(good, "xdp_mode: generic", "xdp_mode: turbo"),
+            g.edit("xdp_mode: generic", "xdp_mode: turbo"),
             &["xdp_mode", "unknown variant `turbo`", "line 3"],
         ),
-        c(
+        case(
             "flow table too small",
-            edit(good, "flow_table_size: 65536", "flow_table_size: 12"),
+            g.edit("flow_table_size: 65536", "flow_table_size: 12"),
             &["flow_table_size", "out of range"],
         ),
-        c(
+        case(
             "flow table not a number",
-            edit(good, "flow_table_size: 65536", "flow_table_size: lots"),
+            g.edit("flow_table_size: 65536", "flow_table_size: lots"),
             &["flow_table_size"],
         ),
-        c(
+        case(
             "bad tunnel prefix",
-            edit(
-                good,
-                "vips:\n",
-                "tunnel: { source_v4: 10.0.0.0/33 }\nvips:\n",
-            ),
+            g.edit("vips:\n", "tunnel: { source_v4: 10.0.0.0/33 }\nvips:\n"),
             &["tunnel.source_v4"],
         ),
-        c(
+        case(
             "tunnel MTU too small",
-            edit(good, "vips:\n", "tunnel: { mtu: 100 }\nvips:\n"),
+            g.edit("vips:\n", "tunnel: { mtu: 100 }\nvips:\n"),
             &["tunnel.mtu"],
         ),
-        c(
+        case(
             "bad metrics address",
-            edit(good, "vips:\n", "metrics: 'everywhere'\nvips:\n"),
+            g.edit("vips:\n", "metrics: 'everywhere'\nvips:\n"),
             &["metrics"],
         ),
-        c(
+        case(
             "bad virtual MAC",
-            edit(good, "vips:\n", "virtual_mac: '00:11'\nvips:\n"),
+            g.edit("vips:\n", "virtual_mac: '00:11'\nvips:\n"),
             &["virtual_mac", "invalid MAC"],
         ),
-        c(
+        case(
             "vips not a list",
-            edit(good, "vips:\n", "vips: 5\nx:\n"),
+            g.edit("vips:\n", "vips: 5\nx:\n"),
             &["vips", "invalid type"],
         ),
-        c(
-            "tab indentation",
-            edit(good, "    port:", "\tport:"),
-            &["line"],
-        ),
-        c(
-            "empty file",
-            s(String::new()),
-            &["missing field `interface`"],
-        ),
-        c("YAML alias bomb", bomb, &["vips[0]", "invalid type"]),
-        c(
+        case("tab indentation", g.edit("    port:", "\tport:"), &["line"]),
+        case("empty file", String::new(), &["missing field `interface`"]),
+        case("YAML alias bomb", bomb, &["vips[0]", "invalid type"]),
+        case(
             "deep nesting",
             format!(
                 "interface: gw0\nvips: {}{}\n",

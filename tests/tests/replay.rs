@@ -1,4 +1,6 @@
-//! `xdplb replay`: captures in, one verdict per packet out, flow state carried across packets, rewritten packets written back; clear errors for bad captures.
+//! `xdplb replay`: captures in, one verdict per packet out, rewritten packets written back.
+//!
+//! Flow state is carried across packets; bad captures get clear errors.
 
 use std::process::Command;
 
@@ -7,20 +9,19 @@ use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter},
     DataLink,
 };
+use xdplb_lab::configs::{self, lan4, vip, Backend};
 use xdplb_lab::lab::tool_path;
 
-const CONFIG: &str = "\
-interface: xdplbnone0
-vips:
-  - name: web
-    address: 10.201.0.10
-    port: 80
-    protocol: tcp
-    backends:
-      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }
-      - { address: 10.200.0.102, mac: '02:00:00:00:01:02' }
-      - { address: 10.200.0.103 }
-";
+/// One VIP; the third backend has no MAC, so replay shows its placeholder.
+fn config() -> String {
+    configs::config("xdplbnone0")
+        .vip(vip("web", "10.201.0.10", 80, "tcp").backends([
+            lan4(1),
+            lan4(2),
+            Backend::new("10.200.0.103"),
+        ]))
+        .yaml()
+}
 
 fn dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("xdplb-replay-{}", std::process::id()));
@@ -98,7 +99,7 @@ fn replay_json(
 fn replay_prints_a_verdict_per_packet_and_writes_the_rewritten_capture() {
     let d = dir();
     let cfg = d.join("lb.yaml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config()).unwrap();
     let mut frames = Vec::new();
     for sport in 40000..40020u16 {
         frames.push(tcp([10, 200, 0, 11], sport, [10, 201, 0, 10], 80));
@@ -160,7 +161,7 @@ fn bad_captures_get_clear_errors() {
     let d = dir().join("bad");
     std::fs::create_dir_all(&d).unwrap();
     let cfg = d.join("lb.yaml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config()).unwrap();
     let c = cfg.to_str().unwrap();
 
     let (ok, _, err) = xdplb(&["replay", "--config", c, "--pcap", "/nonexistent.pcap"]);
@@ -211,7 +212,7 @@ fn short_frames_are_skipped_and_steered_icmp_errors_name_their_flow() {
     let d = std::env::temp_dir().join(format!("xdplb-replay-odd-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     let cfg = d.join("lb.yaml");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config()).unwrap();
     // "Fragmentation needed" from a router on the client's path, quoting what the VIP sent
     // to the client of the first flow: its IPv4 header and the first 8 bytes of TCP.
     let mut quote = Vec::new();

@@ -14,7 +14,7 @@ use xdplb_lab::{
     lab::tool_path,
 };
 
-use xdplb_tests::fixture::IPIP_CONFIG as CONFIG;
+use xdplb_tests::fixture::ipip_config;
 
 const C4: [u8; 4] = [10, 200, 0, 11];
 
@@ -148,7 +148,7 @@ fn tshark_finds_every_emitted_frame_well_formed_with_good_checksums() {
         dir.join("in.pcap"),
         dir.join("out.pcap"),
     );
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, ipip_config()).unwrap();
     let frames = frames();
     write_pcap(&input, &frames);
     let run = Command::new(tool_path("xdplb"))

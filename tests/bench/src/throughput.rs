@@ -1,6 +1,6 @@
 //! Forwarding throughput through a veth: the balancer, and interleaved with it a minimal MAC swap, run as a live-frames traffic generator (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX frames really leave `lb0` and are counted by its peer `sink0`, which drops them in native XDP; few and many flows, on one CPU and spread over two.
 //!
-//! Why this shape: per-packet cost from a plain test run (see `packet.rs`) leaves out what
+//! Why this shape: per-packet cost from a plain test run (see `packet/`) leaves out what
 //! forwarding really costs after the program returns (the XDP_TX/redirect path, the transmit
 //! queue, the peer's NAPI). Live frames run the program as a driver would, on one CPU, with no
 //! client stack in the way, so the rate the sink sees is the rate of that whole path, and the

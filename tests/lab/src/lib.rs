@@ -1,5 +1,10 @@
-//! xdplb's namespace lab: builds a throw-away L2 segment of network namespaces (clients, a gateway for the balancer, DSR backends) for the demo, the end-to-end tests and the benchmarks, plus what its traffic tools share with their readers (reports, frames, the load engine).
+//! xdplb's namespace lab: throw-away network namespaces for the demo, the tests and the benchmarks.
+//!
+//! It builds an L2 segment of clients, a gateway for the balancer and DSR backends, and holds
+//! what its traffic tools share with their readers (reports, frames, the load engine) and the
+//! test configs (`configs`).
 
+pub mod configs;
 pub mod container;
 pub mod fleet;
 pub mod frames;
