@@ -1,4 +1,7 @@
-//! The agent's loop never waits on the kernel: while ten backends' MACs cannot be resolved, `xdplb status` answers, health checks keep reacting, and the CLI still says which backends are out of service and why.
+//! The agent's loop never waits on the kernel.
+//!
+//! While ten backends' MACs cannot be resolved, `xdplb status` answers, health checks keep
+//! reacting, and the CLI still says which backends are out of service and why.
 
 use std::time::{Duration, Instant};
 

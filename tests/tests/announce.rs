@@ -1,4 +1,7 @@
-//! Announcing through a real BIRD (in a namespace of the test's own): the routes xdplb asks for appear in BIRD's table and go when withdrawn, they outlive the agent's side, and a wrong socket is an error that names it.
+//! Announcing through a real BIRD (in a namespace of the test's own).
+//!
+//! The routes xdplb asks for appear in BIRD's table and go when withdrawn, they outlive the agent's
+//! side, and a wrong socket is an error that names it.
 
 use std::{
     collections::BTreeSet,

@@ -1,4 +1,7 @@
-//! How the counters read after the datapath counts an established flow's packet in one hit slot: the same totals as the long path would give, kept when backends and VIPs leave and their slots are reused.
+//! How the counters read after the datapath counts an established flow's packet in one hit slot.
+//!
+//! The same totals as the long path would give, kept when backends and VIPs leave and their slots
+//! are reused.
 
 use lb_common::Counter;
 use xdplb_tests::fixture::*;

@@ -1,4 +1,8 @@
-//! `xdplb doctor` in the lab's namespaces: a healthy gateway and backend pass, and each fault provoked there (strict rp_filter, a missing interface, a NIC without native XDP, stale pinned state, a pin path off bpffs, a VIP missing from lo, ARP settings, no decapsulation) is reported with the fix a user would run.
+//! `xdplb doctor` in the lab's namespaces.
+//!
+//! A healthy gateway and backend pass, and each fault provoked there (strict rp_filter, a missing
+//! interface, a NIC without native XDP, stale pinned state, a pin path off bpffs, a VIP missing
+//! from lo, ARP settings, no decapsulation) is reported with the fix a user would run.
 
 use std::{path::Path, process::Command, time::Duration};
 

@@ -1,4 +1,7 @@
-//! End to end in network namespaces: real TCP/UDP through xdplb in native and generic XDP mode, replies bypassing the balancer, persistent connections across backend add/drain and a rejected reload.
+//! End to end in network namespaces.
+//!
+//! Real TCP/UDP through xdplb in native and generic XDP mode, replies bypassing the balancer,
+//! persistent connections across backend add/drain and a rejected reload.
 
 use std::time::Duration;
 

@@ -1,4 +1,8 @@
-//! End to end in `ipip` mode: backends on another subnet behind a router, running `xdplb decap`; real TCP and UDP over IPv4 and IPv6 (the captured tunnels judged by tshark), pings answered by the balancer, and path-MTU discovery in both directions (client → balancer tunnel, backend → narrow far link).
+//! End to end in `ipip` mode.
+//!
+//! Backends on another subnet behind a router, running `xdplb decap`; real TCP and UDP over IPv4
+//! and IPv6 (the captured tunnels judged by tshark), pings answered by the balancer, and path-MTU
+//! discovery in both directions (client → balancer tunnel, backend → narrow far link).
 
 use serde_json::Value;
 use xdplb_lab::{

@@ -1,4 +1,8 @@
-//! Balancers behind a BIRD router with L4-hash ECMP (the ECMP lab): flows spread over the balancers and keep their backend whichever balancer carries them, while one balancer is drained and stopped, has its agent killed, its program detached, its link cut, or its host deleted, and each time comes back. Prints the failover table and asserts the goals.
+//! Balancers behind a BIRD router with L4-hash ECMP (the ECMP lab).
+//!
+//! Flows spread over the balancers and keep their backend whichever balancer carries them, while
+//! one balancer is drained and stopped, has its agent killed, its program detached, its link cut,
+//! or its host deleted, and each time comes back. Prints the failover table and asserts the goals.
 //!
 //! Also: backend changes rolled across the balancers break nothing, and a failover after one
 //! loses only the share a pure consistent hash must.

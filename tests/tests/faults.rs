@@ -1,4 +1,10 @@
-//! Faults injected under load, one at a time, each measured: persistent connections pinging (hold) and a steady stream of new connections (churn) run through the balancer while the agent is killed and restarted the way systemd does it, upgraded, flooded with reloads and SIGHUPs, while a backend's server dies or its link is cut, while the gateway's link goes down or changes MTU, and while the flow table overflows. Prints the table docs/reliability.md shows and asserts the goals.
+//! Faults injected under load, one at a time, each measured.
+//!
+//! Persistent connections pinging (hold) and a steady stream of new connections (churn) run through
+//! the balancer while the agent is killed and restarted the way systemd does it, upgraded, flooded
+//! with reloads and SIGHUPs, while a backend's server dies or its link is cut, while the gateway's
+//! link goes down or changes MTU, and while the flow table overflows. Prints the table
+//! docs/reliability.md shows and asserts the goals.
 
 use std::{
     fmt::Write as _,

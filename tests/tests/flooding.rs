@@ -1,4 +1,8 @@
-//! A switch that floods unknown unicast delivers other hosts' frames to the balancer: VIP traffic addressed to another MAC is left to the kernel (which drops it), never rewritten and sent on with that host's MAC as source, so the switch never learns a foreign MAC on the balancer's port.
+//! A switch that floods unknown unicast delivers other hosts' frames to the balancer.
+//!
+//! VIP traffic addressed to another MAC is left to the kernel (which drops it), never rewritten and
+//! sent on with that host's MAC as source, so the switch never learns a foreign MAC on the
+//! balancer's port.
 
 use std::time::Duration;
 

@@ -1,4 +1,9 @@
-//! Hostile input against a running agent: 40+ broken configs, garbage and oversized API requests, a client that never finishes, 50 concurrent conflicting changes, and abuse of the metrics endpoint. Each is refused with a message naming the problem (for configs: the field and the line), the running state does not change, and the agent keeps answering.
+//! Hostile input against a running agent.
+//!
+//! 40+ broken configs, garbage and oversized API requests, a client that never finishes, 50
+//! concurrent conflicting changes, and abuse of the metrics endpoint. Each is refused with a
+//! message naming the problem (for configs: the field and the line), the running state does not
+//! change, and the agent keeps answering.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},

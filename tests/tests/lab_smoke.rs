@@ -1,4 +1,6 @@
-//! Smoke test of the namespace lab itself (no balancer): reachability on the segment, the traffic tools, the DSR counters and clean teardown.
+//! Smoke test of the namespace lab itself (no balancer).
+//!
+//! Reachability on the segment, the traffic tools, the DSR counters and clean teardown.
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,4 +1,9 @@
-//! Least privilege and access: the agent balances with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and with the same three a restarted agent adopts the pinned datapath; it names the one it lacks otherwise; its control socket refuses a real unprivileged user; it listens on nothing but the loopback metrics port, which is read-only.
+//! Least privilege and access.
+//!
+//! The agent balances with exactly CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, and with the same three
+//! a restarted agent adopts the pinned datapath; it names the one it lacks otherwise; its control
+//! socket refuses a real unprivileged user; it listens on nothing but the loopback metrics port,
+//! which is read-only.
 
 use std::{path::Path, process::Command, time::Duration};
 

@@ -1,4 +1,7 @@
-//! CPU spent per connection by each end-to-end setup: host softirq time (/proc/stat), a process's own CPU (/proc/PID/stat) and an XDP program's run time from the kernel's BPF statistics (`BPF_ENABLE_STATS`), sampled around one measured run.
+//! CPU spent per connection by each end-to-end setup.
+//!
+//! Host softirq time (/proc/stat), a process's own CPU (/proc/PID/stat) and an XDP program's run
+//! time from the kernel's BPF statistics (`BPF_ENABLE_STATS`), sampled around one measured run.
 //!
 //! Why these three: an XDP balancer does all its work in the softirq that receives the
 //! packet, a proxy in a process plus the softirqs of its two TCP stacks, nftables in the

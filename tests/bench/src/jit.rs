@@ -1,4 +1,8 @@
-//! A loaded program as the JIT left it: its machine code, and the source line each stretch of that code came from (the kernel's line info, read with `BPF_OBJ_GET_INFO_BY_FD`; the lines' text from `bpftool prog dump xlated linum`).
+//! A loaded program as the JIT left it.
+//!
+//! Its machine code, and the source line each stretch of that code came from (the kernel's line
+//! info, read with `BPF_OBJ_GET_INFO_BY_FD`; the lines' text from `bpftool prog dump xlated
+//! linum`).
 
 use std::{collections::BTreeMap, process::Command};
 

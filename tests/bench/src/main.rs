@@ -1,4 +1,8 @@
-//! `cargo xtask bench [--quick]`: runs every benchmark section, prints a summary and writes tests/bench/results/<date>.{json,md} with SVG plots (paths relative to the workspace, where `cargo xtask bench` runs it). Benchmarks report; they never fail a build.
+//! `cargo xtask bench [--quick]`.
+//!
+//! Runs every benchmark section, prints a summary and writes tests/bench/results/<date>.{json,md}
+//! with SVG plots (paths relative to the workspace, where `cargo xtask bench` runs it). Benchmarks
+//! report; they never fail a build.
 
 use std::path::PathBuf;
 

@@ -1,4 +1,7 @@
-//! The report's SVG plots (plotters' SVG backend only, so no font or image libraries are needed): bar charts of per-packet cost, connection rates, CPU per connection and forwarding rates by CPUs, line charts of cost growth.
+//! The report's SVG plots (plotters' SVG backend only, so no font or image libraries are needed).
+//!
+//! Bar charts of per-packet cost, connection rates, CPU per connection and forwarding rates by
+//! CPUs, line charts of cost growth.
 
 use std::path::Path;
 

@@ -1,4 +1,8 @@
-//! Where a packet class's nanoseconds go: runs the class under `perf record` (software cpu-clock sampling, the only event a machine without a PMU has) and splits its measured cost by kernel symbol and, inside the JITed program, by instruction.
+//! Where a packet class's nanoseconds go.
+//!
+//! Runs the class under `perf record` (software cpu-clock sampling, the only event a machine
+//! without a PMU has) and splits its measured cost by kernel symbol and, inside the JITed program,
+//! by instruction.
 
 use std::{
     collections::BTreeMap,

@@ -1,4 +1,9 @@
-//! Forwarding throughput through a veth: the balancer, and interleaved with it a minimal MAC swap, run as a live-frames traffic generator (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX frames really leave `lb0` and are counted by its peer `sink0`, which drops them in native XDP; few and many flows, on one CPU and spread over two.
+//! Forwarding throughput through a veth.
+//!
+//! The balancer, and interleaved with it a minimal MAC swap, run as a live-frames traffic generator
+//! (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX frames really leave `lb0` and
+//! are counted by its peer `sink0`, which drops them in native XDP; few and many flows, on one CPU
+//! and spread over two.
 //!
 //! Why this shape: per-packet cost from a plain test run (see `packet/`) leaves out what
 //! forwarding really costs after the program returns (the XDP_TX/redirect path, the transmit

@@ -1,4 +1,7 @@
-//! Fuzz target `api_request`: arbitrary bytes as an API request line: decoding never panics and a decoded request round-trips through JSON (the check is `xdplb_fuzz::api_request`).
+//! Fuzz target `api_request`.
+//!
+//! Arbitrary bytes as an API request line: decoding never panics and a decoded request round-trips
+//! through JSON (the check is `xdplb_fuzz::api_request`).
 
 #![no_main]
 

@@ -1,4 +1,7 @@
-//! Fuzz target `config`: arbitrary text as a config file: parsing never panics and a parsed config round-trips through YAML (the check is `xdplb_fuzz::config`).
+//! Fuzz target `config`: arbitrary text as a config file.
+//!
+//! Parsing never panics and a parsed config round-trips through YAML (the check is
+//! `xdplb_fuzz::config`).
 
 #![no_main]
 

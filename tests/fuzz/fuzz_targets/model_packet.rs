@@ -1,4 +1,7 @@
-//! Fuzz target `model_packet`: arbitrary bytes as an Ethernet frame through the reference model of the datapath: it never panics and answers the same frame the same way twice (the check is `xdplb_fuzz::model_packet`).
+//! Fuzz target `model_packet`.
+//!
+//! Arbitrary bytes as an Ethernet frame through the reference model of the datapath: it never
+//! panics and answers the same frame the same way twice (the check is `xdplb_fuzz::model_packet`).
 
 #![no_main]
 

@@ -1,4 +1,7 @@
-//! The fuzz targets' checks, one function per target, stating what must hold for any input; the libFuzzer binaries in `fuzz_targets/` call them, and this crate's tests replay the seed corpus and every kept crash through them without the fuzzer.
+//! The fuzz targets' checks, one function per target, stating what must hold for any input.
+//!
+//! The libFuzzer binaries in `fuzz_targets/` call them, and this crate's tests replay the seed
+//! corpus and every kept crash through them without the fuzzer.
 
 use std::{
     collections::HashMap,

@@ -1,4 +1,8 @@
-//! Several balancers in an ECMP lab, run as an operator runs a fleet: BIRD on the router and on every balancer, the same config on every agent, and the operations the failover runs and the demo take (drain, kill, detach, restart), each waiting until the router's ECMP group shows it.
+//! Several balancers in an ECMP lab, run as an operator runs a fleet.
+//!
+//! BIRD on the router and on every balancer, the same config on every agent, and the operations the
+//! failover runs and the demo take (drain, kill, detach, restart), each waiting until the router's
+//! ECMP group shows it.
 
 use std::time::Duration;
 

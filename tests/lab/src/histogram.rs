@@ -1,4 +1,7 @@
-//! A log-linear (HDR-style) latency histogram: `lab-client rate` records every exchange in it and reports percentiles, at a fixed few KiB however many samples it holds.
+//! A log-linear (HDR-style) latency histogram.
+//!
+//! `lab-client rate` records every exchange in it and reports percentiles, at a fixed few KiB
+//! however many samples it holds.
 
 /// Exact below this many µs; above, each power-of-two range is split into `SUB_BUCKETS / 2`
 /// buckets, so a value is off by at most 1/64 (about 1.6%) at a fixed few KiB per histogram,

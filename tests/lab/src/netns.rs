@@ -1,4 +1,7 @@
-//! Network-namespace helpers: running commands inside a namespace, entering one from a thread, and owning one for its lifetime.
+//! Network-namespace helpers.
+//!
+//! Running commands inside a namespace, entering one from a thread, and owning one for its
+//! lifetime.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -1,4 +1,7 @@
-//! The JSON results `lab-client` and `lab-load` print: one type per report, which the tool writes and the tests and benchmarks read, so the two sides cannot drift apart.
+//! The JSON results `lab-client` and `lab-load` print.
+//!
+//! One type per report, which the tool writes and the tests and benchmarks read, so the two sides
+//! cannot drift apart.
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,7 @@
-//! The balancer inside a lab: writes its config, attaches the veth-peer pass program for native mode, starts `xdplb run`, reloads it and reads `xdplb stats`. Shared by the demo and the end-to-end tests.
+//! The balancer inside a lab.
+//!
+//! Writes its config, attaches the veth-peer pass program for native mode, starts `xdplb run`,
+//! reloads it and reads `xdplb stats`. Shared by the demo and the end-to-end tests.
 
 use std::{
     path::{Path, PathBuf},

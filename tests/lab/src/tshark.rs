@@ -1,4 +1,7 @@
-//! tshark as an independent judge of captured frames: dissects a pcap with IP/TCP/UDP checksum validation on and reports, per frame, its protocol stack and anything malformed or with a bad checksum.
+//! tshark as an independent judge of captured frames.
+//!
+//! Dissects a pcap with IP/TCP/UDP checksum validation on and reports, per frame, its protocol
+//! stack and anything malformed or with a bad checksum.
 
 use std::{
     collections::BTreeMap,

@@ -1,4 +1,8 @@
-//! Mutations of well-formed frames: truncations, padding, byte flips, contradicting length fields, odd header lengths, extension headers, VLAN tags, and damage to the packet an ICMP error quotes; plus the byte-level helpers they and the tests use.
+//! Mutations of well-formed frames.
+//!
+//! Truncations, padding, byte flips, contradicting length fields, odd header lengths, extension
+//! headers, VLAN tags, and damage to the packet an ICMP error quotes; plus the byte-level helpers
+//! they and the tests use.
 
 use super::{rng::Rng, Built};
 

@@ -1,4 +1,6 @@
-//! The packet generator's random numbers: splitmix64, seeded, so a seed names one packet stream for good.
+//! The packet generator's random numbers.
+//!
+//! splitmix64, seeded, so a seed names one packet stream for good.
 
 /// splitmix64: tiny, fast, and good enough to drive a packet generator reproducibly.
 pub(super) struct Rng(pub(super) u64);

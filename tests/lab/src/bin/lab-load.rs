@@ -1,4 +1,9 @@
-//! Lab connection holder for the concurrent-connections benchmark: `hold` opens and keeps up to millions of idle TCP connections, `sink` accepts and keeps them on a backend; each is a parent forking epoll workers (a process may hold only RLIMIT_NOFILE sockets) and printing JSON progress lines. The engine is `xdplb_lab::load`; this is its command line.
+//! Lab connection holder for the concurrent-connections benchmark.
+//!
+//! `hold` opens and keeps up to millions of idle TCP connections, `sink` accepts and keeps them on
+//! a backend; each is a parent forking epoll workers (a process may hold only RLIMIT_NOFILE
+//! sockets) and printing JSON progress lines. The engine is `xdplb_lab::load`; this is its command
+//! line.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

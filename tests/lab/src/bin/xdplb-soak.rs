@@ -1,4 +1,7 @@
-//! `cargo xtask soak [--minutes N]`: the agent under load, reloads and backend churn for N minutes, sampling its memory, file descriptors, flow-table fill and counters; fails if anything grows without bound.
+//! `cargo xtask soak [--minutes N]`.
+//!
+//! The agent under load, reloads and backend churn for N minutes, sampling its memory, file
+//! descriptors, flow-table fill and counters; fails if anything grows without bound.
 
 use std::{
     fmt::Write as _,

@@ -1,4 +1,8 @@
-//! `lab-load hold`, the parent: forks the workers (`worker.rs`) that open and keep up to millions of idle TCP connections, watches them, the signals, MemAvailable and the failures, tells them when to stop, and prints JSON progress lines and the final [`LoadReport`].
+//! `lab-load hold`, the parent.
+//!
+//! Forks the workers (`worker.rs`) that open and keep up to millions of idle TCP connections,
+//! watches them, the signals, MemAvailable and the failures, tells them when to stop, and prints
+//! JSON progress lines and the final [`LoadReport`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;

@@ -1,4 +1,6 @@
-//! The libc calls the load engine makes that std does not offer: epoll, raw non-blocking sockets and their options, RLIMIT_NOFILE, and readings from /proc.
+//! The libc calls the load engine makes that std does not offer.
+//!
+//! epoll, raw non-blocking sockets and their options, RLIMIT_NOFILE, and readings from /proc.
 
 use std::io;
 use std::net::SocketAddr;

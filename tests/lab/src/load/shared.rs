@@ -1,4 +1,7 @@
-//! What a `lab-load` parent and its forked workers share: flags (parent → workers), per-worker counters and report text (worker → parent) in one anonymous shared mapping, plus forking and reaping the workers.
+//! What a `lab-load` parent and its forked workers share.
+//!
+//! Flags (parent → workers), per-worker counters and report text (worker → parent) in one anonymous
+//! shared mapping, plus forking and reaping the workers.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,6 @@
-//! The signals `lab-load` obeys, in whichever process gets them: SIGUSR1 ends the ramp, SIGINT/SIGTERM end everything.
+//! The signals `lab-load` obeys, in whichever process gets them.
+//!
+//! SIGUSR1 ends the ramp, SIGINT/SIGTERM end everything.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,7 @@
-//! `lab-load sink`: the backend side of the concurrent-connections benchmark; accepts connections from forked epoll workers sharing one listener, keeps them and echoes probe lines, and prints JSON progress lines.
+//! `lab-load sink`: the backend side of the concurrent-connections benchmark.
+//!
+//! Accepts connections from forked epoll workers sharing one listener, keeps them and echoes probe
+//! lines, and prints JSON progress lines.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

@@ -1,4 +1,7 @@
-//! One `lab-load hold` worker: an epoll loop over its share of the connections (one byte of state each), ramping, probing a sample during the hold, and publishing its counters and report to the parent.
+//! One `lab-load hold` worker.
+//!
+//! An epoll loop over its share of the connections (one byte of state each), ramping, probing a
+//! sample during the hold, and publishing its counters and report to the parent.
 
 use std::collections::VecDeque;
 use std::io;

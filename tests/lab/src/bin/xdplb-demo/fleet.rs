@@ -1,4 +1,8 @@
-//! `cargo xtask demo --balancers N`: N balancers behind a BIRD router with L4-hash ECMP; flows spread over the balancers, each flow keeps its backend whichever balancer carries it, and a balancer drained with `xdplb drain-balancer` leaves without breaking a connection.
+//! `cargo xtask demo --balancers N`.
+//!
+//! N balancers behind a BIRD router with L4-hash ECMP; flows spread over the balancers, each flow
+//! keeps its backend whichever balancer carries it, and a balancer drained with `xdplb
+//! drain-balancer` leaves without breaking a connection.
 
 use std::time::Duration;
 

@@ -1,4 +1,8 @@
-//! `cargo xtask demo [--forwarding ipip] [--balancers N]`: a namespace lab with clients, an xdplb gateway and three backends (on the segment, or tunnelled to behind a router); real TCP/UDP through the VIP, per-backend counters, and proof that replies bypass the balancer. With several balancers, `fleet.rs`.
+//! `cargo xtask demo [--forwarding ipip] [--balancers N]`.
+//!
+//! A namespace lab with clients, an xdplb gateway and three backends (on the segment, or tunnelled
+//! to behind a router); real TCP/UDP through the VIP, per-backend counters, and proof that replies
+//! bypass the balancer. With several balancers, `fleet.rs`.
 
 mod fleet;
 
