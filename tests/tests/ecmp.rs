@@ -2,10 +2,8 @@
 //!
 //! Flows spread over the balancers and keep their backend whichever balancer carries them, while
 //! one balancer is drained and stopped, has its agent killed, its program detached, its link cut,
-//! or its host deleted, and each time comes back. Prints the failover table and asserts the goals.
-//!
-//! Also: backend changes rolled across the balancers break nothing, and a failover after one
-//! loses only the share a pure consistent hash must.
+//! or its host deleted, and each time comes back; backend changes rolled across them break
+//! nothing, and a failover after one loses only the share a pure consistent hash must.
 //!
 //! CI runs two balancers with the hash-threshold route BIRD installs. `cargo xtask failover`
 //! (`XDPLB_FAILOVER_FULL=1`) runs the full table docs/balancers.md shows: three balancers,

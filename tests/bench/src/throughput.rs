@@ -1,24 +1,10 @@
 //! Forwarding throughput through a veth.
 //!
-//! The balancer, and interleaved with it a minimal MAC swap, run as a live-frames traffic generator
-//! (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX frames really leave `lb0` and
-//! are counted by its peer `sink0`, which drops them in native XDP; few and many flows, on one CPU
-//! and spread over two.
-//!
-//! Why this shape: per-packet cost from a plain test run (see `packet/`) leaves out what
-//! forwarding really costs after the program returns (the XDP_TX/redirect path, the transmit
-//! queue, the peer's NAPI). Live frames run the program as a driver would, on one CPU, with no
-//! client stack in the way, so the rate the sink sees is the rate of that whole path, and the
-//! MAC swap measured the same way gives the floor.
-//!
-//! What the kernel does in live-frames mode (Documentation/bpf/bpf_prog_run.rst, checked on
-//! 6.18): `repeat` is the number of frames; they are run in batches of `batch_size` (≤ 256), each
-//! from a page initialised once from `data_in` and then recycled *without* being rewritten, so a
-//! program sees either the original frame or what it made of it last time. Both programs here
-//! are fine with that: the MAC swap alternates, and the balancer only rewrites MACs and never
-//! looks at the destination MAC of a unicast frame, so every repeat of a flow takes the same
-//! path. XDP_TX is turned into a redirect out of the `ingress_ifindex` of `ctx_in`, resolved in
-//! the caller's network namespace: the generator thread joins the balancer's namespace.
+//! The balancer, interleaved with a minimal MAC swap, runs as a live-frames traffic generator
+//! (BPF_F_TEST_XDP_LIVE_FRAMES) whose XDP_TX frames leave `lb0` and are counted by its peer
+//! `sink0` (native XDP drop); few and many flows, on one CPU and on two. A plain test run leaves
+//! out what forwarding costs after the program returns (XDP_TX path, transmit queue, the peer's
+//! NAPI); live frames run that whole path as a driver would, and the MAC swap gives its floor.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -184,7 +184,12 @@ impl SystemdContainer {
                 .exec(&["systemctl", "is-system-running"])
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
                 .unwrap_or_default();
-            if !matches!(state.as_str(), "" | "initializing" | "starting") {
+            // Before the container's systemd has set up /run/systemd/system, systemctl says
+            // "offline" (or nothing): keep asking until it has booted or given up.
+            if matches!(
+                state.as_str(),
+                "running" | "degraded" | "maintenance" | "stopping"
+            ) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
