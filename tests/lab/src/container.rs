@@ -335,6 +335,20 @@ impl Drop for SystemdContainer {
             let _ = self.nspawn.kill();
             let _ = self.nspawn.wait();
         }
+        // The container's last processes can outlive nspawn by a moment (a boot cut short):
+        // a cgroup goes with rmdir only once it is empty, so wait for that, killing stragglers.
+        let events = own.join("cgroup.events");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let populated = std::fs::read_to_string(&events)
+                .map(|e| e.contains("populated 1"))
+                .unwrap_or(false);
+            if !populated {
+                break;
+            }
+            let _ = std::fs::write(own.join("cgroup.kill"), b"1");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         for root in &roots {
             remove_cgroup_tree(&root.join(&self.machine));
         }
