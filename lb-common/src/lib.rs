@@ -12,9 +12,11 @@ pub mod baselines;
 pub mod decap;
 pub mod hash;
 pub mod hits;
+pub mod vip_table;
 
 pub use hash::{flow_hash, hash_words};
 pub use hits::{hit_slot_retired_vip, HitCounters, HIT_SLOTS, HIT_SLOT_RETIRED};
+pub use vip_table::{VipSlot, VipTableHead, VIP_TABLE_ENTRIES, VIP_TABLE_SLOTS};
 
 /// The kind of a BPF map, as lb-common names it (userspace maps it to aya's `MapType`; the
 /// eBPF side declares the matching `btf_maps` type).
@@ -60,8 +62,11 @@ impl MapSpec {
 /// `lb-ebpf/src/bin/balancer/maps.rs` carry these identifiers; `tests` checks every name is in
 /// the object).
 pub mod maps {
-    /// `HashMap<VipKey, VipMeta>`: which (address, port, protocol) we balance.
-    pub const VIPS: &str = "VIPS";
+    /// `Array<VipSlot>` of [`crate::VIP_TABLE_ENTRIES`]: which (address, port, protocol) we
+    /// balance, and every address that has VIPs, placed by the agent (see [`crate::vip_table`]).
+    pub const VIP_TABLE: &str = "VIP_TABLE";
+    /// `Array<VipTableHead>` of one entry: which half of `VIP_TABLE` is live, and its seed.
+    pub const VIP_TABLE_HEAD: &str = "VIP_TABLE_HEAD";
     /// `ArrayOfMaps<Array<u32>>`, indexed by `VipMeta::vip_id`: one Maglev table per VIP, replaced
     /// whole on every change so the datapath never sees a half-written table.
     pub const RINGS: &str = "RINGS";
@@ -78,9 +83,6 @@ pub mod maps {
     /// `PerCpuArray<HitCounters>` of [`crate::HIT_SLOTS`] slots: the one counter an established
     /// flow's forwarded packet touches (see [`crate::HitCounters`]).
     pub const HIT_STATS: &str = "HIT_STATS";
-    /// `HashMap<AddrKey, AddrMeta>`: every address that has at least one VIP, whatever its
-    /// ports. Fragments and ICMP echo requests carry no ports, so they are matched here.
-    pub const VIP_ADDRS: &str = "VIP_ADDRS";
     /// `Array<Settings>` of one entry: balancer-wide values (tunnel source prefixes, MTU).
     pub const SETTINGS: &str = "SETTINGS";
     /// Every map the balancer program owns, for pinning and for the object check
@@ -102,7 +104,8 @@ pub mod maps {
 pub const BALANCER_MAPS: [MapSpec; 10] = {
     use MapKind::*;
     [
-        MapSpec::new::<VipKey, VipMeta>(maps::VIPS, Hash, MAX_VIPS),
+        MapSpec::new::<u32, VipSlot>(maps::VIP_TABLE, Array, VIP_TABLE_ENTRIES),
+        MapSpec::new::<u32, VipTableHead>(maps::VIP_TABLE_HEAD, Array, 1),
         // Outer map: the value is an inner ring's fd. Each inner ring is created by the agent
         // with the VIP's own size (`BPF_F_INNER_MAP`); the object's template has
         // `RING_TEMPLATE_SIZE`.
@@ -114,7 +117,6 @@ pub const BALANCER_MAPS: [MapSpec; 10] = {
         MapSpec::new::<u32, TrafficCounters>(maps::BACKEND_STATS, PerCpuArray, MAX_BACKENDS),
         MapSpec::new::<u32, u64>(maps::GLOBAL_STATS, PerCpuArray, Counter::COUNT),
         MapSpec::new::<u32, HitCounters>(maps::HIT_STATS, PerCpuArray, HIT_SLOTS),
-        MapSpec::new::<AddrKey, AddrMeta>(maps::VIP_ADDRS, Hash, MAX_VIPS),
         MapSpec::new::<u32, Settings>(maps::SETTINGS, Array, 1),
     ]
 };
@@ -131,9 +133,9 @@ pub mod programs {
 /// running datapath pinned under another version is refused, not reused: bump this whenever
 /// anything in this file changes shape or meaning. `tests::layout_fingerprint` fails until
 /// the fingerprint below is updated too, as a reminder.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
-/// How many VIPs one balancer serves. `VIPS` costs ~(20+16+overhead≈96) B each: ~48 KiB.
+/// How many VIPs one balancer serves. `VIP_TABLE` is a fixed 320 KiB whatever their number.
 pub const MAX_VIPS: u32 = 512;
 /// How many backends in all (a backend of two VIPs counts twice). `BACKENDS` is 40 B each: 640 KiB;
 /// `BACKEND_STATS` is 24 B per CPU each: 384 KiB per CPU; `HIT_STATS` 16 B per CPU each: 264 KiB
@@ -218,7 +220,8 @@ pub const MIN_TUNNEL_MTU: u32 = 1280 + IPV6_HLEN;
 /// Time to live / hop limit of packets the balancer originates (outer headers, ICMP).
 pub const ORIGIN_TTL: u8 = 64;
 
-/// Key of `VIP_ADDRS`: an address that has VIPs (IPv4 in the first 4 bytes, rest zero).
+/// An address that has VIPs (IPv4 in the first 4 bytes, rest zero): the key of its address
+/// entry in `VIP_TABLE` is [`vip_table::addr_entry_key`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct AddrKey {
@@ -231,7 +234,7 @@ const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
 /// `AddrMeta::flags`: answer ICMP/ICMPv6 echo requests to this address from the balancer.
 pub const ADDR_ANSWER_ECHO: u32 = 1 << 0;
 
-/// Value of `VIP_ADDRS`.
+/// What an address entry of `VIP_TABLE` says (its `meta.flags`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct AddrMeta {
@@ -442,14 +445,14 @@ mod user {
     // SAFETY (all impls): `#[repr(C)]`, integers and byte arrays only, explicit padding, so every
     // bit pattern is valid and there are no uninitialised bytes.
     unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipSlot {}
+    unsafe impl aya::Pod for super::VipTableHead {}
     unsafe impl aya::Pod for super::VipMeta {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::ConnEntry {}
     unsafe impl aya::Pod for super::TrafficCounters {}
     unsafe impl aya::Pod for super::HitCounters {}
-    unsafe impl aya::Pod for super::AddrKey {}
-    unsafe impl aya::Pod for super::AddrMeta {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Family {}
 }
@@ -569,15 +572,15 @@ mod tests {
             size_of::<ConnEntry>(),
             size_of::<TrafficCounters>(),
             size_of::<HitCounters>(),
-            size_of::<AddrKey>(),
-            size_of::<AddrMeta>(),
+            size_of::<VipSlot>(),
+            size_of::<VipTableHead>(),
             size_of::<Settings>(),
             COUNTER_COUNT as usize,
             maps::ALL.len(),
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (7, [20, 16, 40, 40, 12, 24, 16, 20, 4, 48, 17, 10])
+            (8, [20, 16, 40, 40, 12, 24, 24, 40, 12, 48, 17, 10])
         );
     }
 

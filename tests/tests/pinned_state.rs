@@ -29,9 +29,10 @@ fn a_map_with_another_layout_is_refused() {
     let pins = PinDir::new("layout");
     let state = balancer::state_dir(&pins.0);
     std::fs::create_dir_all(&state).unwrap();
-    // A VIPS map from a hypothetical other build: u32 → u32 instead of VipKey → VipMeta.
+    // A VIP table from a hypothetical other build: a hash map u32 → u32 instead of an array
+    // of VipSlot.
     let wrong = HashMap::<MapData, u32, u32>::create(16, 0).unwrap();
-    wrong.pin(state.join(lb_common::maps::VIPS)).unwrap();
+    wrong.pin(state.join(lb_common::maps::VIP_TABLE)).unwrap();
     let err = balancer::load_pinned(&pins.0, 4096)
         .err()
         .expect("must refuse");

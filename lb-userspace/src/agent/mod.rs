@@ -350,7 +350,8 @@ impl MetricsSource {
             health_transitions_down: down,
             health_transitions_up: up,
             map_fill: vec![
-                (lb_common::maps::VIPS, vips, u64::from(MAX_VIPS)),
+                // The VIPs themselves, under the label dashboards know (they live in VIP_TABLE).
+                ("VIPS", vips, u64::from(MAX_VIPS)),
                 (lb_common::maps::BACKENDS, backends, u64::from(MAX_BACKENDS)),
                 (lb_common::maps::CONNS, conns, u64::from(conns_cap)),
             ],

@@ -64,7 +64,7 @@ pub fn load_pinned(pin_path: &Path, flow_table_size: u32) -> anyhow::Result<Load
             }
         }
     }
-    let adopted = dir.join(maps::VIPS).exists();
+    let adopted = dir.join(maps::VIP_TABLE).exists();
     let mut conns = flow_table_size;
     if adopted {
         if let Some(m) = check_pinned_layouts(&dir, &BALANCER_MAPS).first() {

@@ -12,12 +12,15 @@ use aya::{
 };
 use lb_common::{
     hit_slot_retired_vip, maps as names, AddrKey, AddrMeta, Backend, ConnEntry, Counter, FlowKey,
-    HitCounters, Settings, TrafficCounters, VipKey, VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT,
-    HIT_SLOT_RETIRED, MAX_VIPS,
+    HitCounters, Settings, TrafficCounters, VipKey, VipMeta, VipSlot, VipTableHead,
+    BPF_F_INNER_MAP, COUNTER_COUNT, HIT_SLOT_RETIRED, MAX_VIPS, VIP_TABLE_SLOTS,
 };
 
+use crate::model::vip_table::{self, Placed};
+
 pub struct BalancerMaps {
-    vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_table: Array<MapData, VipSlot>,
+    vip_table_head: Array<MapData, VipTableHead>,
     rings: ArrayOfMaps<MapData, Array<MapData, u32>>,
     backends: Array<MapData, Backend>,
     conns: HashMap<MapData, FlowKey, ConnEntry>,
@@ -29,7 +32,6 @@ pub struct BalancerMaps {
     /// were opened or written since, and the retired slots holding any. Reading only these
     /// keeps a global read at a few lookups instead of 17k.
     hit_slots: BTreeSet<u32>,
-    vip_addrs: HashMap<MapData, AddrKey, AddrMeta>,
     settings: Array<MapData, Settings>,
     conns_capacity: u32,
 }
@@ -79,7 +81,8 @@ impl BalancerMaps {
         };
         let mut maps = Self {
             conns_capacity,
-            vips: typed(names::VIPS, get(names::VIPS)?)?,
+            vip_table: typed(names::VIP_TABLE, get(names::VIP_TABLE)?)?,
+            vip_table_head: typed(names::VIP_TABLE_HEAD, get(names::VIP_TABLE_HEAD)?)?,
             rings: typed(names::RINGS, get(names::RINGS)?)?,
             backends: typed(names::BACKENDS, get(names::BACKENDS)?)?,
             conns: typed(names::CONNS, conns)?,
@@ -87,7 +90,6 @@ impl BalancerMaps {
             backend_stats: typed(names::BACKEND_STATS, get(names::BACKEND_STATS)?)?,
             global_stats: typed(names::GLOBAL_STATS, get(names::GLOBAL_STATS)?)?,
             hit_stats: typed(names::HIT_STATS, get(names::HIT_STATS)?)?,
-            vip_addrs: typed(names::VIP_ADDRS, get(names::VIP_ADDRS)?)?,
             settings: typed(names::SETTINGS, get(names::SETTINGS)?)?,
             hit_slots: BTreeSet::new(),
         };
@@ -103,25 +105,6 @@ impl BalancerMaps {
         Ok(maps)
     }
 
-    pub fn set_vip_addr(&mut self, key: &AddrKey, meta: &AddrMeta) -> anyhow::Result<()> {
-        self.vip_addrs
-            .insert(key, meta, 0)
-            .context("writing map VIP_ADDRS")
-    }
-
-    pub fn remove_vip_addr(&mut self, key: &AddrKey) -> anyhow::Result<()> {
-        self.vip_addrs
-            .remove(key)
-            .context("deleting from map VIP_ADDRS")
-    }
-
-    pub fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>> {
-        self.vip_addrs
-            .iter()
-            .collect::<Result<_, _>>()
-            .context("reading map VIP_ADDRS")
-    }
-
     pub fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
         self.settings
             .set(0, settings, 0)
@@ -132,19 +115,62 @@ impl BalancerMaps {
         self.settings.get(&0, 0).context("reading map SETTINGS")
     }
 
-    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
-        self.vips.insert(key, meta, 0).context("writing map VIPS")
-    }
-
-    pub fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
-        self.vips.remove(key).context("deleting from map VIPS")
-    }
-
-    pub fn vips(&self) -> anyhow::Result<Vec<(VipKey, VipMeta)>> {
-        self.vips
-            .iter()
+    /// The live half of the VIP table and the seed it was placed with.
+    pub fn vip_table(&self) -> anyhow::Result<Placed> {
+        let head = self
+            .vip_table_head
+            .get(&0, 0)
+            .context("reading map VIP_TABLE_HEAD")?;
+        let half = head.half & 1;
+        let base = half * VIP_TABLE_SLOTS;
+        let slots = (base..base + VIP_TABLE_SLOTS)
+            .map(|i| self.vip_table.get(&i, 0))
             .collect::<Result<_, _>>()
-            .context("reading map VIPS")
+            .context("reading map VIP_TABLE")?;
+        Ok(Placed {
+            seed: head.seeds[half as usize],
+            slots,
+        })
+    }
+
+    /// Makes `placed` the live VIP table: written whole into the half packets do not read,
+    /// then switched to in two head writes that each change only bytes no packet misreads
+    /// (lb-common's `VipTableHead`).
+    pub fn publish_vip_table(&mut self, placed: &Placed) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            placed.slots.len() == VIP_TABLE_SLOTS as usize,
+            "a VIP table half has {VIP_TABLE_SLOTS} slots, not {}",
+            placed.slots.len()
+        );
+        let mut head = self
+            .vip_table_head
+            .get(&0, 0)
+            .context("reading map VIP_TABLE_HEAD")?;
+        let next = (head.half & 1) ^ 1;
+        let base = next * VIP_TABLE_SLOTS;
+        for (i, slot) in placed.slots.iter().enumerate() {
+            self.vip_table
+                .set(base + i as u32, slot, 0)
+                .with_context(|| format!("writing VIP_TABLE[{}]", base + i as u32))?;
+        }
+        head.seeds[next as usize] = placed.seed;
+        self.vip_table_head
+            .set(0, head, 0)
+            .context("writing the seed into VIP_TABLE_HEAD")?;
+        head.half = next;
+        self.vip_table_head
+            .set(0, head, 0)
+            .context("switching VIP_TABLE_HEAD to the new half")
+    }
+
+    /// The VIPs of the live table.
+    pub fn vips(&self) -> anyhow::Result<Vec<(VipKey, VipMeta)>> {
+        Ok(vip_table::vips_of(&self.vip_table()?.slots))
+    }
+
+    /// The addresses of the live table, with their `ADDR_*` flags.
+    pub fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>> {
+        Ok(vip_table::addrs_of(&self.vip_table()?.slots))
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> anyhow::Result<()> {
@@ -284,12 +310,12 @@ impl BalancerMaps {
                 .with_context(|| format!("reading GLOBAL_STATS[{}]", c.name()))?;
             out[c as usize] = per_cpu.iter().sum();
         }
-        let mut hits = 0;
+        let mut hits = HitCounters::default();
         for slot in &self.hit_slots {
-            hits += self.hits(*slot)?.packets;
+            hits += self.hits(*slot)?;
         }
-        out[Counter::ConnHit as usize] += hits;
-        out[Counter::TxForwarded as usize] += hits;
+        out[Counter::ConnHit as usize] += hits.packets - hits.stateless;
+        out[Counter::TxForwarded as usize] += hits.packets;
         Ok(out)
     }
 
@@ -300,8 +326,7 @@ impl BalancerMaps {
             .get(&slot, 0)
             .with_context(|| format!("reading HIT_STATS[{slot}]"))?;
         Ok(per_cpu.iter().fold(HitCounters::default(), |mut t, c| {
-            t.packets += c.packets;
-            t.bytes += c.bytes;
+            t += *c;
             t
         }))
     }
@@ -314,7 +339,7 @@ impl BalancerMaps {
             .hit_stats
             .get(&from, 0)
             .with_context(|| format!("reading HIT_STATS[{from}]"))?;
-        if src.iter().all(|c| c.packets == 0 && c.bytes == 0) {
+        if src.iter().all(|c| *c == HitCounters::default()) {
             return Ok(());
         }
         let dst = self
@@ -324,9 +349,10 @@ impl BalancerMaps {
         let sum: Vec<HitCounters> = src
             .iter()
             .zip(dst.iter())
-            .map(|(a, b)| HitCounters {
-                packets: a.packets + b.packets,
-                bytes: a.bytes + b.bytes,
+            .map(|(a, b)| {
+                let mut t = *a;
+                t += *b;
+                t
             })
             .collect();
         self.hit_stats

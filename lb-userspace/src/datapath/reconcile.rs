@@ -13,8 +13,9 @@ use crate::{
     config::{Config, MacAddr},
     datapath::maps::BalancerMaps,
     model::addr::fmt_addr,
-    model::desired::{identity_key, Desired, DownSet, Facts},
+    model::desired::{Desired, DownSet, Facts},
     model::ids::Ids,
+    model::vip_table,
 };
 
 /// What the maps hold, as far as this agent wrote (or adopted) it.
@@ -77,7 +78,7 @@ impl Written {
     }
 
     /// Makes the maps hold `desired`. Order matters for packets in flight: backends are
-    /// written before the rings that point at them, rings before the VIP entries that lead to
+    /// written before the rings that point at them, rings before the VIP table that leads to
     /// them, and removed backends are cleared only after no ring points at them any more.
     /// Slots given to a new owner start with zeroed counters.
     pub fn apply(&mut self, desired: &Desired, maps: &mut BalancerMaps) -> anyhow::Result<Report> {
@@ -116,26 +117,15 @@ impl Written {
                 maps.install_ring(id, &v.ring)?;
                 self.rings.insert(id, v.ring.clone());
             }
-            if self.vips.get(&v.key) != Some(&v.meta) {
-                maps.set_vip(&v.key, &v.meta)?;
-                self.vips.insert(v.key, v.meta);
-            }
         }
-        for (key, meta) in &desired.addrs {
-            if self.addrs.get(key) != Some(meta) {
-                maps.set_vip_addr(key, meta)?;
-                self.addrs.insert(*key, *meta);
-            }
-        }
-        let gone: Vec<AddrKey> = self
-            .addrs
-            .keys()
-            .filter(|k| !desired.addrs.contains_key(k))
-            .copied()
-            .collect();
-        for key in gone {
-            maps.remove_vip_addr(&key)?;
-            self.addrs.remove(&key);
+        // The VIP table changes whole: added VIPs (whose rings are in place) and removed ones
+        // (whose backends are freed only below) switch in one step.
+        let vips: HashMap<VipKey, VipMeta> = desired.vips.iter().map(|v| (v.key, v.meta)).collect();
+        if vips != self.vips || desired.addrs != self.addrs {
+            let placed = vip_table::place(vips.clone(), desired.addrs.clone())?;
+            maps.publish_vip_table(&placed)?;
+            self.vips = vips;
+            self.addrs = desired.addrs.clone();
         }
         if self.settings != Some(desired.settings) {
             maps.set_settings(&desired.settings)?;
@@ -145,10 +135,6 @@ impl Written {
         for (identity, id) in &self.ids.vips {
             if desired.ids.vips.contains_key(identity) {
                 continue;
-            }
-            let key = identity_key(identity);
-            if self.vips.remove(&key).is_some() {
-                maps.remove_vip(&key)?;
             }
             self.rings.remove(id);
             report.removed.push(format!(

@@ -91,17 +91,6 @@ pub fn vip_identity(vip: &Vip) -> VipIdentity {
     (vip.address, vip.port, vip.protocol.number())
 }
 
-/// The `VIPS` key of an identity (for VIPs that left the config).
-pub fn identity_key(identity: &VipIdentity) -> VipKey {
-    let (addr, family) = ip_to_map(identity.0);
-    VipKey {
-        addr,
-        port: identity.1.to_be_bytes(),
-        proto: identity.2,
-        family,
-    }
-}
-
 /// The `SETTINGS` value: the MACs frames must be addressed to, tunnel source prefixes and the
 /// MTU (the interface's unless the config names one).
 fn settings(cfg: &Config, mtu: Option<u32>, own_mac: MacAddr) -> anyhow::Result<Settings> {

@@ -64,13 +64,13 @@
 //!   "fragmentation needed" / ICMPv6 "packet too big" (`TxIcmpTooBig`, not accounted to the
 //!   VIP or backend; a miss's flow-table entry is still written first).
 //!
-//! Flow table first (layout v6): a flow-table entry is used if its backend serves (active or
-//! draining), has the entry's tag and its VIP (the flags the backend entry carries) is not
-//! stateless; then the frame must be addressed to us, and it is forwarded by the mode the
-//! backend entry carries and accounted to the backend's VIP, with no VIP lookup. Otherwise the
-//! VIP is looked up (none: `PassNotVip`, whatever the table held, so the flows of a removed VIP
-//! stop with it), and an entry that was there but unusable makes a stateful VIP's lookup a
-//! `ConnResteer` rather than a `ConnMiss`.
+//! VIP first (layout v8): the destination's VIP is looked up (none: `PassNotVip`, whatever
+//! the flow table holds, so the flows of a removed VIP stop with it), then the frame must be
+//! addressed to us. A stateless VIP's ring decides every packet, with no flow-table lookup
+//! and no new flow counted. A stateful VIP uses its flow-table entry if the entry's backend
+//! serves (active or draining) and has the entry's tag; it is forwarded by the mode the backend
+//! entry carries and accounted to the backend's VIP. Otherwise the ring decides, and an entry
+//! that was there but unusable makes the lookup a `ConnResteer` rather than a `ConnMiss`.
 
 use std::collections::HashMap;
 
@@ -128,7 +128,7 @@ pub struct Expected {
 pub struct Forwarded {
     pub vip_id: u32,
     pub backend_id: u32,
-    /// The ring decided (flow-table miss or re-steer, or a stateless VIP).
+    /// A stateful VIP's ring decided (flow-table miss or re-steer).
     pub new_flow: bool,
 }
 
@@ -415,7 +415,7 @@ impl Model {
         })
     }
 
-    /// Flow table, then (when it does not answer) VIP lookup and ring: the backend for `flow`,
+    /// VIP lookup, then flow table and (when it does not answer) ring: the backend for `flow`,
     /// whether it tunnels and the tunnel's hash (the entry's on a hit: it keeps the one computed
     /// when the flow was pinned), or why there is none. A ring decision is remembered only if
     /// `remember`.
@@ -432,31 +432,8 @@ impl Model {
                 .filter(|b| b.state == BACKEND_ACTIVE || b.state == BACKEND_DRAINING)
                 .copied()
         };
-        // The flow table first: its key is the whole 5-tuple, and the backend entry carries
-        // its VIP's id, flags and forwarding mode, so a hit needs no VIP lookup.
-        let mut stale = false;
-        if let Some(entry) = self.flows.get(flow) {
-            let usable = serving(entry.backend_id)
-                .filter(|b| b.tag == entry.tag && b.vip_flags & VIP_STATELESS == 0);
-            match usable {
-                Some(b) => {
-                    // VIP traffic comes to our unicast MAC; a group frame or another host's is
-                    // not ours.
-                    to_us?;
-                    *lookup = Some(Counter::ConnHit);
-                    let forwarded = Forwarded {
-                        vip_id: b.vip_id,
-                        backend_id: entry.backend_id,
-                        new_flow: false,
-                    };
-                    return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP, entry.hash));
-                }
-                // Its backend was removed (its VIP too, perhaps), is down, or its slot has a
-                // new owner (the tag differs), or its VIP became stateless: the VIP decides
-                // again; a stateful one re-steers rather than black-holes.
-                None => stale = true,
-            }
-        }
+        // The VIP first; a stateless one is decided by its ring alone, a stateful one asks the
+        // flow table (keyed by the whole 5-tuple) before its ring.
         let exact = VipKey {
             addr: flow.dst,
             port: flow.dport,
@@ -472,7 +449,28 @@ impl Model {
             .get(&exact)
             .or_else(|| self.vips.get(&all_ports))
             .ok_or(Counter::PassNotVip)?;
+        // VIP traffic comes to our unicast MAC; a group frame or another host's is not ours.
         to_us?;
+        let mut stale = false;
+        if let Some(entry) = self.flows.get(flow).filter(|_| !vip.stateless) {
+            let usable = serving(entry.backend_id)
+                .filter(|b| b.tag == entry.tag && b.vip_flags & VIP_STATELESS == 0);
+            match usable {
+                Some(b) => {
+                    *lookup = Some(Counter::ConnHit);
+                    let forwarded = Forwarded {
+                        vip_id: b.vip_id,
+                        backend_id: entry.backend_id,
+                        new_flow: false,
+                    };
+                    return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP, entry.hash));
+                }
+                // Its backend was removed, is down, or its slot has a new owner (the tag
+                // differs): the ring decides again, and the flow is re-steered rather than
+                // black-holed.
+                None => stale = true,
+            }
+        }
         if !vip.stateless {
             *lookup = Some(if stale {
                 Counter::ConnResteer
@@ -490,8 +488,8 @@ impl Model {
             return Err(Counter::DropNoBackend);
         }
         let backend = serving(id).ok_or(Counter::DropNoBackend)?;
-        let (vip_id, ipip) = (vip.vip_id, vip.ipip);
-        if !vip.stateless && remember {
+        let (vip_id, ipip, stateless) = (vip.vip_id, vip.ipip, vip.stateless);
+        if !stateless && remember {
             self.flows.insert(
                 *flow,
                 ConnEntry {
@@ -501,10 +499,11 @@ impl Model {
                 },
             );
         }
+        // A stateless VIP's packet is never counted as a new flow: it knows no flows.
         let forwarded = Forwarded {
             vip_id,
             backend_id: id,
-            new_flow: true,
+            new_flow: !stateless,
         };
         Ok((forwarded, backend, ipip, flow_hash(flow, false)))
     }

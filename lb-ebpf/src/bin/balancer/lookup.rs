@@ -1,31 +1,75 @@
-//! Whether a frame is ours, and which backend gets its flow: flow table, then VIP and Maglev ring.
+//! Whether a frame is ours, and which backend gets its flow: VIP table, flow table, Maglev ring.
 //!
-//! An established flow needs nothing but the flow table; only a miss looks up the VIP and its
-//! ring.
+//! The VIP table is an array the program probes without a map call (lb-common's `vip_table`);
+//! a stateless VIP goes from there straight to its ring, a stateful one asks the flow table
+//! first.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    backend_serves, flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Event, FlowKey, Outcome,
-    Settings, VipKey, VipMeta, ALL_PORTS, NO_BACKEND, VIP_HASH_SOURCE_IP, VIP_STATELESS,
+    backend_serves, flow_hash,
+    vip_table::{addr_hash, slots, AddrHash, KeyWords, ADDR_ENTRY_PROTO},
+    Backend, ConnEntry, Event, FlowKey, Outcome, Settings, VipMeta, VipSlot, ALL_PORTS, NO_BACKEND,
+    VIP_HASH_SOURCE_IP, VIP_STATELESS, VIP_TABLE_SLOTS,
 };
 
 use lb_ebpf::wire::{eth, ptr_at};
 
 use crate::{
-    maps::{BACKENDS, CONNS, RINGS, SETTINGS, VIPS, VIP_ADDRS},
+    maps::{BACKENDS, CONNS, RINGS, SETTINGS, VIP_TABLE, VIP_TABLE_HEAD},
     stats::event,
 };
 
-/// Whether the flow's destination address has any VIP, and its per-address flags.
+/// A flow's destination as the VIP table is probed for it: the live half, its seed, the
+/// address words and their hash (computed once for every probe of the packet).
+pub struct Dest {
+    base: u32,
+    seed: u32,
+    addr: [u32; 4],
+    hash: AddrHash,
+}
+
+impl Dest {
+    #[inline(always)]
+    pub fn of(flow: &FlowKey) -> Option<Dest> {
+        let head = VIP_TABLE_HEAD.get(0)?;
+        let half = head.half & 1;
+        let seed = head.seeds[half as usize];
+        // SAFETY: `FlowKey` is aligned to 8 and `dst` sits at offset 16, so its 16 bytes are
+        // four aligned words.
+        let addr = unsafe { *(flow.dst.as_ptr() as *const [u32; 4]) };
+        Some(Dest {
+            base: half * VIP_TABLE_SLOTS,
+            seed,
+            addr,
+            hash: addr_hash(&addr, seed),
+        })
+    }
+
+    /// The slot holding the key of this address and `rest` (port, protocol, family: see
+    /// `KeyWords`), if there is one: at most two inlined array reads.
+    #[inline(always)]
+    fn probe(&self, rest: u32) -> Option<&'static VipSlot> {
+        let (a, b) = slots(self.hash, rest, self.seed);
+        for i in [a, b] {
+            // verifier: an array lookup is bounds-checked (inlined); a slot past the map is None.
+            let slot = VIP_TABLE.get(self.base + i)?;
+            // SAFETY: `VipSlot` starts with the 20-byte key and is aligned to 4.
+            let w = unsafe { &*(slot as *const VipSlot as *const [u32; 5]) };
+            let a = &self.addr;
+            if w[4] == rest && w[0] == a[0] && w[1] == a[1] && w[2] == a[2] && w[3] == a[3] {
+                return Some(slot);
+            }
+        }
+        None
+    }
+}
+
+/// The `ADDR_*` flags of the flow's destination address if it has any VIP.
 #[inline(always)]
-pub fn vip_addr(flow: &FlowKey) -> Option<&'static AddrMeta> {
-    let key = AddrKey {
-        addr: flow.dst,
-        family: flow.family,
-        _pad: [0; 3],
-    };
-    // SAFETY: a hash map value stays valid for the program run (RCU); it is only read.
-    unsafe { VIP_ADDRS.get(&key) }
+pub fn vip_addr(flow: &FlowKey) -> Option<u32> {
+    let dest = Dest::of(flow)?;
+    let rest = KeyWords::rest([0, 0], ADDR_ENTRY_PROTO, flow.family);
+    dest.probe(rest).map(|s| s.meta.flags)
 }
 
 /// The balancer-wide settings the agent wrote (all zero before it did), read in place. The
@@ -63,18 +107,13 @@ pub fn addressed_to_us(ctx: &XdpContext) -> Result<&'static Settings, Outcome> {
 /// all-ports entry of the address. Read in place, not copied.
 #[inline(always)]
 pub fn vip(flow: &FlowKey) -> Option<&'static VipMeta> {
-    let mut key = VipKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        family: flow.family,
-    };
-    // SAFETY (both): hash map values stay valid for the program run (RCU); they are only read.
-    if let Some(meta) = unsafe { VIPS.get(&key) } {
-        return Some(meta);
+    let dest = Dest::of(flow)?;
+    let exact = KeyWords::rest(flow.dport, flow.proto, flow.family);
+    if let Some(s) = dest.probe(exact) {
+        return Some(&s.meta);
     }
-    key.port = ALL_PORTS;
-    unsafe { VIPS.get(&key) }
+    let all = KeyWords::rest(ALL_PORTS, flow.proto, flow.family);
+    dest.probe(all).map(|s| &s.meta)
 }
 
 /// The backend in slot `id` if it takes packets (active or draining), read in place.

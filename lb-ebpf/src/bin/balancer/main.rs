@@ -10,7 +10,9 @@ mod maps;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::{Event, Outcome, Settings, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2};
+use lb_common::{
+    Event, Outcome, Settings, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2, VIP_STATELESS,
+};
 use lb_ebpf::{
     encap, icmp,
     parse::{self, Kind},
@@ -20,8 +22,9 @@ use lookup::{addressed_to_us, Remembered};
 
 /// The balancer. Every packet ends in exactly one outcome, counted here and nowhere else, and
 /// the outcome's verdict is the action: the counters and what the NIC did cannot disagree. An
-/// established flow's forwarded packet is the one outcome counted in its backend's hit slot
-/// rather than in `GLOBAL_STATS` (lb-common's `HitCounters` says how readers fold it back).
+/// established flow's or a stateless VIP's forwarded packet is the one outcome counted in its
+/// backend's hit slot rather than in `GLOBAL_STATS` (lb-common's `HitCounters` says how
+/// readers fold it back).
 #[xdp]
 pub fn xdplb(ctx: XdpContext) -> u32 {
     let verdict = match balance(&ctx) {
@@ -37,8 +40,8 @@ pub fn xdplb(ctx: XdpContext) -> u32 {
     program::action(verdict)
 }
 
-/// How a packet that went through the balancer ends: an established flow forwarded (counted
-/// in one slot), or any other outcome.
+/// How a packet that went through the balancer ends: an established flow or a stateless
+/// VIP's packet forwarded (counted in one slot), or any other outcome.
 enum Exit {
     Hit(stats::Hit),
     Done(Outcome),
@@ -47,8 +50,9 @@ enum Exit {
 /// Classifies the packet and sends it on. `Ok` is a frame rewritten for `XDP_TX`; `Err` the
 /// outcome of a packet that goes no further.
 ///
-/// An established flow takes one hash lookup (the flow table, keyed by the whole 5-tuple); only
-/// a flow the table cannot answer for looks up its VIP and the VIP's ring.
+/// The VIP comes first, from the VIP table (inlined array reads). A stateless VIP then needs
+/// only the flow's hash and its ring; a stateful one asks the flow table (one hash lookup,
+/// keyed by the whole 5-tuple), and only a flow the table cannot answer for reads the ring.
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<Exit, Outcome> {
     let p = parse::parse(ctx)?;
@@ -61,7 +65,7 @@ fn balance(ctx: &XdpContext) -> Result<Exit, Outcome> {
             });
         }
         Kind::EchoRequest => {
-            let answer = lookup::vip_addr(&p.key).is_some_and(|a| a.flags & ADDR_ANSWER_ECHO != 0);
+            let answer = lookup::vip_addr(&p.key).is_some_and(|f| f & ADDR_ANSWER_ECHO != 0);
             if !answer {
                 return Err(Outcome::PassNotVip);
             }
@@ -71,40 +75,44 @@ fn balance(ctx: &XdpContext) -> Result<Exit, Outcome> {
         }
     }
     let icmp_error = p.kind == Kind::IcmpError;
-    let (choice, hit, settings) = match lookup::remembered(&p.key) {
-        Remembered::Hit(choice) => {
-            // Only VIP flows are in the table, so this is VIP traffic: ours only if addressed
-            // to us, as on the miss path below.
-            let settings = addressed_to_us(ctx)?;
-            (choice, true, settings)
-        }
-        remembered => {
-            let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
-            let settings = addressed_to_us(ctx)?;
-            let stale = matches!(remembered, Remembered::Stale);
-            // An ICMP error only follows its flow; it must not create one.
-            let choice = lookup::choose(&p.key, vip, stale, !icmp_error)?;
-            (choice, false, settings)
+    let vip = lookup::vip(&p.key).ok_or(Outcome::PassNotVip)?;
+    let settings = addressed_to_us(ctx)?;
+    let stateless = vip.flags & VIP_STATELESS != 0;
+    let (choice, hit) = if stateless {
+        (lookup::choose(&p.key, vip, false, false)?, false)
+    } else {
+        match lookup::remembered(&p.key) {
+            Remembered::Hit(choice) => (choice, true),
+            remembered => {
+                let stale = matches!(remembered, Remembered::Stale);
+                // An ICMP error only follows its flow; it must not create one.
+                (lookup::choose(&p.key, vip, stale, !icmp_error)?, false)
+            }
         }
     };
     // As received: the rewrite below may grow the frame.
     let bytes = wire::frame_len(ctx) as u64;
     let sent = send(ctx, &p, &choice, settings, icmp_error);
-    if hit {
+    if hit || stateless {
         if sent == Ok(Outcome::TxForwarded) {
             return Ok(Exit::Hit(stats::Hit {
                 backend_id: choice.backend_id,
                 bytes,
+                stateless,
             }));
         }
         // A hit that ends otherwise (a steered ICMP error, a tunnel too small) is counted the
         // long way, like a miss.
-        stats::event(Event::ConnHit);
+        if hit {
+            stats::event(Event::ConnHit);
+        }
     }
     let outcome = sent?;
     if outcome != Outcome::TxIcmpTooBig {
-        stats::traffic(&maps::VIP_STATS, choice.backend.vip_id, bytes, !hit);
-        stats::traffic(&maps::BACKEND_STATS, choice.backend_id, bytes, !hit);
+        // A stateless VIP's packet is never a new flow: the balancer does not know flows.
+        let new_flow = !hit && !stateless;
+        stats::traffic(&maps::VIP_STATS, choice.backend.vip_id, bytes, new_flow);
+        stats::traffic(&maps::BACKEND_STATS, choice.backend_id, bytes, new_flow);
     }
     Ok(Exit::Done(outcome))
 }

@@ -1,13 +1,13 @@
 //! The balancer's maps. Names (the static identifiers), capacities and value types: lb-common.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    AddrKey, AddrMeta, Backend, ConnEntry, FlowKey, HitCounters, Settings, TrafficCounters, VipKey,
-    VipMeta, BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, HIT_SLOTS, MAX_BACKENDS, MAX_VIPS,
-    RING_TEMPLATE_SIZE,
+    Backend, ConnEntry, FlowKey, HitCounters, Settings, TrafficCounters, VipSlot, VipTableHead,
+    BPF_F_INNER_MAP, COUNTER_COUNT, DEFAULT_CONNS, HIT_SLOTS, MAX_BACKENDS, MAX_VIPS,
+    RING_TEMPLATE_SIZE, VIP_TABLE_ENTRIES,
 };
 
 /// One Maglev table: slot → backend id. Created with `BPF_F_INNER_MAP` so each VIP's ring can
@@ -15,7 +15,10 @@ use lb_common::{
 pub type Ring = Array<u32, { RING_TEMPLATE_SIZE as usize }, { BPF_F_INNER_MAP as usize }>;
 
 #[btf_map]
-pub static VIPS: HashMap<VipKey, VipMeta, { MAX_VIPS as usize }> = HashMap::new();
+pub static VIP_TABLE: Array<VipSlot, { VIP_TABLE_ENTRIES as usize }> = Array::new();
+
+#[btf_map]
+pub static VIP_TABLE_HEAD: Array<VipTableHead, 1> = Array::new();
 
 #[btf_map]
 pub static RINGS: ArrayOfMaps<Ring, { MAX_VIPS as usize }> = ArrayOfMaps::new();
@@ -40,9 +43,6 @@ pub static GLOBAL_STATS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuAr
 /// Indexed by backend id here; the slots past `MAX_BACKENDS` are the agent's (lb-common).
 #[btf_map]
 pub static HIT_STATS: PerCpuArray<HitCounters, { HIT_SLOTS as usize }> = PerCpuArray::new();
-
-#[btf_map]
-pub static VIP_ADDRS: HashMap<AddrKey, AddrMeta, { MAX_VIPS as usize }> = HashMap::new();
 
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();

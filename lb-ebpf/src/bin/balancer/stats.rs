@@ -1,7 +1,7 @@
 //! The balancer's per-CPU counters: outcomes and lookup events, traffic per VIP and backend, hits.
 //!
 //! One `GLOBAL_STATS` slot per outcome and per lookup event (lb-common's counter table),
-//! traffic per VIP and per backend, and an established flow's one hit slot.
+//! traffic per VIP and per backend, and the one hit slot of an established or stateless flow.
 
 use aya_ebpf::btf_maps::PerCpuArray;
 use lb_common::{Event, Outcome, TrafficCounters};
@@ -15,6 +15,8 @@ use crate::maps::{GLOBAL_STATS, HIT_STATS};
 pub struct Hit {
     pub backend_id: u32,
     pub bytes: u64,
+    /// A stateless VIP's packet: no flow-table lookup to fold into `conn_hit`.
+    pub stateless: bool,
 }
 
 /// Counts a [`Hit`]: called once per such packet, by the entry point only, instead of [`count`].
@@ -25,6 +27,9 @@ pub fn hit(h: Hit) {
         let c = unsafe { &mut *c };
         c.packets += 1;
         c.bytes += h.bytes;
+        if h.stateless {
+            c.stateless += 1;
+        }
     }
 }
 
