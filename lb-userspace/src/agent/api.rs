@@ -104,6 +104,10 @@ pub struct VipStatus {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// Too few backends pass their health check: failures are ignored and every backend not
+    /// draining is in the ring (the health check's `panic_threshold`).
+    #[serde(default)]
+    pub health_panic: bool,
     pub backends: Vec<BackendStatus>,
 }
 

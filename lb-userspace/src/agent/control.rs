@@ -86,6 +86,7 @@ impl Agent {
         let health = self.monitor.view();
         let now = Instant::now();
         let ids = &self.current.ids;
+        let failing = &self.current.failing;
         let vips = self
             .cfg
             .vips
@@ -112,10 +113,14 @@ impl Agent {
                             address: b.address,
                             state: b.state,
                             weight: b.weight.0,
+                            // As the datapath has it: a failure waiting to be applied
+                            // (transitions are applied together) is not reported yet.
                             health: match health.health(&target) {
                                 None => HealthState::Unchecked,
-                                Some(health::Health::Up) => HealthState::Up,
-                                Some(health::Health::Down) => HealthState::Down,
+                                Some(_) if failing.contains(&(v.name.clone(), b.address)) => {
+                                    HealthState::Down
+                                }
+                                Some(_) => HealthState::Up,
                             },
                             in_service: id.is_some(),
                             idle_seconds: id
@@ -129,6 +134,7 @@ impl Agent {
                     address: v.address,
                     port: v.port,
                     protocol: v.protocol,
+                    health_panic: self.current.vip(&v.name).is_some_and(|d| d.panic),
                     backends,
                 }
             })

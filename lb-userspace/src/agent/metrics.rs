@@ -18,6 +18,8 @@ pub struct Snapshot {
     pub stats: StatsReport,
     /// Health of probed backends: (vip name, backend address) -> up?  Unprobed backends are absent.
     pub health: HashMap<(String, IpAddr), bool>,
+    /// Each VIP and whether it is in health panic (failures ignored, every backend in the ring).
+    pub health_panic: Vec<(String, bool)>,
     /// The program is attached to the interface.
     pub datapath_up: bool,
     /// With `announce:`: each VIP address and whether BIRD is told to announce it.
@@ -193,6 +195,14 @@ fn families(s: &Snapshot) -> Vec<Family> {
             u64::from(*is_up),
         );
     }
+    let mut panic = Family::new(
+        "xdplb_vip_health_panic",
+        Gauge,
+        "1 while too few of the VIP's backends pass their health check (below its panic_threshold): failures are ignored and every backend not draining is in the ring",
+    );
+    for (vip, in_panic) in &s.health_panic {
+        panic.push(&[("vip", vip.as_str())], u64::from(*in_panic));
+    }
     let mut transitions = Family::new(
         "xdplb_health_transitions_total",
         Counter,
@@ -260,6 +270,7 @@ fn families(s: &Snapshot) -> Vec<Family> {
         be_new_flows,
         be_flows,
         up,
+        panic,
         transitions,
         datapath,
         attached,
@@ -348,6 +359,7 @@ pub(crate) mod tests {
         Snapshot {
             stats: StatsReport { vips, global },
             health,
+            health_panic: vec![("web".into(), false), ("dns6".into(), true)],
             datapath_up: true,
             announced: Some(vec![
                 ("10.0.0.10".parse().unwrap(), true),
@@ -457,6 +469,8 @@ pub(crate) mod tests {
             )
         };
         assert_eq!(up("web", "10.0.1.1"), 1.0);
+        let panic = |vip| value(&scrape, "xdplb_vip_health_panic", &[("vip", vip)]);
+        assert_eq!((panic("web"), panic("dns6")), (0.0, 1.0));
         assert_eq!(up("web", "10.0.1.2"), 0.0);
         assert_eq!(up("dns6", "2001:db8::1:1"), 1.0);
         assert!(

@@ -171,6 +171,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Health transitions arriving within HEALTH_SETTLE of the first are applied together.
+    let mut health_batch = Vec::new();
+    let mut health_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = term.recv() => { log::info!("SIGTERM: stopping"); break; }
@@ -180,7 +183,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 agent.answer_waiting(false);
             }
             Some((req, reply)) = call_rx.recv() => agent.handle(req, reply),
-            Some(t) = health_rx.recv() => agent.on_health(t),
+            Some(t) = health_rx.recv() => {
+                health_batch.push(t);
+                health_due.get_or_insert(tokio::time::Instant::now() + HEALTH_SETTLE);
+            }
+            _ = sleep_until_due(health_due), if health_due.is_some() => {
+                health_due = None;
+                agent.on_health(std::mem::take(&mut health_batch));
+            }
             Some(m) = mac_rx.recv() => {
                 agent.on_mac(m);
                 agent.answer_waiting(false);
@@ -236,6 +246,19 @@ struct Datapath {
 
 /// How long after a failed re-attach the next try comes.
 const REATTACH_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the agent gathers health transitions after the first before applying them. Probes
+/// of one cause (the balancer's own link coming back, a switch port flapping) finish within a
+/// few hundred milliseconds of each other; applied one by one, each would rebuild the rings
+/// and re-steer flows again. Checks take seconds (interval × rise/fall), so this adds little.
+const HEALTH_SETTLE: Duration = Duration::from_millis(500);
+
+/// Sleeps until `due` (the `select!` arm is only polled while it is `Some`).
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}
 
 impl Datapath {
     /// Marks the datapath down when the interface goes, and re-attaches when it is back.
@@ -336,6 +359,7 @@ impl MetricsSource {
         let (down, up) = self.health.transitions();
         Ok(metrics::Snapshot {
             stats,
+            health_panic: self.shared.health_panic.lock().unwrap().clone(),
             health: self
                 .health
                 .snapshot()

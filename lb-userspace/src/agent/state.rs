@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub reloads_failed: AtomicU64,
     /// The program is attached to the interface (false while the interface is gone).
     pub datapath_up: AtomicBool,
+    /// Each VIP, and whether it is in health panic (as last written).
+    pub health_panic: Mutex<Vec<(String, bool)>>,
     /// What BIRD was last told to announce (None without `announce:`, or before BIRD took a
     /// first list).
     pub announced: Mutex<Option<Vec<IpAddr>>>,
@@ -182,11 +184,36 @@ impl Agent {
             a.announced().map(|set| set.iter().copied().collect());
     }
 
+    /// Records `desired` as written, logging a VIP that enters or leaves health panic, and
+    /// mirrors the panic flags for the metrics thread.
+    fn set_current(&mut self, desired: Desired) {
+        for v in &desired.vips {
+            let was = self.current.vip(&v.name).is_some_and(|c| c.panic);
+            if v.panic && !was {
+                log::warn!(
+                    "VIP {}: {} of its backends fail their health check, below its panic threshold: ignoring the failures, every backend stays in the ring",
+                    v.name, v.down
+                );
+            } else if was && !v.panic {
+                log::info!(
+                    "VIP {}: enough backends pass their health check again, panic over",
+                    v.name
+                );
+            }
+        }
+        *self.shared.health_panic.lock().unwrap() = desired
+            .vips
+            .iter()
+            .map(|v| (v.name.clone(), v.panic))
+            .collect();
+        self.current = desired;
+    }
+
     /// Writes the desired state of the running config.
     pub fn reconcile(&mut self) -> anyhow::Result<Report> {
         let desired = self.build(&self.cfg)?;
         let report = self.written.apply(&desired, &mut self.maps)?;
-        self.current = desired;
+        self.set_current(desired);
         Ok(report)
     }
 
@@ -198,7 +225,7 @@ impl Agent {
         }
         let desired = self.build(&new)?;
         let report = self.written.apply(&desired, &mut self.maps)?;
-        self.current = desired;
+        self.set_current(desired);
         if new.announce != self.cfg.announce {
             self.announcer = new.announce.as_ref().map(Announcer::from_config);
         }
@@ -286,24 +313,31 @@ impl Agent {
         }
     }
 
-    pub fn on_health(&mut self, t: health::Transition) {
-        match self.reconcile() {
-            Ok(_) => log::info!(
-                "VIP {}: backend {} {} ({})",
+    /// Applies health transitions that arrived together with one rebuild of the rings.
+    pub fn on_health(&mut self, batch: Vec<health::Transition>) {
+        if let Err(e) = self.reconcile() {
+            for t in &batch {
+                log::error!(
+                    "applying health change for {} {}: {e:#}",
+                    t.target.vip,
+                    t.target.backend
+                );
+            }
+            return;
+        }
+        for t in &batch {
+            let panic = self.current.vip(&t.target.vip).is_some_and(|v| v.panic);
+            let what = match (t.health, panic) {
+                (health::Health::Up, _) => "back in the ring",
+                (health::Health::Down, false) => "taken out of the ring, its flows re-steered",
+                (health::Health::Down, true) => "failing, kept in the ring (VIP in panic)",
+            };
+            log::info!(
+                "VIP {}: backend {} {what} ({})",
                 t.target.vip,
                 t.target.backend,
-                if t.health == health::Health::Up {
-                    "back in the ring"
-                } else {
-                    "taken out of the ring, its flows re-steered"
-                },
                 t.reason
-            ),
-            Err(e) => log::error!(
-                "applying health change for {} {}: {e:#}",
-                t.target.vip,
-                t.target.backend
-            ),
+            );
         }
     }
 

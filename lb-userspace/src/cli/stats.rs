@@ -171,10 +171,10 @@ pub fn render_watch(
         let Some(s) = status else {
             return ("?".into(), "?".into());
         };
-        let b = s
-            .vips
-            .iter()
-            .filter(|v| v.name == vip)
+        let v = s.vips.iter().find(|v| v.name == vip);
+        let panic = v.is_some_and(|v| v.health_panic);
+        let b = v
+            .into_iter()
             .flat_map(|v| &v.backends)
             .find(|b| b.address == addr);
         match b {
@@ -182,6 +182,8 @@ pub fn render_watch(
             Some(b) => (
                 match b.health {
                     HealthState::Up => "up",
+                    // Failing, but the VIP is below its panic threshold: still in the ring.
+                    HealthState::Down if panic => "down (panic: in ring)",
                     HealthState::Down => "down",
                     HealthState::Unchecked => "unchecked",
                 }

@@ -1,4 +1,4 @@
-//! A VIP's health check: probe kind, path, status, timing and rise/fall.
+//! A VIP's health check: probe kind, path, status, timing, rise/fall and panic threshold.
 //!
 //! Each field's default and limits are here too.
 
@@ -25,6 +25,12 @@ pub struct HealthCheck {
     pub rise: u32,
     /// Consecutive failures that take an up backend out.
     pub fall: u32,
+    /// Below this share of healthy backends (percent of those not draining), the VIP is in
+    /// panic: failed checks are ignored and it balances over all of them, as Envoy does. When
+    /// most checks fail at once the fault is more likely the balancer's own (its link, its
+    /// route) than the backends', and emptying the ring would break every connection. 0 turns
+    /// it off.
+    pub panic_threshold: u8,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +50,8 @@ struct HealthCheckFields {
     rise: u32,
     #[serde(default = "default_hc_fall")]
     fall: u32,
+    #[serde(default = "default_hc_panic")]
+    panic_threshold: u8,
 }
 
 fn default_hc_path() -> String {
@@ -63,6 +71,9 @@ fn default_hc_rise() -> u32 {
 }
 fn default_hc_fall() -> u32 {
     3
+}
+fn default_hc_panic() -> u8 {
+    50
 }
 
 impl TryFrom<HealthCheckFields> for HealthCheck {
@@ -92,6 +103,12 @@ impl TryFrom<HealthCheckFields> for HealthCheck {
                 f.path
             ));
         }
+        if f.panic_threshold > 100 {
+            return Err(format!(
+                "health_check.panic_threshold {} is a percentage: 0..=100 (0 turns panic off)",
+                f.panic_threshold
+            ));
+        }
         if !(100..=599).contains(&f.expect_status) {
             return Err(format!(
                 "health_check.expect_status {} is not an HTTP status",
@@ -107,6 +124,7 @@ impl TryFrom<HealthCheckFields> for HealthCheck {
             timeout: f.timeout,
             rise: f.rise,
             fall: f.fall,
+            panic_threshold: f.panic_threshold,
         })
     }
 }

@@ -52,7 +52,11 @@ pub struct DesiredVip {
     pub ring: Vec<u32>,
     pub active: usize,
     pub draining: usize,
+    /// Backends failing their health check (in the ring all the same while `panic`).
     pub down: usize,
+    /// Too few backends pass their health check (below the VIP's `panic_threshold`): the
+    /// failures are ignored and the VIP balances over every backend that is not draining.
+    pub panic: bool,
 }
 
 /// A backend that cannot be in service because nothing says where its frames go yet.
@@ -73,6 +77,9 @@ pub struct Desired {
     pub ids: Ids,
     /// Backends left out of the ring until their MAC is known.
     pub unresolved: Vec<Unresolved>,
+    /// The health-check failures this state was built with: what the datapath has applied
+    /// once it is written (status reports a transition from here, not before).
+    pub failing: DownSet,
 }
 
 /// The `VIPS` key of `vip`.
@@ -158,6 +165,7 @@ impl Desired {
             };
             let mut members = Vec::new();
             let (mut active, mut draining, mut down) = (0, 0, 0);
+            let panic = in_panic(vip, facts.down, facts.macs);
             for b in vip.backends.iter() {
                 let Some(mac) = b.mac.or_else(|| facts.macs.get(&b.address).copied()) else {
                     unresolved.push(Unresolved {
@@ -168,8 +176,11 @@ impl Desired {
                 };
                 let id = ids.backends[&(vip_id, b.address)];
                 let (addr, family) = ip_to_map(b.address);
-                let state = if facts.down.contains(&(vip.name.clone(), b.address)) {
+                let failed = facts.down.contains(&(vip.name.clone(), b.address));
+                if failed {
                     down += 1;
+                }
+                let state = if failed && !panic {
                     BACKEND_DOWN
                 } else if b.state == BackendState::Draining {
                     draining += 1;
@@ -213,6 +224,7 @@ impl Desired {
                 active,
                 draining,
                 down,
+                panic,
             });
         }
         Ok(Desired {
@@ -222,6 +234,7 @@ impl Desired {
             settings: settings(cfg, facts.mtu, facts.own_mac)?,
             ids,
             unresolved,
+            failing: facts.down.clone(),
         })
     }
 
@@ -247,10 +260,12 @@ impl Desired {
                 } else {
                     ""
                 };
-                let down = if v.down > 0 {
-                    format!(", {} down (health check)", v.down)
-                } else {
-                    String::new()
+                let down = match (v.down, v.panic) {
+                    (0, _) => String::new(),
+                    (n, false) => format!(", {n} down (health check)"),
+                    (n, true) => format!(
+                        ", {n} failing their health check — PANIC: too few pass, all kept in the ring"
+                    ),
                 };
                 let key = v.key;
                 let proto = if key.proto == lb_common::IPPROTO_TCP {
@@ -272,7 +287,28 @@ impl Desired {
     }
 }
 
-/// `VIP_ADDRS`: every address that has VIPs, each with the union of their per-address flags.
+/// Whether `vip` is in panic: of its backends that would take new flows if healthy (not
+/// draining, MAC known), fewer than its health check's `panic_threshold` percent pass it.
+fn in_panic(vip: &Vip, down: &DownSet, macs: &HashMap<IpAddr, MacAddr>) -> bool {
+    let Some(threshold) = vip.health_check.as_ref().map(|h| h.panic_threshold) else {
+        return false;
+    };
+    let candidates: Vec<IpAddr> = vip
+        .backends
+        .iter()
+        .filter(|b| b.state != BackendState::Draining)
+        .filter(|b| b.mac.is_some() || macs.contains_key(&b.address))
+        .map(|b| b.address)
+        .collect();
+    let failing = candidates
+        .iter()
+        .filter(|a| down.contains(&(vip.name.clone(), **a)))
+        .count();
+    let healthy = candidates.len() - failing;
+    failing > 0 && healthy * 100 < usize::from(threshold) * candidates.len()
+}
+
+/// The address entries of the VIP table: every address that has VIPs, each with the union of their per-address flags.
 fn addresses(cfg: &Config) -> HashMap<AddrKey, AddrMeta> {
     let mut want: HashMap<AddrKey, AddrMeta> = HashMap::new();
     for vip in cfg.vips.iter() {
@@ -371,6 +407,67 @@ vips:
             d.summary()
         );
         assert!(d.backends.values().any(|b| b.state == BACKEND_DOWN));
+    }
+
+    /// Four backends (one more draining) with a health check: below the panic threshold
+    /// (half, by default) the failures are ignored and every backend not draining stays in the
+    /// ring; at or above it the failing ones leave; a threshold of 0 never panics.
+    #[test]
+    fn a_vip_below_its_panic_threshold_keeps_every_backend() {
+        let text = |threshold: &str| {
+            let mut t = String::from(
+                "interface: lo\nvips:\n  - name: web\n    address: 10.0.0.10\n    port: 80\n    protocol: tcp\n    ring_size: 701\n    health_check: { kind: tcp, port: 80",
+            );
+            t.push_str(threshold);
+            t.push_str(" }\n    backends:\n");
+            for i in 1..=5 {
+                let drain = if i == 5 { ", state: draining" } else { "" };
+                t.push_str(&format!(
+                    "      - {{ address: 10.0.0.{i}, mac: '02:00:00:00:00:0{i}'{drain} }}\n"
+                ));
+            }
+            t
+        };
+        let build = |threshold: &str, failing: &[u8]| {
+            // The draining backend fails too: it does not count toward the share either way.
+            let down: DownSet = failing
+                .iter()
+                .chain([&5])
+                .map(|i| ("web".to_owned(), IpAddr::from([10, 0, 0, *i])))
+                .collect();
+            let macs = HashMap::new();
+            let d = Desired::build(&cfg(&text(threshold)), &no_mtu(&down, &macs)).unwrap();
+            let web = d.vip("web").unwrap().clone();
+            let in_ring: HashSet<u32> = web.ring.iter().copied().collect();
+            let marked_down = d
+                .backends
+                .values()
+                .filter(|b| b.state == BACKEND_DOWN)
+                .count();
+            (web, in_ring.len(), marked_down, d.summary())
+        };
+        let (web, in_ring, marked, _) = build("", &[1]);
+        assert_eq!((web.panic, in_ring, marked, web.down), (false, 3, 2, 2));
+        // Exactly half healthy is not below half.
+        let (web, in_ring, _, _) = build("", &[1, 2]);
+        assert_eq!((web.panic, in_ring), (false, 2));
+        let (web, in_ring, marked, summary) = build("", &[1, 2, 3]);
+        assert_eq!((web.panic, in_ring, web.active), (true, 4, 4));
+        assert_eq!(
+            marked, 0,
+            "in panic nothing is marked down, the draining one drains"
+        );
+        assert!(summary[0].contains("PANIC"), "{summary:?}");
+        let (web, in_ring, _, _) = build("", &[1, 2, 3, 4]);
+        assert_eq!((web.panic, in_ring), (true, 4));
+        let (web, in_ring, _, _) = build(", panic_threshold: 0", &[1, 2, 3, 4]);
+        assert_eq!(
+            (web.panic, web.ring.iter().all(|s| *s == NO_BACKEND)),
+            (false, true)
+        );
+        assert_eq!(in_ring, 1);
+        let (web, in_ring, _, _) = build(", panic_threshold: 80", &[1]);
+        assert_eq!((web.panic, in_ring), (true, 4));
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn check(kind: HealthCheckKind, port: u16) -> HealthCheck {
         timeout: Duration::from_millis(200),
         rise: 2,
         fall: 2,
+        panic_threshold: 50,
     }
 }
 
