@@ -1,4 +1,4 @@
-//! Two balancers with the same config agree byte for byte and send every packet to the same backend.
+//! Two balancers with the same config agree byte for byte and on every packet's backend.
 //!
 //! VIPs, backends and rings agree whatever the file's order and the history of changes behind
 //! it: what ECMP across balancers relies on.

@@ -1,4 +1,7 @@
-//! Fixtures for the complete datapath through BPF_PROG_TEST_RUN: IP-in-IP encapsulation (4in4, 6in6, 4in6), path-MTU answers, ICMP error steering, echo replies and the fragment policy.
+//! Fixtures for the complete datapath through BPF_PROG_TEST_RUN.
+//!
+//! IP-in-IP encapsulation (4in4, 6in6, 4in6), path-MTU answers, ICMP error steering, echo replies
+//! and the fragment policy.
 
 use std::net::{IpAddr, Ipv6Addr};
 

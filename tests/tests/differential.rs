@@ -1,4 +1,8 @@
-//! Differential test: ~100k generated and mutated frames (`xdplb_tests::packets`) through the real XDP program (BPF_PROG_TEST_RUN) and the reference model (`xdplb_tests::model`); verdicts, output bytes and counters must agree.
+//! Differential test: the real XDP program and the reference model must agree on ~100k frames.
+//!
+//! Generated and mutated frames (`xdplb_tests::packets`) go through the real program
+//! (BPF_PROG_TEST_RUN) and the reference model (`xdplb_tests::model`); verdicts, output bytes and
+//! counters must agree.
 //!
 //! Seeded and reproducible: `XDPLB_DIFF_SEED` (decimal or 0x-hex) picks the packet stream,
 //! `XDPLB_DIFF_PACKETS` its length (default 100 000). Run with `-- --nocapture` to see the

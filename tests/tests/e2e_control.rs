@@ -1,4 +1,7 @@
-//! Control plane end to end, under continuous traffic (persistent connections pinging and new connections opening): agent restarts, 50 reloads, backend changes through the CLI, health-check failover, Prometheus metrics.
+//! Control plane end to end, under continuous traffic.
+//!
+//! Persistent connections ping and new connections open throughout: agent restarts, 50 reloads,
+//! backend changes through the CLI, health-check failover, Prometheus metrics.
 
 use std::{
     sync::{

@@ -1,4 +1,9 @@
-//! The Debian package's unit under a real systemd (PID 1 of a container joined to the lab's gateway namespace): it starts with exactly three capabilities, a `kill -9` is one restart that adopts the pinned datapath, stop and start adopt, a refused config fails `systemctl reload`, a missing capability ends in `failed` naming it, and a stop with the datapath kept leaves it to `xdplb detach`.
+//! The Debian package's unit under a real systemd: PID 1 of a container in the gateway namespace.
+//!
+//! It starts with exactly three capabilities, a `kill -9` is one restart that adopts the pinned
+//! datapath, stop and start adopt, a refused config fails `systemctl reload`, a missing
+//! capability ends in `failed` naming it, and a stop with the datapath kept leaves it to
+//! `xdplb detach`.
 
 use std::{
     path::PathBuf,

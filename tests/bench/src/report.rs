@@ -1,4 +1,7 @@
-//! The benchmark report: one JSON file (machine facts, every figure, a `summary` that regression checks read, the goals met or not) and a Markdown page with SVG plots.
+//! The benchmark report: one JSON file and a Markdown page with SVG plots.
+//!
+//! The JSON holds the machine's facts, every figure, a `summary` that regression checks read, and
+//! the goals met or not.
 
 use std::path::{Path, PathBuf};
 

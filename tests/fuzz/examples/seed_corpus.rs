@@ -1,4 +1,8 @@
-//! Rewrites the seed corpus `tests/fuzz/corpus/<target>/` (`cargo run -p xdplb-fuzz --example seed_corpus`): the example and test configs, one request per API operation, and generated frames that reach different outcomes of the reference model.
+//! Rewrites the seed corpus `tests/fuzz/corpus/<target>/`.
+//!
+//! Run with `cargo run -p xdplb-fuzz --example seed_corpus`. The corpus holds the example and test
+//! configs, one request per API operation, and generated frames that reach different outcomes of
+//! the reference model.
 
 use std::{collections::HashMap, path::Path};
 
