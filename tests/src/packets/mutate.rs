@@ -41,6 +41,24 @@ fn fix_ip_len(b: &mut Built) {
     }
 }
 
+/// Cuts the frame at one of `cuts` (never into the Ethernet header), and half the time fixes
+/// the IP length to match; returns `names[0]`, or `names[1]` when the length was fixed.
+fn truncate(
+    rng: &mut Rng,
+    b: &mut Built,
+    cuts: &[usize],
+    names: [&'static str; 2],
+) -> &'static str {
+    let cut = rng.pick(cuts).clamp(14, b.frame.len());
+    b.frame.truncate(cut);
+    if rng.percent(50) {
+        fix_ip_len(b);
+        names[1]
+    } else {
+        names[0]
+    }
+}
+
 /// Applies one random mutation to `b` and names it.
 pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
     let len = b.frame.len();
@@ -76,14 +94,7 @@ pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
                 len - 1,
                 rng.range(14, len),
             ];
-            let cut = rng.pick(&cuts).clamp(14, len);
-            b.frame.truncate(cut);
-            if rng.percent(50) {
-                fix_ip_len(b);
-                "truncate-fixlen"
-            } else {
-                "truncate"
-            }
+            truncate(rng, b, &cuts, ["truncate", "truncate-fixlen"])
         }
         2 => {
             // Ethernet padding after the IP packet: legal, the IP length rules.
@@ -317,14 +328,7 @@ fn mutate_quote(rng: &mut Rng, b: &mut Built) -> &'static str {
                 q + qhlen + 4,
                 q + qhlen + 8,
             ];
-            let cut = rng.pick(&cuts).clamp(14, b.frame.len());
-            b.frame.truncate(cut);
-            if rng.percent(50) {
-                fix_ip_len(b);
-                "quote-truncate-fixlen"
-            } else {
-                "quote-truncate"
-            }
+            truncate(rng, b, &cuts, ["quote-truncate", "quote-truncate-fixlen"])
         }
         _ => {
             let at = q + qhlen + rng.below(4);

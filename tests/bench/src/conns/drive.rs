@@ -157,36 +157,16 @@ pub(super) fn drive(
         // Each loader gives up after 1% of its share failed: past that point the target has
         // stopped taking connections, and waiting out every connect timeout shows nothing new.
         let max_failures = (n / 100).max(100).to_string();
-        let pid = lab.spawn(
-            &ns,
-            &load,
-            &[
-                "hold",
-                "--target",
-                &target,
-                "--connections",
-                &n.to_string(),
-                "--bind",
-                &bind,
-                "--procs",
-                &procs.to_string(),
-                "--parallel",
-                &parallel.to_string(),
-                "--hold-s",
-                &hold_s,
-                "--report-every-s",
-                "1",
-                "--max-failures",
-                &max_failures,
-                "--min-mem-available-mib",
-                &floor_mib,
-                "--max-ramp-s",
-                &max_ramp_s,
-                // Counted only once data went end to end and back, so a proxy's kernel
-                // completing handshakes it has not forwarded yet does not count.
-                "--confirm",
-            ],
-        )?;
+        // `--confirm`: a connection counts only once data went end to end and back, so a
+        // proxy's kernel completing handshakes it has not forwarded yet does not count.
+        let args = format!(
+            "hold --target {target} --connections {n} --bind {bind} --procs {procs} \
+             --parallel {parallel} --hold-s {hold_s} --report-every-s 1 \
+             --max-failures {max_failures} --min-mem-available-mib {floor_mib} \
+             --max-ramp-s {max_ramp_s} --confirm"
+        );
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let pid = lab.spawn(&ns, &load, &args)?;
         loaders.push(pid);
     }
 
