@@ -123,6 +123,12 @@ fn assert_balances(lab: &Lab, what: &str) {
     assert_eq!(r.per_backend.len(), 2, "{what}: {:?}", r.per_backend);
 }
 
+/// The unit's journal at priority err says `what`.
+fn assert_journal_errors_say(c: &SystemdContainer, what: &str) {
+    let errors = c.journal(UNIT, "err").unwrap();
+    assert!(errors.contains(what), "journalctl -p err: {errors}");
+}
+
 #[test]
 fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
     let deb = package();
@@ -263,11 +269,7 @@ fn a_broken_config_fails_reload_and_the_agent_keeps_running(
         c.show(UNIT, &["ActiveState"]).unwrap()["ActiveState"],
         "active"
     );
-    let errors = c.journal(UNIT, "err").unwrap();
-    assert!(
-        errors.contains("reload rejected"),
-        "journalctl -p err: {errors}"
-    );
+    assert_journal_errors_say(c, "reload rejected");
     assert_balances(lab, "after a refused reload");
     c.write(CONFIG, yaml).unwrap();
     let t = Instant::now();
@@ -314,11 +316,7 @@ fn a_missing_capability_fails_the_unit_at_once_naming_it(c: &SystemdContainer, l
         status_text.contains("missing capability: CAP_PERFMON"),
         "systemctl status: {status_text}"
     );
-    let errors = c.journal(UNIT, "err").unwrap();
-    assert!(
-        errors.contains("missing capability: CAP_PERFMON"),
-        "journalctl -p err: {errors}"
-    );
+    assert_journal_errors_say(c, "missing capability: CAP_PERFMON");
     assert_balances(lab, "no agent, datapath pinned");
     c.run(&["rm", "/etc/systemd/system/xdplb.service.d/no-perfmon.conf"])
         .unwrap();
@@ -356,11 +354,7 @@ fn a_missing_interface_is_retried_five_times_then_failed(
     );
     assert_eq!(shown["NRestarts"], "5", "{shown:?}");
     assert!(unit_status(c).contains("Start request repeated too quickly"));
-    let errors = c.journal(UNIT, "err").unwrap();
-    assert!(
-        errors.contains("interface xdplbnone0 does not exist"),
-        "journalctl -p err: {errors}"
-    );
+    assert_journal_errors_say(c, "interface xdplbnone0 does not exist");
     c.write(CONFIG, yaml).unwrap();
     c.run(&["systemctl", "reset-failed", UNIT]).unwrap();
     let t = Instant::now();
