@@ -177,22 +177,12 @@ fn a_backend_namespace_receives_real_ip_in_ip_through_xdplb_decap() {
 /// A veth from A (va: 10.77.0.1, fd00:77::1) to B (vb: 10.77.0.2, fd00:77::2), with the VIPs
 /// on B's loopback.
 fn connect(a: &NetNs, b: &NetNs) {
-    netns::run_root(&[
-        "ip",
-        "link",
-        "add",
-        "va",
-        "netns",
+    let veth = format!(
+        "ip link add va netns {} type veth peer name vb netns {}",
         a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "vb",
-        "netns",
-        b.name(),
-    ])
-    .unwrap();
+        b.name()
+    );
+    netns::run_root(&veth.split_whitespace().collect::<Vec<_>>()).unwrap();
     a.ip(&["addr", "add", "10.77.0.1/24", "dev", "va"]).unwrap();
     a.ip(&["addr", "add", "fd00:77::1/64", "dev", "va", "nodad"])
         .unwrap();
