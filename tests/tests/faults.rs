@@ -59,7 +59,7 @@ impl Outcome {
         }
     }
 
-    /// Nothing killed, and nothing that went away to time.
+    /// Nothing killed, and no outage to time.
     fn unmeasured() -> Outcome {
         Outcome {
             dead: vec![],
