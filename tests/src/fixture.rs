@@ -174,9 +174,16 @@ pub fn udp6(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Vec<u8> {
     v
 }
 
-pub fn flow(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> FlowKey {
-    let (s, family) = ip_to_map(src);
-    let (d, _) = ip_to_map(dst);
+/// The flow key of a packet; addresses as `IpAddr`s or as octet arrays.
+pub fn flow(
+    src: impl Into<IpAddr>,
+    sport: u16,
+    dst: impl Into<IpAddr>,
+    dport: u16,
+    proto: u8,
+) -> FlowKey {
+    let (s, family) = ip_to_map(src.into());
+    let (d, _) = ip_to_map(dst.into());
     FlowKey {
         src: s,
         dst: d,

@@ -1,4 +1,7 @@
-//! `xdplb run` started from a shell of `ip netns exec` (whose fresh `/sys` has no bpffs mounted) mounts one where its pin path needs it and balances, instead of stopping at "creating pin directory".
+//! `xdplb run` mounts a bpffs where its pin path needs one, and balances.
+//!
+//! Started from a shell of `ip netns exec` (whose fresh `/sys` has no bpffs mounted), it must not
+//! stop at "creating pin directory".
 
 use xdplb_lab::scenario::{burst4, lab_config, small_lab, Balancer, Member};
 

@@ -1,4 +1,4 @@
-//! Two balancers with the same config agree byte for byte and send every packet to the same backend.
+//! Two balancers with the same config agree byte for byte and on every packet's backend.
 //!
 //! VIPs, backends and rings agree whatever the file's order and the history of changes behind
 //! it: what ECMP across balancers relies on.
@@ -130,9 +130,9 @@ fn a_flow_entry_whose_slot_changed_owner_is_re_steered() {
     let mut h = Harness::new(&one());
     let frame = tcp4([192, 168, 7, 7], 40000, [10, 201, 0, 10], 80);
     let flow = flow(
-        "192.168.7.7".parse().unwrap(),
+        [192, 168, 7, 7],
         40000,
-        "10.201.0.10".parse().unwrap(),
+        [10, 201, 0, 10],
         80,
         lb_common::IPPROTO_TCP,
     );

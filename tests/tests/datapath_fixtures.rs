@@ -4,7 +4,7 @@
 //! counters.
 
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
-use lb_common::{Counter, Family};
+use lb_common::{Counter, Family, FlowKey};
 use lb_userspace::datapath::objects;
 use xdplb_lab::configs::{self, lan4, lan6, vip};
 use xdplb_tests::fixture::*;
@@ -25,17 +25,34 @@ fn config() -> String {
         .yaml()
 }
 
+/// Runs `pkt` and checks it leaves rewritten for the backend `vip`'s ring picks for `f`.
+fn assert_forwarded(h: &mut Harness, vip: &str, pkt: &[u8], f: &FlowKey, what: &str) {
+    let mac = h.expected_mac(vip, f, false);
+    let r = h.run(pkt);
+    assert_eq!(r.action, XDP_TX, "{what}");
+    assert_eq!(r.out, l2_rewritten(pkt, mac), "{what}");
+}
+
+/// A UDP datagram from fd00:200::11 to the IPv6 VIP with one 8-byte extension header
+/// (`next_header` names it; its own first byte says UDP follows) between IPv6 and UDP.
+fn udp6_with_extension_header(next_header: u8, header: [u8; 8]) -> Vec<u8> {
+    let src: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();
+    let dst: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
+    let plain = udp6(src.octets(), 5353, dst.octets(), 53);
+    let mut pkt = plain[..14 + 40].to_vec();
+    pkt[14 + 6] = next_header;
+    let plen = u16::from_be_bytes([pkt[18], pkt[19]]) + 8;
+    pkt[18..20].copy_from_slice(&plen.to_be_bytes());
+    pkt.extend_from_slice(&header);
+    pkt.extend_from_slice(&plain[14 + 40..]);
+    pkt
+}
+
 #[test]
 fn ipv4_tcp_to_vip_is_forwarded_to_the_ring_choice_and_remembered() {
     let mut h = Harness::new(&config());
     let pkt = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
-    let f = flow(
-        "10.200.0.11".parse().unwrap(),
-        40000,
-        "10.201.0.10".parse().unwrap(),
-        80,
-        6,
-    );
+    let f = flow([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80, 6);
     let mac = h.expected_mac("web", &f, false);
     let before = h.global();
     let r = h.run(&pkt);
@@ -92,12 +109,9 @@ fn ipv6_udp_to_vip_is_forwarded() {
     let src: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();
     let dst: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
     let pkt = udp6(src.octets(), 5353, dst.octets(), 53);
-    let f = flow(src.into(), 5353, dst.into(), 53, 17);
+    let f = flow(src, 5353, dst, 53, 17);
     assert_eq!(f.family, Family::V6);
-    let mac = h.expected_mac("web6", &f, false);
-    let r = h.run(&pkt);
-    assert_eq!(r.action, XDP_TX);
-    assert_eq!(r.out, l2_rewritten(&pkt, mac));
+    assert_forwarded(&mut h, "web6", &pkt, &f, "forwarded");
 }
 
 #[test]
@@ -183,17 +197,8 @@ fn all_ports_vip_takes_any_port() {
     let mut h = Harness::new(&config());
     for port in [1u16, 53, 12345, 65535] {
         let pkt = udp4([10, 200, 0, 11], 999, [10, 201, 0, 11], port);
-        let f = flow(
-            "10.200.0.11".parse().unwrap(),
-            999,
-            "10.201.0.11".parse().unwrap(),
-            port,
-            17,
-        );
-        let mac = h.expected_mac("any-port", &f, false);
-        let r = h.run(&pkt);
-        assert_eq!(r.action, XDP_TX, "port {port}");
-        assert_eq!(r.out, l2_rewritten(&pkt, mac));
+        let f = flow([10, 200, 0, 11], 999, [10, 201, 0, 11], port, 17);
+        assert_forwarded(&mut h, "any-port", &pkt, &f, "port {port}");
     }
 }
 
@@ -264,17 +269,8 @@ fn ipv4_options_vlan_fragments_and_extension_headers() {
         .tcp(41000, 80, 1, 1000);
     let mut pkt = Vec::new();
     b.write(&mut pkt, b"").unwrap();
-    let f = flow(
-        "10.200.0.11".parse().unwrap(),
-        41000,
-        "10.201.0.10".parse().unwrap(),
-        80,
-        6,
-    );
-    let mac = h.expected_mac("web", &f, false);
-    let r = h.run(&pkt);
-    assert_eq!(r.action, XDP_TX, "ipv4 with options");
-    assert_eq!(r.out, l2_rewritten(&pkt, mac));
+    let f = flow([10, 200, 0, 11], 41000, [10, 201, 0, 10], 80, 6);
+    assert_forwarded(&mut h, "web", &pkt, &f, "ipv4 with options");
     assert!(h.maps.conn(&f).is_some(), "ports read after the options");
 
     // One 802.1Q tag: forwarded with the tag kept.
@@ -284,17 +280,8 @@ fn ipv4_options_vlan_fragments_and_extension_headers() {
         .tcp(42000, 80, 1, 1000);
     let mut pkt = Vec::new();
     b.write(&mut pkt, b"").unwrap();
-    let f = flow(
-        "10.200.0.11".parse().unwrap(),
-        42000,
-        "10.201.0.10".parse().unwrap(),
-        80,
-        6,
-    );
-    let mac = h.expected_mac("web", &f, false);
-    let r = h.run(&pkt);
-    assert_eq!(r.action, XDP_TX, "vlan");
-    assert_eq!(r.out, l2_rewritten(&pkt, mac));
+    let f = flow([10, 200, 0, 11], 42000, [10, 201, 0, 10], 80, 6);
+    assert_forwarded(&mut h, "web", &pkt, &f, "vlan");
 
     // IPv4 fragments to a VIP address are dropped, first (MF) or later (offset) alike;
     // fragments to any other address are the stack's.
@@ -315,29 +302,13 @@ fn ipv4_options_vlan_fragments_and_extension_headers() {
     }
 
     // IPv6 fragment header to a VIP address: dropped too.
-    let src6: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();
-    let dst6: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
-    let plain = udp6(src6.octets(), 5353, dst6.octets(), 53);
-    let mut frag6 = plain[..14 + 40].to_vec();
-    frag6[14 + 6] = 44;
-    let plen = u16::from_be_bytes([frag6[18], frag6[19]]) + 8;
-    frag6[18..20].copy_from_slice(&plen.to_be_bytes());
-    frag6.extend_from_slice(&[17, 0, 0, 1, 0, 0, 0, 7]);
-    frag6.extend_from_slice(&plain[14 + 40..]);
+    let frag6 = udp6_with_extension_header(44, [17, 0, 0, 1, 0, 0, 0, 7]);
     let before = h.global();
     assert_eq!(h.run(&frag6).action, XDP_DROP);
     assert_eq!(delta(&h.global(), &before, Counter::DropFragment), 1);
 
     // IPv6 with a hop-by-hop header before UDP.
-    let src: std::net::Ipv6Addr = "fd00:200::11".parse().unwrap();
-    let dst: std::net::Ipv6Addr = "fd00:201::10".parse().unwrap();
-    let plain = udp6(src.octets(), 5353, dst.octets(), 53);
-    let mut ext = plain[..14 + 40].to_vec();
-    ext[14 + 6] = 0; // next header: hop-by-hop
-    let plen = u16::from_be_bytes([ext[18], ext[19]]) + 8;
-    ext[18..20].copy_from_slice(&plen.to_be_bytes());
-    ext.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
-    ext.extend_from_slice(&plain[14 + 40..]);
+    let ext = udp6_with_extension_header(0, [17, 0, 1, 4, 0, 0, 0, 0]);
     let before = h.global();
     let r = h.run(&ext);
     assert_eq!(r.action, XDP_PASS);
@@ -421,13 +392,7 @@ fn a_virtual_mac_is_balanced_and_the_source_is_always_our_own() {
     ));
     let mut pkt = tcp4([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80);
     pkt[0..6].copy_from_slice(&VIRTUAL);
-    let f = flow(
-        "10.200.0.11".parse().unwrap(),
-        40000,
-        "10.201.0.10".parse().unwrap(),
-        80,
-        6,
-    );
+    let f = flow([10, 200, 0, 11], 40000, [10, 201, 0, 10], 80, 6);
     let mac = h.expected_mac("web", &f, false);
     let r = h.run(&pkt);
     assert_eq!(r.action, XDP_TX);

@@ -1,4 +1,7 @@
-//! Fixtures for the complete datapath through BPF_PROG_TEST_RUN: IP-in-IP encapsulation (4in4, 6in6, 4in6), path-MTU answers, ICMP error steering, echo replies and the fragment policy.
+//! Fixtures for the complete datapath through BPF_PROG_TEST_RUN.
+//!
+//! IP-in-IP encapsulation (4in4, 6in6, 4in6), path-MTU answers, ICMP error steering, echo replies
+//! and the fragment policy.
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -112,9 +115,9 @@ fn ipv6_in_ipv6_and_ipv4_in_ipv6() {
     let mut h = Harness::new(&ipip_config());
     let pkt = tcp6_data(40001, 200);
     let f = flow(
-        "fd00:200::11".parse().unwrap(),
+        "fd00:200::11".parse::<IpAddr>().unwrap(),
         40001,
-        "fd00:201::10".parse().unwrap(),
+        "fd00:201::10".parse::<IpAddr>().unwrap(),
         80,
         IPPROTO_TCP,
     );

@@ -1,4 +1,8 @@
-//! The shipped systemd unit: `systemd-analyze verify` finds nothing to complain about, its capability set is the one the agent checks for (`lb_userspace::datapath::caps::AGENT`), and it does not retry the agent's cannot-start exit code. (tests/tests/systemd.rs runs it under systemd.)
+//! The shipped systemd unit passes `systemd-analyze verify` and matches the agent.
+//!
+//! Its capability set is the one the agent checks for (`lb_userspace::datapath::caps::AGENT`), and
+//! it does not retry the agent's cannot-start exit code. (tests/tests/systemd.rs runs it under
+//! systemd.)
 
 use std::process::Command;
 

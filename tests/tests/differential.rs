@@ -1,4 +1,8 @@
-//! Differential test: ~100k generated and mutated frames (`xdplb_tests::packets`) through the real XDP program (BPF_PROG_TEST_RUN) and the reference model (`xdplb_tests::model`); verdicts, output bytes and counters must agree.
+//! Differential test: the real XDP program and the reference model must agree on ~100k frames.
+//!
+//! Generated and mutated frames (`xdplb_tests::packets`) go through the real program
+//! (BPF_PROG_TEST_RUN) and the reference model (`xdplb_tests::model`); verdicts, output bytes and
+//! counters must agree.
 //!
 //! Seeded and reproducible: `XDPLB_DIFF_SEED` (decimal or 0x-hex) picks the packet stream,
 //! `XDPLB_DIFF_PACKETS` its length (default 100 000). Run with `-- --nocapture` to see the
@@ -23,7 +27,7 @@ use lb_userspace::{
 use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use xdplb_tests::{
     model::{Expected, Model, XDP_ABORTED, XDP_TX},
-    packets::{put16, Generator, CONFIG_A, ROUTER4},
+    packets::{config_a, put16, Generator, ROUTER4},
 };
 
 const DEFAULT_SEED: u64 = 0x0d1f_f5ee_d0c0_ffee;
@@ -43,7 +47,7 @@ fn flow_table_size(packets: usize) -> u32 {
 /// drained's only backend comes back; tun4 loses 10.202.0.2 (re-steered into the tunnels that
 /// remain) and tun6 drains ::2. sticky's .102 is marked down by health checks (below).
 fn config_b() -> String {
-    CONFIG_A
+    config_a()
         .replacen(
             "      - { address: 10.202.0.1, mac: '02:00:00:00:00:fe' }\n      - { address: 10.202.0.2, mac: '02:00:00:00:00:fe' }\n      - { address: 'fd00:202::3'",
             "      - { address: 10.202.0.1, mac: '02:00:00:00:00:fe' }\n      - { address: 'fd00:202::3'",
@@ -187,7 +191,7 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
     let seed = env_number("XDPLB_DIFF_SEED").unwrap_or(DEFAULT_SEED);
     let packets = env_number("XDPLB_DIFF_PACKETS").map_or(DEFAULT_PACKETS, |n| n as usize);
     let started = Instant::now();
-    let cfg_a = Config::from_yaml(CONFIG_A, "differential A").expect("config A");
+    let cfg_a = Config::from_yaml(&config_a(), "differential A").expect("config A");
     let cfg_b = Config::from_yaml(&config_b(), "differential B").expect("config B");
     let mut dut = Dut::new(&cfg_a, flow_table_size(packets));
     let mut model = Model::new(&cfg_a, &dut.maps).expect("model of config A");
@@ -395,7 +399,7 @@ fn end_of_run_problems(dut: &Dut, model: &Model) -> Vec<String> {
 /// reader of docs/datapath.md alone might expect instead. These are reported, not settled here.
 #[test]
 fn documented_edge_cases_agree_with_the_model() {
-    let cfg = Config::from_yaml(CONFIG_A, "differential A").expect("config A");
+    let cfg = Config::from_yaml(&config_a(), "differential A").expect("config A");
     let mut dut = Dut::new(&cfg, 1 << 16);
     let mut model = Model::new(&cfg, &dut.maps).expect("model");
     // Each case with the outcome the documentation gives it (these were found by this test

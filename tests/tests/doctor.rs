@@ -145,9 +145,21 @@ fn gateway_findings_name_their_fixes() {
     let pin = lab.pin_dir().unwrap().join("xdplb");
     let config = write(&lab.dir().join("doctor.yaml"), &yaml);
 
-    // Healthy: the lab's gateway, nothing running yet. Its VIPs tunnel (routed lab) to IPv4
-    // and IPv6 backends over a 1500-byte gw0, which is a warning, not a failure.
-    let r = doctor(&gw, &["--config", &config]);
+    a_healthy_gateway_has_no_failure(&gw, &config, &pin);
+    the_text_report_puts_each_fix_under_its_finding(&gw, &config);
+    no_attach_probe_leaves_the_interface_alone(&gw, &config);
+    strict_rp_filter_is_a_warning_naming_the_sysctl(&gw, &config);
+    a_missing_interface_fails_naming_the_ones_there(&lab, &gw, &yaml);
+    a_bridge_fails_native_and_warns_auto(&lab, &gw, &yaml);
+    pinned_state_of_another_layout_fails(&lab, &gw, &yaml, &pin);
+    a_pin_path_off_bpffs_fails(&lab, &gw, &yaml, &pin);
+    a_running_then_killed_agent_is_reported(&mut lab, &gw, &yaml, &pin);
+}
+
+/// Healthy: the lab's gateway, nothing running yet. Its VIPs tunnel (routed lab) to IPv4
+/// and IPv6 backends over a 1500-byte gw0, which is a warning, not a failure.
+fn a_healthy_gateway_has_no_failure(gw: &str, config: &str, pin: &Path) {
+    let r = doctor(gw, &["--config", config]);
     assert!(r.failed().is_empty(), "{}", r.stdout);
     r.expect("config", "ok", "xdp_mode native, 4 VIPs", None);
     r.expect("program", "ok", "verifier accepts the balancer", None);
@@ -184,15 +196,17 @@ fn gateway_findings_name_their_fixes() {
     r.expect("memlock", "ok", "RLIMIT_MEMLOCK", None);
     r.expect("agent-socket", "ok", "no agent running", None);
     // The probe left gw0 as it was.
-    let link = netns::run(&gw, &["ip", "-j", "link", "show", "dev", "gw0"]).unwrap();
+    let link = netns::run(gw, &["ip", "-j", "link", "show", "dev", "gw0"]).unwrap();
     assert!(!link.contains("\"xdp\""), "{link}");
+}
 
-    // What a user reads without --json: one line per finding, its fix under it.
+/// What a user reads without --json: one line per finding, its fix under it.
+fn the_text_report_puts_each_fix_under_its_finding(gw: &str, config: &str) {
     let human = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{gw}"))
         .arg("--")
         .arg(tool_path("xdplb"))
-        .args(["doctor", "--config", &config])
+        .args(["doctor", "--config", config])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&human.stdout);
@@ -209,33 +223,39 @@ fn gateway_findings_name_their_fixes() {
         "{text}"
     );
     assert!(lines.last().unwrap().ends_with(" warn, 0 fail"), "{text}");
+}
 
-    // --no-attach-probe leaves the interface alone and says so.
-    let r = doctor(&gw, &["--config", &config, "--no-attach-probe"]);
+/// `--no-attach-probe` leaves the interface alone and says so.
+fn no_attach_probe_leaves_the_interface_alone(gw: &str, config: &str) {
+    let r = doctor(gw, &["--config", config, "--no-attach-probe"]);
     r.expect(
         "xdp",
         "ok",
         "native XDP not tried (--no-attach-probe)",
         None,
     );
+}
 
-    // Strict reverse-path filtering on the interface: a warning naming the sysctl.
-    sysctl(&gw, "net.ipv4.conf.gw0.rp_filter", "1");
-    let r = doctor(&gw, &["--config", &config]);
+/// Strict reverse-path filtering on the interface: a warning naming the sysctl.
+fn strict_rp_filter_is_a_warning_naming_the_sysctl(gw: &str, config: &str) {
+    sysctl(gw, "net.ipv4.conf.gw0.rp_filter", "1");
+    let r = doctor(gw, &["--config", config]);
     r.expect(
         "rp_filter",
         "warn",
         "reverse-path filtering on gw0 is strict (all=0, gw0=1)",
         Some("sysctl -w net.ipv4.conf.gw0.rp_filter=2"),
     );
-    sysctl(&gw, "net.ipv4.conf.gw0.rp_filter", "0");
+    sysctl(gw, "net.ipv4.conf.gw0.rp_filter", "0");
+}
 
-    // A config naming an interface this namespace does not have.
+/// A config naming an interface this namespace does not have.
+fn a_missing_interface_fails_naming_the_ones_there(lab: &Lab, gw: &str, yaml: &str) {
     let missing = write(
         &lab.dir().join("missing-if.yaml"),
         &yaml.replace("interface: gw0", "interface: nosuch0"),
     );
-    let r = doctor(&gw, &["--config", &missing]);
+    let r = doctor(gw, &["--config", &missing]);
     r.expect(
         "interface",
         "fail",
@@ -249,14 +269,16 @@ fn gateway_findings_name_their_fixes() {
         "{}",
         r.stdout
     );
+}
 
-    // A NIC whose driver has no native XDP (a bridge): `native` fails, `auto` warns that it
-    // falls back to generic.
-    netns::run(&gw, &["ip", "link", "add", "xbr0", "type", "bridge"]).unwrap();
-    netns::run(&gw, &["ip", "link", "set", "xbr0", "up"]).unwrap();
+/// A NIC whose driver has no native XDP (a bridge): `native` fails, `auto` warns that it
+/// falls back to generic.
+fn a_bridge_fails_native_and_warns_auto(lab: &Lab, gw: &str, yaml: &str) {
+    netns::run(gw, &["ip", "link", "add", "xbr0", "type", "bridge"]).unwrap();
+    netns::run(gw, &["ip", "link", "set", "xbr0", "up"]).unwrap();
     let bridge = yaml.replace("interface: gw0", "interface: xbr0");
     let native = write(&lab.dir().join("bridge-native.yaml"), &bridge);
-    let r = doctor(&gw, &["--config", &native]);
+    let r = doctor(gw, &["--config", &native]);
     r.expect(
         "xdp",
         "fail",
@@ -267,15 +289,17 @@ fn gateway_findings_name_their_fixes() {
         &lab.dir().join("bridge-auto.yaml"),
         &bridge.replace("xdp_mode: native", "xdp_mode: auto"),
     );
-    let r = doctor(&gw, &["--config", &auto]);
+    let r = doctor(gw, &["--config", &auto]);
     r.expect(
         "xdp",
         "warn",
         "xdp_mode auto falls back to generic",
         Some("use a NIC whose driver has native XDP"),
     );
+}
 
-    // State of another layout pinned at the pin path (on the lab's bpffs).
+/// State of another layout pinned at the pin path (on the lab's bpffs).
+fn pinned_state_of_another_layout_fails(lab: &Lab, gw: &str, yaml: &str, pin: &Path) {
     let stale = lab.pin_dir().unwrap().join("stale");
     std::fs::create_dir_all(stale.join("v1")).unwrap();
     let old = write(
@@ -285,7 +309,7 @@ fn gateway_findings_name_their_fixes() {
             &format!("pin_path: {}", stale.display()),
         ),
     );
-    let r = doctor(&gw, &["--config", &old]);
+    let r = doctor(gw, &["--config", &old]);
     r.expect(
         "pinned-state",
         "fail",
@@ -293,8 +317,10 @@ fn gateway_findings_name_their_fixes() {
         Some(&format!("xdplb detach --pin-path {}", stale.display())),
     );
     r.expect("bpffs", "ok", "is on a bpffs", None);
+}
 
-    // A pin path outside any bpffs (the lab directory is on the host's /tmp).
+/// A pin path outside any bpffs (the lab directory is on the host's /tmp).
+fn a_pin_path_off_bpffs_fails(lab: &Lab, gw: &str, yaml: &str, pin: &Path) {
     let plain = lab.dir().join("plain").join("xdplb");
     let off = write(
         &lab.dir().join("off-bpffs.yaml"),
@@ -303,7 +329,7 @@ fn gateway_findings_name_their_fixes() {
             &format!("pin_path: {}", plain.display()),
         ),
     );
-    let r = doctor(&gw, &["--config", &off]);
+    let r = doctor(gw, &["--config", &off]);
     r.expect(
         "bpffs",
         "fail",
@@ -313,13 +339,16 @@ fn gateway_findings_name_their_fixes() {
             plain.display()
         )),
     );
+}
 
-    // A running agent (generic mode, as the config says): what is attached is reported
-    // instead of probed, and the agent answers on its socket.
+/// A running agent (generic mode, as the config says): what is attached is reported
+/// instead of probed, and the agent answers on its socket; then the agent killed, and its
+/// datapath detached.
+fn a_running_then_killed_agent_is_reported(lab: &mut Lab, gw: &str, yaml: &str, pin: &Path) {
     let running = yaml.replace("xdp_mode: native", "xdp_mode: generic");
-    let balancer = Balancer::start(&mut lab, "generic", &running).expect("xdplb starts");
+    let balancer = Balancer::start(lab, "generic", &running).expect("xdplb starts");
     let config = balancer.config.to_str().unwrap().to_owned();
-    let r = doctor(&gw, &["--config", &config]);
+    let r = doctor(gw, &["--config", &config]);
     assert!(r.failed().is_empty(), "{}", r.stdout);
     r.expect(
         "xdp",
@@ -337,7 +366,7 @@ fn gateway_findings_name_their_fixes() {
     unsafe { libc::kill(balancer.pid as i32, libc::SIGKILL) };
     lab.wait_exit(balancer.pid, Duration::from_secs(10))
         .expect("the killed agent exits");
-    let r = doctor(&gw, &["--config", &config]);
+    let r = doctor(gw, &["--config", &config]);
     r.expect(
         "agent-socket",
         "warn",
@@ -346,7 +375,7 @@ fn gateway_findings_name_their_fixes() {
     );
     r.expect("xdp", "ok", "xdplb is attached to gw0", None);
     netns::run_shared_mounts(
-        &gw,
+        gw,
         &[
             &tool_path("xdplb").to_string_lossy(),
             "detach",
@@ -355,7 +384,7 @@ fn gateway_findings_name_their_fixes() {
         ],
     )
     .unwrap();
-    let r = doctor(&gw, &["--config", &config]);
+    let r = doctor(gw, &["--config", &config]);
     r.expect("pinned-state", "ok", "nothing pinned under", None);
     r.expect("xdp", "ok", "driver veth supports native XDP", None);
 }

@@ -1,4 +1,7 @@
-//! Control plane end to end, under continuous traffic (persistent connections pinging and new connections opening): agent restarts, 50 reloads, backend changes through the CLI, health-check failover, Prometheus metrics.
+//! Control plane end to end, under continuous traffic.
+//!
+//! Persistent connections ping and new connections open throughout: agent restarts, 50 reloads,
+//! backend changes through the CLI, health-check failover, Prometheus metrics.
 
 use std::{
     sync::{
@@ -204,6 +207,9 @@ fn fifty_reloads_in_a_row_under_traffic() {
     balancer.stop(&mut lab).unwrap();
 }
 
+/// Refused CLI changes, then drain, add and remove under held connections: the changes steer
+/// new flows, persist to the config file, show in `xdplb check`, and survive a `kill -9`; only
+/// connections on the removed backend break.
 #[test]
 fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
     let mut lab = small_lab();
@@ -213,9 +219,30 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         lab.backend_addr4(0).to_string(),
         lab.backend_addr4(2).to_string(),
     );
+    mistakes_are_refused_and_change_nothing(&lab, &b0);
+    let b3 = drain_add_and_remove_steer_new_flows(&mut lab, &b0, &b2);
+    the_config_file_holds_the_change(&balancer, &b0, &b2, &b3);
+    check_shows_what_a_proposed_config_would_change(&lab, &balancer, &b3);
+    a_kill_9_restart_comes_back_with_the_changed_state(&mut lab, &mut balancer, &b2, &b3);
 
-    // Mistakes are refused with a reason and change nothing.
-    let status_before = Balancer::status(&lab).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let report = finish_hold(&mut lab, held);
+    // Only connections on the removed backend may break; drained b0 keeps its connections.
+    let on_b2 = report.per_backend.get("b2").copied().unwrap_or(0);
+    assert!(
+        report.per_backend.get("b0").copied().unwrap_or(0) > 0,
+        "{report:?}"
+    );
+    assert_eq!(
+        report.broken, on_b2,
+        "connections to healthy backends broke: {report:?}"
+    );
+    balancer.stop(&mut lab).unwrap();
+}
+
+/// Mistakes are refused with a reason and change nothing.
+fn mistakes_are_refused_and_change_nothing(lab: &Lab, b0: &str) {
+    let status_before = Balancer::status(lab).unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &[
@@ -227,14 +254,14 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
             "exists already",
         ),
         (
-            &["backend", "drain", "no-such-vip", &b0],
+            &["backend", "drain", "no-such-vip", b0],
             "no VIP named \"no-such-vip\"",
         ),
         (
             &["backend", "remove", "web-tcp", "10.200.0.250"],
             "has no backend 10.200.0.250",
         ),
-        (&["backend", "weight", "web-tcp", &b0, "0"], "out of range"),
+        (&["backend", "weight", "web-tcp", b0, "0"], "out of range"),
         (
             &["backend", "add", "web-tcp", "10.0.0.300"],
             "invalid value '10.0.0.300'",
@@ -256,7 +283,7 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         (&["drain-balancer"], "no announce: section"),
     ];
     for (args, needle) in cases {
-        let (ok, out) = Balancer::cli(&lab, args);
+        let (ok, out) = Balancer::cli(lab, args);
         assert!(!ok, "{args:?} should fail");
         assert!(
             out.contains(needle),
@@ -264,7 +291,7 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         );
     }
     assert_eq!(
-        Balancer::status(&lab).unwrap()["vips"],
+        Balancer::status(lab).unwrap()["vips"],
         status_before["vips"],
         "a refused change altered the state"
     );
@@ -277,41 +304,51 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         !dead.status.success() && out.contains("cannot reach the xdplb agent"),
         "{out}"
     );
+}
 
-    // Drain b0, add b3, remove b2.
-    let (ok, out) = Balancer::cli(&lab, &["backend", "drain", "web-tcp", &b0]);
+/// Drain b0, add b3, remove b2: new flows avoid the drained and the removed backend, and reach
+/// the added one. Returns b3's address.
+fn drain_add_and_remove_steer_new_flows(lab: &mut Lab, b0: &str, b2: &str) -> String {
+    let (ok, out) = Balancer::cli(lab, &["backend", "drain", "web-tcp", b0]);
     assert!(ok, "{out}");
     let added = lab.add_backend().unwrap();
     let b3 = lab.backend_addr4(added).to_string();
-    let (ok, out) = Balancer::cli(&lab, &["backend", "add", "web-tcp", &b3]);
+    let (ok, out) = Balancer::cli(lab, &["backend", "add", "web-tcp", &b3]);
     assert!(ok && out.contains("saved to"), "{out}");
-    let r = burst(&lab, 300);
-    assert_eq!(r.failed, 0, "{:?}", r.errors);
-    assert!(
-        !r.per_backend.contains_key("b0"),
-        "draining b0 got new flows: {:?}",
-        r.per_backend
-    );
+    let r = burst_avoiding(lab, "b0", "draining");
     assert!(
         r.per_backend.contains_key(&format!("b{added}")),
         "added backend unused: {:?}",
         r.per_backend
     );
-    let (ok, out) = Balancer::cli(&lab, &["backend", "remove", "web-tcp", &b2]);
+    let (ok, out) = Balancer::cli(lab, &["backend", "remove", "web-tcp", b2]);
     assert!(ok, "{out}");
-    let r = burst(&lab, 300);
+    burst_avoiding(lab, "b2", "removed");
+    b3
+}
+
+/// A burst of new connections: none fails, and none reaches `avoided` (`why`: draining or
+/// removed).
+fn burst_avoiding(lab: &Lab, avoided: &str, why: &str) -> BurstReport {
+    let r = burst(lab, 300);
     assert_eq!(r.failed, 0, "{:?}", r.errors);
     assert!(
-        !r.per_backend.contains_key("b2"),
-        "removed b2 got new flows: {:?}",
+        !r.per_backend.contains_key(avoided),
+        "{why} {avoided} got new flows: {:?}",
         r.per_backend
     );
+    r
+}
 
-    // The config file holds the change.
+/// The config file holds the change.
+fn the_config_file_holds_the_change(balancer: &Balancer, b0: &str, b2: &str, b3: &str) {
     let saved = lb_userspace::config::Config::load(&balancer.config).unwrap();
     let web = saved.vips.iter().find(|v| v.name == "web-tcp").unwrap();
     let addrs: Vec<String> = web.backends.iter().map(|b| b.address.to_string()).collect();
-    assert!(addrs.contains(&b3) && !addrs.contains(&b2), "{addrs:?}");
+    assert!(
+        addrs.iter().any(|a| a == b3) && !addrs.iter().any(|a| a == b2),
+        "{addrs:?}"
+    );
     assert_eq!(
         web.backends
             .iter()
@@ -320,8 +357,10 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
             .state,
         lb_userspace::config::BackendState::Draining
     );
+}
 
-    // `xdplb check` of a proposed config shows what it would change against the running agent.
+/// `xdplb check` of a proposed config shows what it would change against the running agent.
+fn check_shows_what_a_proposed_config_would_change(lab: &Lab, balancer: &Balancer, b3: &str) {
     let proposed = std::fs::read_to_string(&balancer.config)
         .unwrap()
         .replace(&format!("address: {b3}\n"), "address: 10.200.0.240\n");
@@ -352,14 +391,21 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         out.contains("of new flows would go to another backend"),
         "{out}"
     );
+}
 
-    // kill -9 and restart: the agent comes back with the changed state.
+/// kill -9 and restart: the agent comes back with the changed state.
+fn a_kill_9_restart_comes_back_with_the_changed_state(
+    lab: &mut Lab,
+    balancer: &mut Balancer,
+    b2: &str,
+    b3: &str,
+) {
     unsafe { libc::kill(balancer.pid as i32, libc::SIGKILL) };
     lab.wait_exit(balancer.pid, Duration::from_secs(10))
         .unwrap();
     // What the crash left: a socket nobody answers on. The unit's ExecStartPre (`xdplb check`)
     // must still pass, or systemd could never restart the agent; the CLI says what it found.
-    assert!(Balancer::socket(&lab).exists(), "kill -9 leaves the socket");
+    assert!(Balancer::socket(lab).exists(), "kill -9 leaves the socket");
     let check = std::process::Command::new(tool_path("xdplb"))
         .args(["check", "--config"])
         .arg(&balancer.config)
@@ -371,36 +417,22 @@ fn backend_changes_through_the_cli_apply_persist_and_survive_a_restart() {
         check.status.success() && out.contains("left behind by an agent that stopped"),
         "{out}"
     );
-    let (ok, out) = Balancer::cli(&lab, &["status"]);
+    let (ok, out) = Balancer::cli(lab, &["status"]);
     assert!(
         !ok && out.contains("the agent that made it has stopped"),
         "{out}"
     );
-    balancer.respawn(&mut lab).unwrap();
-    let (ok, out) = Balancer::cli(&lab, &["backend", "list", "web-tcp"]);
+    balancer.respawn(lab).unwrap();
+    let (ok, out) = Balancer::cli(lab, &["backend", "list", "web-tcp"]);
     assert!(
-        ok && out.contains(&b3) && !out.contains(&format!("\"{b2}\"")) && out.contains("draining"),
+        ok && out.contains(b3) && !out.contains(&format!("\"{b2}\"")) && out.contains("draining"),
         "{out}"
     );
-    let r = burst(&lab, 200);
+    let r = burst(lab, 200);
     assert!(
         r.failed == 0 && !r.per_backend.contains_key("b0") && !r.per_backend.contains_key("b2"),
         "{r:?}"
     );
-
-    std::thread::sleep(Duration::from_secs(1));
-    let report = finish_hold(&mut lab, held);
-    // Only connections on the removed backend may break; drained b0 keeps its connections.
-    let on_b2 = report.per_backend.get("b2").copied().unwrap_or(0);
-    assert!(
-        report.per_backend.get("b0").copied().unwrap_or(0) > 0,
-        "{report:?}"
-    );
-    assert_eq!(
-        report.broken, on_b2,
-        "connections to healthy backends broke: {report:?}"
-    );
-    balancer.stop(&mut lab).unwrap();
 }
 
 fn metrics_text(lab: &Lab) -> String {

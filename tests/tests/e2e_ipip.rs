@@ -44,6 +44,19 @@ fn burst(lab: &Lab, client: usize, cmd: &str, target: &str, n: u64) -> BurstRepo
     .unwrap_or_else(|e| panic!("lab-client {cmd} {target}: {e:#}"))
 }
 
+/// `lab-client bulk`: `upload` bytes to `target`, then `download` bytes back.
+fn bulk<'a>(target: &'a str, upload: &'a str, download: &'a str) -> [&'a str; 7] {
+    [
+        "bulk",
+        "--target",
+        target,
+        "--upload",
+        upload,
+        "--download",
+        download,
+    ]
+}
+
 #[test]
 fn tcp_and_udp_over_both_families_reach_backends_behind_a_router() {
     let mut lab = routed_lab(3);
@@ -186,18 +199,7 @@ fn path_mtu_discovery_works_through_the_balancer_in_both_directions() {
         // answers "too big", the client lowers its path MTU and the upload completes.
         let too_big = global(&balancer, "tx_icmp_too_big");
         let up = lab
-            .run_client_json(
-                0,
-                &[
-                    "bulk",
-                    "--target",
-                    &target,
-                    "--upload",
-                    "1000000",
-                    "--download",
-                    "1000",
-                ],
-            )
+            .run_client_json(0, &bulk(&target, "1000000", "1000"))
             .unwrap();
         assert_eq!(up["ok"], true, "upload to {vip}: {up}");
         assert!(global(&balancer, "tx_icmp_too_big") > too_big, "{vip}");
@@ -212,15 +214,7 @@ fn path_mtu_discovery_works_through_the_balancer_in_both_directions() {
         // backend owning the connection, which lowers its path MTU; the download completes.
         let steered = global(&balancer, "tx_icmp_steered");
         let down = lab
-            .run_far_client_json(&[
-                "bulk",
-                "--target",
-                &target,
-                "--upload",
-                "1000",
-                "--download",
-                "1000000",
-            ])
+            .run_far_client_json(&bulk(&target, "1000", "1000000"))
             .unwrap();
         assert_eq!(
             down["ok"], true,

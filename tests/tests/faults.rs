@@ -50,6 +50,24 @@ struct Outcome {
     recovery: Option<Duration>,
 }
 
+impl Outcome {
+    /// Nothing killed; the service was back after `recovery`.
+    fn recovered(recovery: Duration) -> Outcome {
+        Outcome {
+            dead: vec![],
+            recovery: Some(recovery),
+        }
+    }
+
+    /// Nothing killed, and no outage to time.
+    fn unmeasured() -> Outcome {
+        Outcome {
+            dead: vec![],
+            recovery: None,
+        }
+    }
+}
+
 /// Runs `fault` while HELD connections ping and new ones keep arriving, and measures it.
 fn under_load(
     lab: &mut Lab,
@@ -195,10 +213,7 @@ fn agent_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
                 String::from_utf8_lossy(&check.stderr)
             );
             b.respawn(lab).unwrap();
-            Outcome {
-                dead: vec![],
-                recovery: Some(t.elapsed()),
-            }
+            Outcome::recovered(t.elapsed())
         },
     ));
 
@@ -215,10 +230,7 @@ fn agent_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
                 "{}",
                 lab.log_of(b.pid)
             );
-            Outcome {
-                dead: vec![],
-                recovery: Some(t.elapsed()),
-            }
+            Outcome::recovered(t.elapsed())
         },
     ));
 
@@ -250,10 +262,7 @@ fn agent_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
             std::fs::write(&b.config, valid).unwrap();
             let (ok, out) = Balancer::cli(lab, &["reload"]);
             assert!(ok, "{out}");
-            Outcome {
-                dead: vec![],
-                recovery: None,
-            }
+            Outcome::unmeasured()
         },
     ));
 
@@ -273,10 +282,7 @@ fn agent_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
                 || Balancer::cli(lab, &["status"]).0,
             );
             let _ = answered;
-            Outcome {
-                dead: vec![],
-                recovery: Some(t.elapsed()),
-            }
+            Outcome::recovered(t.elapsed())
         },
     ));
     rows
@@ -347,10 +353,7 @@ fn gateway_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
                 burst4(lab, 5).is_ok_and(|r| r.failed == 0)
             });
             let _ = t;
-            Outcome {
-                dead: vec![],
-                recovery: Some(back),
-            }
+            Outcome::recovered(back)
         },
     ));
 
@@ -363,10 +366,7 @@ fn gateway_faults(lab: &mut Lab, balancer: &mut Balancer) -> Vec<Row> {
             gw_ip(lab, &["link", "set", &dev, "mtu", "1400"]);
             std::thread::sleep(Duration::from_secs(1));
             gw_ip(lab, &["link", "set", &dev, "mtu", "1500"]);
-            Outcome {
-                dead: vec![],
-                recovery: None,
-            }
+            Outcome::unmeasured()
         },
     ));
     rows
@@ -387,10 +387,7 @@ fn flow_table_overflow(lab: &mut Lab, yaml: &str) -> Row {
                 let r = burst4(lab, 500).expect("burst");
                 assert_eq!(r.failed, 0, "{:?}", r.errors);
             }
-            Outcome {
-                dead: vec![],
-                recovery: None,
-            }
+            Outcome::unmeasured()
         },
     );
     balancer.stop(lab).unwrap();

@@ -8,6 +8,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     os::unix::net::UnixStream,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -428,10 +429,24 @@ fn hostile_input_is_refused_and_changes_nothing() {
     let members: Vec<_> = (0..2).map(|i| (i, Member::Active)).collect();
     let good = lab_config(&mut lab, "generic", &members).unwrap();
     let balancer = Balancer::start(&mut lab, "generic", &good).expect("xdplb starts");
-    let before = Balancer::status(&lab).unwrap();
 
-    // Configs: each refused by `xdplb reload` (exit 1) with its field and line.
-    let list = cases(&good, &lab);
+    every_bad_config_is_refused_with_its_field_and_line(&lab, &balancer, &good);
+    let socket = Balancer::socket(&lab);
+    let slow = api_garbage_gets_clear_errors_and_a_slow_client_holds_nobody_up(&lab, &socket);
+    concurrent_conflicting_changes_leave_state_and_file_agreeing(&lab, &balancer, &socket);
+    drop(slow);
+    metrics_refuse_garbage_and_serve_past_slow_clients(&lab);
+
+    // And it still balances.
+    let r = burst4(&lab, 50).expect("burst");
+    assert_eq!((r.ok, r.failed), (50, 0), "{:?}", r.errors);
+    balancer.stop(&mut lab).unwrap();
+}
+
+/// Configs: each refused by `xdplb reload` (exit 1) with its field and line.
+fn every_bad_config_is_refused_with_its_field_and_line(lab: &Lab, balancer: &Balancer, good: &str) {
+    let before = Balancer::status(lab).unwrap();
+    let list = cases(good, lab);
     assert!(list.len() >= 40, "{} cases", list.len());
     let mut files = vec![];
     for case in list
@@ -452,14 +467,14 @@ fn hostile_input_is_refused_and_changes_nothing() {
     {
         let (what, bytes, says) = case;
         std::fs::write(&balancer.config, &bytes).unwrap();
-        let (code, out) = Balancer::cli_code(&lab, &["reload"]);
+        let (code, out) = Balancer::cli_code(lab, &["reload"]);
         assert_eq!(code, Some(1), "{what}: {out}");
         for s in says {
             assert!(out.contains(s.as_str()), "{what}: expected {s:?} in: {out}");
         }
         files.push(what);
     }
-    let after = Balancer::status(&lab).unwrap();
+    let after = Balancer::status(lab).unwrap();
     assert_eq!(
         state(&after),
         state(&before),
@@ -469,41 +484,52 @@ fn hostile_input_is_refused_and_changes_nothing() {
         after["reloads_failed"].as_u64().unwrap() >= files.len() as u64,
         "{after}"
     );
-    std::fs::write(&balancer.config, &good).unwrap();
+    std::fs::write(&balancer.config, good).unwrap();
+}
 
-    // API: garbage, truncated JSON and an oversized request get clear errors.
-    let socket = Balancer::socket(&lab);
-    let answer: Value = serde_json::from_str(&raw(&socket, b"hello agent\n")).unwrap();
+/// API: garbage, truncated JSON and an oversized request get clear errors.
+fn api_garbage_gets_clear_errors_and_a_slow_client_holds_nobody_up(
+    lab: &Lab,
+    socket: &Path,
+) -> UnixStream {
+    let answer: Value = serde_json::from_str(&raw(socket, b"hello agent\n")).unwrap();
     assert!(
         answer["ok"] == false && answer["error"].as_str().unwrap().starts_with("bad request"),
         "{answer}"
     );
     let answer: Value =
-        serde_json::from_str(&raw(&socket, b"{\"BackendDrain\": {\"vip\": \"web-tcp\"\n")).unwrap();
+        serde_json::from_str(&raw(socket, b"{\"BackendDrain\": {\"vip\": \"web-tcp\"\n")).unwrap();
     assert!(
         answer["ok"] == false && answer["error"].as_str().unwrap().starts_with("bad request"),
         "{answer}"
     );
     let mut huge = vec![b'['; 5 << 20];
     huge.push(b'\n');
-    let answer: Value = serde_json::from_str(&raw(&socket, &huge)).unwrap();
+    let answer: Value = serde_json::from_str(&raw(socket, &huge)).unwrap();
     assert!(
         answer["error"].as_str().unwrap().contains("longer than"),
         "{answer}"
     );
     // A client that starts a request and never finishes it holds nobody else up.
-    let mut slow = UnixStream::connect(&socket).unwrap();
+    let mut slow = UnixStream::connect(socket).unwrap();
     slow.write_all(b"{\"Sta").unwrap();
     let t = Instant::now();
-    let (ok, out) = Balancer::cli(&lab, &["status"]);
+    let (ok, out) = Balancer::cli(lab, &["status"]);
     assert!(ok && t.elapsed() < Duration::from_secs(5), "{out}");
+    slow
+}
 
-    // 50 concurrent conflicting changes: each is applied or refused, and afterwards the
-    // running state, the saved file and a fresh plan agree.
+/// 50 concurrent conflicting changes: each is applied or refused, and afterwards the
+/// running state, the saved file and a fresh plan agree.
+fn concurrent_conflicting_changes_leave_state_and_file_agreeing(
+    lab: &Lab,
+    balancer: &Balancer,
+    socket: &Path,
+) {
     let b0 = lab.backend_addr4(0).to_string();
     let handles: Vec<_> = (0..50)
         .map(|i| {
-            let lab_socket = socket.clone();
+            let lab_socket = socket.to_path_buf();
             let b0 = b0.clone();
             std::thread::spawn(move || {
                 let args: Vec<String> = match i % 3 {
@@ -547,15 +573,16 @@ fn hostile_input_is_refused_and_changes_nothing() {
         check.status.success() && out.contains("no changes"),
         "the saved file and the running state disagree: {out}"
     );
-    drop(slow);
+}
 
-    // Metrics: garbage and huge headers are refused, slow clients do not block a scrape.
-    let answer = metrics_raw(&lab, b"\x16\x03\x01 garbage\r\n\r\n".to_vec());
+/// Metrics: garbage and huge headers are refused, slow clients do not block a scrape.
+fn metrics_refuse_garbage_and_serve_past_slow_clients(lab: &Lab) {
+    let answer = metrics_raw(lab, b"\x16\x03\x01 garbage\r\n\r\n".to_vec());
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let mut big = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
     big.extend(vec![b'a'; 1 << 20]);
     big.extend(b"\r\n\r\n");
-    let answer = metrics_raw(&lab, big);
+    let answer = metrics_raw(lab, big);
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
         "{answer}"
@@ -572,15 +599,10 @@ fn hostile_input_is_refused_and_changes_nothing() {
         })
         .collect();
     let t = Instant::now();
-    let page = Balancer::metrics_text(&lab).unwrap();
+    let page = Balancer::metrics_text(lab).unwrap();
     assert!(
         page.starts_with("HTTP/1.1 200") && t.elapsed() < Duration::from_secs(5),
         "{page}"
     );
     drop(slow_clients);
-
-    // And it still balances.
-    let r = burst4(&lab, 50).expect("burst");
-    assert_eq!((r.ok, r.failed), (50, 0), "{:?}", r.errors);
-    balancer.stop(&mut lab).unwrap();
 }

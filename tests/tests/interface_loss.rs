@@ -1,4 +1,8 @@
-//! The balancer's interface goes away under the agent (NIC removed, or a veth whose namespace went) and comes back: the agent says the datapath is down (log, status, metrics) and re-attaches when an interface of that name returns, with the maps' state kept.
+//! The balancer's interface goes away under the agent and comes back.
+//!
+//! A NIC removed, or a veth whose namespace went: the agent says the datapath is down (log,
+//! status, metrics) and re-attaches when an interface of that name returns, with the maps' state
+//! kept.
 
 use std::time::{Duration, Instant};
 

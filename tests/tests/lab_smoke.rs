@@ -2,8 +2,8 @@
 //!
 //! Reachability on the segment, the traffic tools, the DSR counters and clean teardown.
 
-use std::net::SocketAddr;
-use std::path::Path;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use xdplb_lab::netns;
@@ -36,7 +36,44 @@ fn lab_reaches_backends_counts_and_cleans_up() {
     let features = netns::run(lab.client_ns(0), &["ethtool", "-k", "c0"]).unwrap();
     assert!(features.contains("tx-checksumming: off"), "{features}");
 
-    // A plain std socket from a thread inside the client's namespace.
+    a_std_socket_in_the_client_namespace_reaches_b0(&lab);
+    lab.start_counting_dsr().unwrap();
+    assert_eq!(lab.dsr_counts().unwrap(), Default::default());
+    tcp_and_udp_reach_the_backends_over_both_families(&lab);
+    persistent_connections_stay_on_their_backend(&mut lab);
+    a_backend_added_later_serves_under_its_own_name(&mut lab);
+    traffic_to_the_vip_counts_as_via_the_gateway(&lab);
+    a_gateway_that_proxies_counts_as_not_dsr(&lab);
+    let pins = the_labs_bpffs_is_visible_from_its_namespaces(&lab);
+
+    drop(lab);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(pins.to_str().unwrap()), "{mounts}");
+    for ns in &namespaces {
+        assert!(!ns_exists(ns), "{ns} left behind");
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    for pid in servers {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "server {pid} still running"
+        );
+    }
+}
+
+/// `lab-client` in client 0's namespace with `args` (a command line), and its report.
+fn client0(lab: &Lab, args: &str) -> BurstReport {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    lab.run_client(0, &args).unwrap()
+}
+
+/// `address` port 8080, as a `--target`.
+fn target(address: impl Into<IpAddr>) -> String {
+    SocketAddr::new(address.into(), 8080).to_string()
+}
+
+/// A plain std socket from a thread inside the client's namespace.
+fn a_std_socket_in_the_client_namespace_reaches_b0(lab: &Lab) {
     let b0 = SocketAddr::new(lab.backend_addr4(0).into(), 8080);
     let reply = netns::in_netns(lab.client_ns(0), move || {
         use std::io::{BufRead, BufReader, Write};
@@ -49,86 +86,45 @@ fn lab_reaches_backends_counts_and_cleans_up() {
     })
     .unwrap();
     assert_eq!(reply, "b0\n");
+}
 
-    lab.start_counting_dsr().unwrap();
-    assert_eq!(lab.dsr_counts().unwrap(), Default::default());
-
-    // TCP burst, IPv4, straight to b0's segment address.
-    let t = SocketAddr::new(lab.backend_addr4(0).into(), 8080).to_string();
-    let r: BurstReport = lab
-        .run_client(
-            0,
-            &[
-                "burst",
-                "--target",
-                &t,
-                "--connections",
-                "50",
-                "--parallel",
-                "8",
-            ],
-        )
-        .unwrap();
+/// TCP and UDP bursts straight to the backends' segment addresses, IPv6 from the extra
+/// source addresses.
+fn tcp_and_udp_reach_the_backends_over_both_families(lab: &Lab) {
+    let t = target(lab.backend_addr4(0));
+    let r = client0(
+        lab,
+        &format!("burst --target {t} --connections 50 --parallel 8"),
+    );
     assert_eq!((r.ok, r.failed), (50, 0), "{r:?}");
     assert_eq!(r.per_backend.get("b0"), Some(&50), "{r:?}");
 
-    // IPv6, from the extra source addresses.
-    let t6 = SocketAddr::new(lab.backend_addr6(1).into(), 8080).to_string();
+    let t6 = target(lab.backend_addr6(1));
     let bind6 = lab.client_bind6(0);
-    let r: BurstReport = lab
-        .run_client(
-            0,
-            &[
-                "burst",
-                "--target",
-                &t6,
-                "--connections",
-                "40",
-                "--bind",
-                &bind6,
-            ],
-        )
-        .unwrap();
+    let r = client0(
+        lab,
+        &format!("burst --target {t6} --connections 40 --bind {bind6}"),
+    );
     assert_eq!((r.ok, r.failed), (40, 0), "{r:?}");
     assert_eq!(r.per_backend.get("b1"), Some(&40), "{r:?}");
 
-    // UDP, both families.
     let bind4 = lab.client_bind4(0);
-    let r: BurstReport = lab
-        .run_client(
-            0,
-            &["udp", "--target", &t, "--count", "20", "--bind", &bind4],
-        )
-        .unwrap();
+    let r = client0(lab, &format!("udp --target {t} --count 20 --bind {bind4}"));
     assert_eq!((r.ok, r.failed), (20, 0), "{r:?}");
-    let r: BurstReport = lab
-        .run_client(0, &["udp", "--target", &t6, "--count", "20"])
-        .unwrap();
+    let r = client0(lab, &format!("udp --target {t6} --count 20"));
     assert_eq!(r.per_backend.get("b1"), Some(&20), "{r:?}");
+}
 
-    // Persistent connections, stopped with SIGINT.
-    let client = tool_path("lab-client");
+/// Persistent connections, stopped with SIGINT: all opened, none broken or moved.
+fn persistent_connections_stay_on_their_backend(lab: &mut Lab) {
     let c0 = lab.client_ns(0).to_string();
-    let t1 = SocketAddr::new(lab.backend_addr4(1).into(), 8080).to_string();
-    let pid = lab
-        .spawn(
-            &c0,
-            &client,
-            &[
-                "hold",
-                "--target",
-                &t1,
-                "--connections",
-                "20",
-                "--interval-ms",
-                "50",
-                "--duration-s",
-                "30",
-                "--bind",
-                &bind4,
-            ],
-        )
-        .unwrap();
+    let args = format!(
+        "hold --target {} --connections 20 --interval-ms 50 --duration-s 30 --bind {}",
+        target(lab.backend_addr4(1)),
+        lab.client_bind4(0)
+    );
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let pid = lab.spawn(&c0, &tool_path("lab-client"), &args).unwrap();
     lab.wait_for_log(pid, "READY", Duration::from_secs(10))
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -138,29 +134,30 @@ fn lab_reaches_backends_counts_and_cleans_up() {
     assert_eq!(h.backend_changed, 0, "{h:?}");
     assert!(h.rounds >= 3, "{h:?}");
     assert_eq!(h.per_backend.get("b1"), Some(&20), "{h:?}");
+}
 
-    // A backend added later is reachable and serves under its own name.
+/// A backend added later is reachable and serves under its own name.
+fn a_backend_added_later_serves_under_its_own_name(lab: &mut Lab) {
     let i = lab.add_backend().unwrap();
     assert_eq!(i, 2);
-    let t2 = SocketAddr::new(lab.backend_addr4(2).into(), 8080).to_string();
-    let r: BurstReport = lab
-        .run_client(0, &["burst", "--target", &t2, "--connections", "5"])
-        .unwrap();
+    let t2 = target(lab.backend_addr4(2));
+    let r = client0(lab, &format!("burst --target {t2} --connections 5"));
     assert_eq!(r.per_backend.get("b2"), Some(&5), "{r:?}");
+}
 
-    // None of that touched the VIP, so the counters are still zero.
+/// Nothing so far touched the VIP, so the counters are still zero; then client → VIP goes to
+/// the gateway (which, with no balancer and no forwarding, drops it).
+fn traffic_to_the_vip_counts_as_via_the_gateway(lab: &Lab) {
     assert_eq!(lab.dsr_counts().unwrap(), Default::default());
-
-    // Client → VIP goes to the gateway (which, with no balancer and no forwarding, drops it).
-    let vip = SocketAddr::new(lab.vip4().into(), 8080).to_string();
-    let r: BurstReport = lab
-        .run_client(0, &["udp", "--target", &vip, "--count", "3"])
-        .unwrap();
+    let r = client0(
+        lab,
+        &format!("udp --target {} --count 3", target(lab.vip4())),
+    );
     assert_eq!(r.failed, 3, "{r:?}");
-    let vip6 = SocketAddr::new(lab.vip6().into(), 8080).to_string();
-    let r: BurstReport = lab
-        .run_client(0, &["udp", "--target", &vip6, "--count", "2"])
-        .unwrap();
+    let r = client0(
+        lab,
+        &format!("udp --target {} --count 2", target(lab.vip6())),
+    );
     assert_eq!(r.failed, 2, "{r:?}");
     let c = lab.dsr_counts().unwrap();
     assert_eq!(c.to_vip_via_gateway, 5, "{c:?}");
@@ -169,22 +166,17 @@ fn lab_reaches_backends_counts_and_cleans_up() {
         (0, 0),
         "{c:?}"
     );
+}
 
-    // Imitate a balancer that proxies instead of doing DSR: the gateway itself sends to the VIP
-    // via b0, and b0's replies come back to the gateway.
+/// Imitate a balancer that proxies instead of doing DSR: the gateway itself sends to the VIP
+/// via b0, and b0's replies come back to the gateway.
+fn a_gateway_that_proxies_counts_as_not_dsr(lab: &Lab) {
     let gw = lab.gateway_ns().to_string();
-    netns::run(
-        &gw,
-        &[
-            "ip",
-            "route",
-            "add",
-            &format!("{}/32", lab.vip4()),
-            "via",
-            &lab.backend_addr4(0).to_string(),
-        ],
-    )
-    .unwrap();
+    let vip = format!("{}/32", lab.vip4());
+    let b0 = lab.backend_addr4(0).to_string();
+    netns::run(&gw, &["ip", "route", "add", &vip, "via", &b0]).unwrap();
+    let client = tool_path("lab-client");
+    let vip = target(lab.vip4());
     let out = netns::run(
         &gw,
         &[
@@ -203,27 +195,19 @@ fn lab_reaches_backends_counts_and_cleans_up() {
     assert_eq!(c.to_vip_via_gateway, 5, "{c:?}");
     assert_eq!(c.from_gateway_to_vip, 4, "{c:?}");
     assert_eq!(c.replies_via_gateway, 4, "{c:?}");
+}
 
-    // The lab's bpffs is visible from its namespaces (nsenter keeps our mounts).
+/// The lab's bpffs is visible from its namespaces (nsenter keeps our mounts); returns its path.
+fn the_labs_bpffs_is_visible_from_its_namespaces(lab: &Lab) -> PathBuf {
     let pins = lab.pin_dir().unwrap();
     assert_eq!(lab.pin_dir().unwrap(), pins, "mounted once");
-    let fs =
-        netns::run_shared_mounts(&gw, &["stat", "-f", "-c", "%T", pins.to_str().unwrap()]).unwrap();
+    let fs = netns::run_shared_mounts(
+        lab.gateway_ns(),
+        &["stat", "-f", "-c", "%T", pins.to_str().unwrap()],
+    )
+    .unwrap();
     assert_eq!(fs.trim(), "bpf_fs");
-
-    drop(lab);
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert!(!mounts.contains(pins.to_str().unwrap()), "{mounts}");
-    for ns in &namespaces {
-        assert!(!ns_exists(ns), "{ns} left behind");
-    }
-    assert!(!dir.exists(), "{} left behind", dir.display());
-    for pid in servers {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "server {pid} still running"
-        );
-    }
+    pins
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! Pinned datapath state that does not match this build's layouts is refused with a way out named, never reused.
+//! Pinned datapath state that does not match this build's layouts is refused, never reused.
+//!
+//! The refusal names a way out.
 
 use aya::maps::{HashMap, MapData};
 use lb_userspace::datapath::{balancer, objects};

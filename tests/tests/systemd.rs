@@ -1,7 +1,12 @@
-//! The Debian package's unit under a real systemd (PID 1 of a container joined to the lab's gateway namespace): it starts with exactly three capabilities, a `kill -9` is one restart that adopts the pinned datapath, stop and start adopt, a refused config fails `systemctl reload`, a missing capability ends in `failed` naming it, and a stop with the datapath kept leaves it to `xdplb detach`.
+//! The Debian package's unit under a real systemd: PID 1 of a container in the gateway namespace.
+//!
+//! It starts with exactly three capabilities, a `kill -9` is one restart that adopts the pinned
+//! datapath, stop and start adopt, a refused config fails `systemctl reload`, a missing
+//! capability ends in `failed` naming it, and a stop with the datapath kept leaves it to
+//! `xdplb detach`.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -118,6 +123,12 @@ fn assert_balances(lab: &Lab, what: &str) {
     assert_eq!(r.per_backend.len(), 2, "{what}: {:?}", r.per_backend);
 }
 
+/// The unit's journal at priority err says `what`.
+fn assert_journal_errors_say(c: &SystemdContainer, what: &str) {
+    let errors = c.journal(UNIT, "err").unwrap();
+    assert!(errors.contains(what), "journalctl -p err: {errors}");
+}
+
 #[test]
 fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
     let deb = package();
@@ -142,24 +153,42 @@ fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
         .expect("the package installs");
     c.write(CONFIG, &yaml).unwrap();
 
-    // Start: attached, with exactly the unit's three capabilities, no new privileges, seccomp.
+    let (pid, eff) = start_balances_with_the_units_three_capabilities(&c, &lab);
+    kill_9_is_one_restart_that_adopts_and_keeps_connections(&c, &mut lab, pid, eff);
+    stop_then_start_adopts_the_kept_datapath(&c, &lab);
+    a_broken_config_fails_reload_and_the_agent_keeps_running(&c, &lab, &yaml);
+    a_missing_capability_fails_the_unit_at_once_naming_it(&c, &lab);
+    a_missing_interface_is_retried_five_times_then_failed(&c, &lab, &yaml);
+    detach_removes_the_datapath_a_stop_kept(&c, &lab, &pins);
+}
+
+/// Start: attached, with exactly the unit's three capabilities, no new privileges, seccomp.
+fn start_balances_with_the_units_three_capabilities(c: &SystemdContainer, lab: &Lab) -> (u32, u64) {
     let t = Instant::now();
     c.run(&["systemctl", "start", UNIT]).unwrap();
-    let (_, took) = wait_balancing(&c, false, t);
+    let (_, took) = wait_balancing(c, false, t);
     println!("start → balancing: {took:?}");
-    let pid = main_pid(&c);
-    let (eff, nnp, seccomp) = sandbox(&c, pid);
+    let pid = main_pid(c);
+    let (eff, nnp, seccomp) = sandbox(c, pid);
     // Bits 12 (NET_ADMIN), 38 (PERFMON), 39 (BPF).
     assert_eq!(eff, (1 << 12) | (1 << 38) | (1 << 39), "CapEff {eff:x}");
     assert_eq!((nnp.as_str(), seccomp.as_str()), ("1", "2"));
-    assert_balances(&lab, "after start");
+    assert_balances(lab, "after start");
     // The pre-start check says nothing when there was simply no agent yet.
     let journal = c.journal(UNIT, "info").unwrap();
     assert!(!journal.contains("No agent answers"), "{journal}");
+    (pid, eff)
+}
 
-    // kill -9 with connections open: systemd restarts it once, the new agent adopts the
-    // pinned datapath, and the open connections stay with their backends.
-    let held = hold_start(&mut lab, 0, 20).expect("hold");
+/// kill -9 with connections open: systemd restarts it once, the new agent adopts the
+/// pinned datapath, and the open connections stay with their backends.
+fn kill_9_is_one_restart_that_adopts_and_keeps_connections(
+    c: &SystemdContainer,
+    lab: &mut Lab,
+    pid: u32,
+    eff: u64,
+) {
+    let held = hold_start(lab, 0, 20).expect("hold");
     let t = Instant::now();
     c.run(&["kill", "-9", &pid.to_string()]).unwrap();
     let shown = c
@@ -174,7 +203,7 @@ fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
             },
         )
         .unwrap();
-    let (_, took) = wait_balancing(&c, true, t);
+    let (_, took) = wait_balancing(c, true, t);
     println!("kill -9 → restarted and adopted: {took:?} (RestartSec=2)");
     let journal = c.journal(UNIT, "info").unwrap();
     assert!(
@@ -184,30 +213,38 @@ fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
     );
     let new_pid: u32 = shown["MainPID"].parse().unwrap();
     assert_eq!(
-        sandbox(&c, new_pid).0,
+        sandbox(c, new_pid).0,
         eff,
         "the restarted agent's capabilities"
     );
-    assert_balances(&lab, "after kill -9");
-    let report = hold_finish(&mut lab, held).expect("hold report");
+    assert_balances(lab, "after kill -9");
+    let report = hold_finish(lab, held).expect("hold report");
     assert_eq!(
         (report.broken, report.backend_changed),
         (0, 0),
         "connections held through kill -9 and restart: {report:?}"
     );
+}
 
-    // stop then start (an upgrade's path): the datapath stays while no agent runs, and the
-    // new agent adopts it.
+/// stop then start (an upgrade's path): the datapath stays while no agent runs, and the
+/// new agent adopts it.
+fn stop_then_start_adopts_the_kept_datapath(c: &SystemdContainer, lab: &Lab) {
     c.run(&["systemctl", "stop", UNIT]).unwrap();
-    assert_balances(&lab, "stopped, datapath kept");
+    assert_balances(lab, "stopped, datapath kept");
     let t = Instant::now();
     c.run(&["systemctl", "start", UNIT]).unwrap();
-    let (_, took) = wait_balancing(&c, true, t);
+    let (_, took) = wait_balancing(c, true, t);
     println!("stop, start → adopted: {took:?}");
-    assert_balances(&lab, "after stop and start");
+    assert_balances(lab, "after stop and start");
+}
 
-    // A broken config: `systemctl reload` fails, the running config stays, and `xdplb status`
-    // still reaches the agent, saying what is wrong with the file.
+/// A broken config: `systemctl reload` fails, the running config stays, and `xdplb status`
+/// still reaches the agent, saying what is wrong with the file.
+fn a_broken_config_fails_reload_and_the_agent_keeps_running(
+    c: &SystemdContainer,
+    lab: &Lab,
+    yaml: &str,
+) {
     let broken = yaml.replacen("flow_table_size: 65536", "flow_table_size: lots", 1);
     assert_ne!(broken, yaml);
     c.write(CONFIG, &broken).unwrap();
@@ -232,21 +269,19 @@ fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
         c.show(UNIT, &["ActiveState"]).unwrap()["ActiveState"],
         "active"
     );
-    let errors = c.journal(UNIT, "err").unwrap();
-    assert!(
-        errors.contains("reload rejected"),
-        "journalctl -p err: {errors}"
-    );
-    assert_balances(&lab, "after a refused reload");
-    c.write(CONFIG, &yaml).unwrap();
+    assert_journal_errors_say(c, "reload rejected");
+    assert_balances(lab, "after a refused reload");
+    c.write(CONFIG, yaml).unwrap();
     let t = Instant::now();
     c.run(&["systemctl", "reload", UNIT])
         .expect("systemctl reload of a good config succeeds");
     println!("systemctl reload (applied): {:?}", t.elapsed());
+}
 
-    // One capability fewer (a drop-in): the agent refuses to start naming it, with the exit
-    // code that tells systemd a restart will not help, so the unit is `failed` at once with the
-    // reason in `systemctl status`. The pinned datapath forwards meanwhile.
+/// One capability fewer (a drop-in): the agent refuses to start naming it, with the exit
+/// code that tells systemd a restart will not help, so the unit is `failed` at once with the
+/// reason in `systemctl status`. The pinned datapath forwards meanwhile.
+fn a_missing_capability_fails_the_unit_at_once_naming_it(c: &SystemdContainer, lab: &Lab) {
     c.run(&["systemctl", "stop", UNIT]).unwrap();
     c.write(
         "/etc/systemd/system/xdplb.service.d/no-perfmon.conf",
@@ -276,24 +311,26 @@ fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
         ("0", "78"),
         "{shown:?}"
     );
-    let status_text = unit_status(&c);
+    let status_text = unit_status(c);
     assert!(
         status_text.contains("missing capability: CAP_PERFMON"),
         "systemctl status: {status_text}"
     );
-    let errors = c.journal(UNIT, "err").unwrap();
-    assert!(
-        errors.contains("missing capability: CAP_PERFMON"),
-        "journalctl -p err: {errors}"
-    );
-    assert_balances(&lab, "no agent, datapath pinned");
+    assert_journal_errors_say(c, "missing capability: CAP_PERFMON");
+    assert_balances(lab, "no agent, datapath pinned");
     c.run(&["rm", "/etc/systemd/system/xdplb.service.d/no-perfmon.conf"])
         .unwrap();
     c.run(&["systemctl", "daemon-reload"]).unwrap();
     c.run(&["systemctl", "reset-failed", UNIT]).unwrap();
+}
 
-    // A failure a restart might cure (the interface is not there yet) is retried, but not for
-    // ever: after five starts within a minute the unit is `failed`, not `activating`.
+/// A failure a restart might cure (the interface is not there yet) is retried, but not for
+/// ever: after five starts within a minute the unit is `failed`, not `activating`.
+fn a_missing_interface_is_retried_five_times_then_failed(
+    c: &SystemdContainer,
+    lab: &Lab,
+    yaml: &str,
+) {
     let missing_nic = yaml.replacen(
         &format!("interface: {}", lab.gateway_if()),
         "interface: xdplbnone0",
@@ -316,22 +353,20 @@ fn the_packaged_unit_restarts_adopts_reloads_and_detaches_under_systemd() {
         t.elapsed()
     );
     assert_eq!(shown["NRestarts"], "5", "{shown:?}");
-    assert!(unit_status(&c).contains("Start request repeated too quickly"));
-    let errors = c.journal(UNIT, "err").unwrap();
-    assert!(
-        errors.contains("interface xdplbnone0 does not exist"),
-        "journalctl -p err: {errors}"
-    );
-    c.write(CONFIG, &yaml).unwrap();
+    assert!(unit_status(c).contains("Start request repeated too quickly"));
+    assert_journal_errors_say(c, "interface xdplbnone0 does not exist");
+    c.write(CONFIG, yaml).unwrap();
     c.run(&["systemctl", "reset-failed", UNIT]).unwrap();
     let t = Instant::now();
     c.run(&["systemctl", "start", UNIT]).unwrap();
-    wait_balancing(&c, true, t);
-    assert_balances(&lab, "after the failed starts");
+    wait_balancing(c, true, t);
+    assert_balances(lab, "after the failed starts");
+}
 
-    // A stop with keep_attached_on_exit leaves the datapath; `xdplb detach` removes it.
+/// A stop with keep_attached_on_exit leaves the datapath; `xdplb detach` removes it.
+fn detach_removes_the_datapath_a_stop_kept(c: &SystemdContainer, lab: &Lab, pins: &Path) {
     c.run(&["systemctl", "stop", UNIT]).unwrap();
-    assert_balances(&lab, "stopped, datapath kept");
+    assert_balances(lab, "stopped, datapath kept");
     let detached = c.run(&["xdplb", "detach"]).unwrap();
     assert!(detached.contains("removed"), "{detached}");
     let link = netns::run(lab.gateway_ns(), &["ip", "link", "show", lab.gateway_if()]).unwrap();

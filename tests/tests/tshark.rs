@@ -1,4 +1,8 @@
-//! Third-party validation: frames of every kind the balancer emits (IP-in-IP of each family pair, L2 rewrites, path-MTU answers, echo replies, steered ICMP errors), produced by the real program via `xdplb replay`, dissected by tshark with checksum validation on: nothing malformed, every outer and inner checksum good.
+//! Third-party validation: tshark dissects every kind of frame the balancer emits.
+//!
+//! IP-in-IP of each family pair, L2 rewrites, path-MTU answers, echo replies and steered ICMP
+//! errors, produced by the real program via `xdplb replay` and dissected with checksum validation
+//! on: nothing malformed, every outer and inner checksum good.
 
 use std::{path::Path, process::Command};
 

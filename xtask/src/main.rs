@@ -59,7 +59,8 @@ enum Cmd {
         /// About two minutes instead of the full run.
         #[arg(long)]
         quick: bool,
-        /// Only these sections: per-packet, profile, growth, throughput, e2e, conns, control (comma-separated).
+        /// Only these sections, comma-separated: per-packet, profile, growth, throughput, e2e,
+        /// conns, control.
         #[arg(long)]
         only: Option<String>,
         /// Where the report goes (relative paths from the workspace).

@@ -23,46 +23,39 @@ use lb_common::DEFAULT_CONNS;
 /// value: that is what puts the field's path and line into the error (a `try_from` check runs
 /// later and is reported at the enclosing mapping).
 macro_rules! checked_scalar {
-    ($ty:ident, str) => {
+    (@visitor $ty:ident, $deserialize:ident, $expecting:expr, $($visit:tt)*) => {
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 struct V;
                 impl serde::de::Visitor<'_> for V {
                     type Value = $ty;
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str(concat!("a ", stringify!($ty), " string"))
+                        f.write_str($expecting)
                     }
-                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
-                        $ty::try_from(v.to_owned()).map_err(E::custom)
-                    }
+                    $($visit)*
                 }
-                d.deserialize_str(V)
+                d.$deserialize(V)
             }
         }
     };
-    ($ty:ident, u32) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = $ty;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        f.write_str("a non-negative integer")
-                    }
-                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
-                        let v =
-                            u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
-                        $ty::try_from(v).map_err(E::custom)
-                    }
-                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
-                        let v =
-                            u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
-                        self.visit_u64(v)
-                    }
-                }
-                d.deserialize_u32(V)
+    ($ty:ident, str) => {
+        checked_scalar!(@visitor $ty, deserialize_str, concat!("a ", stringify!($ty), " string"),
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                $ty::try_from(v.to_owned()).map_err(E::custom)
             }
-        }
+        );
+    };
+    ($ty:ident, u32) => {
+        checked_scalar!(@visitor $ty, deserialize_u32, "a non-negative integer",
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                let v = u32::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))?;
+                $ty::try_from(v).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
+                let v = u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
+                self.visit_u64(v)
+            }
+        );
     };
 }
 

@@ -1,4 +1,7 @@
-//! The comparison programs every per-packet and throughput figure is a ratio against (an empty XDP_PASS and a minimal MAC swap, from lb-ebpf's baselines object), and pinning the measuring thread to one CPU so both sides of a ratio run alike.
+//! The comparison programs every per-packet and throughput figure is a ratio against.
+//!
+//! An empty XDP_PASS and a minimal MAC swap, from lb-ebpf's baselines object; and pinning the
+//! measuring thread to one CPU, so both sides of a ratio run alike.
 
 use anyhow::{Context as _, Result};
 use aya::Ebpf;

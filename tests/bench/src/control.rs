@@ -1,4 +1,7 @@
-//! Control-plane timings: applying a 10,000-backend config, a CLI change until its first steered packet, and what the datapath drops while the config is reloaded under load.
+//! Control-plane timings.
+//!
+//! Applying a 10,000-backend config, a CLI change until its first steered packet, and what the
+//! datapath drops while the config is reloaded under load.
 
 use std::{
     sync::{atomic::AtomicBool, atomic::Ordering, Arc},

@@ -1,4 +1,9 @@
-//! `cargo xtask bench`: figures measured against baselines in the same run (per-packet cost against the XDP floor, cost growth, forwarding throughput through a veth on one and two CPUs, end to end against the on-path floor, direct, HAProxy and nftables with CPU per connection, concurrent connections, control plane), written to a JSON and Markdown report with SVG plots.
+//! `cargo xtask bench`: figures measured against baselines in the same run.
+//!
+//! Per-packet cost against the XDP floor, cost growth, forwarding throughput through a veth on
+//! one and two CPUs, end to end against the on-path floor, direct, HAProxy and nftables with CPU
+//! per connection, concurrent connections, control plane; written to a JSON and Markdown report
+//! with SVG plots.
 
 pub mod baselines;
 pub mod conns;

@@ -1,4 +1,7 @@
-//! The benchmark report: one JSON file (machine facts, every figure, a `summary` that regression checks read, the goals met or not) and a Markdown page with SVG plots.
+//! The benchmark report: one JSON file and a Markdown page with SVG plots.
+//!
+//! The JSON holds the machine's facts, every figure, a `summary` that regression checks read, and
+//! the goals met or not.
 
 use std::path::{Path, PathBuf};
 
@@ -384,7 +387,25 @@ fn markdown(
             g["value"]
         );
     }
-    o += "\n## Per-packet cost (BPF_PROG_TEST_RUN, one CPU, median of runs)\n\n| packet class | ns/packet | Mpps per core | × MAC swap | verdict | counted per run | note |\n|---|---|---|---|---|---|---|\n";
+    o += &per_packet_md(r);
+    o += &profile_md(r);
+    o += &growth_md(r);
+    o += &throughput_md(r);
+    o += &e2e_md(r);
+    o += &conns_md(r);
+    o += &control_md(r);
+    if !plots.is_empty() {
+        o += "\n## Plots\n\n";
+        for p in plots {
+            o += &format!("![{p}]({p})\n\n");
+        }
+    }
+    o
+}
+
+/// Per-packet cost of each packet class.
+fn per_packet_md(r: &Results) -> String {
+    let mut o = String::from("\n## Per-packet cost (BPF_PROG_TEST_RUN, one CPU, median of runs)\n\n| packet class | ns/packet | Mpps per core | × MAC swap | verdict | counted per run | note |\n|---|---|---|---|---|---|---|\n");
     match &r.per_packet {
         Some(Ok(v)) => {
             for c in v {
@@ -408,12 +429,24 @@ fn markdown(
         }
         other => o += &format!("\n{}\n", section(other)),
     }
-    o += "\n## Where the time goes (perf cpu-clock samples during BPF_PROG_TEST_RUN)\n\n";
+    o
+}
+
+/// Where the time goes: the perf profile.
+fn profile_md(r: &Results) -> String {
+    let mut o = String::from(
+        "\n## Where the time goes (perf cpu-clock samples during BPF_PROG_TEST_RUN)\n\n",
+    );
     match &r.profile {
         Some(Ok(v)) => o += &crate::profile::markdown(v),
         other => o += &format!("{}\n", section(other)),
     }
-    o += "\n## Cost growth (established flow)\n\n";
+    o
+}
+
+/// Cost growth with the tables' size.
+fn growth_md(r: &Results) -> String {
+    let mut o = String::from("\n## Cost growth (established flow)\n\n");
     match &r.sweeps {
         Some(Ok(v)) => {
             for s in v {
@@ -429,7 +462,14 @@ fn markdown(
         }
         other => o += &format!("{}\n", section(other)),
     }
-    o += "\n## Throughput through a veth (live frames, one CPU, median of interleaved rounds)\n\n";
+    o
+}
+
+/// Throughput through a veth, on one and two CPUs.
+fn throughput_md(r: &Results) -> String {
+    let mut o = String::from(
+        "\n## Throughput through a veth (live frames, one CPU, median of interleaved rounds)\n\n",
+    );
     match &r.throughput {
         Some(Ok(t)) => {
             o += &format!(
@@ -503,7 +543,12 @@ fn markdown(
         }
         other => o += &format!("{}\n", section(other)),
     }
-    o += "\n## End to end: new connections of a short request (same lab, interleaved rounds)\n\n`onpath-floor` is a fixed-backend XDP forwarder (every connection to backend 0, MAC rewrite and `XDP_TX`) where xdplb sits: the same hops, no choice, no state. `xdplb-1-backend` is xdplb with backend 0 alone, the floor's traffic pattern, so the two differ only in the XDP program; `xdplb` spreads over three backends.\n\n| setup | conn/s | p50 µs | p99 µs | 1-worker p50 / p99 µs | connections | failed |\n|---|---|---|---|---|---|---|\n";
+    o
+}
+
+/// End to end: new connections, and their CPU cost.
+fn e2e_md(r: &Results) -> String {
+    let mut o = String::from("\n## End to end: new connections of a short request (same lab, interleaved rounds)\n\n`onpath-floor` is a fixed-backend XDP forwarder (every connection to backend 0, MAC rewrite and `XDP_TX`) where xdplb sits: the same hops, no choice, no state. `xdplb-1-backend` is xdplb with backend 0 alone, the floor's traffic pattern, so the two differ only in the XDP program; `xdplb` spreads over three backends.\n\n| setup | conn/s | p50 µs | p99 µs | 1-worker p50 / p99 µs | connections | failed |\n|---|---|---|---|---|---|---|\n");
     match &r.e2e {
         Some(Ok(v)) => {
             for x in v {
@@ -536,7 +581,12 @@ fn markdown(
         }
         other => o += &format!("\n{}\n", section(other)),
     }
-    o += "\n## Concurrent persistent connections\n\n| target | attempted | held | ramp conn/s | balancer memory | balancer CPU % | stopped because |\n|---|---|---|---|---|---|---|\n";
+    o
+}
+
+/// Concurrent persistent connections.
+fn conns_md(r: &Results) -> String {
+    let mut o = String::from("\n## Concurrent persistent connections\n\n| target | attempted | held | ramp conn/s | balancer memory | balancer CPU % | stopped because |\n|---|---|---|---|---|---|---|\n");
     match &r.conns {
         Some(Ok(v)) => {
             for c in v {
@@ -557,7 +607,12 @@ fn markdown(
         }
         other => o += &format!("\n{}\n", section(other)),
     }
-    o += "\n## Control plane\n\n";
+    o
+}
+
+/// Control-plane timings.
+fn control_md(r: &Results) -> String {
+    let mut o = String::from("\n## Control plane\n\n");
     match &r.control {
         Some(Ok(c)) => {
             o += &format!(
@@ -567,12 +622,6 @@ fn markdown(
             );
         }
         other => o += &format!("{}\n", section(other)),
-    }
-    if !plots.is_empty() {
-        o += "\n## Plots\n\n";
-        for p in plots {
-            o += &format!("![{p}]({p})\n\n");
-        }
     }
     o
 }

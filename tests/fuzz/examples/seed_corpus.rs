@@ -1,9 +1,13 @@
-//! Rewrites the seed corpus `tests/fuzz/corpus/<target>/` (`cargo run -p xdplb-fuzz --example seed_corpus`): the example and test configs, one request per API operation, and generated frames that reach different outcomes of the reference model.
+//! Rewrites the seed corpus `tests/fuzz/corpus/<target>/`.
+//!
+//! Run with `cargo run -p xdplb-fuzz --example seed_corpus`. The corpus holds the example and test
+//! configs, one request per API operation, and generated frames that reach different outcomes of
+//! the reference model.
 
 use std::{collections::HashMap, path::Path};
 
 use lb_userspace::{agent::api::Request, config::Config};
-use xdplb_tests::packets::{Generator, CONFIG_A};
+use xdplb_tests::packets::{config_a, Generator};
 
 /// Small configs that reach what the big ones do not: the empty VIP list, IPv6 tunnel
 /// sources and the MTU, a virtual MAC, health checks of both kinds, all-ports VIPs.
@@ -73,7 +77,7 @@ fn configs(dir: &Path) {
         "lb.example.yaml",
         &std::fs::read(&example).expect("deploy/lb.example.yaml"),
     );
-    write(dir, "differential-config-a.yaml", CONFIG_A.as_bytes());
+    write(dir, "differential-config-a.yaml", config_a().as_bytes());
     for (name, text) in SMALL_CONFIGS {
         Config::from_yaml(text, name).expect("a seed config parses");
         write(dir, name, text.as_bytes());
@@ -82,7 +86,7 @@ fn configs(dir: &Path) {
 
 fn requests(dir: &Path) {
     fresh(dir);
-    let cfg = Config::from_yaml(CONFIG_A, "CONFIG_A").expect("config A parses");
+    let cfg = Config::from_yaml(&config_a(), "config A").expect("config A parses");
     let vip = cfg.vips.iter().next().expect("config A has VIPs").clone();
     let backend = vip.backends.iter().next().expect("with backends").clone();
     let address = backend.address;

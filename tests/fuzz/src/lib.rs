@@ -15,7 +15,7 @@ use lb_userspace::{
     model::desired::{Desired, DownSet, Facts},
 };
 use xdplb_lab::frames::GW_MAC;
-use xdplb_tests::{model::Model, packets::CONFIG_A};
+use xdplb_tests::{model::Model, packets::config_a};
 
 /// The targets: the names of the fuzz binaries and of their `corpus/` and `regressions/` folders.
 pub const TARGETS: [&str; 3] = ["config", "api_request", "model_packet"];
@@ -88,7 +88,7 @@ pub fn api_request(data: &[u8]) {
 /// # Panics
 /// If config A no longer parses or builds: then every model test fails the same way.
 pub fn model_of_config_a() -> Model {
-    let cfg = Config::from_yaml(CONFIG_A, "CONFIG_A").expect("config A parses");
+    let cfg = Config::from_yaml(&config_a(), "config A").expect("config A parses");
     let facts = Facts {
         down: &DownSet::new(),
         macs: &HashMap::new(),

@@ -11,6 +11,7 @@ pub struct Backend {
     address: String,
     mac: Option<String>,
     weight: Option<u32>,
+    state: Option<String>,
 }
 
 impl Backend {
@@ -20,6 +21,7 @@ impl Backend {
             address: address.into(),
             mac: None,
             weight: None,
+            state: None,
         }
     }
 
@@ -30,6 +32,12 @@ impl Backend {
 
     pub fn weight(mut self, weight: u32) -> Backend {
         self.weight = Some(weight);
+        self
+    }
+
+    /// `draining` or `active`, written after the weight.
+    pub fn state(mut self, state: &str) -> Backend {
+        self.state = Some(state.into());
         self
     }
 }
@@ -155,6 +163,9 @@ impl fmt::Display for ConfigYaml {
                 if let Some(w) = b.weight {
                     write!(f, ", weight: {w}")?;
                 }
+                if let Some(state) = &b.state {
+                    write!(f, ", state: {state}")?;
+                }
                 writeln!(f, " }}")?;
             }
         }
@@ -185,14 +196,14 @@ mod tests {
                     .set("ring_size", 1009)
                     .backend(lan4(1))
                     .backend(lan4(3).weight(50))
-                    .backend(Backend::new("10.200.0.104")),
+                    .backend(Backend::new("10.200.0.104").state("draining")),
             )
             .vip(vip("v6", "fd00:201::10", 53, "udp").backend(lan6(2)))
             .vip(vip("empty", "10.201.0.13", 80, "tcp"))
             .yaml();
         assert_eq!(
             y,
-            "interface: lo\ntunnel:\n  mtu: 1500\nvips:\n  - name: web\n    address: 10.201.0.10\n    port: 80\n    protocol: tcp\n    ring_size: 1009\n    backends:\n      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }\n      - { address: 10.200.0.103, mac: '02:00:00:00:01:03', weight: 50 }\n      - { address: 10.200.0.104 }\n  - name: v6\n    address: 'fd00:201::10'\n    port: 53\n    protocol: udp\n    backends:\n      - { address: 'fd00:200::102', mac: '02:00:00:00:01:02' }\n  - name: empty\n    address: 10.201.0.13\n    port: 80\n    protocol: tcp\n    backends: []\n"
+            "interface: lo\ntunnel:\n  mtu: 1500\nvips:\n  - name: web\n    address: 10.201.0.10\n    port: 80\n    protocol: tcp\n    ring_size: 1009\n    backends:\n      - { address: 10.200.0.101, mac: '02:00:00:00:01:01' }\n      - { address: 10.200.0.103, mac: '02:00:00:00:01:03', weight: 50 }\n      - { address: 10.200.0.104, state: draining }\n  - name: v6\n    address: 'fd00:201::10'\n    port: 53\n    protocol: udp\n    backends:\n      - { address: 'fd00:200::102', mac: '02:00:00:00:01:02' }\n  - name: empty\n    address: 10.201.0.13\n    port: 80\n    protocol: tcp\n    backends: []\n"
         );
         assert_eq!(config("lo").yaml(), "interface: lo\nvips: []\n");
     }

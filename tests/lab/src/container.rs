@@ -1,4 +1,7 @@
-//! A throw-away container with systemd as PID 1 (systemd-nspawn on a Debian root built once with mmdebstrap, booted read-only with a tmpfs overlay), joined to a lab namespace: where the packaged unit is tested under a real systemd.
+//! A throw-away container with systemd as PID 1, joined to a lab namespace.
+//!
+//! systemd-nspawn on a Debian root built once with mmdebstrap, booted read-only with a tmpfs
+//! overlay: where the packaged unit is tested under a real systemd.
 
 use std::{
     path::{Path, PathBuf},

@@ -1,4 +1,7 @@
-//! Addresses of the hand-built frames that fixtures, the differential test and the benchmarks feed to BPF_PROG_TEST_RUN, defined once so every packet generator agrees on who is talking.
+//! Addresses of the hand-built frames fed to BPF_PROG_TEST_RUN, defined once.
+//!
+//! The fixtures, the differential test and the benchmarks all use them, so every packet generator
+//! agrees on who is talking.
 
 /// The client's MAC: the source of every request frame.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc1];

@@ -1,6 +1,6 @@
 //! The differential test's packet generator: realistic and hostile traffic through the datapath.
 //!
-//! Seeded streams of valid IPv4/IPv6 TCP/UDP frames to the VIPs of [`CONFIG_A`] and next to
+//! Seeded streams of valid IPv4/IPv6 TCP/UDP frames to the VIPs of [`config_a`] and next to
 //! them, echo requests, ICMP errors quoting VIP flows, fragments, non-IP frames and garbage,
 //! most of them mutated (`mutate.rs`).
 
@@ -21,7 +21,7 @@ pub use mutate::{get16, put, put16};
 use mutate::{insert_ext, mutate};
 use rng::Rng;
 
-pub use self::config_a::CONFIG_A;
+pub use self::config_a::config_a;
 
 #[derive(Clone, Copy, Debug)]
 struct Flow {

@@ -41,6 +41,24 @@ fn fix_ip_len(b: &mut Built) {
     }
 }
 
+/// Cuts the frame at one of `cuts` (never into the Ethernet header), and half the time fixes
+/// the IP length to match; returns `names[0]`, or `names[1]` when the length was fixed.
+fn truncate(
+    rng: &mut Rng,
+    b: &mut Built,
+    cuts: &[usize],
+    names: [&'static str; 2],
+) -> &'static str {
+    let cut = rng.pick(cuts).clamp(14, b.frame.len());
+    b.frame.truncate(cut);
+    if rng.percent(50) {
+        fix_ip_len(b);
+        names[1]
+    } else {
+        names[0]
+    }
+}
+
 /// Applies one random mutation to `b` and names it.
 pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
     let len = b.frame.len();
@@ -48,43 +66,7 @@ pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
     // ICMP errors also get mutations of the packet they quote.
     match rng.below(if b.quote.is_some() { 20 } else { 17 }) {
         17.. => mutate_quote(rng, b),
-        0 | 1 => {
-            // Truncation where a layer starts or ends, or anywhere.
-            let cuts = [
-                15,
-                16,
-                17,
-                18,
-                l3 - 1,
-                l3,
-                l3 + 1,
-                l3 + 9,
-                l3 + 19,
-                l3 + 20,
-                l3 + 39,
-                l3 + 40,
-                l4 - 1,
-                l4,
-                l4 + 1,
-                l4 + 4,
-                l4 + 7,
-                l4 + 8,
-                l4 + 12,
-                l4 + 13,
-                l4 + 19,
-                l4 + 20,
-                len - 1,
-                rng.range(14, len),
-            ];
-            let cut = rng.pick(&cuts).clamp(14, len);
-            b.frame.truncate(cut);
-            if rng.percent(50) {
-                fix_ip_len(b);
-                "truncate-fixlen"
-            } else {
-                "truncate"
-            }
-        }
+        0 | 1 => truncate_at_a_boundary(rng, b),
         2 => {
             // Ethernet padding after the IP packet: legal, the IP length rules.
             let n = rng.range(1, 64);
@@ -104,32 +86,7 @@ pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
             }
             "flip"
         }
-        4 => {
-            let at = if b.v6 { l3 + 4 } else { l3 + 2 };
-            let cur = usize::from(get16(&b.frame, at));
-            let hlen = l4 - l3;
-            let any = rng.below(0x10000);
-            let v = rng.pick(&[
-                0,
-                1,
-                hlen.saturating_sub(1),
-                hlen,
-                hlen + 7,
-                hlen + 8,
-                hlen + 19,
-                hlen + 20,
-                7,
-                8,
-                19,
-                20,
-                cur.saturating_sub(1),
-                cur + 1,
-                0xffff,
-                any,
-            ]);
-            put16(&mut b.frame, at, v as u16);
-            "ip-len"
-        }
+        4 => lie_about_the_ip_length(rng, b),
         5 => {
             if b.v6 {
                 put(&mut b.frame, l3, 0x60 | rng.below(16) as u8);
@@ -166,22 +123,7 @@ pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
             put16(&mut b.frame, l4 + 4, v as u16);
             "udp-len"
         }
-        10 => {
-            if b.v6 {
-                insert_ext(rng, b, 44);
-                return "ip6-frag";
-            }
-            // MF, an offset, both, or only DF (which is no fragment).
-            let flags = get16(&b.frame, l3 + 6) & 0x4000;
-            let v = match rng.below(4) {
-                0 => flags | 0x2000,
-                1 => flags | rng.range(1, 0x1fff) as u16,
-                2 => 0x2000 | rng.range(1, 0x1fff) as u16,
-                _ => 0x4000,
-            };
-            put16(&mut b.frame, l3 + 6, v);
-            "fragment"
-        }
+        10 => fragment(rng, b),
         11 => {
             let p = rng.pick(&[
                 0u8, 1, 2, 4, 6, 17, 41, 43, 44, 47, 50, 51, 58, 59, 60, 132, 135, 136, 139, 140,
@@ -202,33 +144,8 @@ pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
             insert_ext(rng, b, t);
             "ip6-ext"
         }
-        13 => {
-            let at = if rng.percent(70) { b.ether_type_at } else { 12 };
-            let et: u16 = rng.pick(&[
-                0x0806, 0x88a8, 0x9100, 0x8100, 0x88cc, 0x0000, 0x05dc, 0x86dd, 0x0800,
-            ]);
-            let et = if rng.percent(20) {
-                rng.next() as u16
-            } else {
-                et
-            };
-            put16(&mut b.frame, at, et);
-            "ethertype"
-        }
-        14 => {
-            // A second (or first) tag in front: 802.1Q, 802.1ad or the old 0x9100.
-            let tpid: u16 = rng.pick(&[0x8100, 0x88a8, 0x9100]);
-            let mut tag = tpid.to_be_bytes().to_vec();
-            tag.extend(rng.bytes(2));
-            b.frame.splice(12..12, tag);
-            b.l3 += 4;
-            b.l4 += 4;
-            b.ether_type_at += 4;
-            if let Some(q) = &mut b.quote {
-                *q += 4;
-            }
-            "vlan-stack"
-        }
+        13 => replace_the_ethertype(rng, b),
+        14 => stack_a_vlan_tag(rng, b),
         15 => {
             // Destination port 0: the exact lookup then hits the all-ports entry of the address.
             put16(&mut b.frame, l4 + 2, 0);
@@ -240,6 +157,116 @@ pub(super) fn mutate(rng: &mut Rng, b: &mut Built) -> &'static str {
             "port"
         }
     }
+}
+
+/// Truncation where a layer starts or ends, or anywhere.
+fn truncate_at_a_boundary(rng: &mut Rng, b: &mut Built) -> &'static str {
+    let (len, l3, l4) = (b.frame.len(), b.l3, b.l4);
+    let cuts = [
+        15,
+        16,
+        17,
+        18,
+        l3 - 1,
+        l3,
+        l3 + 1,
+        l3 + 9,
+        l3 + 19,
+        l3 + 20,
+        l3 + 39,
+        l3 + 40,
+        l4 - 1,
+        l4,
+        l4 + 1,
+        l4 + 4,
+        l4 + 7,
+        l4 + 8,
+        l4 + 12,
+        l4 + 13,
+        l4 + 19,
+        l4 + 20,
+        len - 1,
+        rng.range(14, len),
+    ];
+    truncate(rng, b, &cuts, ["truncate", "truncate-fixlen"])
+}
+
+/// An IP length field that contradicts the header or the frame.
+fn lie_about_the_ip_length(rng: &mut Rng, b: &mut Built) -> &'static str {
+    let (l3, l4) = (b.l3, b.l4);
+    let at = if b.v6 { l3 + 4 } else { l3 + 2 };
+    let cur = usize::from(get16(&b.frame, at));
+    let hlen = l4 - l3;
+    let any = rng.below(0x10000);
+    let v = rng.pick(&[
+        0,
+        1,
+        hlen.saturating_sub(1),
+        hlen,
+        hlen + 7,
+        hlen + 8,
+        hlen + 19,
+        hlen + 20,
+        7,
+        8,
+        19,
+        20,
+        cur.saturating_sub(1),
+        cur + 1,
+        0xffff,
+        any,
+    ]);
+    put16(&mut b.frame, at, v as u16);
+    "ip-len"
+}
+
+/// A fragment: IPv6 with a fragment header, IPv4 by its flags and offset.
+fn fragment(rng: &mut Rng, b: &mut Built) -> &'static str {
+    let l3 = b.l3;
+    if b.v6 {
+        insert_ext(rng, b, 44);
+        return "ip6-frag";
+    }
+    // MF, an offset, both, or only DF (which is no fragment).
+    let flags = get16(&b.frame, l3 + 6) & 0x4000;
+    let v = match rng.below(4) {
+        0 => flags | 0x2000,
+        1 => flags | rng.range(1, 0x1fff) as u16,
+        2 => 0x2000 | rng.range(1, 0x1fff) as u16,
+        _ => 0x4000,
+    };
+    put16(&mut b.frame, l3 + 6, v);
+    "fragment"
+}
+
+/// Another EtherType, mostly at the innermost one.
+fn replace_the_ethertype(rng: &mut Rng, b: &mut Built) -> &'static str {
+    let at = if rng.percent(70) { b.ether_type_at } else { 12 };
+    let et: u16 = rng.pick(&[
+        0x0806, 0x88a8, 0x9100, 0x8100, 0x88cc, 0x0000, 0x05dc, 0x86dd, 0x0800,
+    ]);
+    let et = if rng.percent(20) {
+        rng.next() as u16
+    } else {
+        et
+    };
+    put16(&mut b.frame, at, et);
+    "ethertype"
+}
+
+/// A second (or first) tag in front: 802.1Q, 802.1ad or the old 0x9100.
+fn stack_a_vlan_tag(rng: &mut Rng, b: &mut Built) -> &'static str {
+    let tpid: u16 = rng.pick(&[0x8100, 0x88a8, 0x9100]);
+    let mut tag = tpid.to_be_bytes().to_vec();
+    tag.extend(rng.bytes(2));
+    b.frame.splice(12..12, tag);
+    b.l3 += 4;
+    b.l4 += 4;
+    b.ether_type_at += 4;
+    if let Some(q) = &mut b.quote {
+        *q += 4;
+    }
+    "vlan-stack"
 }
 
 /// Inserts an IPv6 extension header of type `t` in front of the L4 header and fixes the
@@ -317,14 +344,7 @@ fn mutate_quote(rng: &mut Rng, b: &mut Built) -> &'static str {
                 q + qhlen + 4,
                 q + qhlen + 8,
             ];
-            let cut = rng.pick(&cuts).clamp(14, b.frame.len());
-            b.frame.truncate(cut);
-            if rng.percent(50) {
-                fix_ip_len(b);
-                "quote-truncate-fixlen"
-            } else {
-                "quote-truncate"
-            }
+            truncate(rng, b, &cuts, ["quote-truncate", "quote-truncate-fixlen"])
         }
         _ => {
             let at = q + qhlen + rng.below(4);

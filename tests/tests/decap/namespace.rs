@@ -131,6 +131,21 @@ pub(super) fn counters_json(ns: &str, pin: &Path) -> serde_json::Value {
     v
 }
 
+/// A's and B's addresses on the veth between them: A sends the tunnels, B decapsulates.
+#[derive(Clone, Copy)]
+struct Ends {
+    a4: Ipv4Addr,
+    b4: Ipv4Addr,
+    a6: Ipv6Addr,
+    b6: Ipv6Addr,
+}
+
+/// The VIP listeners in B, one a family.
+struct Listeners {
+    sock4: UdpSocket,
+    sock6: UdpSocket,
+}
+
 #[test]
 fn a_backend_namespace_receives_real_ip_in_ip_through_xdplb_decap() {
     netns::cleanup_stale();
@@ -143,63 +158,88 @@ fn a_backend_namespace_receives_real_ip_in_ip_through_xdplb_decap() {
     let (a_ns, b_ns) = (a.name().to_owned(), b.name().to_owned());
     let pin = bpffs.0.join("decap");
     let pin_s = pin.to_str().unwrap().to_owned();
+    let ends = Ends {
+        a4: "10.77.0.1".parse().unwrap(),
+        b4: "10.77.0.2".parse().unwrap(),
+        a6: "fd00:77::1".parse().unwrap(),
+        b6: "fd00:77::2".parse().unwrap(),
+    };
+    connect(&a, &b);
+    let listeners = listen_on_the_vips(&b_ns);
 
-    let a4: Ipv4Addr = "10.77.0.1".parse().unwrap();
-    let b4: Ipv4Addr = "10.77.0.2".parse().unwrap();
-    let a6: Ipv6Addr = "fd00:77::1".parse().unwrap();
-    let b6: Ipv6Addr = "fd00:77::2".parse().unwrap();
-    let vip4 = Ipv4Addr::from(VIP4);
-    let vip6 = Ipv6Addr::from(VIP6);
-    netns::run_root(&[
-        "ip", "link", "add", "va", "netns", &a_ns, "type", "veth", "peer", "name", "vb", "netns",
-        &b_ns,
-    ])
-    .unwrap();
+    without_the_program_nothing_arrives(&a_ns, ends, &listeners);
+    attaching_names_the_interface_mode_and_default_addresses(&b, &pin_s);
+    every_tunnel_pairing_reaches_the_vip_listener(&a_ns, &b_ns, &pin, ends, &listeners);
+    rerunning_replaces_the_program_and_keeps_the_counters(&a_ns, &b_ns, &pin, ends, &listeners);
+    detach_removes_the_link(&b, &pin_s);
+}
+
+/// A veth from A (va: 10.77.0.1, fd00:77::1) to B (vb: 10.77.0.2, fd00:77::2), with the VIPs
+/// on B's loopback.
+fn connect(a: &NetNs, b: &NetNs) {
+    let veth = format!(
+        "ip link add va netns {} type veth peer name vb netns {}",
+        a.name(),
+        b.name()
+    );
+    netns::run_root(&veth.split_whitespace().collect::<Vec<_>>()).unwrap();
     a.ip(&["addr", "add", "10.77.0.1/24", "dev", "va"]).unwrap();
     a.ip(&["addr", "add", "fd00:77::1/64", "dev", "va", "nodad"])
         .unwrap();
     b.ip(&["addr", "add", "10.77.0.2/24", "dev", "vb"]).unwrap();
     b.ip(&["addr", "add", "fd00:77::2/64", "dev", "vb", "nodad"])
         .unwrap();
+    let (vip4, vip6) = (Ipv4Addr::from(VIP4), Ipv6Addr::from(VIP6));
     b.ip(&["addr", "add", &format!("{vip4}/32"), "dev", "lo"])
         .unwrap();
     b.ip(&["addr", "add", &format!("{vip6}/128"), "dev", "lo"])
         .unwrap();
     a.ip(&["link", "set", "va", "up"]).unwrap();
     b.ip(&["link", "set", "vb", "up"]).unwrap();
+}
 
-    // The service: UDP listeners on the VIPs, created in B (a socket stays in the namespace
-    // it was made in, whichever thread reads it).
-    let (sock4, sock6) = netns::in_netns(&b_ns, move || {
+/// The service: UDP listeners on the VIPs, created in B (a socket stays in the namespace
+/// it was made in, whichever thread reads it).
+fn listen_on_the_vips(b_ns: &str) -> Listeners {
+    let (vip4, vip6) = (Ipv4Addr::from(VIP4), Ipv6Addr::from(VIP6));
+    let (sock4, sock6) = netns::in_netns(b_ns, move || {
         Ok((
             UdpSocket::bind((vip4, 7777))?,
             UdpSocket::bind((vip6, 7777))?,
         ))
     })
     .unwrap();
+    Listeners { sock4, sock6 }
+}
 
-    let in4 = inner_udp4(a4.octets(), VIP4, b"hello 4in4");
-    // Without the program the kernel cannot take the tunnel apart (no ipip driver): nothing
-    // arrives. This is what the program is for.
-    {
-        let in4 = in4.clone();
-        netns::in_netns(&a_ns, move || send_raw(IPPROTO_IPIP, IpAddr::V4(b4), &in4)).unwrap();
-    }
+/// Sends the inner packet `inner` from namespace `ns` in a tunnel of protocol `proto` to `dst`.
+fn send_from(ns: &str, proto: u8, dst: IpAddr, inner: Vec<u8>) {
+    netns::in_netns(ns, move || send_raw(proto, dst, &inner)).unwrap();
+}
+
+/// Without the program the kernel cannot take the tunnel apart (no ipip driver): nothing
+/// arrives. This is what the program is for.
+fn without_the_program_nothing_arrives(a_ns: &str, e: Ends, l: &Listeners) {
+    let in4 = inner_udp4(e.a4.octets(), VIP4, b"hello 4in4");
+    send_from(a_ns, IPPROTO_IPIP, IpAddr::V4(e.b4), in4);
     assert_eq!(
-        receive(&sock4, Duration::from_millis(500)),
+        receive(&l.sock4, Duration::from_millis(500)),
         None,
         "the kernel decapsulated by itself: this test proves nothing here"
     );
+}
 
+/// `xdplb decap` attaches in native mode, for B's own addresses by default.
+fn attaching_names_the_interface_mode_and_default_addresses(b: &NetNs, pin: &str) {
     let out = xdplb_decap(
-        &b_ns,
+        b.name(),
         &[
             "--interface",
             "vb",
             "--xdp-mode",
             "native",
             "--pin-path",
-            &pin_s,
+            pin,
         ],
     );
     assert!(
@@ -215,42 +255,60 @@ fn a_backend_namespace_receives_real_ip_in_ip_through_xdplb_decap() {
         link.contains("prog/xdp") && link.contains("xdplb_decap"),
         "{link}"
     );
+}
 
-    // 4in4, 6in6, 4in6 and 6in4 (outer destination, inner family): each inner datagram
-    // reaches the VIP listener, from the inner source.
+/// 4in4, 6in6, 4in6 and 6in4 (outer destination, inner family): each inner datagram
+/// reaches the VIP listener, from the inner source.
+fn every_tunnel_pairing_reaches_the_vip_listener(
+    a_ns: &str,
+    b_ns: &str,
+    pin: &Path,
+    e: Ends,
+    l: &Listeners,
+) {
     for (what, outer_dst, inner_v6) in [
-        ("4in4", IpAddr::V4(b4), false),
-        ("6in6", IpAddr::V6(b6), true),
-        ("4in6", IpAddr::V6(b6), false),
-        ("6in4", IpAddr::V4(b4), true),
+        ("4in4", IpAddr::V4(e.b4), false),
+        ("6in6", IpAddr::V6(e.b6), true),
+        ("4in6", IpAddr::V6(e.b6), false),
+        ("6in4", IpAddr::V4(e.b4), true),
     ] {
         let payload = format!("hello {what}").into_bytes();
         let (proto, inner, sock, src) = if inner_v6 {
-            let inner = inner_udp6(a6.octets(), VIP6, &payload);
-            (IPPROTO_IPV6, inner, &sock6, IpAddr::V6(a6))
+            let inner = inner_udp6(e.a6.octets(), VIP6, &payload);
+            (IPPROTO_IPV6, inner, &l.sock6, IpAddr::V6(e.a6))
         } else {
-            let inner = inner_udp4(a4.octets(), VIP4, &payload);
-            (IPPROTO_IPIP, inner, &sock4, IpAddr::V4(a4))
+            let inner = inner_udp4(e.a4.octets(), VIP4, &payload);
+            (IPPROTO_IPIP, inner, &l.sock4, IpAddr::V4(e.a4))
         };
-        netns::in_netns(&a_ns, move || send_raw(proto, outer_dst, &inner)).unwrap();
+        send_from(a_ns, proto, outer_dst, inner);
         let (got, from) = receive(sock, Duration::from_secs(5))
             .unwrap_or_else(|| panic!("{what}: nothing reached the VIP listener"));
         assert_eq!(got, payload, "{what}");
         assert_eq!((from.ip(), from.port()), (src, 40000), "{what}");
     }
-    let c = counters_json(&b_ns, &pin);
+    let c = counters_json(b_ns, pin);
     assert_eq!(c["decapsulated"], 4, "{c}");
     assert_eq!(c["drop_malformed"], 0, "{c}");
     assert_eq!(c["pass_not_local"], 0, "{c}");
+}
 
-    // Re-running replaces the program in the pinned link (no detach) and keeps the maps.
+/// Re-running replaces the program in the pinned link (no detach) and keeps the maps; an
+/// address left out of the new set is no longer decapsulated for.
+fn rerunning_replaces_the_program_and_keeps_the_counters(
+    a_ns: &str,
+    b_ns: &str,
+    pin: &Path,
+    e: Ends,
+    l: &Listeners,
+) {
+    let pin_s = pin.to_str().unwrap();
     let out = xdplb_decap(
-        &b_ns,
+        b_ns,
         &[
             "--interface",
             "vb",
             "--pin-path",
-            &pin_s,
+            pin_s,
             "--address",
             "10.77.0.2",
         ],
@@ -263,27 +321,28 @@ fn a_backend_namespace_receives_real_ip_in_ip_through_xdplb_decap() {
         out.contains("no longer decapsulating for fd00:77::2"),
         "{out}"
     );
-    {
-        let in4 = in4.clone();
-        netns::in_netns(&a_ns, move || send_raw(IPPROTO_IPIP, IpAddr::V4(b4), &in4)).unwrap();
-    }
-    let (got, _) = receive(&sock4, Duration::from_secs(5)).expect("4in4 after the replacement");
+    let in4 = inner_udp4(e.a4.octets(), VIP4, b"hello 4in4");
+    send_from(a_ns, IPPROTO_IPIP, IpAddr::V4(e.b4), in4);
+    let (got, _) = receive(&l.sock4, Duration::from_secs(5)).expect("4in4 after the replacement");
     assert_eq!(got, b"hello 4in4");
     // fd00:77::2 left the set: its tunnels pass untouched, and the kernel drops them.
-    let in6 = inner_udp6(a6.octets(), VIP6, b"not any more");
-    netns::in_netns(&a_ns, move || send_raw(IPPROTO_IPV6, IpAddr::V6(b6), &in6)).unwrap();
-    assert_eq!(receive(&sock6, Duration::from_millis(500)), None);
-    let c = counters_json(&b_ns, &pin);
+    let in6 = inner_udp6(e.a6.octets(), VIP6, b"not any more");
+    send_from(a_ns, IPPROTO_IPV6, IpAddr::V6(e.b6), in6);
+    assert_eq!(receive(&l.sock6, Duration::from_millis(500)), None);
+    let c = counters_json(b_ns, pin);
     assert_eq!(
         c["decapsulated"], 5,
         "counters survive the replacement: {c}"
     );
     assert_eq!(c["pass_not_local"], 1, "{c}");
+}
 
-    // --detach removes the link: the program is gone from the interface.
+/// `--detach` removes the link: the program is gone from the interface, and a second one
+/// finds nothing pinned.
+fn detach_removes_the_link(b: &NetNs, pin: &str) {
     let out = xdplb_decap(
-        &b_ns,
-        &["--interface", "vb", "--pin-path", &pin_s, "--detach"],
+        b.name(),
+        &["--interface", "vb", "--pin-path", pin, "--detach"],
     );
     assert!(out.contains("removed") && out.contains("link"), "{out}");
     let link = b.ip(&["link", "show", "vb"]).unwrap();
@@ -292,8 +351,8 @@ fn a_backend_namespace_receives_real_ip_in_ip_through_xdplb_decap() {
         "still attached after --detach: {link}"
     );
     let out = xdplb_decap(
-        &b_ns,
-        &["--interface", "vb", "--pin-path", &pin_s, "--detach"],
+        b.name(),
+        &["--interface", "vb", "--pin-path", pin, "--detach"],
     );
     assert!(out.contains("nothing pinned"), "{out}");
 }

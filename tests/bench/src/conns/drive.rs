@@ -1,5 +1,6 @@
 //! What both runs share: the lab tuned for many connections, the loaders, the ramp and the hold.
 
+use super::host::CpuStat;
 use super::*;
 
 /// Hooks a target gets called at: before the loaders start, when every loader has finished
@@ -127,197 +128,29 @@ pub(super) fn drive(
     hooks: &mut dyn Hooks,
     mem_before: u64,
 ) -> Result<Drive> {
-    let cap = fd_hard_limit().saturating_sub(64).max(1);
-    let share = |i: usize| {
-        plan.connections / CLIENTS as u64
-            + u64::from((i as u64) < plan.connections % CLIENTS as u64)
-    };
-    let workers: Vec<u64> = (0..CLIENTS)
-        .map(|i| share(i).div_ceil(cap).max(1))
-        .collect();
-    let parallel = (IN_FLIGHT_TOTAL / workers.iter().sum::<u64>() as usize).max(8);
-    let load = tool_path("lab-load");
-    let target = format!("{}:{PORT}", lab.vip4());
-    // Loaders ramp at different speeds; each would start its own hold clock when its own ramp
-    // ends, and a fast one could finish before a slow one has ramped. So they are told to
-    // hold for as long as the whole run may take, and this coordinator ends them all together
-    // (SIGINT) once every one has held for `plan.hold` past the last ramp.
-    let hold_s = (plan.hold + plan.max_ramp).as_secs().to_string();
-    let max_ramp_s = plan.max_ramp.as_secs().to_string();
-    let floor_mib = (MEM_FLOOR >> 20).to_string();
-
     hooks.ramp_start(lab);
     let cpu_start = cpu_stat()?;
     let started = Instant::now();
-    let mut loaders = Vec::new();
-    for (i, procs) in workers.iter().enumerate() {
-        let ns = lab.client_ns(i).to_string();
-        let bind = lab.client_bind4(i);
-        let n = share(i);
-        // Each loader gives up after 1% of its share failed: past that point the target has
-        // stopped taking connections, and waiting out every connect timeout shows nothing new.
-        let max_failures = (n / 100).max(100).to_string();
-        let pid = lab.spawn(
-            &ns,
-            &load,
-            &[
-                "hold",
-                "--target",
-                &target,
-                "--connections",
-                &n.to_string(),
-                "--bind",
-                &bind,
-                "--procs",
-                &procs.to_string(),
-                "--parallel",
-                &parallel.to_string(),
-                "--hold-s",
-                &hold_s,
-                "--report-every-s",
-                "1",
-                "--max-failures",
-                &max_failures,
-                "--min-mem-available-mib",
-                &floor_mib,
-                "--max-ramp-s",
-                &max_ramp_s,
-                // Counted only once data went end to end and back, so a proxy's kernel
-                // completing handshakes it has not forwarded yet does not count.
-                "--confirm",
-            ],
-        )?;
-        loaders.push(pid);
-    }
-
-    let deadline = started + plan.max_ramp + plan.hold + Duration::from_secs(180);
-    let mut min_mem = u64::MAX;
-    let mut mem_stop = None;
-    let mut emergency = false;
-    let mut ramp_end: Option<Instant> = None;
-    let mut cpu_end = None;
-    let mut measured = false;
-    let mut released = false;
-    let mut sink_open = vec![0; lab.backends()];
-    let mut host_used = 0;
-    let mut timeline = Vec::new();
-    let mut next_sample = started;
-    let mut notes = Vec::new();
+    let (loaders, cap) = start_loaders(lab, plan)?;
+    let mut watch = Watch::new(lab.backends(), started, plan);
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let now = Instant::now();
-        hooks.poll(lab);
-        let mem = mem_available()?;
-        min_mem = min_mem.min(mem);
-        if mem < MEM_FLOOR && mem_stop.is_none() && ramp_end.is_none() {
-            mem_stop = Some(format!(
-                "memory: MemAvailable fell to {} (floor {}), ramp stopped",
-                human_bytes(mem),
-                human_bytes(MEM_FLOOR)
-            ));
-            for &pid in &loaders {
-                xdplb_lab::sys::signal(pid, libc::SIGUSR1);
-            }
-        }
-        if mem < MEM_EMERGENCY && !emergency {
-            emergency = true;
-            notes.push(format!(
-                "MemAvailable fell to {} during the run: loaders told to finish at once",
-                human_bytes(mem)
-            ));
-            for &pid in &loaders {
-                xdplb_lab::sys::signal(pid, libc::SIGINT);
-            }
-        }
-        let progress: Vec<Option<Value>> = loaders
-            .iter()
-            .map(|&pid| last_json(&lab.log_of(pid), "phase"))
-            .collect();
-        let running: Vec<bool> = loaders.iter().map(|&pid| lab.is_running(pid)).collect();
-        if now >= next_sample {
-            next_sample = (next_sample + Duration::from_secs(1)).max(now);
-            let open: u64 = progress
-                .iter()
-                .flatten()
-                .map(|v| v["established"].as_u64().unwrap_or(0))
-                .sum();
-            timeline.push((started.elapsed().as_secs_f64().round(), open));
-        }
-        let all_ramped = progress
-            .iter()
-            .zip(&running)
-            .all(|(p, &run)| !run || p.as_ref().is_some_and(|v| v["phase"] == "hold"));
-        if ramp_end.is_none() && all_ramped {
-            ramp_end = Some(now);
-            cpu_end = Some(cpu_stat()?);
-            hooks.ramp_end(lab);
-        }
-        if let Some(end) = ramp_end {
-            let holding = running.iter().all(|r| *r);
-            // Measure once everything settled, while every loader still holds.
-            if !measured && now >= end + SETTLE {
-                measured = true;
-                if holding {
-                    host_used = mem_before.saturating_sub(mem_available()?);
-                    hooks.hold(lab);
-                } else {
-                    notes.push("a loader finished before the hold could be measured".into());
-                }
-            }
-            // The backends' counts (each sink prints one a second) are followed through the
-            // hold and the highest kept: connections do not legitimately close during it,
-            // and the loaders' own end-of-hold count is the conservative side of `held`.
-            if now >= end + SETTLE && holding {
-                let sample: Vec<u64> = sinks
-                    .iter()
-                    .map(|&pid| {
-                        last_json(&lab.log_of(pid), "open")
-                            .and_then(|v| v["open"].as_u64())
-                            .unwrap_or(0)
-                    })
-                    .collect();
-                if sample.iter().sum::<u64>() > sink_open.iter().sum::<u64>() {
-                    sink_open = sample;
-                }
-            }
-        }
-        if let Some(end) = ramp_end {
-            if !released && now >= end + SETTLE + plan.hold {
-                released = true;
-                for &pid in &loaders {
-                    xdplb_lab::sys::signal(pid, libc::SIGINT);
-                }
-            }
-        }
-        if running.iter().all(|r| !r) {
-            break;
-        }
-        if now > deadline {
-            notes.push("run exceeded its time limit; loaders interrupted".into());
-            for &pid in &loaders {
-                xdplb_lab::sys::signal(pid, libc::SIGINT);
-            }
+        if !watch.tick(lab, sinks, &loaders, plan, hooks, mem_before)? {
             break;
         }
     }
-    let mut reports = Vec::new();
-    let mut errors = Vec::new();
-    let mut reasons: Vec<String> = Vec::new();
-    for &pid in &loaders {
-        let _ = lab.wait_exit(pid, Duration::from_secs(120));
-        let log = lab.log_of(pid);
-        let r: LoadReport =
-            parse_last_json(&log).with_context(|| format!("lab-load hold report (pid {pid})"))?;
-        for e in &r.errors {
-            xdplb_lab::reports::note_error(&mut errors, e.clone());
-        }
-        if let Some(s) = &r.stop_reason {
-            if !reasons.contains(s) {
-                reasons.push(s.clone());
-            }
-        }
-        reports.push(r);
-    }
+    let (reports, errors, reasons) = collect_reports(lab, &loaders)?;
+    let Watch {
+        min_mem,
+        mem_stop,
+        ramp_end,
+        cpu_end,
+        sink_open,
+        host_used,
+        timeline,
+        mut notes,
+        ..
+    } = watch;
     let ramp_wall = ramp_end
         .unwrap_or_else(Instant::now)
         .duration_since(started);
@@ -353,6 +186,243 @@ pub(super) fn drive(
         notes,
         timeline,
     })
+}
+
+/// Starts one `lab-load hold` per client with its share of `plan.connections`; returns their
+/// pids and the sockets one worker process may hold.
+fn start_loaders(lab: &mut Lab, plan: &Plan) -> Result<(Vec<u32>, u64)> {
+    let cap = fd_hard_limit().saturating_sub(64).max(1);
+    let share = |i: usize| {
+        plan.connections / CLIENTS as u64
+            + u64::from((i as u64) < plan.connections % CLIENTS as u64)
+    };
+    let workers: Vec<u64> = (0..CLIENTS)
+        .map(|i| share(i).div_ceil(cap).max(1))
+        .collect();
+    let parallel = (IN_FLIGHT_TOTAL / workers.iter().sum::<u64>() as usize).max(8);
+    let load = tool_path("lab-load");
+    let target = format!("{}:{PORT}", lab.vip4());
+    // Loaders ramp at different speeds; each would start its own hold clock when its own ramp
+    // ends, and a fast one could finish before a slow one has ramped. So they are told to
+    // hold for as long as the whole run may take, and this coordinator ends them all together
+    // (SIGINT) once every one has held for `plan.hold` past the last ramp.
+    let hold_s = (plan.hold + plan.max_ramp).as_secs().to_string();
+    let max_ramp_s = plan.max_ramp.as_secs().to_string();
+    let floor_mib = (MEM_FLOOR >> 20).to_string();
+    let mut loaders = Vec::new();
+    for (i, procs) in workers.iter().enumerate() {
+        let ns = lab.client_ns(i).to_string();
+        let bind = lab.client_bind4(i);
+        let n = share(i);
+        // Each loader gives up after 1% of its share failed: past that point the target has
+        // stopped taking connections, and waiting out every connect timeout shows nothing new.
+        let max_failures = (n / 100).max(100).to_string();
+        // `--confirm`: a connection counts only once data went end to end and back, so a
+        // proxy's kernel completing handshakes it has not forwarded yet does not count.
+        let args = format!(
+            "hold --target {target} --connections {n} --bind {bind} --procs {procs} \
+             --parallel {parallel} --hold-s {hold_s} --report-every-s 1 \
+             --max-failures {max_failures} --min-mem-available-mib {floor_mib} \
+             --max-ramp-s {max_ramp_s} --confirm"
+        );
+        let args: Vec<&str> = args.split_whitespace().collect();
+        let pid = lab.spawn(&ns, &load, &args)?;
+        loaders.push(pid);
+    }
+    Ok((loaders, cap))
+}
+
+fn signal_all(pids: &[u32], signal: libc::c_int) {
+    for &pid in pids {
+        xdplb_lab::sys::signal(pid, signal);
+    }
+}
+
+/// What the coordinator follows while the loaders run: memory, progress, the ramp's end, the
+/// hold's measurements and the sinks' counts.
+struct Watch {
+    started: Instant,
+    deadline: Instant,
+    min_mem: u64,
+    mem_stop: Option<String>,
+    emergency: bool,
+    ramp_end: Option<Instant>,
+    cpu_end: Option<CpuStat>,
+    measured: bool,
+    released: bool,
+    sink_open: Vec<u64>,
+    host_used: u64,
+    timeline: Vec<(f64, u64)>,
+    next_sample: Instant,
+    notes: Vec<String>,
+}
+
+impl Watch {
+    fn new(backends: usize, started: Instant, plan: &Plan) -> Watch {
+        Watch {
+            started,
+            deadline: started + plan.max_ramp + plan.hold + Duration::from_secs(180),
+            min_mem: u64::MAX,
+            mem_stop: None,
+            emergency: false,
+            ramp_end: None,
+            cpu_end: None,
+            measured: false,
+            released: false,
+            sink_open: vec![0; backends],
+            host_used: 0,
+            timeline: Vec::new(),
+            next_sample: started,
+            notes: Vec::new(),
+        }
+    }
+
+    /// One look at the run; false once it is over (every loader finished, or time ran out).
+    fn tick(
+        &mut self,
+        lab: &mut Lab,
+        sinks: &[u32],
+        loaders: &[u32],
+        plan: &Plan,
+        hooks: &mut dyn Hooks,
+        mem_before: u64,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        hooks.poll(lab);
+        self.guard_memory(loaders)?;
+        let progress: Vec<Option<Value>> = loaders
+            .iter()
+            .map(|&pid| last_json(&lab.log_of(pid), "phase"))
+            .collect();
+        let running: Vec<bool> = loaders.iter().map(|&pid| lab.is_running(pid)).collect();
+        if now >= self.next_sample {
+            self.next_sample = (self.next_sample + Duration::from_secs(1)).max(now);
+            let open: u64 = progress
+                .iter()
+                .flatten()
+                .map(|v| v["established"].as_u64().unwrap_or(0))
+                .sum();
+            self.timeline
+                .push((self.started.elapsed().as_secs_f64().round(), open));
+        }
+        let all_ramped = progress
+            .iter()
+            .zip(&running)
+            .all(|(p, &run)| !run || p.as_ref().is_some_and(|v| v["phase"] == "hold"));
+        if self.ramp_end.is_none() && all_ramped {
+            self.ramp_end = Some(now);
+            self.cpu_end = Some(cpu_stat()?);
+            hooks.ramp_end(lab);
+        }
+        if let Some(end) = self.ramp_end {
+            self.follow_the_hold(lab, sinks, hooks, mem_before, now >= end + SETTLE, &running)?;
+            if !self.released && now >= end + SETTLE + plan.hold {
+                self.released = true;
+                signal_all(loaders, libc::SIGINT);
+            }
+        }
+        if running.iter().all(|r| !r) {
+            return Ok(false);
+        }
+        if now > self.deadline {
+            self.notes
+                .push("run exceeded its time limit; loaders interrupted".into());
+            signal_all(loaders, libc::SIGINT);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Stops the ramp at the memory floor, and every loader at the emergency floor.
+    fn guard_memory(&mut self, loaders: &[u32]) -> Result<()> {
+        let mem = mem_available()?;
+        self.min_mem = self.min_mem.min(mem);
+        if mem < MEM_FLOOR && self.mem_stop.is_none() && self.ramp_end.is_none() {
+            self.mem_stop = Some(format!(
+                "memory: MemAvailable fell to {} (floor {}), ramp stopped",
+                human_bytes(mem),
+                human_bytes(MEM_FLOOR)
+            ));
+            signal_all(loaders, libc::SIGUSR1);
+        }
+        if mem < MEM_EMERGENCY && !self.emergency {
+            self.emergency = true;
+            self.notes.push(format!(
+                "MemAvailable fell to {} during the run: loaders told to finish at once",
+                human_bytes(mem)
+            ));
+            signal_all(loaders, libc::SIGINT);
+        }
+        Ok(())
+    }
+
+    /// After the ramp, once everything `settled`: measures the hold once while every loader
+    /// still holds, and follows the sinks' counts.
+    fn follow_the_hold(
+        &mut self,
+        lab: &mut Lab,
+        sinks: &[u32],
+        hooks: &mut dyn Hooks,
+        mem_before: u64,
+        settled: bool,
+        running: &[bool],
+    ) -> Result<()> {
+        let holding = running.iter().all(|r| *r);
+        if !self.measured && settled {
+            self.measured = true;
+            if holding {
+                self.host_used = mem_before.saturating_sub(mem_available()?);
+                hooks.hold(lab);
+            } else {
+                self.notes
+                    .push("a loader finished before the hold could be measured".into());
+            }
+        }
+        // The backends' counts (each sink prints one a second) are followed through the
+        // hold and the highest kept: connections do not legitimately close during it,
+        // and the loaders' own end-of-hold count is the conservative side of `held`.
+        if settled && holding {
+            let sample: Vec<u64> = sinks
+                .iter()
+                .map(|&pid| {
+                    last_json(&lab.log_of(pid), "open")
+                        .and_then(|v| v["open"].as_u64())
+                        .unwrap_or(0)
+                })
+                .collect();
+            if sample.iter().sum::<u64>() > self.sink_open.iter().sum::<u64>() {
+                self.sink_open = sample;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Waits for every loader and reads its final report; returns the reports, the distinct
+/// errors and the distinct reasons loaders stopped early.
+fn collect_reports(
+    lab: &mut Lab,
+    loaders: &[u32],
+) -> Result<(Vec<LoadReport>, Vec<String>, Vec<String>)> {
+    let mut reports = Vec::new();
+    let mut errors = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    for &pid in loaders {
+        let _ = lab.wait_exit(pid, Duration::from_secs(120));
+        let log = lab.log_of(pid);
+        let r: LoadReport =
+            parse_last_json(&log).with_context(|| format!("lab-load hold report (pid {pid})"))?;
+        for e in &r.errors {
+            xdplb_lab::reports::note_error(&mut errors, e.clone());
+        }
+        if let Some(s) = &r.stop_reason {
+            if !reasons.contains(s) {
+                reasons.push(s.clone());
+            }
+        }
+        reports.push(r);
+    }
+    Ok((reports, errors, reasons))
 }
 
 /// The last JSON line of `log` that has `key`.

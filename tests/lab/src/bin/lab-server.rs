@@ -1,4 +1,7 @@
-//! Lab backend: answers every TCP line and every UDP datagram with its own name, so clients can tell which backend served them; `bulk N` lines get N bytes first (path-MTU tests).
+//! Lab backend: answers every TCP line and every UDP datagram with its own name.
+//!
+//! So clients can tell which backend served them; `bulk N` lines get N bytes first (path-MTU
+//! tests).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -1,4 +1,9 @@
-//! The ECMP lab: clients on a front segment, a router namespace running BIRD (the shipped `deploy/bird/router.conf`) that learns the VIP over BGP from every balancer and spreads flows with L4-hash ECMP, and balancers 1.. beside the gateway on the backends' segment, each with its own BIRD (`deploy/bird/balancer.conf`).
+//! The ECMP lab: clients, a BIRD router spreading flows by L4 hash, and balancers behind it.
+//!
+//! Clients sit on a front segment; the router namespace runs BIRD (the shipped
+//! `deploy/bird/router.conf`), learns the VIP over BGP from every balancer and spreads flows with
+//! L4-hash ECMP; balancers 1.. stand beside the gateway on the backends' segment, each with its
+//! own BIRD (`deploy/bird/balancer.conf`).
 //!
 //! The BIRD configs are the deploy examples with the lab's addresses put in, so the lab proves
 //! what an operator copies. Each substitution must find its text: an example that changes shape

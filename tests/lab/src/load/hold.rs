@@ -135,35 +135,8 @@ pub fn run(plan: &HoldPlan) -> Result<()> {
             break;
         }
         if ramp_end.is_none() {
-            if SIG_STOP_RAMP.load(Ordering::Relaxed) {
-                stop_ramp("ramp stopped by signal".into(), &mut stop_reason);
-            }
-            if let Some(m) = mem_available_mib() {
-                if m < plan.min_mem_mib {
-                    stop_ramp(
-                        format!(
-                            "MemAvailable {m} MiB below the {} MiB floor",
-                            plan.min_mem_mib
-                        ),
-                        &mut stop_reason,
-                    );
-                }
-            }
-            let bad = shared.sum(H_FAILED, &alive) + shared.sum(H_BROKEN, &alive);
-            if plan.max_failures > 0 && bad >= plan.max_failures {
-                stop_ramp(
-                    format!(
-                        "{bad} connects failed or connections broke (limit {})",
-                        plan.max_failures
-                    ),
-                    &mut stop_reason,
-                );
-            }
-            if now.duration_since(start) >= plan.max_ramp {
-                stop_ramp(
-                    format!("ramp time limit ({} s) reached", plan.max_ramp.as_secs()),
-                    &mut stop_reason,
-                );
+            if let Some(reason) = why_stop_the_ramp(plan, &shared, &alive, now - start) {
+                stop_ramp(reason, &mut stop_reason);
             }
             let ramping = (0..plan.procs).any(|w| alive[w] && shared.get(w, H_PHASE) == 0);
             if !ramping {
@@ -194,66 +167,17 @@ pub fn run(plan: &HoldPlan) -> Result<()> {
     shared.flag(FLAG_NO_PROBES).store(1, Ordering::Release);
     shared.flag(FLAG_STOP_ALL).store(1, Ordering::Release);
 
-    // Collect the reports: a worker sets its phase to done once its text is written, then
-    // exits (closing its sockets, which takes a moment with thousands of them).
-    let deadline = Instant::now() + WORKER_EXIT_TIMEOUT;
-    let mut done = vec![false; plan.procs];
-    while Instant::now() < deadline {
-        for (w, d) in done.iter_mut().enumerate() {
-            *d = *d || shared.get(w, H_PHASE) >= 2;
-        }
-        let running = reap(&pids, &mut alive);
-        if (0..plan.procs).all(|w| done[w] || !alive[w]) || running == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let counted = done.clone();
-    let mut worker_reasons = Vec::new();
-    for (w, &d) in done.iter().enumerate() {
-        if !d {
-            note_error(&mut errors, format!("worker {w} did not report"));
-            continue;
-        }
-        let t: WorkerText = serde_json::from_str(&shared.text(w)).unwrap_or_default();
-        for e in t.errors {
-            note_error(&mut errors, e);
-        }
-        if let Some(r) = t.stop_reason {
-            if !worker_reasons.contains(&r) {
-                worker_reasons.push(r);
-            }
-        }
-    }
+    let (counted, worker_reasons) =
+        collect_worker_reports(plan, &shared, &pids, &mut alive, &mut errors);
     if stop_reason.is_none() && !worker_reasons.is_empty() {
         stop_reason = Some(worker_reasons.join("; "));
     }
-    let opened = shared.sum(H_OPENED, &counted);
-    let ramp_seconds = ramp_end.unwrap_or(end).duration_since(start).as_secs_f64();
-    let report = LoadReport {
-        attempted: shared.sum(H_ATTEMPTED, &counted),
-        established: shared.sum(H_OPEN, &counted),
-        opened,
-        failed: shared.sum(H_FAILED, &counted),
-        broken: shared.sum(H_BROKEN, &counted),
-        ramp_seconds,
-        ramp_per_s: if ramp_seconds > 0.0 {
-            opened as f64 / ramp_seconds
-        } else {
-            0.0
-        },
-        hold_seconds: ramp_end.map_or(0.0, |e| end.duration_since(e).as_secs_f64()),
-        probes_sent: shared.sum(H_PROBES_SENT, &counted),
-        probes_ok: shared.sum(H_PROBES_OK, &counted),
-        probes_failed: shared.sum(H_PROBES_FAILED, &counted),
-        stop_reason,
-        errors,
-        workers: plan.procs,
-        worker_peak_rss_kib: (0..plan.procs)
-            .map(|w| shared.get(w, H_PEAK_RSS))
-            .max()
-            .unwrap_or(0),
+    let ramp = Ramp {
+        start,
+        end: ramp_end,
+        run_end: end,
     };
+    let report = load_report(plan, &shared, &counted, ramp, stop_reason, errors);
     println!("{}", serde_json::to_string(&report)?);
     // Reap the rest; PR_SET_PDEATHSIG kills any straggler when we exit.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -261,4 +185,130 @@ pub fn run(plan: &HoldPlan) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// Why the ramp must stop now, if it must: a signal, the memory floor, too many failures or
+/// the time limit, the first that applies.
+fn why_stop_the_ramp(
+    plan: &HoldPlan,
+    shared: &Shared,
+    alive: &[bool],
+    ramping_for: Duration,
+) -> Option<String> {
+    if SIG_STOP_RAMP.load(Ordering::Relaxed) {
+        return Some("ramp stopped by signal".into());
+    }
+    if let Some(m) = mem_available_mib() {
+        if m < plan.min_mem_mib {
+            return Some(format!(
+                "MemAvailable {m} MiB below the {} MiB floor",
+                plan.min_mem_mib
+            ));
+        }
+    }
+    let bad = shared.sum(H_FAILED, alive) + shared.sum(H_BROKEN, alive);
+    if plan.max_failures > 0 && bad >= plan.max_failures {
+        return Some(format!(
+            "{bad} connects failed or connections broke (limit {})",
+            plan.max_failures
+        ));
+    }
+    if ramping_for >= plan.max_ramp {
+        return Some(format!(
+            "ramp time limit ({} s) reached",
+            plan.max_ramp.as_secs()
+        ));
+    }
+    None
+}
+
+/// Collects the workers' reports: a worker sets its phase to done once its text is written,
+/// then exits (closing its sockets, which takes a moment with thousands of them). Returns
+/// which workers reported (their counters count) and the distinct reasons they stopped
+/// early; their errors go into `errors`.
+fn collect_worker_reports(
+    plan: &HoldPlan,
+    shared: &Shared,
+    pids: &[libc::pid_t],
+    alive: &mut [bool],
+    errors: &mut Vec<String>,
+) -> (Vec<bool>, Vec<String>) {
+    let deadline = Instant::now() + WORKER_EXIT_TIMEOUT;
+    let mut done = vec![false; plan.procs];
+    while Instant::now() < deadline {
+        for (w, d) in done.iter_mut().enumerate() {
+            *d = *d || shared.get(w, H_PHASE) >= 2;
+        }
+        let running = reap(pids, alive);
+        if (0..plan.procs).all(|w| done[w] || !alive[w]) || running == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut worker_reasons = Vec::new();
+    for (w, &d) in done.iter().enumerate() {
+        if !d {
+            note_error(errors, format!("worker {w} did not report"));
+            continue;
+        }
+        let t: WorkerText = serde_json::from_str(&shared.text(w)).unwrap_or_default();
+        for e in t.errors {
+            note_error(errors, e);
+        }
+        if let Some(r) = t.stop_reason {
+            if !worker_reasons.contains(&r) {
+                worker_reasons.push(r);
+            }
+        }
+    }
+    (done, worker_reasons)
+}
+
+/// When the run started, when its ramp ended (if it did), and when it ended.
+struct Ramp {
+    start: Instant,
+    end: Option<Instant>,
+    run_end: Instant,
+}
+
+/// The final report from the counters of the workers that reported (`counted`).
+fn load_report(
+    plan: &HoldPlan,
+    shared: &Shared,
+    counted: &[bool],
+    ramp: Ramp,
+    stop_reason: Option<String>,
+    errors: Vec<String>,
+) -> LoadReport {
+    let Ramp {
+        start,
+        end: ramp_end,
+        run_end: end,
+    } = ramp;
+    let opened = shared.sum(H_OPENED, counted);
+    let ramp_seconds = ramp_end.unwrap_or(end).duration_since(start).as_secs_f64();
+    LoadReport {
+        attempted: shared.sum(H_ATTEMPTED, counted),
+        established: shared.sum(H_OPEN, counted),
+        opened,
+        failed: shared.sum(H_FAILED, counted),
+        broken: shared.sum(H_BROKEN, counted),
+        ramp_seconds,
+        ramp_per_s: if ramp_seconds > 0.0 {
+            opened as f64 / ramp_seconds
+        } else {
+            0.0
+        },
+        hold_seconds: ramp_end.map_or(0.0, |e| end.duration_since(e).as_secs_f64()),
+        probes_sent: shared.sum(H_PROBES_SENT, counted),
+        probes_ok: shared.sum(H_PROBES_OK, counted),
+        probes_failed: shared.sum(H_PROBES_FAILED, counted),
+        stop_reason,
+        errors,
+        workers: plan.procs,
+        worker_peak_rss_kib: (0..plan.procs)
+            .map(|w| shared.get(w, H_PEAK_RSS))
+            .max()
+            .unwrap_or(0),
+    }
 }

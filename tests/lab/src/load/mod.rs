@@ -1,4 +1,8 @@
-//! The engine of `lab-load`, the concurrent-connections benchmark's connection holder (`hold`) and backend (`sink`): a parent forking epoll workers, because one process may hold only RLIMIT_NOFILE sockets, with their counters and reports in memory shared across the fork.
+//! The engine of `lab-load`: the connection holder (`hold`) and backend (`sink`).
+//!
+//! Used by the concurrent-connections benchmark. A parent forks epoll workers, because one process
+//! may hold only RLIMIT_NOFILE sockets; their counters and reports live in memory shared across
+//! the fork.
 
 use std::time::Duration;
 

@@ -117,12 +117,35 @@ fn demo(args: &Args) -> Result<()> {
         "xdplb demo: direct server return (DSR) load balancing with XDP, in network namespaces"
     );
     let ipip = args.forwarding == "ipip";
+    let mut lab = build_the_lab(ipip)?;
+    let balancer = start_the_balancer(&mut lab, args)?;
+    let (holders, held_since) = hold_persistent_connections(&mut lab, args)?;
+    open_short_connections(&lab, args)?;
+    if ipip {
+        path_mtu(&lab, &balancer)?;
+    }
+    // Let the persistent connections ping through the balancer for a while before checking them.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(held_since.elapsed()));
+
+    show_the_counters(&lab, &balancer)?;
+    check_where_the_packets_went(&mut lab, &balancer, holders, held_since)?;
+    let log = balancer.stop(&mut lab)?;
+    if let Some(line) = log.lines().rev().find(|l| l.contains("detached")) {
+        println!("      {}", line.split_once("] ").map_or(line, |(_, r)| r));
+    }
+    drop(lab);
+    println!("      Lab removed: namespaces, veths, bridge, processes.");
+    Ok(())
+}
+
+/// Step 1: the lab, L2 or routed (`ipip`).
+fn build_the_lab(ipip: bool) -> Result<Lab> {
     if ipip {
         step(1, "Building the lab: 2 clients and 1 gateway running xdplb on one segment, a router, 3 backends on a second segment running `xdplb decap`, and a far client behind a 1400-byte link.");
     } else {
         step(1, "Building the lab: 2 clients, 1 gateway running xdplb, 3 backends, all on one L2 segment (a bridge).");
     }
-    let mut lab = Lab::new(LabSpec {
+    let lab = Lab::new(LabSpec {
         routed: ipip,
         ..Default::default()
     })?;
@@ -141,7 +164,11 @@ fn demo(args: &Args) -> Result<()> {
             lab.router_addr4()
         );
     }
+    Ok(lab)
+}
 
+/// Step 2: `xdplb run` on the gateway, with the lines of its log that say what it balances.
+fn start_the_balancer(lab: &mut Lab, args: &Args) -> Result<Balancer> {
     step(
         2,
         &format!(
@@ -150,8 +177,8 @@ fn demo(args: &Args) -> Result<()> {
         ),
     );
     let members: Vec<_> = (0..3).map(|i| (i, Member::Active)).collect();
-    let yaml = lab_config(&mut lab, &args.mode, &members)?;
-    let balancer = Balancer::start(&mut lab, &args.mode, &yaml)?;
+    let yaml = lab_config(lab, &args.mode, &members)?;
+    let balancer = Balancer::start(lab, &args.mode, &yaml)?;
     for line in lab
         .log_of(balancer.pid)
         .lines()
@@ -160,7 +187,12 @@ fn demo(args: &Args) -> Result<()> {
         println!("      {}", line.split_once("] ").map_or(line, |(_, r)| r));
     }
     lab.start_counting_dsr()?;
+    Ok(balancer)
+}
 
+/// Step 3: persistent connections from both clients; returns their pids and when they opened.
+fn hold_persistent_connections(lab: &mut Lab, args: &Args) -> Result<(Vec<u32>, Instant)> {
+    let port = lab.spec().port;
     step(
         3,
         &format!(
@@ -203,7 +235,12 @@ fn demo(args: &Args) -> Result<()> {
         "      {} connections established.",
         hold_per_client.parse::<u32>()? * 2
     );
+    Ok((holders, held_since))
+}
 
+/// Step 4: short TCP connections over both families, and UDP.
+fn open_short_connections(lab: &Lab, args: &Args) -> Result<()> {
+    let port = lab.spec().port;
     step(4, &format!(
         "Opening {} short TCP connections from each client (9 source addresses, kernel-chosen ports), plus {} over IPv6.",
         args.connections,
@@ -260,12 +297,11 @@ fn demo(args: &Args) -> Result<()> {
         )?;
         report(&format!("client {c} UDP"), &u)?;
     }
-    if ipip {
-        path_mtu(&lab, &balancer)?;
-    }
-    // Let the persistent connections ping through the balancer for a while before checking them.
-    std::thread::sleep(Duration::from_secs(5).saturating_sub(held_since.elapsed()));
+    Ok(())
+}
 
+/// Step 5: the per-backend counters; every backend got packets.
+fn show_the_counters(lab: &Lab, balancer: &Balancer) -> Result<()> {
     step(
         5,
         "Per-backend counters, as `xdplb stats --config lb.yaml` prints them from the pinned maps:",
@@ -281,14 +317,24 @@ fn demo(args: &Args) -> Result<()> {
             bail!("backend {addr} received no packets");
         }
     }
+    Ok(())
+}
 
+/// Step 6: the persistent connections' report and the switch port's counters: replies went
+/// straight from the backends to the clients.
+fn check_where_the_packets_went(
+    lab: &mut Lab,
+    balancer: &Balancer,
+    holders: Vec<u32>,
+    held_since: Instant,
+) -> Result<()> {
     step(
         6,
         "Stopping the persistent connections and checking where the packets went.",
     );
     let mut hold = HoldReport::default();
     for pid in holders {
-        hold.absorb(xdplb_lab::scenario::hold_finish(&mut lab, pid)?);
+        hold.absorb(xdplb_lab::scenario::hold_finish(lab, pid)?);
     }
     println!(
         "      persistent: {} held for {:.0} s ({} ping rounds), {} broken, {} moved to another backend",
@@ -329,11 +375,5 @@ fn demo(args: &Args) -> Result<()> {
         bail!("persistent connections disturbed: {hold:?}");
     }
     println!("      ✔ replies went straight from the backends to the clients.");
-    let log = balancer.stop(&mut lab)?;
-    if let Some(line) = log.lines().rev().find(|l| l.contains("detached")) {
-        println!("      {}", line.split_once("] ").map_or(line, |(_, r)| r));
-    }
-    drop(lab);
-    println!("      Lab removed: namespaces, veths, bridge, processes.");
     Ok(())
 }
