@@ -11,6 +11,7 @@ pub mod addr;
 pub mod baselines;
 pub mod decap;
 pub mod hash;
+pub mod history;
 pub mod hits;
 pub mod vip_table;
 
@@ -68,7 +69,8 @@ pub mod maps {
     /// `Array<VipTableHead>` of one entry: which half of `VIP_TABLE` is live, and its seed.
     pub const VIP_TABLE_HEAD: &str = "VIP_TABLE_HEAD";
     /// `ArrayOfMaps<Array<u32>>`, indexed by `VipMeta::vip_id`: one Maglev table per VIP, replaced
-    /// whole on every change so the datapath never sees a half-written table.
+    /// whole on every change so the datapath never sees a half-written table. Each slot holds
+    /// its owner and previous owner ([`crate::history::ring_slot`]).
     pub const RINGS: &str = "RINGS";
     /// `Array<Backend>`, indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";

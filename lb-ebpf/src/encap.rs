@@ -7,12 +7,13 @@
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
+    history::{flow_label_mark, ipv4_id_mark},
     Backend, Family, Outcome, Settings, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN,
     ORIGIN_TTL,
 };
 
 use crate::{
-    csum::{fold, sum_bytes},
+    csum::{csum_replace, fold, sum_bytes},
     parse::Parsed,
     wire::{eth, ipv4, ipv6, ptr_at},
 };
@@ -32,12 +33,41 @@ pub fn l2(ctx: &XdpContext, backend: &Backend, settings: &Settings) -> Result<()
     set_macs(ctx, backend.mac, settings.mac)
 }
 
+/// Second chance in `l2`: writes the mark carrying `previous` (the slot's previous owner, a
+/// backend id) into the client's IP header (lb-common's `history`): the ID of an IPv4 packet
+/// with DF set, its checksum updated; the flow label of an IPv6 packet. An IPv4 packet that may
+/// be fragmented has no ID to spare and carries nothing.
+#[inline(always)]
+pub fn mark(ctx: &XdpContext, p: &Parsed, previous: u32) -> Result<(), Outcome> {
+    if p.key.family == Family::V4 {
+        if !p.df {
+            return Ok(());
+        }
+        let h = ptr_at::<[u8; 12]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
+        let h = unsafe { &mut *h };
+        let old = u16::from_be_bytes([h[4], h[5]]);
+        let new = ipv4_id_mark(previous);
+        let check = csum_replace(u16::from_be_bytes([h[10], h[11]]), old, new);
+        h[4..6].copy_from_slice(&new.to_be_bytes());
+        h[10..12].copy_from_slice(&check.to_be_bytes());
+    } else {
+        let h = ptr_at::<[u8; 4]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
+        let h = unsafe { &mut *h };
+        let label = flow_label_mark(previous);
+        h[1] = (h[1] & 0xf0) | (label >> 16) as u8;
+        h[2] = (label >> 8) as u8;
+        h[3] = label as u8;
+    }
+    Ok(())
+}
+
 /// IP-in-IP: an outer IPv4 (protocol 4 or 41) or IPv6 (next header 4 or 41) header addressed
 /// to the backend is put in front of the untouched IP packet, and the frame goes to the next
 /// hop toward the backend (`backend.mac`, resolved by the agent) out of this NIC. The outer
 /// source comes from the tunnel prefix with host bits from `hash`, and IPv6 outer headers
-/// carry `hash` as flow label, so the backend's NIC spreads flows across its queues. The
-/// caller has checked the size against the MTU.
+/// carry `hash` as flow label, so the backend's NIC spreads flows across its queues. With a
+/// `previous` owner (second chance, see [`mark`]), the outer IPv4 ID or IPv6 flow label
+/// carries its mark instead. The caller has checked the size against the MTU.
 #[inline(always)]
 pub fn ipip(
     ctx: &XdpContext,
@@ -45,6 +75,7 @@ pub fn ipip(
     backend: &Backend,
     settings: &Settings,
     hash: u32,
+    previous: Option<u32>,
 ) -> Result<(), Outcome> {
     let outer_v6 = backend.family == Family::V6;
     let outer_len = if outer_v6 { IPV6_HLEN } else { IPV4_HLEN } as usize;
@@ -60,7 +91,10 @@ pub fn ipip(
     if outer_v6 {
         let h = ptr_at::<[u8; IPV6_HLEN as usize]>(ctx, p.l3).ok_or(Outcome::DropMalformed)?;
         let h = unsafe { &mut *h };
-        let flow = hash & 0x000f_ffff;
+        let flow = match previous {
+            Some(id) => flow_label_mark(id),
+            None => hash & 0x000f_ffff,
+        };
         h[0] = 0x60 | (p.tos >> 4);
         h[1] = (p.tos << 4) | ((flow >> 16) as u8);
         h[2] = (flow >> 8) as u8;
@@ -93,6 +127,7 @@ pub fn ipip(
             p.l3,
             p.tos,
             p.ip_len + outer_len,
+            previous.map_or(0, ipv4_id_mark),
             IP_DF,
             inner_proto,
             src.to_be_bytes(),
@@ -185,6 +220,7 @@ pub(crate) fn write_ipv4(
     off: usize,
     tos: u8,
     tot_len: usize,
+    id: u16,
     frags: [u8; 2],
     proto: u8,
     src: [u8; 4],
@@ -196,13 +232,14 @@ pub(crate) fn write_ipv4(
     h[0] = 0x45;
     h[1] = tos;
     h[ipv4::TOT_LEN].copy_from_slice(&len);
-    h[4..6].copy_from_slice(&[0, 0]);
+    h[4..6].copy_from_slice(&id.to_be_bytes());
     h[ipv4::FRAGS].copy_from_slice(&frags);
     h[ipv4::TTL] = ORIGIN_TTL;
     h[ipv4::PROTO] = proto;
     let sum = 0x4500
         + tos as u32
         + tot_len as u32
+        + id as u32
         + u16::from_be_bytes(frags) as u32
         + ((ORIGIN_TTL as u32) << 8)
         + proto as u32

@@ -88,6 +88,7 @@ pub fn too_big(ctx: &XdpContext, p: &Parsed, mtu: u32, settings: &Settings) -> R
             p.l3,
             TOS_INTERNETWORK_CONTROL,
             new_hdrs + quote,
+            0,
             [0, 0],
             IPPROTO_ICMP,
             vip,

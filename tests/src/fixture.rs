@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use etherparse::PacketBuilder;
-use lb_common::{addr::ip_to_map, flow_hash, Counter, FlowKey, COUNTER_COUNT};
+use lb_common::{addr::ip_to_map, flow_hash, history::slot_owner, Counter, FlowKey, COUNTER_COUNT};
 use lb_userspace::{
     config::Config,
     datapath::maps::BalancerMaps,
@@ -132,7 +132,7 @@ impl Harness {
     pub fn expected_mac(&self, vip: &str, flow: &FlowKey, source_only: bool) -> [u8; 6] {
         let vip_id = self.vip_id(vip);
         let ring = self.maps.ring(vip_id).unwrap();
-        let id = ring[(flow_hash(flow, source_only) % ring.len() as u32) as usize];
+        let id = slot_owner(ring[(flow_hash(flow, source_only) % ring.len() as u32) as usize]);
         self.maps.backend(id).unwrap().mac
     }
 }

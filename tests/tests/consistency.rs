@@ -3,7 +3,10 @@
 //! VIPs, backends and rings agree whatever the file's order and the history of changes behind
 //! it: what ECMP across balancers relies on.
 
-use lb_common::{Counter, BACKEND_UNUSED};
+use lb_common::{
+    history::{slot_owner, slot_previous},
+    Counter, BACKEND_UNUSED,
+};
 use lb_userspace::datapath::testrun::XDP_TX;
 use xdplb_lab::configs::{config, lan4, lan6, vip, Vip};
 use xdplb_tests::fixture::*;
@@ -40,12 +43,23 @@ fn earlier() -> String {
         .yaml()
 }
 
-/// `VIPS` entries, `BACKENDS` entries, and (VIP id, ring) pairs, each as the maps hold them.
+/// VIP table entries, `BACKENDS` entries, and (VIP id, ring) pairs, each as the maps hold them.
 type MapState = (Vec<String>, Vec<String>, Vec<(u32, Vec<u32>)>);
 
-/// Everything a balancer's maps say about where packets go, in a comparable form: the
-/// `VIPS` entries, every `BACKENDS` entry in use, and every VIP's ring.
+/// Everything a balancer's maps say about where packets go, in a comparable form: the VIPs,
+/// every `BACKENDS` entry in use, and every VIP's ring, as owners only (the second-chance
+/// history of each slot depends on the changes a balancer saw: [`with_history`]).
 fn state(h: &Harness) -> MapState {
+    let (vips, backends, rings) = with_history(h);
+    let owners = rings
+        .into_iter()
+        .map(|(id, r)| (id, r.into_iter().map(slot_owner).collect()))
+        .collect();
+    (vips, backends, owners)
+}
+
+/// [`state`] with each ring slot's previous owner too.
+fn with_history(h: &Harness) -> MapState {
     let mut vips: Vec<String> = h
         .maps
         .vips()
@@ -84,6 +98,37 @@ fn same_config_same_maps_whatever_the_order_or_history() {
     assert!(sa.2.iter().all(|(_, r)| !r.is_empty()));
     assert_eq!(sa, state(&b), "file order changed the maps");
     assert_eq!(sa, state(&c), "the history of changes changed the maps");
+    // Balancers that saw the same changes hold the same history too; the path through the
+    // earlier config left previous owners in some slots, all of them backends still serving.
+    let mut d = Harness::new(&earlier());
+    d.reconfigure(&reordered());
+    assert_eq!(
+        with_history(&c),
+        with_history(&d),
+        "the same changes, another history"
+    );
+    let (_, _, rings) = with_history(&c);
+    let marked: Vec<u32> = rings
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|s| slot_previous(*s)))
+        .filter(|p| *p != lb_common::NO_BACKEND)
+        .collect();
+    assert!(!marked.is_empty(), "the change left no history");
+    let serving: Vec<u32> = c
+        .maps
+        .backends()
+        .unwrap()
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(
+        marked.iter().all(|p| serving.contains(p)),
+        "{marked:?} vs {serving:?}"
+    );
+    assert!(with_history(&a)
+        .2
+        .iter()
+        .all(|(_, r)| r.iter().all(|s| slot_previous(*s) == lb_common::NO_BACKEND)));
     // The removed VIP's and backends' slots are cleared, not left behind.
     assert!(c
         .maps
@@ -99,6 +144,7 @@ fn same_packets_same_backends_on_every_balancer() {
     let mut c = Harness::new(&earlier());
     c.reconfigure(&reordered());
     let mut macs = std::collections::BTreeSet::new();
+    let mut marked = 0;
     for i in 0..2000u16 {
         let src = [192, 168, (i >> 8) as u8, i as u8];
         let v4 = tcp4(src, 10000 + i, [10, 201, 0, 10], 80);
@@ -115,14 +161,25 @@ fn same_packets_same_backends_on_every_balancer() {
             53,
         );
         for frame in [v4, v6] {
-            let (ra, rc) = (a.run(&frame), c.run(&frame));
+            let (ra, mut rc) = (a.run(&frame), c.run(&frame));
             assert_eq!(ra.action, XDP_TX);
+            // c's history may mark the packet (the IPv4 ID of a TCP packet whose slot changed
+            // owner on the way there); everything else is the same frame.
+            if rc.out[18..20] != ra.out[18..20] {
+                marked += 1;
+                rc.out[18..20].copy_from_slice(&ra.out[18..20]);
+                rc.out[24..26].copy_from_slice(&ra.out[24..26]);
+            }
             assert_eq!((ra.action, &ra.out), (rc.action, &rc.out), "flow {i}");
             macs.insert(ra.out[..6].to_vec());
         }
     }
     // Every backend got some of the flows: the agreement is not "everything to one".
     assert_eq!(macs.len(), 3, "{macs:?}");
+    assert!(
+        marked > 0 && marked < 1000,
+        "{marked} of 2000 TCP packets marked"
+    );
 }
 
 #[test]

@@ -67,7 +67,8 @@ fn tcp6_data(sport: u16, len: usize) -> Vec<u8> {
 /// The backend address the ring gives `flow` in VIP `vip`.
 fn ring_backend(h: &Harness, vip: &str, f: &lb_common::FlowKey) -> [u8; 16] {
     let ring = h.maps.ring(h.vip_id(vip)).unwrap();
-    let id = ring[(flow_hash(f, false) % ring.len() as u32) as usize];
+    let id =
+        lb_common::history::slot_owner(ring[(flow_hash(f, false) % ring.len() as u32) as usize]);
     h.maps.backend(id).unwrap().addr
 }
 

@@ -15,7 +15,7 @@ use etherparse::{
     icmpv4::DestUnreachableHeader, Icmpv4Type, IpFragOffset, IpHeaders, IpNumber, Ipv4Header,
     PacketBuilder,
 };
-use lb_common::{Counter, COUNTER_COUNT};
+use lb_common::{Counter, COUNTER_COUNT, NO_BACKEND};
 use lb_userspace::{
     config::Config,
     datapath::maps::BalancerMaps,
@@ -204,6 +204,7 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
     let mut sampled = 0usize;
     // See the summary: frames not addressed to a unicast MAC that still get forwarded.
     let mut group_src_mac = 0usize;
+    let mut marked = 0usize;
     // Outcomes of the unmutated ICMP and fragment classes: shows every new path is reached.
     let mut class_outcomes: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
 
@@ -270,6 +271,8 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
         if action == XDP_TX && frame[0] & 1 == 1 {
             group_src_mac += 1;
         }
+        // Second chance: forwarded with a previous owner (after the reload changed rings).
+        marked += usize::from(expected.forwarded.is_some_and(|f| f.previous != NO_BACKEND));
         *verdicts.entry(action_name(action)).or_default() += 1;
     }
     let elapsed = started.elapsed();
@@ -322,9 +325,17 @@ fn real_program_matches_the_model_on_generated_and_mutated_frames() {
         summary,
         "  forwarded with a group (multicast/broadcast) source MAC: {group_src_mac}"
     );
+    let _ = writeln!(
+        summary,
+        "  forwarded with a previous owner (second chance): {marked}"
+    );
     println!("{summary}");
 
     assert_eq!(group_src_mac, 0, "frames forwarded with a group source MAC");
+    assert!(
+        marked > 0,
+        "no packet had a previous owner: the marks went untested"
+    );
     assert!(
         mismatch_count == 0 && end_problems.is_empty(),
         "{mismatch_count} of {packets} packets disagree (seed {seed:#x}; rerun with XDPLB_DIFF_SEED={seed:#x} XDPLB_DIFF_PACKETS={packets}); first ones:\n{}\nend-of-run totals:\n  {}\n{summary}",

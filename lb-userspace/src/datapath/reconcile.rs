@@ -2,11 +2,13 @@
 //!
 //! It writes in an order that is safe for packets in flight, and remembers what it wrote.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use lb_common::{
-    addr::ip_from_map, AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta,
-    BACKEND_UNUSED,
+    addr::ip_from_map,
+    history::{ring_slot, slot_owner, slot_previous},
+    AddrKey, AddrMeta, Backend as MapBackend, Settings, VipKey, VipMeta, BACKEND_UNUSED,
+    NO_BACKEND,
 };
 
 use crate::{
@@ -23,6 +25,7 @@ use crate::{
 pub struct Written {
     pub ids: Ids,
     backends: HashMap<u32, MapBackend>,
+    /// As written: each slot's owner and previous owner (lb-common's `history::ring_slot`).
     rings: HashMap<u32, Vec<u32>>,
     vips: HashMap<VipKey, VipMeta>,
     addrs: HashMap<AddrKey, AddrMeta>,
@@ -113,9 +116,10 @@ impl Written {
             if !held_vips.contains(&id) {
                 maps.reset_vip_counters(id)?;
             }
-            if self.rings.get(&id) != Some(&v.ring) {
-                maps.install_ring(id, &v.ring)?;
-                self.rings.insert(id, v.ring.clone());
+            let ring = with_history(&v.ring, self.rings.get(&id), &desired.backends);
+            if self.rings.get(&id) != Some(&ring) {
+                maps.install_ring(id, &ring)?;
+                self.rings.insert(id, ring);
             }
         }
         // The VIP table changes whole: added VIPs (whose rings are in place) and removed ones
@@ -165,6 +169,48 @@ impl Written {
         self.ids = desired.ids.clone();
         Ok(report)
     }
+}
+
+/// The ring to write for `owners` (a Maglev table of backend ids), each slot with its previous
+/// owner: the most recent other backend that owned the slot in `written` (the ring as last
+/// written), as long as it still serves (active or draining: a removed or failed backend's
+/// flows are gone). Health changes count like config changes; a ring never written before (a
+/// new VIP, or the first write after an agent restart) has no history.
+pub fn with_history(
+    owners: &[u32],
+    written: Option<&Vec<u32>>,
+    backends: &BTreeMap<u32, MapBackend>,
+) -> Vec<u32> {
+    let serves = |id: u32| {
+        backends
+            .get(&id)
+            .is_some_and(|b| lb_common::backend_serves(b.state))
+    };
+    owners
+        .iter()
+        .enumerate()
+        .map(|(i, &owner)| {
+            // A ring of another size is another table: its slots say nothing about these.
+            let old = written.filter(|w| w.len() == owners.len()).map(|w| w[i]);
+            let previous = match old {
+                None => NO_BACKEND,
+                Some(old) => {
+                    let (was, before) = (slot_owner(old), slot_previous(old));
+                    if was != owner && was != NO_BACKEND {
+                        was
+                    } else {
+                        before
+                    }
+                }
+            };
+            let previous = if previous != owner && serves(previous) {
+                previous
+            } else {
+                NO_BACKEND
+            };
+            ring_slot(owner, previous)
+        })
+        .collect()
 }
 
 impl Written {

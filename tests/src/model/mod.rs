@@ -81,6 +81,7 @@ use etherparse::{
     Ipv4Header, Ipv4HeaderSlice, Ipv6FlowLabel, Ipv6Header, Ipv6HeaderSlice, SingleVlanHeaderSlice,
     TcpHeaderSlice, UdpHeaderSlice,
 };
+use lb_common::history::{slot_owner, slot_previous};
 use lb_common::{
     flow_hash, AddrKey, AddrMeta, Backend, ConnEntry, Counter, Family, FlowKey, Settings,
     TrafficCounters, VipKey, VipMeta, ADDR_ANSWER_ECHO, BACKEND_ACTIVE, BACKEND_DRAINING,
@@ -101,7 +102,7 @@ mod rewrite;
 mod tables;
 
 pub use self::packet::{parse, Kind, Packet};
-use self::rewrite::{echo_reply, encapsulate, too_big, word};
+use self::rewrite::{echo_reply, encapsulate, mark, too_big, word};
 pub use self::tables::Tables;
 use self::tables::{addr_bytes, addr_key, check_settings, config_vip_key};
 
@@ -130,6 +131,9 @@ pub struct Forwarded {
     pub backend_id: u32,
     /// A stateful VIP's ring decided (flow-table miss or re-steer).
     pub new_flow: bool,
+    /// The ring slot's previous owner when the ring decided (second chance), else
+    /// `NO_BACKEND`.
+    pub previous: u32,
 }
 
 /// One VIP as the model sees it: identity from the config, ring from the maps.
@@ -275,8 +279,12 @@ impl Model {
             );
         }
         for vip in self.vips.values() {
-            for id in vip.ring.iter().filter(|id| **id != NO_BACKEND) {
-                match self.backends.get(id) {
+            let named = vip
+                .ring
+                .iter()
+                .flat_map(|s| [slot_owner(*s), slot_previous(*s)]);
+            for id in named.filter(|id| *id != NO_BACKEND) {
+                match self.backends.get(&id) {
                     Some(b) if b.vip_id == vip.vip_id => {}
                     Some(b) => bail!(
                         "ring of VIP id {} names backend {id} of VIP id {}",
@@ -376,6 +384,9 @@ impl Model {
             Kind::IcmpError(key) => (key, true),
         };
         let (forwarded, backend, ipip, hash) = self.choose(&key, to_us, !steered, lookup)?;
+        // Second chance: TCP packets of a slot that changed owner carry the previous one.
+        let previous = Some(forwarded.previous)
+            .filter(|id| *id != NO_BACKEND && key.proto == lb_common::IPPROTO_TCP && !steered);
         let reason = if steered {
             Counter::TxIcmpSteered
         } else {
@@ -399,13 +410,16 @@ impl Model {
                     forwarded: None,
                 });
             }
-            encapsulate(frame, p, hash, &backend, &self.settings)
+            encapsulate(frame, p, hash, previous, &backend, &self.settings)
         } else {
             // L2 DSR: the frame goes to the backend's MAC, from this NIC's own MAC (never one
             // copied from the frame); nothing past the Ethernet addresses changes.
             let mut output = frame.to_vec();
             output[0..6].copy_from_slice(&backend.mac);
             output[6..12].copy_from_slice(&self.settings.mac);
+            if let Some(id) = previous {
+                mark(&mut output, p, id);
+            }
             output
         };
         Ok(Answer {
@@ -462,6 +476,7 @@ impl Model {
                         vip_id: b.vip_id,
                         backend_id: entry.backend_id,
                         new_flow: false,
+                        previous: NO_BACKEND,
                     };
                     return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP, entry.hash));
                 }
@@ -483,7 +498,8 @@ impl Model {
             return Err(Counter::DropNoBackend);
         }
         let slot = flow_hash(flow, vip.source_only) % ring.len() as u32;
-        let id = ring[slot as usize];
+        let owners = ring[slot as usize];
+        let id = slot_owner(owners);
         if id == NO_BACKEND {
             return Err(Counter::DropNoBackend);
         }
@@ -504,6 +520,7 @@ impl Model {
             vip_id,
             backend_id: id,
             new_flow: !stateless,
+            previous: slot_previous(owners),
         };
         Ok((forwarded, backend, ipip, flow_hash(flow, false)))
     }

@@ -1,6 +1,7 @@
 //! The frames the model sends: L2 rewrite, echo replies, too-big answers, IP-in-IP, checksums.
 
 use super::*;
+use lb_common::history::{flow_label_mark, ipv4_id_mark};
 
 /// Traffic class of the balancer's own ICMPv4 messages: precedence "internetwork control",
 /// as the kernel sends its ICMP errors.
@@ -118,12 +119,29 @@ pub(super) fn too_big(frame: &[u8], p: &Packet, mtu: usize, our_mac: [u8; 6]) ->
     out
 }
 
+/// Second chance in `l2`: the client's IPv4 ID (DF set only; checksum updated) or IPv6 flow
+/// label carries the mark of `previous`, the ring slot's previous owner.
+pub(super) fn mark(out: &mut [u8], p: &Packet, previous: u32) {
+    let ip = p.l3;
+    if p.family == Family::V4 {
+        if p.df {
+            set_word(out, ip + 4, ipv4_id_mark(previous), ip + 10);
+        }
+    } else {
+        let label = flow_label_mark(previous);
+        out[ip + 1] = (out[ip + 1] & 0xf0) | (label >> 16) as u8;
+        out[ip + 2] = (label >> 8) as u8;
+        out[ip + 3] = label as u8;
+    }
+}
+
 /// The frame as `ipip` sends it: L2 header toward the next hop (tag kept, EtherType of the
 /// outer family), the outer header, then everything from the IP header to the frame's end.
 pub(super) fn encapsulate(
     frame: &[u8],
     p: &Packet,
     hash: u32,
+    previous: Option<u32>,
     backend: &Backend,
     s: &Settings,
 ) -> Vec<u8> {
@@ -150,7 +168,8 @@ pub(super) fn encapsulate(
         .unwrap();
         h.dscp = Ipv4Dscp::try_new(p.tos >> 2).unwrap();
         h.ecn = Ipv4Ecn::try_new(p.tos & 3).unwrap();
-        h.identification = 0;
+        // Second chance: the previous owner's mark, or 0.
+        h.identification = previous.map_or(0, ipv4_id_mark);
         h.dont_fragment = true;
         h.header_checksum = h.calc_header_checksum();
         out.extend_from_slice(&h.to_bytes());
@@ -162,7 +181,8 @@ pub(super) fn encapsulate(
         src[12..16].copy_from_slice(&((last & !host) | (hash & host)).to_be_bytes());
         let h = Ipv6Header {
             traffic_class: p.tos,
-            flow_label: Ipv6FlowLabel::try_new(hash & 0xf_ffff).unwrap(),
+            flow_label: Ipv6FlowLabel::try_new(previous.map_or(hash & 0xf_ffff, flow_label_mark))
+                .unwrap(),
             payload_length: p.ip_len as u16,
             next_header: inner,
             hop_limit: ORIGIN_TTL,

@@ -39,7 +39,13 @@ impl Tables for Desired {
         self.vips
             .iter()
             .find(|v| v.meta.vip_id == vip_id)
-            .map(|v| v.ring.clone())
+            // As the agent writes it the first time: owners without history.
+            .map(|v| {
+                v.ring
+                    .iter()
+                    .map(|id| lb_common::history::ring_slot(*id, NO_BACKEND))
+                    .collect()
+            })
             .with_context(|| format!("no desired VIP has id {vip_id}"))
     }
     fn vip_addrs(&self) -> anyhow::Result<Vec<(AddrKey, AddrMeta)>> {

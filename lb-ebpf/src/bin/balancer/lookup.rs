@@ -7,6 +7,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     backend_serves, flow_hash,
+    history::{slot_owner, slot_previous},
     vip_table::{addr_hash, slots, AddrHash, KeyWords, ADDR_ENTRY_PROTO},
     Backend, ConnEntry, Event, FlowKey, Outcome, Settings, VipMeta, VipSlot, ALL_PORTS, NO_BACKEND,
     VIP_HASH_SOURCE_IP, VIP_STATELESS, VIP_TABLE_SLOTS,
@@ -156,6 +157,7 @@ pub fn remembered(flow: &FlowKey) -> Remembered {
             backend_id: id,
             backend: b,
             hash,
+            previous: NO_BACKEND,
         }),
         _ => Remembered::Stale,
     }
@@ -167,6 +169,9 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// `flow_hash(flow, false)`, for an `ipip` outer header.
     pub hash: u32,
+    /// The ring slot's previous owner (second chance), or `NO_BACKEND`; always `NO_BACKEND`
+    /// on a flow-table hit, which sends the flow where it was pinned.
+    pub previous: u32,
 }
 
 /// The ring's choice for `flow` to `vip`, remembered if the VIP is stateful and `remember`
@@ -203,9 +208,10 @@ pub fn choose(
     let slot = ring_hash % vip.ring_size;
     // verifier: RINGS' inner arrays are bounds-checked by the kernel; a slot past a ring's
     // size returns None.
-    let id = *RINGS
+    let owners = *RINGS
         .get_value(vip.vip_id, &slot)
         .ok_or(Outcome::DropNoBackend)?;
+    let id = slot_owner(owners);
     if id == NO_BACKEND {
         return Err(Outcome::DropNoBackend);
     }
@@ -224,5 +230,6 @@ pub fn choose(
         backend_id: id,
         backend: b,
         hash,
+        previous: slot_previous(owners),
     })
 }

@@ -11,7 +11,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    Event, Outcome, Settings, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2, VIP_STATELESS,
+    Event, Outcome, Settings, ADDR_ANSWER_ECHO, FORWARD_IPIP, FORWARD_L2, IPPROTO_TCP, NO_BACKEND,
+    VIP_STATELESS,
 };
 use lb_ebpf::{
     encap, icmp,
@@ -128,14 +129,23 @@ fn send(
     icmp_error: bool,
 ) -> Result<Outcome, Outcome> {
     let backend = choice.backend;
+    // Second chance: a TCP packet whose ring slot changed owner carries the previous owner,
+    // which the backend's host program sends it on to if the flow is not its own.
+    let previous = (choice.previous != NO_BACKEND && p.key.proto == IPPROTO_TCP && !icmp_error)
+        .then_some(choice.previous);
     match backend.vip_forwarding {
-        FORWARD_L2 => encap::l2(ctx, backend, settings)?,
+        FORWARD_L2 => {
+            encap::l2(ctx, backend, settings)?;
+            if let Some(id) = previous {
+                encap::mark(ctx, p, id)?;
+            }
+        }
         FORWARD_IPIP => {
             if let Some(mtu) = encap::too_big_for_tunnel(p, backend, settings, icmp_error)? {
                 icmp::too_big(ctx, p, mtu, settings)?;
                 return Ok(Outcome::TxIcmpTooBig);
             }
-            encap::ipip(ctx, p, backend, settings, choice.hash)?;
+            encap::ipip(ctx, p, backend, settings, choice.hash, previous)?;
         }
         // A mode this program does not know: the agent refuses such configs, so this is a
         // mismatch between agent and object; drop rather than send somewhere wrong.
