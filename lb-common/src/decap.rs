@@ -1,11 +1,13 @@
-//! The contract of the decapsulation program (`xdplb decap`): map names, layouts and counters.
+//! The contract of the backends' host program (`xdplb host`): map names, layouts and counters.
 //!
-//! The balancer may send backends IP-in-IP (4in4, 6in4, 6in6, 4in6). This kernel has no
-//! ipip/ip6_tunnel driver, so a backend runs `xdplb_decap` on its NIC: it strips the outer header
-//! of tunnel packets addressed to one of the backend's own addresses (`DECAP_ADDRS`) and hands the
-//! inner packet to the stack. Everything else passes untouched.
+//! The balancer may send backends IP-in-IP (4in4, 6in4, 6in6, 4in6). A backend runs
+//! `xdplb_decap` on its NIC: it strips the outer header of tunnel packets addressed to one of
+//! the backend's own addresses (`DECAP_ADDRS`) and hands the inner packet to the stack. It also
+//! gives TCP packets to the host's VIPs a second chance (lb-common's `history`): a packet that
+//! carries a previous owner and belongs to no local socket is sent on to that owner
+//! (`HOST_PEERS`). Everything else passes untouched.
 
-use crate::{Family, MapKind, MapSpec};
+use crate::{Family, MapKind, MapSpec, MAX_BACKENDS};
 
 /// Name of the `#[xdp]` entry point in the `decap` object.
 pub const PROGRAM: &str = "xdplb_decap";
@@ -20,11 +22,38 @@ pub const DECAP_STATS: &str = "DECAP_STATS";
 /// is not a backend we plan for. A hash entry is ~20+4 B plus bookkeeping: a few KiB in all.
 pub const MAX_DECAP_ADDRS: u32 = 64;
 
+/// `HashMap<DecapAddr, u32>`: this host's VIP addresses (the config's, on `lo`): only TCP
+/// packets to them get a second chance. The value holds flags; none are defined yet.
+pub const HOST_VIPS: &str = "HOST_VIPS";
+/// `Array<Peer>` of `MAX_BACKENDS`, indexed by backend id (the balancers' ids for the same
+/// config): where a packet goes on when its flow is not local.
+pub const HOST_PEERS: &str = "HOST_PEERS";
+
 /// Every map of the decap object, for pinning and for the pinned-layout check.
-pub const MAPS: [MapSpec; 2] = [
+pub const MAPS: [MapSpec; 4] = [
     MapSpec::new::<DecapAddr, u32>(DECAP_ADDRS, MapKind::Hash, MAX_DECAP_ADDRS),
     MapSpec::new::<u32, u64>(DECAP_STATS, MapKind::PerCpuArray, DecapCounter::COUNT),
+    MapSpec::new::<DecapAddr, u32>(HOST_VIPS, MapKind::Hash, crate::MAX_VIPS),
+    MapSpec::new::<u32, Peer>(HOST_PEERS, MapKind::Array, MAX_BACKENDS),
 ];
+
+/// `Peer::state`: no host has this id (or the program must not send to it).
+pub const PEER_NONE: u8 = 0;
+/// `Peer::state`: another backend, reached at `mac` on this host's segment.
+pub const PEER_L2: u8 = 1;
+/// `Peer::state`: this host itself (a chain that names it ends here).
+pub const PEER_SELF: u8 = 2;
+
+/// Value of `HOST_PEERS`: how to reach the backend with that id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub mac: [u8; 6],
+    /// `PEER_*`.
+    pub state: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Peer>() == 8);
 
 /// Key of `DECAP_ADDRS`: an outer destination address, wire order. IPv4 uses the first 4 bytes,
 /// the rest stays zero (the program builds its lookup key the same way).
@@ -86,6 +115,20 @@ counter_table! {
         /// (wrong version for the protocol, bad IHL, inner length past the outer payload,
         /// truncated): dropped.
         DropMalformed = 4, "drop_malformed", Drop;
+        /// Second chance: a TCP packet to a local VIP that carries a previous owner, and the
+        /// flow is this host's (a socket of any state but listening: established, TIME_WAIT,
+        /// a half-open request): to the stack.
+        PassLocal = 5, "pass_local", Pass;
+        /// Second chance: a SYN (a new connection is always this host's): to the stack.
+        PassSyn = 6, "pass_syn", Pass;
+        /// Second chance: an ACK the listener's SYN cookies validate: to the stack.
+        PassCookie = 7, "pass_cookie", Pass;
+        /// Second chance: not this host's flow, sent on to the previous owner the packet
+        /// carried, its mark cleared so that host delivers it.
+        TxChained = 8, "tx_chained", Tx;
+        /// Second chance: not this host's flow and the previous owner is unknown here or is
+        /// this host: to the stack, which answers as it would without the program (a reset).
+        PassEndOfChain = 9, "pass_end_of_chain", Pass;
     }
 }
 
@@ -97,6 +140,7 @@ mod user {
     // SAFETY: `#[repr(C)]`, byte arrays only, explicit padding: every bit pattern is valid and
     // there are no uninitialised bytes.
     unsafe impl aya::Pod for super::DecapAddr {}
+    unsafe impl aya::Pod for super::Peer {}
 }
 
 #[cfg(test)]
@@ -131,7 +175,12 @@ mod tests {
                 "pass_not_tunnel",
                 "pass_not_local",
                 "pass_outer_fragment",
-                "drop_malformed"
+                "drop_malformed",
+                "pass_local",
+                "pass_syn",
+                "pass_cookie",
+                "tx_chained",
+                "pass_end_of_chain",
             ]
         );
         for o in DecapOutcome::ALL {
@@ -140,7 +189,7 @@ mod tests {
         }
         assert_ne!(MAPS[0].name, MAPS[1].name);
         assert_eq!((MAPS[0].key_size, MAPS[0].value_size), (20, 4));
-        assert_eq!((MAPS[1].value_size, MAPS[1].max_entries), (8, 5));
+        assert_eq!((MAPS[1].value_size, MAPS[1].max_entries), (8, 10));
     }
 
     /// Userspace refuses (replaces) pinned maps whose sizes differ; if this changes, old pins
@@ -155,7 +204,7 @@ mod tests {
                 DECAP_COUNTER_COUNT,
                 MAPS.len()
             ),
-            (20, 16, 5, 2)
+            (20, 16, 10, 4)
         );
     }
 

@@ -364,8 +364,9 @@ fn counters_add_up_over_a_mixed_batch() {
     let c = h.counters();
     assert_eq!(
         c,
-        [2, 1, 1, 1, 1],
-        "decapsulated, pass_not_tunnel, pass_not_local, pass_outer_fragment, drop_malformed"
+        [2, 1, 1, 1, 1, 0, 0, 0, 0, 0],
+        "decapsulated, pass_not_tunnel, pass_not_local, pass_outer_fragment, drop_malformed, \
+         and no second chance (no VIP, no mark)"
     );
     assert_eq!(c.iter().sum::<u64>(), batch.len() as u64);
 }

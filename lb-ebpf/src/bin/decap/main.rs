@@ -1,10 +1,14 @@
-//! `xdplb_decap`, the backends' XDP program: strips IP-in-IP addressed to this host.
+//! `xdplb_decap`, the backends' XDP program: strips IP-in-IP to this host, and second chance.
 //!
 //! Handles 4in4, 6in4, 6in6 and 4in6: the outer header goes, the inner packet passes to the
-//! stack; everything else passes untouched. The outer and inner headers are checked by the
-//! library's parser ([`lb_ebpf::parse`]), as the balancer checks the packets it receives.
+//! stack. A TCP packet to one of the host's VIPs that carries a previous owner and is not this
+//! host's goes on to that owner ([`chance`]). Everything else passes untouched. The outer and
+//! inner headers are checked by the library's parser ([`lb_ebpf::parse`]), as the balancer
+//! checks the packets it receives.
 #![no_std]
 #![no_main]
+
+mod chance;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -45,10 +49,13 @@ pub fn xdplb_decap(ctx: XdpContext) -> u32 {
             }
             DecapOutcome::Decapsulated
         }
+        // Not a tunnel: a packet sent here in `l2`, which may need its second chance.
+        Err(DecapOutcome::PassNotTunnel) => {
+            chance::decide(&ctx).unwrap_or(DecapOutcome::PassNotTunnel)
+        }
         Err(outcome) => outcome,
     };
     count(outcome);
-    // No decap outcome has the `Tx` verdict; the mapping stays total rather than guessed.
     program::action(outcome.verdict())
 }
 
