@@ -92,6 +92,12 @@ enum Command {
     /// an interface. Stays attached after the command exits; re-running it replaces the program
     /// and refreshes the address set.
     Decap(crate::decap::DecapArgs),
+    /// On a backend: set it up from the balancers' config (VIPs on lo, ARP, host program).
+    ///
+    /// The program unwraps IP-in-IP (as `decap`) and gives TCP packets to the VIPs a second
+    /// chance: one whose flow is not this host's goes on to the backend that owned its ring
+    /// slot before. Stays attached after the command exits; re-run it after a config change.
+    Host(crate::decap::host::HostArgs),
     /// Preflight a gateway, or with --backend a DSR backend; every finding names its fix.
     ///
     /// Exit code 1 when a check fails (warnings alone exit 0).
@@ -154,6 +160,7 @@ fn dispatch(command: Command) -> anyhow::Result<Outcome> {
         Command::Backend { command, target } => backend::run(command, &target),
         Command::Replay(args) => replay::run(&args).map(Outcome::from),
         Command::Decap(args) => crate::decap::run(&args).map(Outcome::from),
+        Command::Host(args) => crate::decap::host::run(&args).map(Outcome::from),
         Command::Doctor(args) => doctor::run(&args).map(Outcome::from),
         Command::DrainBalancer { target, no_wait } => {
             agent::drain_balancer(&target, no_wait).map(Outcome::from)

@@ -1,4 +1,4 @@
-//! `DecapMaps`: the aya handles of the decap program's maps (address set and counters).
+//! `DecapMaps`: the aya handles of the host program's maps (addresses, VIPs, peers, counters).
 //!
 //! It also builds the map key of an address.
 
@@ -6,12 +6,16 @@ use std::{net::IpAddr, path::Path};
 
 use anyhow::Context as _;
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     Ebpf,
 };
 use lb_common::{
     addr::{ip_from_map, ip_to_map},
-    decap::{DecapAddr, DecapCounter, DECAP_ADDRS, DECAP_COUNTER_COUNT, DECAP_STATS},
+    decap::{
+        DecapAddr, DecapCounter, Peer, DECAP_ADDRS, DECAP_COUNTER_COUNT, DECAP_STATS, HOST_PEERS,
+        HOST_VIPS,
+    },
+    MAX_BACKENDS,
 };
 
 use crate::datapath::maps;
@@ -30,6 +34,8 @@ pub fn decap_key(addr: IpAddr) -> DecapAddr {
 pub struct DecapMaps {
     addrs: HashMap<MapData, DecapAddr, u32>,
     stats: PerCpuArray<MapData, u64>,
+    vips: HashMap<MapData, DecapAddr, u32>,
+    peers: Array<MapData, Peer>,
 }
 
 impl DecapMaps {
@@ -53,6 +59,8 @@ impl DecapMaps {
         Ok(Self {
             addrs: maps::typed(DECAP_ADDRS, get(DECAP_ADDRS)?)?,
             stats: maps::typed(DECAP_STATS, get(DECAP_STATS)?)?,
+            vips: maps::typed(HOST_VIPS, get(HOST_VIPS)?)?,
+            peers: maps::typed(HOST_PEERS, get(HOST_PEERS)?)?,
         })
     }
 
@@ -92,6 +100,35 @@ impl DecapMaps {
             }
         }
         Ok((added, removed))
+    }
+
+    /// Makes `HOST_VIPS` hold exactly `vips`.
+    pub fn set_host_vips(&mut self, vips: &[IpAddr]) -> anyhow::Result<()> {
+        let current: Vec<DecapAddr> = self.vips.keys().collect::<Result<_, _>>()?;
+        let wanted: Vec<DecapAddr> = vips.iter().map(|a| decap_key(*a)).collect();
+        for k in &wanted {
+            self.vips.insert(k, 0, 0).context("writing map HOST_VIPS")?;
+        }
+        for k in current.iter().filter(|k| !wanted.contains(k)) {
+            self.vips.remove(k).context("deleting from map HOST_VIPS")?;
+        }
+        Ok(())
+    }
+
+    /// Makes `HOST_PEERS` hold exactly `peers` (by backend id; every other id: no peer).
+    pub fn set_peers(
+        &mut self,
+        peers: &std::collections::BTreeMap<u32, Peer>,
+    ) -> anyhow::Result<()> {
+        for id in 0..MAX_BACKENDS {
+            let want = peers.get(&id).copied().unwrap_or_default();
+            if self.peers.get(&id, 0).ok() != Some(want) {
+                self.peers
+                    .set(id, want, 0)
+                    .with_context(|| format!("writing HOST_PEERS[{id}]"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Every counter, summed over the CPUs, in [`DecapCounter`] order.

@@ -1,4 +1,4 @@
-//! `xdplb decap`: the backends' IP-in-IP decapsulation program on an interface.
+//! `xdplb decap` and `xdplb host`: the backends' program (decapsulation, second chance).
 //!
 //! It loads the program, keeps it attached through a pinned link, fills its address set, detaches
 //! it and prints its counters.
@@ -17,6 +17,7 @@ use anyhow::bail;
 use crate::config::{InterfaceName, XdpMode};
 
 mod addrs;
+pub mod host;
 mod install;
 mod maps;
 mod stats;

@@ -19,6 +19,7 @@ use xdplb_lab::{
 };
 use xdplb_tests::fixture::Run;
 
+mod chance;
 mod fixtures;
 mod frames;
 mod namespace;

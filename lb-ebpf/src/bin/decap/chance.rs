@@ -234,8 +234,10 @@ fn cookie_valid(ctx: &XdpContext, l3: usize, l4: usize, v6: bool) -> bool {
                 (start + l4) as *mut tcphdr,
             ) == 0
         } else {
-            bpf_tcp_raw_check_syncookie_ipv4((start + l3) as *mut iphdr, (start + l4) as *mut tcphdr)
-                == 0
+            bpf_tcp_raw_check_syncookie_ipv4(
+                (start + l3) as *mut iphdr,
+                (start + l4) as *mut tcphdr,
+            ) == 0
         }
     }
 }
