@@ -1,0 +1,109 @@
+//! Second chance end to end: a stateless VIP's ring moves flows, and the backends keep them.
+//!
+//! A balancer in `l2` with stateless VIPs and two backends holds persistent connections; a
+//! third backend is added, so the ring gives it about a third of the flows. Without the host
+//! program its kernel resets them. With `xdplb host` on every backend (from the new config,
+//! as a rollout does hosts first), the new backend sends each packet that is not its own on
+//! to the backend the balancer marked as the slot's previous owner: nothing breaks, no
+//! connection changes backend, and the new backend's counters show the chained packets.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use xdplb_lab::{
+    lab::{tool_path, Lab},
+    netns,
+    reports::HoldReport,
+    scenario::{hold_finish, hold_start, lab_config, small_lab, Balancer, Member},
+};
+
+const MODE: &str = "generic";
+const HELD: u32 = 60;
+
+/// The lab config with every VIP stateless: the ring alone decides, as on a balancer that
+/// took over the flows from another.
+fn stateless(yaml: String) -> String {
+    yaml.replace("    backends:\n", "    stateless: true\n    backends:\n")
+}
+
+/// Holds connections, switches the balancer to `next`, and reports what happened to them.
+fn change_under_load(lab: &mut Lab, balancer: &mut Balancer, next: &str) -> HoldReport {
+    let held = hold_start(lab, 0, HELD).expect("hold");
+    std::thread::sleep(Duration::from_secs(1));
+    balancer.reload(lab, next).expect("reload");
+    std::thread::sleep(Duration::from_secs(3));
+    hold_finish(lab, held).expect("hold report")
+}
+
+/// `xdplb host` on backend `i`, from the config file at `config`.
+fn host(lab: &mut Lab, i: usize, config: &str, extra: &[&str]) -> String {
+    let xdplb = tool_path("xdplb");
+    let pins = lab.pin_dir().unwrap().join(format!("host-b{i}"));
+    let (ns, dev) = (lab.backend_ns(i).to_owned(), lab.backend_if(i));
+    let mut args = vec![
+        xdplb.to_str().unwrap(),
+        "host",
+        "--interface",
+        dev.as_str(),
+        "--pin-path",
+        pins.to_str().unwrap(),
+        "--config",
+        config,
+    ];
+    args.extend_from_slice(extra);
+    netns::run_shared_mounts(&ns, &args).unwrap_or_else(|e| panic!("xdplb host on b{i}: {e:#}"))
+}
+
+#[test]
+fn a_backend_added_to_a_stateless_vip_breaks_nothing_with_the_host_program() {
+    let mut lab = small_lab(3).expect("lab");
+    let active = |n: usize| (0..n).map(|i| (i, Member::Active)).collect::<Vec<_>>();
+    let two = stateless(lab_config(&mut lab, MODE, &active(2)).unwrap());
+    let three = stateless(lab_config(&mut lab, MODE, &active(3)).unwrap());
+    let mut balancer = Balancer::start(&mut lab, MODE, &two).expect("xdplb starts");
+
+    // Without the host program: the moved flows reach a backend that never saw them.
+    let without = change_under_load(&mut lab, &mut balancer, &three);
+    assert!(
+        without.broken > 0,
+        "adding a backend to a stateless VIP broke nothing even without the host program: the test cannot tell: {without:?}"
+    );
+    balancer
+        .reload(&mut lab, &two)
+        .expect("back to two backends");
+    std::thread::sleep(Duration::from_secs(1));
+
+    let config = lab.dir().join("hosts.yaml");
+    std::fs::write(&config, &three).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    for i in 0..3 {
+        let out = host(&mut lab, i, &config, &["--xdp-mode", "generic"]);
+        assert!(out.contains("second chance:"), "b{i}: {out}");
+        // Four VIPs (TCP and UDP, IPv4 and IPv6), each with its ids for the two other hosts.
+        assert!(out.contains("8 backend id(s) reachable"), "b{i}: {out}");
+    }
+    let with = change_under_load(&mut lab, &mut balancer, &three);
+    assert!(with.opened >= u64::from(HELD), "{with:?}");
+    assert_eq!(
+        (with.broken, with.backend_changed),
+        (0, 0),
+        "connections broke or moved with the host program on every backend (without it {} of {} broke): {with:?}",
+        without.broken,
+        without.opened
+    );
+    let stats: Value = serde_json::from_str(&host(&mut lab, 2, &config, &["--stats", "--json"]))
+        .expect("stats JSON");
+    assert!(
+        stats["tx_chained"].as_u64().unwrap_or(0) > 0,
+        "the new backend chained nothing: {stats}"
+    );
+    println!(
+        "backend added to a stateless VIP under {HELD} held connections: without the host program {} broke; with it {} broke, {} changed backend; the new backend chained {} packets and delivered {} by socket lookup",
+        without.broken, with.broken, with.backend_changed, stats["tx_chained"], stats["pass_local"]
+    );
+    for i in 0..3 {
+        let out = host(&mut lab, i, &config, &["--detach"]);
+        assert!(out.contains("removed"), "b{i}: {out}");
+    }
+    balancer.stop(&mut lab).unwrap();
+}
