@@ -144,7 +144,7 @@ pub const MAX_VIPS: u32 = 512;
 /// per CPU.
 pub const MAX_BACKENDS: u32 = 16384;
 /// Default flow-table capacity (`flow_table_size` in the config overrides it at load time).
-/// An LRU hash entry costs its key and value (40 + 12 B, the value rounded up to 16) plus ~56 B
+/// An LRU hash entry costs its key and value (40 + 16 B) plus ~56 B
 /// of kernel bookkeeping: ~110 MiB for 1Mi flows. Stateless VIPs do not use it.
 pub const DEFAULT_CONNS: u32 = 1 << 20;
 /// Maglev table size the config uses when it names none; must be prime.
@@ -354,8 +354,13 @@ pub struct ConnEntry {
     /// `flow_hash(key, false)`, computed when the flow was pinned: the tunnel source's host
     /// bits and the IPv6 flow label of its `ipip` packets, so a hit does not hash again.
     pub hash: u32,
+    /// The ring slot's previous owner when the flow was pinned (second chance), or
+    /// [`NO_BACKEND`]: every packet of the flow carries it, not only the first, so the
+    /// backend can keep handing them to the host that has the connection. Free in memory:
+    /// the kernel rounds a 12-byte value up to 16.
+    pub previous: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 12);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 16);
 
 /// Value of `VIP_STATS` and `BACKEND_STATS` (per CPU; readers sum the CPUs).
 #[repr(C)]
@@ -549,7 +554,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (conns.key_size, conns.value_size, conns.max_entries),
-            (40, 12, 0)
+            (40, 16, 0)
         );
         let global = BALANCER_MAPS
             .iter()
@@ -582,7 +587,7 @@ mod tests {
         ];
         assert_eq!(
             (LAYOUT_VERSION, fingerprint),
-            (8, [20, 16, 40, 40, 12, 24, 24, 40, 12, 48, 17, 10])
+            (8, [20, 16, 40, 40, 16, 24, 24, 40, 12, 48, 17, 10])
         );
     }
 

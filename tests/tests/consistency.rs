@@ -210,6 +210,7 @@ fn a_flow_entry_whose_slot_changed_owner_is_re_steered() {
                 backend_id: other_id,
                 tag: other.tag ^ 1,
                 hash: lb_common::flow_hash(&flow, false),
+                previous: lb_common::NO_BACKEND,
             },
         )
         .unwrap();
@@ -225,6 +226,7 @@ fn a_flow_entry_whose_slot_changed_owner_is_re_steered() {
                 backend_id: other_id,
                 tag: other.tag,
                 hash: lb_common::flow_hash(&flow, false),
+                previous: lb_common::NO_BACKEND,
             },
         )
         .unwrap();

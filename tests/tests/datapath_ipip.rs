@@ -301,6 +301,7 @@ fn icmp_errors_about_a_flow_go_to_the_flows_backend_and_create_no_flow() {
                 backend_id: other.0,
                 tag: other.1.tag,
                 hash: flow_hash(&f, false),
+                previous: lb_common::NO_BACKEND,
             },
         )
         .unwrap();

@@ -19,7 +19,7 @@ use std::{
 };
 
 use xdplb_lab::{
-    fleet::{Fleet, ROUTER_TIMEOUT},
+    fleet::{fail_over, roll, Fleet, ROUTER_TIMEOUT},
     lab::{Lab, LabSpec},
     netns,
     reports::{BurstReport, HoldReport},
@@ -628,29 +628,6 @@ fn rolled_then_failed_over(lab: &mut Lab, what: String, args: &[&str]) -> Step {
         roll_broken: a.broken + a.backend_changed,
         failover_broken: b.broken + b.backend_changed,
     }
-}
-
-/// Applies `args` (an `xdplb backend ...` change) to every balancer in turn, as an operator
-/// or a config-management tool rolls a change, a second apart.
-fn roll(lab: &Lab, args: &[&str]) {
-    for k in 0..lab.balancers() {
-        let (ok, out) = Balancer::cli_on(lab, k, args);
-        assert!(ok, "balancer {k}: xdplb {args:?}: {out}");
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-/// Cuts the last balancer's link, waits for the router to withdraw it, lets the moved
-/// flows run on the others, and restores it.
-fn fail_over(lab: &mut Lab) {
-    let v = victim(lab);
-    let rest: Vec<usize> = (0..v).collect();
-    let mac = lab.unplug_balancer(v).unwrap();
-    lab.wait_next_hops(&rest, ROUTER_TIMEOUT).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    lab.replug_balancer(v, &mac).unwrap();
-    let all: Vec<usize> = (0..=v).collect();
-    lab.wait_next_hops(&all, ROUTER_TIMEOUT).unwrap();
 }
 
 #[test]

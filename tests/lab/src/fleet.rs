@@ -172,3 +172,26 @@ fn tx_total(stats: &Value) -> u64 {
         .filter_map(|(_, v)| v.as_u64())
         .sum()
 }
+
+/// Applies `args` (an `xdplb backend ...` change) to every balancer in turn, as an operator
+/// or a config-management tool rolls a change, a second apart.
+pub fn roll(lab: &Lab, args: &[&str]) {
+    for k in 0..lab.balancers() {
+        let (ok, out) = Balancer::cli_on(lab, k, args);
+        assert!(ok, "balancer {k}: xdplb {args:?}: {out}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Cuts the last balancer's link, waits for the router to withdraw it, lets the moved
+/// flows run on the others, and restores it.
+pub fn fail_over(lab: &mut Lab) {
+    let v = lab.balancers() - 1;
+    let rest: Vec<usize> = (0..v).collect();
+    let mac = lab.unplug_balancer(v).unwrap();
+    lab.wait_next_hops(&rest, ROUTER_TIMEOUT).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.replug_balancer(v, &mac).unwrap();
+    let all: Vec<usize> = (0..=v).collect();
+    lab.wait_next_hops(&all, ROUTER_TIMEOUT).unwrap();
+}

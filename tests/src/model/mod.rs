@@ -131,8 +131,8 @@ pub struct Forwarded {
     pub backend_id: u32,
     /// A stateful VIP's ring decided (flow-table miss or re-steer).
     pub new_flow: bool,
-    /// The ring slot's previous owner when the ring decided (second chance), else
-    /// `NO_BACKEND`.
+    /// The ring slot's previous owner (second chance): the ring's when it decided, the flow
+    /// entry's on a hit; else `NO_BACKEND`.
     pub previous: u32,
 }
 
@@ -476,7 +476,7 @@ impl Model {
                         vip_id: b.vip_id,
                         backend_id: entry.backend_id,
                         new_flow: false,
-                        previous: NO_BACKEND,
+                        previous: entry.previous,
                     };
                     return Ok((forwarded, b, b.vip_forwarding == FORWARD_IPIP, entry.hash));
                 }
@@ -512,6 +512,7 @@ impl Model {
                     backend_id: id,
                     tag: backend.tag,
                     hash: flow_hash(flow, false),
+                    previous: slot_previous(owners),
                 },
             );
         }

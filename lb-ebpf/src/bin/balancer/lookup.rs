@@ -149,7 +149,7 @@ pub fn remembered(flow: &FlowKey) -> Remembered {
     let Some(entry) = (unsafe { CONNS.get(flow) }) else {
         return Remembered::Miss;
     };
-    let (id, tag, hash) = (entry.backend_id, entry.tag, entry.hash);
+    let (id, tag, hash, previous) = (entry.backend_id, entry.tag, entry.hash, entry.previous);
     match serving(id) {
         // A tag that no longer matches: the slot changed owner (ids follow the config's set),
         // so the backend this flow was pinned to is gone.
@@ -157,7 +157,7 @@ pub fn remembered(flow: &FlowKey) -> Remembered {
             backend_id: id,
             backend: b,
             hash,
-            previous: NO_BACKEND,
+            previous,
         }),
         _ => Remembered::Stale,
     }
@@ -169,8 +169,8 @@ pub struct Choice {
     pub backend: &'static Backend,
     /// `flow_hash(flow, false)`, for an `ipip` outer header.
     pub hash: u32,
-    /// The ring slot's previous owner (second chance), or `NO_BACKEND`; always `NO_BACKEND`
-    /// on a flow-table hit, which sends the flow where it was pinned.
+    /// The ring slot's previous owner (second chance), or `NO_BACKEND`; on a flow-table hit,
+    /// the one remembered when the flow was pinned.
     pub previous: u32,
 }
 
@@ -221,6 +221,7 @@ pub fn choose(
             backend_id: id,
             tag: b.tag,
             hash,
+            previous: slot_previous(owners),
         };
         if CONNS.insert(flow, &entry, 0).is_err() {
             event(Event::ConnInsertFailed);

@@ -119,6 +119,7 @@ pub(super) fn fill_flow_table(bal: &mut Balancer, n: u64) -> Result<()> {
             backend_id: 0,
             tag: 0,
             hash: 0,
+            previous: lb_common::NO_BACKEND,
         };
         bal.maps.insert_conn(&key, &entry)?;
     }

@@ -1,0 +1,118 @@
+//! Second chance behind ECMP: rolled backend changes, then a balancer failover, break nothing.
+//!
+//! The sequence `ecmp.rs` measures without it (a backend added on both balancers, then one
+//! balancer's link cut; a backend drained on both, then the same): the balancer that takes
+//! over has no flow-table entry for the moved flows, and its ring sends those whose slot
+//! changed owner to the slot's new owner. With `xdplb host` on every backend, that backend
+//! hands each such packet to the previous owner the balancer marked, so no connection breaks
+//! or changes backend.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use xdplb_lab::{
+    fleet::{fail_over, roll, Fleet},
+    lab::{tool_path, Lab, LabSpec},
+    netns,
+    reports::HoldReport,
+    scenario::{hold_finish, hold_start_patient},
+};
+
+const MODE: &str = "generic";
+const HELD: u32 = 80;
+const PING_TIMEOUT_S: u64 = 10;
+
+/// `xdplb host` on backend `i` with `args` after the interface and pin path.
+fn host(lab: &mut Lab, i: usize, args: &[&str]) -> String {
+    let xdplb = tool_path("xdplb");
+    let pins = lab.pin_dir().unwrap().join(format!("host-b{i}"));
+    let (ns, dev) = (lab.backend_ns(i).to_owned(), lab.backend_if(i));
+    let mut all = vec![
+        xdplb.to_str().unwrap(),
+        "host",
+        "--interface",
+        dev.as_str(),
+        "--pin-path",
+        pins.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    netns::run_shared_mounts(&ns, &all).unwrap_or_else(|e| panic!("xdplb host on b{i}: {e:#}"))
+}
+
+/// The fleet's config with `addr` added to VIP web-tcp: what the balancers hold after the
+/// roll, which the hosts get first (their peers must know the new backend's id).
+fn with_backend(yaml: &str, addr: &str) -> String {
+    let vip = yaml
+        .find("  - name: web-tcp\n")
+        .expect("web-tcp in the config");
+    let list = vip + yaml[vip..].find("    backends:\n").unwrap() + "    backends:\n".len();
+    let mut out = yaml.to_owned();
+    out.insert_str(
+        list,
+        &format!("      - {{ address: '{addr}', state: active }}\n"),
+    );
+    out
+}
+
+/// Broken or moved connections: (through the roll, through the roll and a failover).
+fn rolled_then_failed_over(lab: &mut Lab, args: &[&str]) -> (u64, u64) {
+    let through_roll = hold_start_patient(lab, 0, HELD, 120, PING_TIMEOUT_S).expect("hold");
+    let through_failover = hold_start_patient(lab, 1, HELD, 120, PING_TIMEOUT_S).expect("hold");
+    std::thread::sleep(Duration::from_secs(1));
+    roll(lab, args);
+    std::thread::sleep(Duration::from_secs(2));
+    let a: HoldReport = hold_finish(lab, through_roll).expect("hold report");
+    fail_over(lab);
+    std::thread::sleep(Duration::from_secs(3));
+    let b: HoldReport = hold_finish(lab, through_failover).expect("hold report");
+    (a.broken + a.backend_changed, b.broken + b.backend_changed)
+}
+
+#[test]
+fn rolled_changes_and_a_failover_break_nothing_with_the_host_program() {
+    let mut lab = Lab::new(LabSpec {
+        clients: 2,
+        backends: 3,
+        port: 8080,
+        ecmp_balancers: 2,
+        ..Default::default()
+    })
+    .expect("ECMP lab");
+    let _fleet = Fleet::start(&mut lab, MODE).expect("fleet");
+    // The balancers' config as they run it, before the lab has a fourth backend to list.
+    let running = Fleet::config(&mut lab, 0, MODE).unwrap();
+    let new = lab.add_backend().unwrap();
+    let new_addr = lab.backend_addr4(new).to_string();
+    let old_addr = lab.backend_addr4(0).to_string();
+    let hosts = with_backend(&running, &new_addr);
+    let file = lab.dir().join("hosts.yaml");
+    std::fs::write(&file, &hosts).unwrap();
+    let file = file.to_str().unwrap().to_owned();
+    for i in 0..=new {
+        let out = host(&mut lab, i, &["--config", &file, "--xdp-mode", "generic"]);
+        assert!(out.contains("second chance:"), "b{i}: {out}");
+    }
+
+    let add = rolled_then_failed_over(&mut lab, &["backend", "add", "web-tcp", &new_addr]);
+    let drain = rolled_then_failed_over(&mut lab, &["backend", "drain", "web-tcp", &old_addr]);
+    let chained: u64 = (0..=new)
+        .map(|i| {
+            let s: Value =
+                serde_json::from_str(&host(&mut lab, i, &["--stats", "--json"])).unwrap();
+            s["tx_chained"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "second chance behind ECMP, {HELD} held connections each: add {new_addr} rolled: {} broken or moved, then a failover: {}; drain {old_addr} rolled: {}, then a failover: {}; {chained} packets chained",
+        add.0, add.1, drain.0, drain.1
+    );
+    assert_eq!(
+        (add, drain),
+        ((0, 0), (0, 0)),
+        "broken or moved connections"
+    );
+    assert!(
+        chained > 0,
+        "no packet was chained: the failovers moved no flow to a new owner"
+    );
+}
