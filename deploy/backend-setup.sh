@@ -1,4 +1,8 @@
 #!/usr/bin/env bash
+# `xdplb host --config lb.yaml --interface IFACE` does all of this from the balancers' config,
+# and adds the second chance (docs/datapath.md); this script remains for hosts without the
+# xdplb binary (`--kernel-tunnel`) and for setting VIPs by hand.
+#
 # Prepares a backend for xdplb DSR: the VIPs on lo (so the kernel accepts packets addressed to
 # them), ARP settings so the backend never answers ARP for a VIP (only the path through the
 # balancer may attract VIP traffic), and for `forwarding: ipip` the decapsulation of tunnelled

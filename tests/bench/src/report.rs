@@ -96,6 +96,10 @@ pub fn summary(r: &Results) -> Value {
     };
     let established = class("VIP established");
     let ratio_of = |prefix: &str| class(prefix).map(|c| num(c.ratio_to_macswap));
+    let ns_ratio = |a: &str, b: &str| match (class(a), class(b)) {
+        (Some(a), Some(b)) if b.ns_per_packet > 0.0 => num(a.ns_per_packet / b.ns_per_packet),
+        _ => Value::Null,
+    };
     let e2e = ok(&r.e2e);
     let rate = |name: &str| {
         e2e.and_then(|v| v.iter().find(|x| x.setup == name))
@@ -123,6 +127,14 @@ pub fn summary(r: &Results) -> Value {
         "ipip_established_ns_ratio_to_macswap": ratio_of("IPIP encapsulation"),
         "new_flow_floor_ns_ratio_to_macswap": ratio_of("baseline: new-flow floor"),
         "lookup40_floor_ns_ratio_to_macswap": ratio_of("baseline: MAC swap after one LRU hash hit, 40"),
+        "stateless_established_ns_ratio_to_macswap": ratio_of("stateless VIP (flow hash"),
+        "stateless_new_flow_ns_ratio_to_macswap": ratio_of("stateless VIP, new flows"),
+        // The VIP table comes first on every path: a non-VIP packet costs the same whatever
+        // the VIPs' mode.
+        "stateless_non_vip_ns_ratio_to_macswap": ratio_of("non-VIP TCP"),
+        "host_no_history_ns_ratio_to_pass": ns_ratio("host program: VIP TCP without history", "baseline: empty XDP_PASS"),
+        "host_local_ns_ratio_to_pass": ns_ratio("host program: marked, local", "baseline: empty XDP_PASS"),
+        "host_chained_ns_ratio_to_pass": ns_ratio("host program: marked, chained", "baseline: empty XDP_PASS (one packet per run)"),
         "concurrent_connections_held": held,
         "e2e_conn_rate_ratio_to_direct": ratio(rate("xdplb"), rate("direct")),
         "e2e_conn_rate_ratio_to_haproxy": ratio(rate("xdplb"), rate("haproxy")),
@@ -174,6 +186,26 @@ fn goals(s: &Value) -> Value {
             "IPIP established-flow cost ≤ 2.5× MAC swap (one packet per run)",
             &s["ipip_established_ns_ratio_to_macswap"],
             f("ipip_established_ns_ratio_to_macswap").map(|x| x <= 2.5)
+        ),
+        g(
+            "stateless VIP, established flow ≤ 1.6× MAC swap",
+            &s["stateless_established_ns_ratio_to_macswap"],
+            f("stateless_established_ns_ratio_to_macswap").map(|x| x <= 1.6)
+        ),
+        g(
+            "stateless VIP, new flow ≤ 1.6× MAC swap (one packet per run)",
+            &s["stateless_new_flow_ns_ratio_to_macswap"],
+            f("stateless_new_flow_ns_ratio_to_macswap").map(|x| x <= 1.6)
+        ),
+        g(
+            "non-VIP packet ≤ 1.3× MAC swap",
+            &s["stateless_non_vip_ns_ratio_to_macswap"],
+            f("stateless_non_vip_ns_ratio_to_macswap").map(|x| x <= 1.3)
+        ),
+        g(
+            "host program, packet without history ≤ 1.1× empty XDP_PASS",
+            &s["host_no_history_ns_ratio_to_pass"],
+            f("host_no_history_ns_ratio_to_pass").map(|x| x <= 1.1)
         ),
         g(
             "cost flat within 10% across backends, VIPs, flow-table fill",

@@ -21,6 +21,7 @@ use xdplb_lab::frames::{CLIENT_MAC, GW_MAC};
 use crate::baselines;
 use lb_common::baselines as floors;
 
+mod host;
 mod sweep;
 
 pub use self::sweep::sweeps;
@@ -357,6 +358,11 @@ pub fn per_packet(quick: bool) -> Result<Vec<PacketCost>> {
     let vip = vip_packet(1);
     let (mut out, mut stateless) = classes_timed_with_repeats(&mut base, &mut bal, &vip, &s)?;
     classes_timed_one_packet_per_run(quick, &mut base, &mut bal, &mut stateless, &vip, &mut out)?;
+    let swap_ns = out
+        .iter()
+        .find(|c| c.class == "baseline: MAC swap + XDP_TX")
+        .map_or(1.0, |c| c.ns_per_packet);
+    out.extend(host::host_classes(&s, &mut base, swap_ns)?);
     Ok(out)
 }
 
