@@ -19,7 +19,7 @@ use std::{
 };
 
 use xdplb_lab::{
-    fleet::{fail_over, roll, Fleet, ROUTER_TIMEOUT},
+    fleet::{rolled_then_failed_over, Fleet, ROUTER_TIMEOUT},
     lab::{Lab, LabSpec},
     netns,
     reports::{BurstReport, HoldReport},
@@ -611,18 +611,9 @@ struct Step {
     failover_broken: u64,
 }
 
-/// Rolls `args` across the balancers while two sets of HELD connections ping: one ends
-/// after the roll, the other also lives through a failover.
-fn rolled_then_failed_over(lab: &mut Lab, what: String, args: &[&str]) -> Step {
-    let through_roll = hold_start_patient(lab, 0, HELD, 120, PING_TIMEOUT_S).expect("hold");
-    let through_failover = hold_start_patient(lab, 1, HELD, 120, PING_TIMEOUT_S).expect("hold");
-    std::thread::sleep(Duration::from_secs(1));
-    roll(lab, args);
-    std::thread::sleep(Duration::from_secs(2));
-    let a: HoldReport = hold_finish(lab, through_roll).expect("hold report");
-    fail_over(lab);
-    std::thread::sleep(Duration::from_secs(3));
-    let b: HoldReport = hold_finish(lab, through_failover).expect("hold report");
+/// [`rolled_then_failed_over`] as a [`Step`].
+fn step(lab: &mut Lab, what: String, args: &[&str]) -> Step {
+    let (a, b) = rolled_then_failed_over(lab, args, HELD, PING_TIMEOUT_S);
     Step {
         what,
         roll_broken: a.broken + a.backend_changed,
@@ -641,14 +632,14 @@ fn rolled_backend_changes_break_nothing_until_a_failover_moves_flows_whose_slot_
     // Adding a backend: each balancer pins its own established flows, so the roll breaks
     // nothing. A failover then moves the victim's flows to a balancer that has no entry for
     // them, and its ring sends those whose slot moved to the new backend, which resets them.
-    let add = rolled_then_failed_over(
+    let add = step(
         &mut lab,
         format!("add {new_addr}"),
         &["backend", "add", "web-tcp", &new_addr],
     );
     // Draining a backend: its flows stay pinned on each balancer; after a failover those the
     // victim carried reach a balancer whose ring no longer has it.
-    let drain = rolled_then_failed_over(
+    let drain = step(
         &mut lab,
         format!("drain {old_addr}"),
         &["backend", "drain", "web-tcp", &old_addr],

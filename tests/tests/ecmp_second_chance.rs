@@ -7,36 +7,19 @@
 //! hands each such packet to the previous owner the balancer marked, so no connection breaks
 //! or changes backend.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use xdplb_lab::{
-    fleet::{fail_over, roll, Fleet},
-    lab::{tool_path, Lab, LabSpec},
-    netns,
-    reports::HoldReport,
-    scenario::{hold_finish, hold_start_patient},
+    fleet::{rolled_then_failed_over, Fleet},
+    hosts,
+    lab::{Lab, LabSpec},
 };
 
 const MODE: &str = "generic";
 const HELD: u32 = 80;
 const PING_TIMEOUT_S: u64 = 10;
 
-/// `xdplb host` on backend `i` with `args` after the interface and pin path.
-fn host(lab: &mut Lab, i: usize, args: &[&str]) -> String {
-    let xdplb = tool_path("xdplb");
-    let pins = lab.pin_dir().unwrap().join(format!("host-b{i}"));
-    let (ns, dev) = (lab.backend_ns(i).to_owned(), lab.backend_if(i));
-    let mut all = vec![
-        xdplb.to_str().unwrap(),
-        "host",
-        "--interface",
-        dev.as_str(),
-        "--pin-path",
-        pins.to_str().unwrap(),
-    ];
-    all.extend_from_slice(args);
-    netns::run_shared_mounts(&ns, &all).unwrap_or_else(|e| panic!("xdplb host on b{i}: {e:#}"))
+fn host(lab: &Lab, i: usize, args: &[&str]) -> String {
+    hosts::host(lab, i, args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The fleet's config with `addr` added to VIP web-tcp: what the balancers hold after the
@@ -55,16 +38,8 @@ fn with_backend(yaml: &str, addr: &str) -> String {
 }
 
 /// Broken or moved connections: (through the roll, through the roll and a failover).
-fn rolled_then_failed_over(lab: &mut Lab, args: &[&str]) -> (u64, u64) {
-    let through_roll = hold_start_patient(lab, 0, HELD, 120, PING_TIMEOUT_S).expect("hold");
-    let through_failover = hold_start_patient(lab, 1, HELD, 120, PING_TIMEOUT_S).expect("hold");
-    std::thread::sleep(Duration::from_secs(1));
-    roll(lab, args);
-    std::thread::sleep(Duration::from_secs(2));
-    let a: HoldReport = hold_finish(lab, through_roll).expect("hold report");
-    fail_over(lab);
-    std::thread::sleep(Duration::from_secs(3));
-    let b: HoldReport = hold_finish(lab, through_failover).expect("hold report");
+fn rolled(lab: &mut Lab, args: &[&str]) -> (u64, u64) {
+    let (a, b) = rolled_then_failed_over(lab, args, HELD, PING_TIMEOUT_S);
     (a.broken + a.backend_changed, b.broken + b.backend_changed)
 }
 
@@ -89,16 +64,15 @@ fn rolled_changes_and_a_failover_break_nothing_with_the_host_program() {
     std::fs::write(&file, &hosts).unwrap();
     let file = file.to_str().unwrap().to_owned();
     for i in 0..=new {
-        let out = host(&mut lab, i, &["--config", &file, "--xdp-mode", "generic"]);
+        let out = host(&lab, i, &["--config", &file, "--xdp-mode", "generic"]);
         assert!(out.contains("second chance:"), "b{i}: {out}");
     }
 
-    let add = rolled_then_failed_over(&mut lab, &["backend", "add", "web-tcp", &new_addr]);
-    let drain = rolled_then_failed_over(&mut lab, &["backend", "drain", "web-tcp", &old_addr]);
+    let add = rolled(&mut lab, &["backend", "add", "web-tcp", &new_addr]);
+    let drain = rolled(&mut lab, &["backend", "drain", "web-tcp", &old_addr]);
     let chained: u64 = (0..=new)
         .map(|i| {
-            let s: Value =
-                serde_json::from_str(&host(&mut lab, i, &["--stats", "--json"])).unwrap();
+            let s: Value = serde_json::from_str(&host(&lab, i, &["--stats", "--json"])).unwrap();
             s["tx_chained"].as_u64().unwrap_or(0)
         })
         .sum();

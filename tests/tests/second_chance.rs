@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use xdplb_lab::{
-    lab::{tool_path, Lab},
-    netns,
+    hosts,
+    lab::Lab,
     reports::HoldReport,
     scenario::{hold_finish, hold_start, lab_config, small_lab, Balancer, Member},
 };
@@ -36,22 +36,10 @@ fn change_under_load(lab: &mut Lab, balancer: &mut Balancer, next: &str) -> Hold
 }
 
 /// `xdplb host` on backend `i`, from the config file at `config`.
-fn host(lab: &mut Lab, i: usize, config: &str, extra: &[&str]) -> String {
-    let xdplb = tool_path("xdplb");
-    let pins = lab.pin_dir().unwrap().join(format!("host-b{i}"));
-    let (ns, dev) = (lab.backend_ns(i).to_owned(), lab.backend_if(i));
-    let mut args = vec![
-        xdplb.to_str().unwrap(),
-        "host",
-        "--interface",
-        dev.as_str(),
-        "--pin-path",
-        pins.to_str().unwrap(),
-        "--config",
-        config,
-    ];
+fn host(lab: &Lab, i: usize, config: &str, extra: &[&str]) -> String {
+    let mut args = vec!["--config", config];
     args.extend_from_slice(extra);
-    netns::run_shared_mounts(&ns, &args).unwrap_or_else(|e| panic!("xdplb host on b{i}: {e:#}"))
+    hosts::host(lab, i, &args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 #[test]
@@ -77,7 +65,7 @@ fn a_backend_added_to_a_stateless_vip_breaks_nothing_with_the_host_program() {
     std::fs::write(&config, &three).unwrap();
     let config = config.to_str().unwrap().to_owned();
     for i in 0..3 {
-        let out = host(&mut lab, i, &config, &["--xdp-mode", "generic"]);
+        let out = host(&lab, i, &config, &["--xdp-mode", "generic"]);
         assert!(out.contains("second chance:"), "b{i}: {out}");
         // Four VIPs (TCP and UDP, IPv4 and IPv6), each with its ids for the two other hosts.
         assert!(out.contains("8 backend id(s) reachable"), "b{i}: {out}");
@@ -91,8 +79,8 @@ fn a_backend_added_to_a_stateless_vip_breaks_nothing_with_the_host_program() {
         without.broken,
         without.opened
     );
-    let stats: Value = serde_json::from_str(&host(&mut lab, 2, &config, &["--stats", "--json"]))
-        .expect("stats JSON");
+    let stats: Value =
+        serde_json::from_str(&host(&lab, 2, &config, &["--stats", "--json"])).expect("stats JSON");
     assert!(
         stats["tx_chained"].as_u64().unwrap_or(0) > 0,
         "the new backend chained nothing: {stats}"
@@ -102,7 +90,7 @@ fn a_backend_added_to_a_stateless_vip_breaks_nothing_with_the_host_program() {
         without.broken, with.broken, with.backend_changed, stats["tx_chained"], stats["pass_local"]
     );
     for i in 0..3 {
-        let out = host(&mut lab, i, &config, &["--detach"]);
+        let out = host(&lab, i, &config, &["--detach"]);
         assert!(out.contains("removed"), "b{i}: {out}");
     }
     balancer.stop(&mut lab).unwrap();

@@ -16,60 +16,33 @@ use std::{
 use anyhow::Context as _;
 use lb_common::decap::{Peer, PEER_L2, PEER_SELF};
 
-use super::{
-    addrs::interface_addrs, check_interface_name, detach, install, pin_dir, stats, DecapMaps,
-    DEFAULT_PIN_PATH,
-};
+use super::{addrs::interface_addrs, install, pin_dir, DecapMaps, ProgramArgs};
 use crate::{
     agent::neigh,
     config::{Config, Forwarding, XdpMode},
-    model::{desired::vip_identity, ids},
+    model::desired::{ids_of, vip_identity},
 };
 
 /// `xdplb host`'s arguments.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HostArgs {
-    /// The balancers' config file: its VIPs and backends.
+    #[command(flatten)]
+    pub program: ProgramArgs,
+    /// The balancers' config file: its VIPs and backends (with --detach: removed from lo).
     #[arg(long, short, value_name = "FILE", required_unless_present_any = ["detach", "stats"])]
     pub config: Option<PathBuf>,
-    /// The interface the balancers' packets arrive on.
-    #[arg(long, short)]
-    pub interface: String,
     /// How to attach (default: auto).
     #[arg(long, value_enum, conflicts_with_all = ["detach", "stats"])]
     pub xdp_mode: Option<XdpMode>,
-    /// bpffs directory; maps and link go to `<pin-path>/<interface>/`.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
-    pub pin_path: PathBuf,
-    /// Remove the program, and with --config the config's VIPs from `lo`.
-    #[arg(long, conflicts_with = "stats")]
-    pub detach: bool,
-    /// Print the counters of the program attached to the interface.
-    #[arg(long)]
-    pub stats: bool,
-    /// With --stats: one JSON object, for scripts.
-    #[arg(long, requires = "stats")]
-    pub json: bool,
 }
 
 /// Runs `xdplb host`.
 pub fn run(args: &HostArgs) -> anyhow::Result<()> {
-    check_interface_name(&args.interface)?;
-    let cfg = args.config.as_ref().map(|p| Config::load(p)).transpose()?;
-    if args.stats {
-        let report = stats(&args.pin_path, &args.interface)?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.table());
-        }
-        return Ok(());
-    }
-    if args.detach {
-        for r in detach(&args.pin_path, &args.interface)? {
-            println!("removed {r}");
-        }
-        if let Some(cfg) = &cfg {
+    let p = &args.program;
+    let cfg = args.config.as_ref().map(|f| Config::load(f)).transpose()?;
+    if let Some(lines) = p.read_or_remove() {
+        lines?.iter().for_each(|l| println!("{l}"));
+        if let (true, Some(cfg)) = (p.detach, &cfg) {
             for vip in vip_addresses(cfg) {
                 if lo_addr(&["del"], vip).is_ok() {
                     println!("removed {vip} from lo");
@@ -79,7 +52,7 @@ pub fn run(args: &HostArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let cfg = cfg.expect("clap requires --config here");
-    for line in setup(&cfg, &args.interface, &args.pin_path, args.xdp_mode)? {
+    for line in setup(&cfg, &p.interface, &p.pin_path, args.xdp_mode)? {
         println!("{line}");
     }
     Ok(())
@@ -155,19 +128,7 @@ const RESOLVE_FOR: Duration = Duration::from_secs(3);
 /// resolve it first). Backends whose MAC stays unknown are left out, with a note: a chain that
 /// names them ends here.
 fn peers(cfg: &Config, interface: &str) -> anyhow::Result<(BTreeMap<u32, Peer>, Vec<String>)> {
-    let ids = ids::assign(
-        &cfg.vips
-            .iter()
-            .map(|v| {
-                (
-                    vip_identity(v),
-                    v.backends.iter().map(|b| b.address).collect(),
-                )
-            })
-            .collect::<Vec<_>>(),
-        lb_common::MAX_VIPS,
-        lb_common::MAX_BACKENDS,
-    )?;
+    let ids = ids_of(cfg)?;
     let own: Vec<IpAddr> = interface_addrs(interface)?.iter().map(|a| a.addr).collect();
     let mut wanted = Vec::new();
     for vip in cfg.vips.iter().filter(|v| v.forwarding == Forwarding::L2) {

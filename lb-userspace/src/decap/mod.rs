@@ -32,19 +32,13 @@ pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb-decap";
 /// Name of the pinned XDP link inside `<pin-path>/<interface>/`.
 const LINK_PIN: &str = "link";
 
-/// `xdplb decap`'s arguments.
+/// What `xdplb decap` and `xdplb host` share: the interface, where the pins go, and the
+/// read and removal modes.
 #[derive(clap::Args, Debug, Clone)]
-pub struct DecapArgs {
-    /// The interface tunnel packets arrive on.
+pub struct ProgramArgs {
+    /// The interface the packets arrive on.
     #[arg(long, short)]
     pub interface: String,
-    /// A tunnel endpoint address to decapsulate for (repeatable). Default: every global-scope
-    /// address of the interface.
-    #[arg(long = "address", value_name = "ADDR", conflicts_with_all = ["detach", "stats"])]
-    pub addresses: Vec<IpAddr>,
-    /// How to attach (default: auto).
-    #[arg(long, value_enum, conflicts_with_all = ["detach", "stats"])]
-    pub xdp_mode: Option<XdpMode>,
     /// bpffs directory; maps and link go to `<pin-path>/<interface>/`.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
@@ -59,36 +53,66 @@ pub struct DecapArgs {
     pub json: bool,
 }
 
+impl ProgramArgs {
+    /// `--stats` (printed here) or `--detach` (what was removed); `None` for neither.
+    pub fn read_or_remove(&self) -> Option<anyhow::Result<Vec<String>>> {
+        if let Err(e) = check_interface_name(&self.interface) {
+            return Some(Err(e));
+        }
+        if self.stats {
+            return Some(require_privileges(false).and_then(|()| {
+                let report = stats(&self.pin_path, &self.interface)?;
+                if self.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.table());
+                }
+                Ok(Vec::new())
+            }));
+        }
+        if self.detach {
+            return Some(require_privileges(true).and_then(|()| {
+                let removed = detach(&self.pin_path, &self.interface)?;
+                if removed.is_empty() {
+                    return Ok(vec![format!(
+                        "nothing pinned under {}",
+                        pin_dir(&self.pin_path, &self.interface).display()
+                    )]);
+                }
+                Ok(removed
+                    .into_iter()
+                    .map(|r| format!("removed {r}"))
+                    .collect())
+            }));
+        }
+        None
+    }
+}
+
+/// `xdplb decap`'s arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecapArgs {
+    #[command(flatten)]
+    pub program: ProgramArgs,
+    /// A tunnel endpoint address to decapsulate for (repeatable). Default: every global-scope
+    /// address of the interface.
+    #[arg(long = "address", value_name = "ADDR", conflicts_with_all = ["detach", "stats"])]
+    pub addresses: Vec<IpAddr>,
+    /// How to attach (default: auto).
+    #[arg(long, value_enum, conflicts_with_all = ["detach", "stats"])]
+    pub xdp_mode: Option<XdpMode>,
+}
+
 /// Runs the `xdplb decap` command.
 pub fn run(args: &DecapArgs) -> anyhow::Result<()> {
-    check_interface_name(&args.interface)?;
-    if args.stats {
-        require_privileges(false)?;
-        let report = stats(&args.pin_path, &args.interface)?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            print!("{}", report.table());
-        }
-        return Ok(());
-    }
-    if args.detach {
-        require_privileges(true)?;
-        let removed = detach(&args.pin_path, &args.interface)?;
-        if removed.is_empty() {
-            println!(
-                "nothing pinned under {}",
-                pin_dir(&args.pin_path, &args.interface).display()
-            );
-        }
-        for r in removed {
-            println!("removed {r}");
-        }
+    let p = &args.program;
+    if let Some(lines) = p.read_or_remove() {
+        lines?.iter().for_each(|l| println!("{l}"));
         return Ok(());
     }
     require_privileges(true)?;
     let explicit = (!args.addresses.is_empty()).then_some(args.addresses.as_slice());
-    for line in install(&args.pin_path, &args.interface, explicit, args.xdp_mode)? {
+    for line in install(&p.pin_path, &p.interface, explicit, args.xdp_mode)? {
         println!("{line}");
     }
     Ok(())

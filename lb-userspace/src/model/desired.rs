@@ -129,23 +129,29 @@ fn settings(cfg: &Config, mtu: Option<u32>, own_mac: MacAddr) -> anyhow::Result<
     Ok(s)
 }
 
+/// The ids of `cfg`'s VIPs and backends: a function of its set of VIPs and backends alone, so
+/// every balancer, and every backend's host program, reading the file computes the same.
+pub fn ids_of(cfg: &Config) -> anyhow::Result<Ids> {
+    ids::assign(
+        &cfg.vips
+            .iter()
+            .map(|v| {
+                (
+                    vip_identity(v),
+                    v.backends.iter().map(|b| b.address).collect(),
+                )
+            })
+            .collect::<Vec<_>>(),
+        MAX_VIPS,
+        MAX_BACKENDS,
+    )
+}
+
 impl Desired {
     /// What the maps must hold for `cfg` given `facts`. Ids come from the config's set of
     /// VIPs and backends alone ([`ids::assign`]), so two balancers agree byte for byte.
     pub fn build(cfg: &Config, facts: &Facts) -> anyhow::Result<Desired> {
-        let ids = ids::assign(
-            &cfg.vips
-                .iter()
-                .map(|v| {
-                    (
-                        vip_identity(v),
-                        v.backends.iter().map(|b| b.address).collect(),
-                    )
-                })
-                .collect::<Vec<_>>(),
-            MAX_VIPS,
-            MAX_BACKENDS,
-        )?;
+        let ids = ids_of(cfg)?;
         let mut backends = BTreeMap::new();
         let mut vips = Vec::new();
         let mut unresolved = Vec::new();

@@ -1,4 +1,4 @@
-//! The pure parts of the agent: what the maps should hold (`desired`), ids, Maglev, plans, placement.
+//! The pure parts of the agent: desired map contents, ids, Maglev, plans, VIP table placement.
 pub(crate) mod addr;
 pub mod desired;
 pub(crate) mod ids;

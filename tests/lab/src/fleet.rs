@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::{
     lab::{tool_path, Lab},
     netns,
-    scenario::{lab_config_for, Balancer, Member},
+    reports::HoldReport,
+    scenario::{hold_finish, hold_start_patient, lab_config_for, Balancer, Member},
 };
 
 /// How long the router may take to see a balancer leave or join: BGP's 3 s hold timer for a
@@ -194,4 +195,25 @@ pub fn fail_over(lab: &mut Lab) {
     lab.replug_balancer(v, &mac).unwrap();
     let all: Vec<usize> = (0..=v).collect();
     lab.wait_next_hops(&all, ROUTER_TIMEOUT).unwrap();
+}
+
+/// Rolls `args` across the balancers while two sets of `held` connections ping (from client 0
+/// and 1): the first ends after the roll, the second also lives through a [`fail_over`].
+/// Returns both reports.
+pub fn rolled_then_failed_over(
+    lab: &mut Lab,
+    args: &[&str],
+    held: u32,
+    ping_timeout_s: u64,
+) -> (HoldReport, HoldReport) {
+    let through_roll = hold_start_patient(lab, 0, held, 120, ping_timeout_s).expect("hold");
+    let through_failover = hold_start_patient(lab, 1, held, 120, ping_timeout_s).expect("hold");
+    std::thread::sleep(Duration::from_secs(1));
+    roll(lab, args);
+    std::thread::sleep(Duration::from_secs(2));
+    let a = hold_finish(lab, through_roll).expect("hold report");
+    fail_over(lab);
+    std::thread::sleep(Duration::from_secs(3));
+    let b = hold_finish(lab, through_failover).expect("hold report");
+    (a, b)
 }

@@ -9,6 +9,7 @@ pub mod container;
 pub mod fleet;
 pub mod frames;
 pub mod histogram;
+pub mod hosts;
 pub mod lab;
 pub mod load;
 pub mod netns;

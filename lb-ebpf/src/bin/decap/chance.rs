@@ -1,4 +1,4 @@
-//! Second chance: a marked TCP packet to a local VIP that is not this host's goes to its previous owner.
+//! Second chance: a marked TCP packet to a local VIP not ours goes on to its previous owner.
 //!
 //! The balancer marks a packet whose ring slot changed owner with the previous owner's id
 //! (lb-common's `history`). Here, the packet is delivered if the flow is this host's: a SYN, a
