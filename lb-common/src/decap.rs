@@ -43,17 +43,24 @@ pub const PEER_NONE: u8 = 0;
 pub const PEER_L2: u8 = 1;
 /// `Peer::state`: this host itself (a chain that names it ends here).
 pub const PEER_SELF: u8 = 2;
+/// `Peer::state`: another backend of an `ipip` VIP, reached by readdressing the tunnel to
+/// `addr` (sent back to the hop the tunnel packet came from).
+pub const PEER_IPIP: u8 = 3;
 
 /// Value of `HOST_PEERS`: how to reach the backend with that id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Peer {
+    /// `PEER_IPIP`: the backend's address (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// `PEER_L2`: the backend's MAC.
     pub mac: [u8; 6],
     /// `PEER_*`.
     pub state: u8,
-    pub _pad: u8,
+    /// `PEER_IPIP`: the address family.
+    pub family: Family,
 }
-const _: () = assert!(core::mem::size_of::<Peer>() == 8);
+const _: () = assert!(core::mem::size_of::<Peer>() == 24);
 
 /// Key of `DECAP_ADDRS`: an outer destination address, wire order. IPv4 uses the first 4 bytes,
 /// the rest stays zero (the program builds its lookup key the same way).

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::decap::{Peer, PEER_L2, PEER_SELF};
+use lb_common::decap::{Peer, PEER_IPIP, PEER_L2, PEER_SELF};
 
 use super::{addrs::interface_addrs, install, pin_dir, DecapMaps, ProgramArgs};
 use crate::{
@@ -114,7 +114,10 @@ pub fn setup(
     report.push(format!(
         "second chance: {} VIP address(es), {} backend id(s) reachable on {interface}",
         vips.len(),
-        peers.values().filter(|p| p.state == PEER_L2).count()
+        peers
+            .values()
+            .filter(|p| p.state == PEER_L2 || p.state == PEER_IPIP)
+            .count()
     ));
     report.extend(notes);
     Ok(report)
@@ -123,33 +126,37 @@ pub fn setup(
 /// How long to wait for the neighbour table to learn the peers' MACs.
 const RESOLVE_FOR: Duration = Duration::from_secs(3);
 
-/// Each backend id of an `l2` VIP: this host itself (its address is on `interface`), or
-/// another backend by its MAC (the config's `mac:`, else the neighbour table, asked to
-/// resolve it first). Backends whose MAC stays unknown are left out, with a note: a chain that
-/// names them ends here.
+/// Each backend id: this host itself (its address is on `interface`); for an `ipip` VIP,
+/// another backend by its address (the tunnel is readdressed to it); for an `l2` VIP, another
+/// backend by its MAC (the config's `mac:`, else the neighbour table, asked to resolve it
+/// first). Backends whose MAC stays unknown are left out, with a note: a chain that names them
+/// ends here.
 fn peers(cfg: &Config, interface: &str) -> anyhow::Result<(BTreeMap<u32, Peer>, Vec<String>)> {
     let ids = ids_of(cfg)?;
     let own: Vec<IpAddr> = interface_addrs(interface)?.iter().map(|a| a.addr).collect();
+    let mut peers = BTreeMap::new();
     let mut wanted = Vec::new();
-    for vip in cfg.vips.iter().filter(|v| v.forwarding == Forwarding::L2) {
+    for vip in cfg.vips.iter() {
         let vip_id = ids.vips[&vip_identity(vip)];
         for b in vip.backends.iter() {
-            wanted.push((ids.backends[&(vip_id, b.address)], b.address, b.mac));
+            let id = ids.backends[&(vip_id, b.address)];
+            if own.contains(&b.address) {
+                peers.insert(id, peer(b.address, [0; 6], PEER_SELF));
+            } else if vip.forwarding == Forwarding::Ipip {
+                peers.insert(id, peer(b.address, [0; 6], PEER_IPIP));
+            } else {
+                wanted.push((id, b.address, b.mac));
+            }
         }
     }
     for (_, addr, mac) in &wanted {
-        if mac.is_none() && !own.contains(addr) {
+        if mac.is_none() {
             neigh::probe(*addr);
         }
     }
-    let mut peers = BTreeMap::new();
     let mut notes = Vec::new();
     let deadline = Instant::now() + RESOLVE_FOR;
     for (id, addr, mac) in wanted {
-        if own.contains(&addr) {
-            peers.insert(id, peer([0; 6], PEER_SELF));
-            continue;
-        }
         let mac = mac.map(|m| m.0).or_else(|| loop {
             if let Some(m) = neigh::lookup_now(interface, addr) {
                 break Some(m.0);
@@ -161,7 +168,7 @@ fn peers(cfg: &Config, interface: &str) -> anyhow::Result<(BTreeMap<u32, Peer>, 
         });
         match mac {
             Some(mac) => {
-                peers.insert(id, peer(mac, PEER_L2));
+                peers.insert(id, peer(addr, mac, PEER_L2));
             }
             None => notes.push(format!(
                 "backend {addr}: no MAC on {interface} (set mac: in the config); flows chained to it are delivered here"
@@ -171,10 +178,12 @@ fn peers(cfg: &Config, interface: &str) -> anyhow::Result<(BTreeMap<u32, Peer>, 
     Ok((peers, notes))
 }
 
-fn peer(mac: [u8; 6], state: u8) -> Peer {
+fn peer(addr: IpAddr, mac: [u8; 6], state: u8) -> Peer {
+    let (addr, family) = lb_common::addr::ip_to_map(addr);
     Peer {
+        addr,
         mac,
         state,
-        _pad: 0,
+        family,
     }
 }

@@ -7,11 +7,13 @@ use crate::{
     netns,
 };
 
-/// Runs `xdplb host --interface b<i> --pin-path <lab pins>/host-b<i> ARGS...` in backend `i`'s
+/// Runs `xdplb host --interface b<i> --pin-path <lab pins>/decap ARGS...` in backend `i`'s
 /// namespace (sharing the caller's mounts, so the pins stay reachable) and returns its output.
+/// The pin path is the one the routed lab's `xdplb decap` uses, so on its backends the host
+/// program replaces that one in its link.
 pub fn host(lab: &Lab, i: usize, args: &[&str]) -> Result<String> {
     let xdplb = tool_path("xdplb");
-    let pins = lab.pin_dir()?.join(format!("host-b{i}"));
+    let pins = lab.pin_dir()?.join("decap");
     let (ns, dev) = (lab.backend_ns(i).to_owned(), lab.backend_if(i));
     let mut all = vec![
         xdplb.to_str().context("tool path is not UTF-8")?,

@@ -36,7 +36,7 @@ fn harness() -> Harness {
             Peer {
                 mac: PEER_MAC,
                 state: PEER_L2,
-                _pad: 0,
+                ..Default::default()
             },
         ),
         (
@@ -44,7 +44,7 @@ fn harness() -> Harness {
             Peer {
                 mac: [0; 6],
                 state: PEER_SELF,
-                _pad: 0,
+                ..Default::default()
             },
         ),
     ]
@@ -249,5 +249,101 @@ fn a_marked_packet_is_delivered_when_the_flow_is_local_and_chained_when_not() {
         &frame(other, s, PSH_ACK, Some(PEER), true),
         DecapCounter::PassNotTunnel,
         None,
+    );
+}
+
+/// The `ipip` peer the tunnel cases name: another backend, reached at OTHER4.
+const TUNNEL_PEER: u32 = 21;
+
+/// `inner` (an IP packet) in a 4in4 tunnel to LOCAL4 whose outer ID carries `mark` (DF set,
+/// as the balancer sends it).
+fn tunnel4(inner: &[u8], mark: Option<u32>) -> Vec<u8> {
+    let mut f = eth(ETH_P_IP, &ipv4(IPPROTO_IPIP, LOCAL4, &[], 0x4000, inner));
+    f[18..20].copy_from_slice(&mark.map_or(0, ipv4_id_mark).to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = frames::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_marked_tunnel_is_readdressed_to_the_previous_owner_when_its_flow_is_not_local() {
+    let mut h = harness();
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&OTHER4);
+    let peer = Peer {
+        addr,
+        state: lb_common::decap::PEER_IPIP,
+        family: lb_common::Family::V4,
+        ..Default::default()
+    };
+    let mut peers: std::collections::BTreeMap<u32, Peer> = [
+        (
+            PEER,
+            Peer {
+                mac: PEER_MAC,
+                state: PEER_L2,
+                ..Default::default()
+            },
+        ),
+        (TUNNEL_PEER, peer),
+    ]
+    .into_iter()
+    .collect();
+    h.maps.set_peers(&peers).unwrap();
+    let (_listener, client, server) = connection(IpAddr::from([127, 0, 0, 1]));
+    let (c, s) = (client.local_addr().unwrap(), server.local_addr().unwrap());
+    let other = SocketAddr::new(c.ip(), c.port().wrapping_add(1000).max(1024));
+    let inner = |from| frame(from, s, PSH_ACK, None, true)[14..].to_vec();
+    let decapsulated = |from| eth(ETH_P_IP, &inner(from));
+    h.check(
+        "marked, the inner flow is local",
+        &tunnel4(&inner(c), Some(TUNNEL_PEER)),
+        DecapCounter::Decapsulated,
+        Some(&decapsulated(c)),
+    );
+    h.check(
+        "not ours, but no mark",
+        &tunnel4(&inner(other), None),
+        DecapCounter::Decapsulated,
+        Some(&decapsulated(other)),
+    );
+    h.check(
+        "not ours, the mark names an l2 backend",
+        &tunnel4(&inner(other), Some(PEER)),
+        DecapCounter::Decapsulated,
+        Some(&decapsulated(other)),
+    );
+    // Not ours: back to the router (MACs swapped), to the peer, mark cleared.
+    let input = tunnel4(&inner(other), Some(TUNNEL_PEER));
+    let before = h.counters();
+    let r = h.run(&input);
+    assert_eq!(
+        r.action,
+        lb_userspace::datapath::testrun::XDP_TX,
+        "chained tunnel: verdict"
+    );
+    let mut want = input.clone();
+    want[..6].copy_from_slice(&ROUTER_MAC);
+    want[6..12].copy_from_slice(&BACKEND_MAC);
+    want[18..20].copy_from_slice(&[0, 0]);
+    want[30..34].copy_from_slice(&OTHER4);
+    want[24..26].copy_from_slice(&[0, 0]);
+    let c = frames::checksum(&want[14..34]);
+    want[24..26].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(hex(&r.out), hex(&want), "chained tunnel: output frame");
+    let after = h.counters();
+    assert_eq!(
+        after[DecapCounter::TxChained as usize] - before[DecapCounter::TxChained as usize],
+        1
+    );
+    // A peer of the other family cannot take this tunnel: it is decapsulated here.
+    peers.get_mut(&TUNNEL_PEER).unwrap().family = lb_common::Family::V6;
+    h.maps.set_peers(&peers).unwrap();
+    h.check(
+        "not ours, the peer is IPv6",
+        &input,
+        DecapCounter::Decapsulated,
+        Some(&decapsulated(other)),
     );
 }

@@ -18,9 +18,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    decap::{DecapAddr, DecapOutcome, Peer, PEER_L2},
+    decap::{DecapAddr, DecapOutcome, Peer, PEER_IPIP, PEER_L2},
     history::{flow_label_previous, ipv4_id_previous},
-    IPPROTO_TCP, MAX_BACKENDS, MAX_VIPS,
+    Family, IPPROTO_TCP, MAX_BACKENDS, MAX_VIPS,
 };
 use lb_ebpf::{
     csum::csum_replace,
@@ -51,17 +51,70 @@ struct Marked {
     flags: u8,
 }
 
-/// The second chance's verdict for a frame, or `None` when it does not apply (not TCP to a
-/// local VIP with a mark naming a known host): the caller counts it as it did before.
+/// What the second chance makes of a marked packet to a local VIP.
+enum Judged {
+    /// The flow is this host's (the outcome says why).
+    Ours(DecapOutcome),
+    /// It is not: the packet's previous owner.
+    NotOurs(Peer),
+}
+
+/// The second chance's verdict for a frame that is not a tunnel, or `None` when it does not
+/// apply (not TCP to a local VIP with a mark naming a known host): the caller counts it as it
+/// did before.
 #[inline(always)]
 pub fn decide(ctx: &XdpContext) -> Option<DecapOutcome> {
     let m = marked(ctx)?;
+    Some(match judge(ctx, &m)? {
+        Judged::Ours(outcome) => outcome,
+        Judged::NotOurs(peer) if peer.state == PEER_L2 => chain(ctx, &m, peer.mac),
+        Judged::NotOurs(_) => DecapOutcome::PassEndOfChain,
+    })
+}
+
+/// Where a tunnel packet's headers are (from the decapsulation's checks).
+pub struct Tunnel {
+    /// Offset of the outer IP header.
+    pub l3: usize,
+    pub outer_len: usize,
+    pub outer_v6: bool,
+    pub inner_v6: bool,
+}
+
+/// For a tunnel packet to this host whose outer header carries a mark: `Some(TxChained)` when
+/// its inner flow is not this host's and the previous owner is an `ipip` backend of the outer
+/// header's family, after readdressing the tunnel to it; `None` otherwise (the caller
+/// decapsulates and delivers it).
+#[inline(always)]
+pub fn tunnelled(ctx: &XdpContext, t: &Tunnel) -> Option<DecapOutcome> {
+    let previous = if t.outer_v6 {
+        let h = unsafe { *ptr_at::<[u8; 4]>(ctx, t.l3)? };
+        flow_label_previous(u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]))?
+    } else {
+        let h = unsafe { *ptr_at::<[u8; 6]>(ctx, t.l3)? };
+        ipv4_id_previous(u16::from_be_bytes([h[4], h[5]]))?
+    };
+    let m = tcp_at(ctx, t.l3 + t.outer_len, t.inner_v6, previous)?;
+    match judge(ctx, &m)? {
+        Judged::NotOurs(peer)
+            if peer.state == PEER_IPIP && (peer.family == Family::V6) == t.outer_v6 =>
+        {
+            Some(readdress(ctx, t, &peer))
+        }
+        _ => None,
+    }
+}
+
+/// Peer, VIP, SYN and socket checks of a marked packet; `None` when the second chance does
+/// not apply.
+#[inline(always)]
+fn judge(ctx: &XdpContext, m: &Marked) -> Option<Judged> {
     let peer = *HOST_PEERS.get(m.previous)?;
     if peer.state == lb_common::decap::PEER_NONE {
         return None;
     }
     let flags = m.flags;
-    let (saddr, daddr, ports) = addresses(ctx, &m)?;
+    let (saddr, daddr, ports) = addresses(ctx, m)?;
     let dst = if m.v6 {
         DecapAddr::v6(daddr)
     } else {
@@ -70,53 +123,60 @@ pub fn decide(ctx: &XdpContext) -> Option<DecapOutcome> {
     // SAFETY: only tested for presence.
     unsafe { HOST_VIPS.get(&dst) }?;
     if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-        return Some(DecapOutcome::PassSyn);
+        return Some(Judged::Ours(DecapOutcome::PassSyn));
     }
-    match lookup(ctx, &m, saddr, daddr, ports, flags) {
-        Some(outcome) => Some(outcome),
-        None if peer.state == PEER_L2 => Some(chain(ctx, &m, peer.mac)),
-        None => Some(DecapOutcome::PassEndOfChain),
-    }
+    Some(match lookup(ctx, m, saddr, daddr, ports, flags) {
+        Some(outcome) => Judged::Ours(outcome),
+        None => Judged::NotOurs(peer),
+    })
 }
 
-/// A TCP packet (IPv4 with DF and not a fragment, or IPv6 without extension headers) whose
-/// IPv4 ID or IPv6 flow label reads as a mark.
+/// A TCP packet (IPv4 with DF, or IPv6) whose IPv4 ID or IPv6 flow label reads as a mark.
 #[inline(always)]
 fn marked(ctx: &XdpContext) -> Option<Marked> {
     let Link { ether_type, l3 } = parse::link(ctx)?;
-    let frame = frame_len(ctx);
     if ether_type == eth::P_IP {
-        let ip = parse::ipv4(ctx, l3, frame)?;
-        let frags = u16::from_be_bytes(ip.hdr.frags);
-        if ip.hdr.proto != IPPROTO_TCP || ip.is_fragment() || frags & 0x4000 == 0 {
+        let h = unsafe { *ptr_at::<[u8; 8]>(ctx, l3)? };
+        // DF: an ID the sender may need for fragmentation is never a mark.
+        if h[6] & 0x40 == 0 {
             return None;
         }
-        let previous = ipv4_id_previous(u16::from_be_bytes(ip.hdr.id))?;
-        let l4 = l3 + ip.hlen;
-        Some(Marked {
-            l3,
-            l4,
-            v6: false,
-            previous,
-            flags: tcp_flags(ctx, l4)?,
-        })
+        let previous = ipv4_id_previous(u16::from_be_bytes([h[4], h[5]]))?;
+        tcp_at(ctx, l3, false, previous)
     } else if ether_type == eth::P_IPV6 {
+        let h = unsafe { *ptr_at::<[u8; 4]>(ctx, l3)? };
+        let label = u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]);
+        tcp_at(ctx, l3, true, flow_label_previous(label)?)
+    } else {
+        None
+    }
+}
+
+/// The TCP packet whose IP header is at `l3` (IPv4 not a fragment, IPv6 without extension
+/// headers), marked with `previous`.
+#[inline(always)]
+fn tcp_at(ctx: &XdpContext, l3: usize, v6: bool, previous: u32) -> Option<Marked> {
+    let frame = frame_len(ctx);
+    let l4 = if v6 {
         let ip = parse::ipv6(ctx, l3, frame)?;
         if ip.hdr.next_hdr != IPPROTO_TCP {
             return None;
         }
-        let h = unsafe { *ptr_at::<[u8; 4]>(ctx, l3)? };
-        let label = u32::from_be_bytes([0, h[1] & 0x0f, h[2], h[3]]);
-        Some(Marked {
-            l3,
-            l4: l3 + 40,
-            v6: true,
-            previous: flow_label_previous(label)?,
-            flags: tcp_flags(ctx, l3 + 40)?,
-        })
+        l3 + 40
     } else {
-        None
-    }
+        let ip = parse::ipv4(ctx, l3, frame)?;
+        if ip.hdr.proto != IPPROTO_TCP || ip.is_fragment() {
+            return None;
+        }
+        l3 + ip.hlen
+    };
+    Some(Marked {
+        l3,
+        l4,
+        v6,
+        previous,
+        flags: tcp_flags(ctx, l4)?,
+    })
 }
 
 /// The flags byte of the TCP header at `l4` (the whole minimal header must be there).
@@ -271,5 +331,49 @@ fn chain(ctx: &XdpContext, m: &Marked, mac: [u8; 6]) -> DecapOutcome {
         h[..6].copy_from_slice(&mac);
         h[6..].copy_from_slice(&ours);
     }
+    DecapOutcome::TxChained
+}
+
+/// Readdresses a tunnel packet to the previous owner `peer` (an `ipip` backend) and sends it
+/// back to the hop it came from, which routes it there: outer destination := the peer's
+/// address, outer mark cleared (IPv4 ID 0 with the checksum updated; IPv6 flow label 0), MACs
+/// swapped.
+#[inline(always)]
+fn readdress(ctx: &XdpContext, t: &Tunnel, peer: &Peer) -> DecapOutcome {
+    let Some(h) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return DecapOutcome::PassEndOfChain;
+    };
+    // SAFETY (both blocks): ptr_at checked the bytes against the frame's end.
+    if t.outer_v6 {
+        let Some(ip) = ptr_at::<[u8; 40]>(ctx, t.l3) else {
+            return DecapOutcome::PassEndOfChain;
+        };
+        let ip = unsafe { &mut *ip };
+        ip[1] &= 0xf0;
+        ip[2] = 0;
+        ip[3] = 0;
+        ip[24..40].copy_from_slice(&peer.addr);
+    } else {
+        let Some(ip) = ptr_at::<[u8; 20]>(ctx, t.l3) else {
+            return DecapOutcome::PassEndOfChain;
+        };
+        let ip = unsafe { &mut *ip };
+        let word = |b: &[u8; 20], i: usize| u16::from_be_bytes([b[i], b[i + 1]]);
+        let mut check = word(ip, 10);
+        check = csum_replace(check, word(ip, 4), 0);
+        let new = [peer.addr[0], peer.addr[1], peer.addr[2], peer.addr[3]];
+        check = csum_replace(check, word(ip, 16), u16::from_be_bytes([new[0], new[1]]));
+        check = csum_replace(check, word(ip, 18), u16::from_be_bytes([new[2], new[3]]));
+        ip[4..6].copy_from_slice(&[0, 0]);
+        ip[16..20].copy_from_slice(&new);
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+    }
+    let h = unsafe { &mut *h };
+    let (to, from) = (
+        [h[6], h[7], h[8], h[9], h[10], h[11]],
+        [h[0], h[1], h[2], h[3], h[4], h[5]],
+    );
+    h[..6].copy_from_slice(&to);
+    h[6..].copy_from_slice(&from);
     DecapOutcome::TxChained
 }

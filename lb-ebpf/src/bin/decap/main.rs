@@ -43,12 +43,16 @@ static DECAP_STATS: PerCpuArray<u64, { DECAP_COUNTER_COUNT as usize }> = PerCpuA
 #[xdp]
 pub fn xdplb_decap(ctx: XdpContext) -> u32 {
     let outcome = match plan(&ctx) {
-        Ok(strip) => {
-            if !apply(&ctx, &strip) {
-                return xdp_action::XDP_ABORTED;
+        Ok(strip) => match chance::tunnelled(&ctx, &strip.tunnel) {
+            // Not this host's flow: sent on, still tunnelled, to its previous owner.
+            Some(chained) => chained,
+            None => {
+                if !apply(&ctx, &strip) {
+                    return xdp_action::XDP_ABORTED;
+                }
+                DecapOutcome::Decapsulated
             }
-            DecapOutcome::Decapsulated
-        }
+        },
         // Not a tunnel: a packet sent here in `l2`, which may need its second chance.
         Err(DecapOutcome::PassNotTunnel) => {
             chance::decide(&ctx).unwrap_or(DecapOutcome::PassNotTunnel)
@@ -73,6 +77,8 @@ struct Strip {
     l2_len: usize,
     /// Bytes of outer IP header to cut (IPv4: IHL × 4, 20..=60; IPv6: 40).
     outer_len: usize,
+    /// Where the headers are, for the second chance.
+    tunnel: chance::Tunnel,
 }
 
 /// Whether `addr` is one of this host's tunnel endpoints.
@@ -169,6 +175,12 @@ fn plan(ctx: &XdpContext) -> Result<Strip, DecapOutcome> {
         l2,
         l2_len: l3,
         outer_len,
+        tunnel: chance::Tunnel {
+            l3,
+            outer_len,
+            outer_v6: ether_type == eth::P_IPV6,
+            inner_v6: inner_type == eth::P_IPV6,
+        },
     })
 }
 

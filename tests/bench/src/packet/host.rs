@@ -58,7 +58,7 @@ pub(super) fn host_classes(s: &Settings, base: &mut Ebpf, swap_ns: f64) -> Resul
     let peer = Peer {
         mac: [2, 0, 0, 0, 0, 7],
         state: PEER_L2,
-        _pad: 0,
+        ..Default::default()
     };
     maps.set_peers(&[(PEER, peer)].into_iter().collect())?;
     // A real connection on loopback: the socket lookup of the local class finds it.
