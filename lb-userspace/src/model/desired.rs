@@ -82,7 +82,7 @@ pub struct Desired {
     pub failing: DownSet,
 }
 
-/// The `VIPS` key of `vip`.
+/// The VIP table key of `vip`.
 pub fn vip_key(vip: &Vip) -> VipKey {
     let (addr, family) = ip_to_map(vip.address);
     VipKey {

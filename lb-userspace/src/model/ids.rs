@@ -23,7 +23,7 @@ use lb_common::{addr::ip_to_map, hash_words};
 pub type VipIdentity = (IpAddr, u16, u8);
 
 /// Ids in use: every flow-table entry names a backend id, rings name backend ids and the
-/// `VIPS` entries name VIP ids.
+/// the VIP table names VIP ids.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ids {
     pub vips: HashMap<VipIdentity, u32>,

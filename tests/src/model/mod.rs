@@ -8,7 +8,8 @@
 //! computed by userspace Maglev, not by the datapath; the settings are cross-checked against
 //! the config's `tunnel:` section). Where no kernel is at hand (the fuzz targets in
 //! `tests/fuzz`), the same data comes from the [`Desired`] value the agent would write to the
-//! maps: both are [`Tables`], and the model's cross-checks run on either. `VIP_ADDRS` is derived from the config here and must match
+//! maps: both are [`Tables`], and the model's cross-checks run on either. The VIP table's
+//! address entries are derived from the config here and must match
 //! the map. Everything the XDP program decides per packet is re-derived here from the
 //! documentation in `lb-ebpf/src/parse.rs`, `lb-ebpf/src/bin/balancer/lookup.rs`, the `Counter`
 //! and `Settings` docs in lb-common and docs/datapath.md, parsing and building headers with
@@ -38,11 +39,11 @@
 //!   `Settings::virtual_mac` (all zero never matches); a group MAC is `PassNotUnicast`, another
 //!   unicast MAC `PassOtherHost`. Every frame the balancer sends has `Settings::mac` as source.
 //! - Fragments (IPv4 MF or offset ≠ 0, checked before the protocol; IPv6 next header 44) to an
-//!   address in `VIP_ADDRS` of the same family are dropped (`DropFragment`), others passed
+//!   address with an entry in the VIP table, of the same family, are dropped (`DropFragment`), others passed
 //!   (`PassUnsupported`). The destination MAC is not consulted.
 //! - ICMP (IPv4 protocol 1) / ICMPv6 (IPv6 next header 58) needs its 8-byte header inside the
 //!   IP packet, else `PassNotVip`. An echo request (8/0, 128/0) to an address whose
-//!   `VIP_ADDRS` entry has `ADDR_ANSWER_ECHO` is answered in place (`TxIcmpEcho`; a group
+//!   address entry has `ADDR_ANSWER_ECHO` is answered in place (`TxIcmpEcho`; a group
 //!   destination MAC is `PassNotUnicast`); to any other address it is `PassNotVip`. Both
 //!   checksums are updated incrementally (RFC 1624 eqn. 3, `HC' = ~(~HC + ~m + m')`), so a
 //!   wrong input checksum stays wrong by the same amount.
@@ -152,7 +153,7 @@ struct ModelVip {
 #[derive(Clone)]
 pub struct Model {
     vips: HashMap<VipKey, ModelVip>,
-    /// `VIP_ADDRS` as the config defines it: every VIP address, and whether any VIP on it
+    /// The address entries as the config defines them: every VIP address, and whether any VIP on it
     /// has `icmp_echo`.
     addrs: HashMap<AddrKey, bool>,
     settings: Settings,
@@ -213,7 +214,7 @@ impl Model {
             .collect();
         ensure!(
             ids.len() == cfg.vips.len(),
-            "VIPS holds {} entries for {} configured VIPs",
+            "the VIP table holds {} VIPs for {} configured VIPs",
             ids.len(),
             cfg.vips.len()
         );
@@ -223,7 +224,7 @@ impl Model {
             let key = config_vip_key(vip.address, vip.port, vip.protocol);
             let vip_id = *ids
                 .get(&key)
-                .with_context(|| format!("VIP {} is not in the VIPS map", vip.name))?;
+                .with_context(|| format!("VIP {} is not in the VIP table", vip.name))?;
             let ring = maps.ring(vip_id)?;
             ensure!(
                 ring.len() == vip.ring_size.0 as usize,
@@ -252,7 +253,7 @@ impl Model {
             .collect();
         ensure!(
             in_map == self.addrs,
-            "VIP_ADDRS holds {in_map:?}, the config's VIP addresses (answering echo) are {:?}",
+            "the VIP table holds addresses {in_map:?}, the config's VIP addresses (answering echo) are {:?}",
             self.addrs
         );
         self.settings = maps.settings()?;
