@@ -6,7 +6,6 @@
 
 use anyhow::bail;
 use lb_common::{
-    addr::ip_from_map,
     vip_table::{addr_entry_key, key_slots},
     AddrKey, AddrMeta, Family, VipKey, VipMeta, VipSlot, VIP_TABLE_SLOTS,
 };
@@ -128,29 +127,32 @@ pub fn addrs_of(slots: &[VipSlot]) -> Vec<(AddrKey, AddrMeta)> {
         .collect()
 }
 
-/// Where a key sits in `slots`, if it is there where the datapath would look.
-pub fn find(slots: &[VipSlot], seed: u32, key: &VipKey) -> Option<usize> {
-    let (a, b) = key_slots(key, seed);
-    [a, b]
-        .into_iter()
-        .map(|s| s as usize)
-        .find(|&s| slots.get(s).is_some_and(|e| e.key == *key && !is_empty(e)))
-}
-
-/// A short name of a key for errors: the address, and the port and protocol of a VIP's.
-pub fn describe(key: &VipKey) -> String {
-    let addr = ip_from_map(key.addr, key.family);
-    if key.proto == lb_common::vip_table::ADDR_ENTRY_PROTO {
-        format!("address {addr}")
-    } else {
-        format!("{addr}:{}/{}", u16::from_be_bytes(key.port), key.proto)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{addr::ip_to_map, MAX_VIPS};
+    use lb_common::{
+        addr::{ip_from_map, ip_to_map},
+        MAX_VIPS,
+    };
+
+    /// Where a key sits in `slots`, if it is there where the datapath would look.
+    fn find(slots: &[VipSlot], seed: u32, key: &VipKey) -> Option<usize> {
+        let (a, b) = key_slots(key, seed);
+        [a, b]
+            .into_iter()
+            .map(|s| s as usize)
+            .find(|&s| slots.get(s).is_some_and(|e| e.key == *key && !is_empty(e)))
+    }
+
+    /// A short name of a key for errors: the address, and the port and protocol of a VIP's.
+    fn describe(key: &VipKey) -> String {
+        let addr = ip_from_map(key.addr, key.family);
+        if key.proto == lb_common::vip_table::ADDR_ENTRY_PROTO {
+            format!("address {addr}")
+        } else {
+            format!("{addr}:{}/{}", u16::from_be_bytes(key.port), key.proto)
+        }
+    }
 
     fn vip(i: u32, v6: bool) -> (VipKey, VipMeta) {
         let ip: std::net::IpAddr = if v6 {
